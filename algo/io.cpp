@@ -1,0 +1,124 @@
+#include "algo/io.hpp"
+
+#include <charconv>
+#include <cmath>
+#include <fstream>
+#include <istream>
+#include <ostream>
+#include <vector>
+
+namespace eplb::algo {
+
+ParseError::ParseError(const std::string& source, int line, int column, const std::string& what)
+    : std::invalid_argument(source + ":" + std::to_string(line) + ":" + std::to_string(column) +
+                            ": " + what),
+      line_(line),
+      column_(column) {}
+
+namespace {
+
+/// Parses a matrix of numbers; `cell` converts one token (throws its own message).
+template <class T, class Cell>
+std::vector<T> read_matrix(std::istream& in, const std::string& source, int& rows, int& cols,
+                           Cell cell) {
+  std::vector<T> values;
+  rows = 0;
+  cols = -1;
+  std::string line;
+  int lineno = 0;
+  while (std::getline(in, line)) {
+    ++lineno;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    std::size_t first = line.find_first_not_of(" \t");
+    if (first == std::string::npos || line[first] == '#') continue;
+    int count = 0;
+    std::size_t i = 0;
+    bool expect_value = true;  // a comma right after a comma (or at the start) is an error
+    while (i < line.size()) {
+      const char c = line[i];
+      if (c == ' ' || c == '\t') {
+        ++i;
+        continue;
+      }
+      if (c == ',') {
+        if (expect_value)
+          throw ParseError(source, lineno, static_cast<int>(i) + 1, "empty field");
+        expect_value = true;
+        ++i;
+        continue;
+      }
+      std::size_t end = line.find_first_of(" \t,", i);
+      if (end == std::string::npos) end = line.size();
+      const std::string_view tok(line.data() + i, end - i);
+      values.push_back(cell(tok, lineno, static_cast<int>(i) + 1));
+      ++count;
+      expect_value = false;
+      i = end;
+    }
+    if (expect_value)
+      throw ParseError(source, lineno, static_cast<int>(line.size()) + 1,
+                       "line ends with a comma (empty field)");
+    if (cols < 0) {
+      cols = count;
+    } else if (count != cols) {
+      throw ParseError(source, lineno, 1,
+                       "ragged row: " + std::to_string(count) + " values, expected " +
+                           std::to_string(cols) + " as in the first row");
+    }
+    ++rows;
+  }
+  if (rows == 0) throw ParseError(source, lineno + 1, 1, "no data rows (empty input)");
+  return values;
+}
+
+}  // namespace
+
+LoadMatrix read_load_csv(std::istream& in, const std::string& source) {
+  LoadMatrix m;
+  m.values = read_matrix<double>(
+      in, source, m.num_layers, m.num_logical,
+      [&](std::string_view tok, int line, int col) {
+        double v = 0;
+        auto [p, ec] = std::from_chars(tok.data(), tok.data() + tok.size(), v);
+        if (ec != std::errc() || p != tok.data() + tok.size())
+          throw ParseError(source, line, col, "not a number: '" + std::string(tok) + "'");
+        if (!std::isfinite(v) || v < 0)
+          throw ParseError(source, line, col,
+                           "load must be finite and >= 0, got '" + std::string(tok) + "'");
+        return v;
+      });
+  return m;
+}
+
+LoadMatrix read_load_csv_file(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) throw std::invalid_argument("cannot open load file '" + path + "'");
+  return read_load_csv(f, path);
+}
+
+Placement read_placement_csv(std::istream& in, const std::string& source, int num_logical) {
+  int rows = 0, cols = 0;
+  auto v = read_matrix<int>(in, source, rows, cols, [&](std::string_view tok, int line, int col) {
+    int x = 0;
+    auto [p, ec] = std::from_chars(tok.data(), tok.data() + tok.size(), x);
+    if (ec != std::errc() || p != tok.data() + tok.size())
+      throw ParseError(source, line, col, "not an integer: '" + std::string(tok) + "'");
+    return x;
+  });
+  return Placement(rows, num_logical, cols, std::move(v));
+}
+
+void write_placement_csv(std::ostream& out, const Placement& p) {
+  std::string line;
+  for (int l = 0; l < p.num_layers(); ++l) {
+    line.clear();
+    for (int v : p.phy2log(l)) {
+      if (!line.empty()) line += ',';
+      line += std::to_string(v);
+    }
+    line += '\n';
+    out << line;
+  }
+}
+
+}  // namespace eplb::algo

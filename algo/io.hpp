@@ -1,0 +1,35 @@
+#pragma once
+/// \file Text formats of the command-line tools: load matrices and placements as CSV.
+#include <iosfwd>
+#include <stdexcept>
+#include <string>
+
+#include "algo/load.hpp"
+#include "algo/placement.hpp"
+
+namespace eplb::algo {
+
+/// Malformed text input; what() names the source, line and column.
+class ParseError : public std::invalid_argument {
+ public:
+  ParseError(const std::string& source, int line, int column, const std::string& what);
+  int line() const { return line_; }
+  int column() const { return column_; }
+
+ private:
+  int line_, column_;
+};
+
+/// Reads an [L][E] load matrix: one line per layer, E numbers separated by commas and/or
+/// whitespace; blank lines and lines starting with '#' are skipped. Every row must have the
+/// same length; values must be finite and >= 0. `source` names the input in messages.
+LoadMatrix read_load_csv(std::istream& in, const std::string& source);
+LoadMatrix read_load_csv_file(const std::string& path);
+
+/// Reads phy2log: one line per layer, R integers (same syntax as loads).
+Placement read_placement_csv(std::istream& in, const std::string& source, int num_logical);
+
+/// Writes phy2log, one line per layer, R integers separated by commas.
+void write_placement_csv(std::ostream& out, const Placement& p);
+
+}  // namespace eplb::algo

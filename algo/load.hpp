@@ -1,0 +1,65 @@
+#pragma once
+/// \file Load matrices ([L][E] token counts) and the balance metrics computed from them.
+#include <span>
+#include <vector>
+
+#include "algo/placement.hpp"
+#include "algo/topology.hpp"
+
+namespace eplb::algo {
+
+/// A borrowed [L][E] row-major matrix of non-negative finite loads (host memory).
+struct LoadView {
+  std::span<const double> values;  ///< num_layers * num_logical entries
+  int num_layers = 0;
+  int num_logical = 0;
+
+  std::span<const double> row(int layer) const {
+    return values.subspan(static_cast<std::size_t>(layer) * num_logical,
+                          static_cast<std::size_t>(num_logical));
+  }
+  /// Throws std::invalid_argument on a size that disagrees with the shape, or on the first
+  /// NaN, infinite or negative value (naming its layer and expert).
+  void validate() const;
+  /// validate(), and the shape equals topo's (L, E).
+  void validate(const Topology& topo) const;
+};
+
+/// An owning [L][E] load matrix.
+struct LoadMatrix {
+  int num_layers = 0;
+  int num_logical = 0;
+  std::vector<double> values;
+
+  LoadView view() const { return {values, num_layers, num_logical}; }
+};
+
+/// Per-GPU load of one layer: GPU g carries sum over its slots j of load[e] / logcnt[e],
+/// e = phy2log[j] (tokens split evenly over replicas). out has P entries.
+void gpu_loads(std::span<const double> load_row, const Placement& placement, int layer,
+               const Topology& topo, std::span<double> out);
+
+/// Per-layer balance of a placement: max and mean GPU load.
+struct LayerBalance {
+  double max_load = 0;
+  double mean_load = 0;
+  /// max / mean (1 = perfect); 1 for an all-zero layer.
+  double imbalance() const { return mean_load > 0 ? max_load / mean_load : 1.0; }
+};
+
+/// Balance of every layer, and the summary over layers.
+struct BalanceReport {
+  std::vector<LayerBalance> layers;
+  double imbalance_mean() const;   ///< mean over layers of max/mean
+  double imbalance_worst() const;  ///< max over layers of max/mean
+  /// The reference notes' balancedness: sum_l mean_l / sum_l max_l (1 = perfect).
+  double balancedness() const;
+};
+
+BalanceReport evaluate(LoadView load, const Placement& placement, const Topology& topo);
+
+/// Balance before any placement: experts laid out contiguously, no replicas (expert e on GPU
+/// e * P / E), which is how a job starts.
+BalanceReport evaluate_contiguous(LoadView load, const Topology& topo);
+
+}  // namespace eplb::algo

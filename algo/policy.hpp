@@ -1,0 +1,43 @@
+#pragma once
+/// \file The rebalance policy interface and the registry of policies by name.
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "algo/load.hpp"
+#include "algo/placement.hpp"
+#include "algo/topology.hpp"
+
+namespace eplb::algo {
+
+/// A rebalance policy: load[L][E] (+ the previous placement) -> new placement.
+/// A policy object keeps scratch memory between calls so that repeated rebalances do not
+/// allocate in their hot loops; one object must not be used by two threads at once.
+class Policy {
+ public:
+  virtual ~Policy() = default;
+  virtual std::string_view name() const = 0;
+
+  /// Computes the placement for `load` into `out` (storage reused when shapes repeat).
+  /// `previous` may be null (first rebalance); when given it must have topo's shape.
+  /// Throws std::invalid_argument on an invalid topology, a load of the wrong shape or with
+  /// NaN / infinite / negative values; `out` is untouched then.
+  virtual void rebalance_into(LoadView load, const Topology& topo, const Placement* previous,
+                              Placement& out) = 0;
+
+  Placement rebalance(LoadView load, const Topology& topo, const Placement* previous = nullptr) {
+    Placement p;
+    rebalance_into(load, topo, previous, p);
+    return p;
+  }
+};
+
+/// Names accepted by make_policy, the default first.
+std::vector<std::string> policy_names();
+/// The runtime's default policy name.
+std::string default_policy_name();
+/// Throws std::invalid_argument listing the known names when `name` is unknown.
+std::unique_ptr<Policy> make_policy(std::string_view name);
+
+}  // namespace eplb::algo

@@ -1,0 +1,94 @@
+// Placement derivation, topology validation and the CSV readers.
+#include <gtest/gtest.h>
+
+#include <sstream>
+
+#include "algo/io.hpp"
+
+namespace {
+using eplb::algo::Placement;
+using eplb::algo::Topology;
+
+TEST(Placement, DerivesLogcntAndLog2phyInSlotOrder) {
+  Placement p(1, 3, 6, {2, 0, 2, 1, 2, 0});
+  EXPECT_EQ(p.max_replicas(), 3);
+  EXPECT_EQ(std::vector<int>(p.logcnt(0).begin(), p.logcnt(0).end()), (std::vector<int>{2, 1, 3}));
+  auto l2p = [&](int e) { return std::vector<int>(p.log2phy(0, e).begin(), p.log2phy(0, e).end()); };
+  EXPECT_EQ(l2p(0), (std::vector<int>{1, 5, -1}));
+  EXPECT_EQ(l2p(1), (std::vector<int>{3, -1, -1}));
+  EXPECT_EQ(l2p(2), (std::vector<int>{0, 2, 4}));
+}
+
+TEST(Placement, RejectsMissingExpertAndOutOfRange) {
+  EXPECT_THROW(Placement(1, 3, 4, {0, 0, 1, 1}), std::invalid_argument);  // expert 2 missing
+  EXPECT_THROW(Placement(1, 3, 3, {0, 1, 3}), std::invalid_argument);
+  EXPECT_THROW(Placement(1, 3, 3, {0, 1, -1}), std::invalid_argument);
+  EXPECT_THROW(Placement(2, 3, 3, {0, 1, 2}), std::invalid_argument);  // size
+}
+
+TEST(Placement, ContiguousFillsEverySlot) {
+  const Topology t{2, 5, 8, 4, 1, 1};
+  const auto p = Placement::contiguous(t);
+  EXPECT_EQ(std::vector<int>(p.phy2log(1).begin(), p.phy2log(1).end()),
+            (std::vector<int>{0, 1, 2, 3, 4, 0, 1, 2}));
+}
+
+TEST(Topology, NamesTheViolatedCondition) {
+  auto msg = [](Topology t) {
+    try {
+      t.validate();
+    } catch (const std::invalid_argument& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  EXPECT_NE(msg({1, 8, 8, 0, 1, 1}).find("num_ranks >= 1"), std::string::npos);
+  EXPECT_NE(msg({1, 8, 6, 2, 1, 1}).find("num_slots >= num_logical"), std::string::npos);
+  EXPECT_NE(msg({1, 8, 9, 2, 1, 1}).find("num_slots % num_ranks"), std::string::npos);
+  EXPECT_NE(msg({1, 8, 12, 3, 2, 1}).find("num_ranks % num_nodes"), std::string::npos);
+  EXPECT_NE(msg({1, 9, 12, 4, 2, 2}).find("num_logical % num_groups"), std::string::npos);
+  EXPECT_EQ(msg({1, 9, 12, 4, 2, 3}), "accepted");  // G % N != 0: global, any E
+}
+
+eplb::algo::LoadMatrix parse(const std::string& text) {
+  std::istringstream in(text);
+  return eplb::algo::read_load_csv(in, "load.csv");
+}
+
+std::string parse_error(const std::string& text) {
+  try {
+    parse(text);
+  } catch (const eplb::algo::ParseError& e) {
+    return e.what();
+  }
+  return "parsed";
+}
+
+TEST(LoadCsv, CommasSpacesCommentsAndBlankLines) {
+  const auto m = parse("# header\n1, 2,3\n\n  4 5\t6\r\n# tail\n");
+  EXPECT_EQ(m.num_layers, 2);
+  EXPECT_EQ(m.num_logical, 3);
+  EXPECT_EQ(m.values, (std::vector<double>{1, 2, 3, 4, 5, 6}));
+}
+
+TEST(LoadCsv, ErrorsCarryLineAndColumn) {
+  EXPECT_EQ(parse_error("1,2,3\n4,5\n"),
+            "load.csv:2:1: ragged row: 2 values, expected 3 as in the first row");
+  EXPECT_EQ(parse_error("1,2,3\n4,x5,6\n"), "load.csv:2:3: not a number: 'x5'");
+  EXPECT_EQ(parse_error("# only comments\n\n"), "load.csv:3:1: no data rows (empty input)");
+  EXPECT_EQ(parse_error(""), "load.csv:1:1: no data rows (empty input)");
+  EXPECT_EQ(parse_error("1,,2\n"), "load.csv:1:3: empty field");
+  EXPECT_EQ(parse_error("1,-2\n"), "load.csv:1:3: load must be finite and >= 0, got '-2'");
+  EXPECT_EQ(parse_error("nan 1\n"), "load.csv:1:1: load must be finite and >= 0, got 'nan'");
+}
+
+TEST(PlacementCsv, RoundTrip) {
+  Placement p(2, 3, 4, {0, 1, 2, 0, 2, 2, 1, 0});
+  std::ostringstream out;
+  eplb::algo::write_placement_csv(out, p);
+  EXPECT_EQ(out.str(), "0,1,2,0\n2,2,1,0\n");
+  std::istringstream in(out.str());
+  EXPECT_EQ(eplb::algo::read_placement_csv(in, "p.csv", 3), p);
+}
+
+}  // namespace

@@ -1,0 +1,168 @@
+// Invariants every policy must keep, over many random topologies, loads and seeds.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <random>
+
+#include "algo/policy.hpp"
+
+namespace {
+using eplb::algo::LoadMatrix;
+using eplb::algo::Placement;
+using eplb::algo::Topology;
+
+struct Case {
+  std::string policy;
+  unsigned seed;
+};
+
+Topology random_topology(std::mt19937& rng) {
+  auto pick = [&](std::initializer_list<int> v) {
+    return *(v.begin() + std::uniform_int_distribution<int>(0, int(v.size()) - 1)(rng));
+  };
+  Topology t;
+  t.num_layers = std::uniform_int_distribution<int>(1, 6)(rng);
+  t.num_nodes = pick({1, 1, 2, 4});
+  t.num_ranks = t.num_nodes * pick({1, 2, 3, 4});
+  const int k = pick({1, 2, 3, 5, 8});
+  t.num_slots = t.num_ranks * k;
+  t.num_groups = pick({1, t.num_nodes, 2 * t.num_nodes, 3});
+  int e = std::uniform_int_distribution<int>(1, t.num_slots)(rng);
+  if (t.hierarchical()) {
+    e = std::max(t.num_groups, e - e % t.num_groups);
+    if (e > t.num_slots) {  // groups need more experts than there are slots: go global
+      t.num_groups = 1;
+      e = t.num_slots;
+      if (t.num_nodes > 1) t.num_groups = t.num_nodes + 1;
+    }
+  }
+  t.num_logical = e;
+  t.validate();
+  return t;
+}
+
+LoadMatrix random_load(const Topology& t, std::mt19937& rng) {
+  LoadMatrix m{t.num_layers, t.num_logical, {}};
+  m.values.resize(static_cast<std::size_t>(t.num_layers) * t.num_logical);
+  const int kind = std::uniform_int_distribution<int>(0, 3)(rng);
+  std::lognormal_distribution<double> logn(0.0, 1.5);
+  std::uniform_int_distribution<int> small(0, 5);
+  for (auto& v : m.values) {
+    switch (kind) {
+      case 0: v = std::floor(1000 * logn(rng)); break;  // skewed integer counts
+      case 1: v = small(rng); break;                    // many ties and zeros
+      case 2: v = 0; break;                             // idle layer
+      default: v = logn(rng); break;                    // real-valued
+    }
+  }
+  return m;
+}
+
+void check_invariants(const Placement& p, const Topology& t, bool groups_on_one_node) {
+  ASSERT_EQ(p.num_layers(), t.num_layers);
+  ASSERT_EQ(p.num_logical(), t.num_logical);
+  ASSERT_EQ(p.num_slots(), t.num_slots);
+  const int k = t.slots_per_rank();
+  for (int l = 0; l < t.num_layers; ++l) {
+    const auto p2l = p.phy2log(l);
+    const auto cnt = p.logcnt(l);
+    ASSERT_EQ(static_cast<int>(p2l.size()), t.num_ranks * k) << "every GPU has R/P slots";
+    int sum = 0;
+    for (int e = 0; e < t.num_logical; ++e) {
+      EXPECT_GE(cnt[e], 1) << "layer " << l << " expert " << e << " has no replica";
+      sum += cnt[e];
+      const auto slots = p.log2phy(l, e);
+      int n = 0, prev = -1;
+      for (int s : slots) {
+        if (s < 0) break;
+        EXPECT_GT(s, prev) << "log2phy ascending";
+        EXPECT_EQ(p2l[s], e) << "log2phy and phy2log agree";
+        prev = s;
+        ++n;
+      }
+      EXPECT_EQ(n, cnt[e]);
+      for (std::size_t i = n; i < slots.size(); ++i) EXPECT_EQ(slots[i], -1) << "padding";
+    }
+    EXPECT_EQ(sum, t.num_slots) << "replica counts sum to R";
+    if (groups_on_one_node) {
+      const int gs = t.num_logical / t.num_groups;
+      const int slots_per_node = t.num_slots / t.num_nodes;
+      std::vector<int> node_of_group(t.num_groups, -1);
+      for (int j = 0; j < t.num_slots; ++j) {
+        const int g = p2l[j] / gs, node = j / slots_per_node;
+        if (node_of_group[g] < 0) node_of_group[g] = node;
+        EXPECT_EQ(node_of_group[g], node) << "group " << g << " spans nodes (layer " << l << ")";
+      }
+    }
+  }
+}
+
+class PolicyInvariants : public testing::TestWithParam<Case> {};
+
+TEST_P(PolicyInvariants, RandomTopologiesAndLoads) {
+  std::mt19937 rng(GetParam().seed);
+  auto policy = eplb::algo::make_policy(GetParam().policy);
+  for (int trial = 0; trial < 25; ++trial) {
+    const Topology t = random_topology(rng);
+    SCOPED_TRACE(t.describe());
+    const LoadMatrix load = random_load(t, rng);
+    const Placement p = policy->rebalance(load.view(), t, nullptr);
+    check_invariants(p, t, GetParam().policy == "deepseek" && t.hierarchical());
+    // With the previous placement given (as the runtime does) the invariants still hold.
+    const LoadMatrix load2 = random_load(t, rng);
+    const Placement q = policy->rebalance(load2.view(), t, &p);
+    check_invariants(q, t, GetParam().policy == "deepseek" && t.hierarchical());
+    // Deterministic: same input, same output.
+    EXPECT_EQ(policy->rebalance(load2.view(), t, &p), q);
+  }
+}
+
+TEST_P(PolicyInvariants, RejectsBadLoadsAndLeavesOutputUntouched) {
+  auto policy = eplb::algo::make_policy(GetParam().policy);
+  const Topology t{2, 8, 12, 4, 2, 4};
+  LoadMatrix load{2, 8, std::vector<double>(16, 1.0)};
+  Placement out = Placement::contiguous(t);
+  const Placement before = out;
+  struct Bad {
+    double value;
+    const char* word;
+  };
+  for (const Bad bad : {Bad{std::numeric_limits<double>::quiet_NaN(), "NaN"},
+                        Bad{std::numeric_limits<double>::infinity(), "infinite"},
+                        Bad{-1.0, "negative"}}) {
+    load.values[11] = bad.value;
+    try {
+      policy->rebalance_into(load.view(), t, nullptr, out);
+      ADD_FAILURE() << "accepted a " << bad.word << " load";
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find(bad.word), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("layer 1, expert 3"), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(out, before);
+  }
+  load.values[11] = 1.0;
+  LoadMatrix wrong{2, 7, std::vector<double>(14, 1.0)};
+  EXPECT_THROW(policy->rebalance_into(wrong.view(), t, nullptr, out), std::invalid_argument);
+  const Placement other_shape = Placement::contiguous(Topology{3, 8, 12, 4, 2, 4});
+  EXPECT_THROW(policy->rebalance_into(load.view(), t, &other_shape, out), std::invalid_argument);
+  EXPECT_EQ(out, before);
+}
+
+std::vector<Case> all_cases() {
+  std::vector<Case> v;
+  for (const auto& name : eplb::algo::policy_names())
+    for (unsigned seed = 1; seed <= 8; ++seed) v.push_back({name, seed});
+  return v;
+}
+
+INSTANTIATE_TEST_SUITE_P(AllPolicies, PolicyInvariants, testing::ValuesIn(all_cases()),
+                         [](const testing::TestParamInfo<Case>& p) {
+                           std::string n = p.param.policy + "_seed" +
+                                           std::to_string(p.param.seed);
+                           for (auto& c : n)
+                             if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+                           return n;
+                         });
+
+}  // namespace
