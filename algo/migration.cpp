@@ -1,0 +1,296 @@
+#include "algo/migration.hpp"
+
+#include <algorithm>
+#include <stdexcept>
+
+namespace eplb::algo {
+namespace {
+
+/// Per-call scratch of the planner (one allocation set per plan, reused across layers).
+struct Scratch {
+  std::vector<int> unit_of_expert;       // [E] -> unit index on the current rank, -1 if none
+  std::vector<int> pair_unit, pair_slot;  // (unit, slot) pairs of one rank
+  std::vector<int> sends;                 // [P] units sent by each rank in this layer
+  std::vector<int> reader_begin, reader_list;  // CSR: slot -> units reading its old content
+  std::vector<int> adj_begin, adj_list;        // CSR: unit -> units that must not run earlier
+  std::vector<int> index, low, scc_of, stack, call, order;  // Tarjan
+  std::vector<int> round_of;
+  std::vector<int> staged_now;  // [P]
+  std::vector<int> add;         // [P]
+};
+
+struct Builder {
+  const Topology& t;
+  const MigrationOptions& opt;
+  Scratch& s;
+  int k, P, E, R;
+
+  int node(int rank) const { return t.node_of_rank(rank); }
+
+  void build(const Placement& from, const Placement& to, int l, LayerPlan& lp,
+             MigrationStats& st, std::vector<long long>& rank_sends,
+             std::vector<long long>& rank_recvs, int& max_staged) {
+    const auto o = from.phy2log(l);
+    const auto n = to.phy2log(l);
+    std::vector<MoveUnit> units;
+    std::vector<int> dst;
+    lp.slots_changed = 0;
+
+    // 1. Units: one per (destination rank, expert), destinations ascending.
+    s.unit_of_expert.assign(static_cast<std::size_t>(E), -1);
+    for (int r = 0; r < P; ++r) {
+      s.pair_unit.clear();
+      s.pair_slot.clear();
+      const int first_unit = static_cast<int>(units.size());
+      for (int j = r * k; j < (r + 1) * k; ++j) {
+        if (o[j] == n[j]) continue;
+        ++lp.slots_changed;
+        const int e = n[j];
+        if (s.unit_of_expert[e] < 0) {
+          s.unit_of_expert[e] = static_cast<int>(units.size());
+          MoveUnit u;
+          u.expert = e;
+          u.dst_rank = r;
+          units.push_back(u);
+        }
+        s.pair_unit.push_back(s.unit_of_expert[e]);
+        s.pair_slot.push_back(j);
+      }
+      for (int u = first_unit; u < static_cast<int>(units.size()); ++u) {
+        units[u].first_dst = static_cast<int>(dst.size());
+        for (std::size_t i = 0; i < s.pair_unit.size(); ++i)
+          if (s.pair_unit[i] == u) dst.push_back(s.pair_slot[i]);
+        units[u].num_dst = static_cast<int>(dst.size()) - units[u].first_dst;
+        s.unit_of_expert[units[u].expert] = -1;
+      }
+    }
+
+    // 2. Sources.
+    s.sends.assign(static_cast<std::size_t>(P), 0);
+    for (auto& u : units) {
+      const auto holders = from.log2phy(l, u.expert);
+      auto slot_on = [&](int rank) {  // a slot of `rank` holding the expert: a kept one first
+        int first = -1;
+        for (int j : holders) {
+          if (j < 0) break;
+          if (j / k != rank) continue;
+          if (n[j] == u.expert) return j;
+          if (first < 0) first = j;
+        }
+        return first;
+      };
+      int src = slot_on(u.dst_rank);
+      int src_rank = u.dst_rank;
+      if (src < 0) {
+        int best = -1;
+        for (int j : holders) {
+          if (j < 0) break;
+          const int h = j / k;
+          if (h == best) continue;
+          if (best < 0) {
+            best = h;
+            continue;
+          }
+          const bool h_near = node(h) == node(u.dst_rank);
+          const bool b_near = node(best) == node(u.dst_rank);
+          if (h_near != b_near ? h_near
+                               : (s.sends[h] != s.sends[best] ? s.sends[h] < s.sends[best]
+                                                              : h < best))
+            best = h;
+        }
+        src_rank = best;
+        src = slot_on(best);
+        ++s.sends[best];
+      }
+      u.src_rank = src_rank;
+      u.src_slot = src;
+    }
+
+    const int U = static_cast<int>(units.size());
+    // 3. Readers of each slot's old content, and the "must not run earlier" edges: a unit
+    // writing slot d comes after (or with, through staging) every unit reading d.
+    s.reader_begin.assign(static_cast<std::size_t>(R) + 1, 0);
+    for (const auto& u : units) ++s.reader_begin[u.src_slot + 1];
+    for (int j = 0; j < R; ++j) s.reader_begin[j + 1] += s.reader_begin[j];
+    s.reader_list.assign(static_cast<std::size_t>(U), 0);
+    {
+      std::vector<int>& fill = s.add;
+      fill.assign(s.reader_begin.begin(), s.reader_begin.end() - 1);
+      for (int u = 0; u < U; ++u) s.reader_list[fill[units[u].src_slot]++] = u;
+    }
+    // Edge reader -> writer, stored per reader.
+    s.adj_begin.assign(static_cast<std::size_t>(U) + 1, 0);
+    for (int u = 0; u < U; ++u)
+      for (int i = 0; i < units[u].num_dst; ++i) {
+        const int d = dst[units[u].first_dst + i];
+        for (int p = s.reader_begin[d]; p < s.reader_begin[d + 1]; ++p)
+          ++s.adj_begin[s.reader_list[p] + 1];
+      }
+    for (int u = 0; u < U; ++u) s.adj_begin[u + 1] += s.adj_begin[u];
+    s.adj_list.assign(static_cast<std::size_t>(s.adj_begin[U]), 0);
+    {
+      std::vector<int> fill(s.adj_begin.begin(), s.adj_begin.end() - 1);
+      for (int u = 0; u < U; ++u)
+        for (int i = 0; i < units[u].num_dst; ++i) {
+          const int d = dst[units[u].first_dst + i];
+          for (int p = s.reader_begin[d]; p < s.reader_begin[d + 1]; ++p)
+            s.adj_list[fill[s.reader_list[p]]++] = u;
+        }
+    }
+
+    // 4. Strongly connected components (iterative Tarjan); emitted in reverse topological
+    // order of the edges, so reversing gives readers before writers.
+    s.index.assign(static_cast<std::size_t>(U), -1);
+    s.low.assign(static_cast<std::size_t>(U), 0);
+    s.scc_of.assign(static_cast<std::size_t>(U), -1);
+    s.stack.clear();
+    s.order.clear();  // units grouped by SCC, in emission order
+    std::vector<int> scc_begin;
+    std::vector<char> on_stack(static_cast<std::size_t>(U), 0);
+    std::vector<std::pair<int, int>> call;  // (unit, next edge)
+    int counter = 0;
+    for (int root = 0; root < U; ++root) {
+      if (s.index[root] >= 0) continue;
+      call.push_back({root, s.adj_begin[root]});
+      s.index[root] = s.low[root] = counter++;
+      s.stack.push_back(root);
+      on_stack[root] = 1;
+      while (!call.empty()) {
+        auto& [v, e] = call.back();
+        if (e < s.adj_begin[v + 1]) {
+          const int w = s.adj_list[e++];
+          if (s.index[w] < 0) {
+            s.index[w] = s.low[w] = counter++;
+            s.stack.push_back(w);
+            on_stack[w] = 1;
+            call.push_back({w, s.adj_begin[w]});
+          } else if (on_stack[w]) {
+            s.low[v] = std::min(s.low[v], s.index[w]);
+          }
+          continue;
+        }
+        if (s.low[v] == s.index[v]) {
+          scc_begin.push_back(static_cast<int>(s.order.size()));
+          int w;
+          do {
+            w = s.stack.back();
+            s.stack.pop_back();
+            on_stack[w] = 0;
+            s.scc_of[w] = static_cast<int>(scc_begin.size()) - 1;
+            s.order.push_back(w);
+          } while (w != v);
+        }
+        const int done = v;
+        call.pop_back();
+        if (!call.empty()) s.low[call.back().first] = std::min(s.low[call.back().first], s.low[done]);
+      }
+    }
+    scc_begin.push_back(static_cast<int>(s.order.size()));
+
+    // 5. Rounds: components in topological order, greedily packed under the staging limit.
+    s.round_of.assign(static_cast<std::size_t>(U), -1);
+    s.staged_now.assign(static_cast<std::size_t>(P), 0);
+    lp.staged.assign(static_cast<std::size_t>(R), 0);
+    int round = 0;
+    bool round_empty = true;
+    const int limit = opt.max_staged_slots_per_rank;
+    auto needs_staging = [&](int d, int r_now, int scc) {
+      for (int p = s.reader_begin[d]; p < s.reader_begin[d + 1]; ++p) {
+        const int rd = s.reader_list[p];
+        if (s.round_of[rd] == r_now || s.scc_of[rd] == scc) return true;
+      }
+      return false;
+    };
+    for (int c = static_cast<int>(scc_begin.size()) - 2; c >= 0; --c) {
+      for (int attempt = 0; attempt < 2; ++attempt) {
+        s.add.assign(static_cast<std::size_t>(P), 0);
+        bool over = false;
+        for (int i = scc_begin[c]; i < scc_begin[c + 1]; ++i) {
+          const auto& u = units[s.order[i]];
+          for (int q = 0; q < u.num_dst; ++q)
+            if (needs_staging(dst[u.first_dst + q], round, c)) ++s.add[u.dst_rank];
+        }
+        for (int r = 0; r < P; ++r)
+          if (limit > 0 && s.staged_now[r] + s.add[r] > limit) over = true;
+        if (over && !round_empty && attempt == 0) {
+          ++round;
+          round_empty = true;
+          s.staged_now.assign(static_cast<std::size_t>(P), 0);
+          continue;
+        }
+        for (int i = scc_begin[c]; i < scc_begin[c + 1]; ++i) {
+          const auto& u = units[s.order[i]];
+          for (int q = 0; q < u.num_dst; ++q) {
+            const int d = dst[u.first_dst + q];
+            if (needs_staging(d, round, c)) lp.staged[d] = 1;
+          }
+        }
+        for (int i = scc_begin[c]; i < scc_begin[c + 1]; ++i) s.round_of[s.order[i]] = round;
+        for (int r = 0; r < P; ++r) {
+          s.staged_now[r] += s.add[r];
+          max_staged = std::max(max_staged, s.staged_now[r]);
+        }
+        round_empty = false;
+        break;
+      }
+    }
+    const int num_rounds = U ? round + 1 : 0;
+
+    // 6. Emit units ordered by (round, original index).
+    lp.units.clear();
+    lp.dst_slots.clear();
+    lp.rounds.assign(static_cast<std::size_t>(num_rounds), Round{});
+    for (int rd = 0; rd < num_rounds; ++rd) {
+      lp.rounds[rd].first_unit = static_cast<int>(lp.units.size());
+      for (int u = 0; u < U; ++u) {
+        if (s.round_of[u] != rd) continue;
+        MoveUnit m = units[u];
+        m.first_dst = static_cast<int>(lp.dst_slots.size());
+        lp.dst_slots.insert(lp.dst_slots.end(), dst.begin() + units[u].first_dst,
+                            dst.begin() + units[u].first_dst + units[u].num_dst);
+        lp.units.push_back(m);
+      }
+      lp.rounds[rd].num_units = static_cast<int>(lp.units.size()) - lp.rounds[rd].first_unit;
+    }
+
+    st.slots_changed += lp.slots_changed;
+    st.max_rounds = std::max(st.max_rounds, num_rounds);
+    for (const auto& u : lp.units) {
+      st.fanout_copies += u.num_dst - 1;
+      if (u.remote()) {
+        ++st.remote_units;
+        ++rank_sends[u.src_rank];
+        ++rank_recvs[u.dst_rank];
+        if (node(u.src_rank) == node(u.dst_rank)) ++st.same_node_remote;
+      } else {
+        ++st.local_units;
+      }
+    }
+  }
+};
+
+}  // namespace
+
+MigrationPlan plan_migration(const Placement& from, const Placement& to, const Topology& topo,
+                             const MigrationOptions& options) {
+  topo.validate();
+  from.check_shape(topo, "migration plan: old placement");
+  to.check_shape(topo, "migration plan: new placement");
+  if (options.max_staged_slots_per_rank < 0)
+    throw std::invalid_argument("migration plan: max_staged_slots_per_rank >= 0 violated");
+  MigrationPlan plan;
+  plan.topo_ = topo;
+  plan.layers_.resize(static_cast<std::size_t>(topo.num_layers));
+  Scratch scratch;
+  Builder b{topo, options, scratch, topo.slots_per_rank(), topo.num_ranks, topo.num_logical,
+            topo.num_slots};
+  std::vector<long long> sends(static_cast<std::size_t>(topo.num_ranks), 0);
+  std::vector<long long> recvs(static_cast<std::size_t>(topo.num_ranks), 0);
+  for (int l = 0; l < topo.num_layers; ++l)
+    b.build(from, to, l, plan.layers_[l], plan.stats_, sends, recvs, plan.max_staged_);
+  plan.stats_.max_rank_sends = *std::max_element(sends.begin(), sends.end());
+  plan.stats_.max_rank_recvs = *std::max_element(recvs.begin(), recvs.end());
+  return plan;
+}
+
+}  // namespace eplb::algo

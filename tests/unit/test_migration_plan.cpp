@@ -1,0 +1,206 @@
+// The migration plan, applied to simulated memory, always yields the new placement.
+#include <gtest/gtest.h>
+
+#include <map>
+#include <random>
+
+#include "algo/migration.hpp"
+#include "algo/policy.hpp"
+
+namespace {
+using eplb::algo::MigrationOptions;
+using eplb::algo::Placement;
+using eplb::algo::Topology;
+
+/// Executes the plan the way the runtime does (per round: sends read, receives write to the
+/// first destination, local copies, fan-out, staging commit) on an array holding one expert
+/// id per slot. Fails the test on any read of a slot that no longer holds the expert.
+std::vector<int> simulate(const eplb::algo::MigrationPlan& plan, const Placement& from) {
+  const Topology& t = plan.topology();
+  std::vector<int> mem(from.phy2log().begin(), from.phy2log().end());
+  for (int l = 0; l < t.num_layers; ++l) {
+    const auto& lp = plan.layer(l);
+    int* m = mem.data() + static_cast<std::size_t>(l) * t.num_slots;
+    for (const auto& round : lp.rounds) {
+      std::map<int, int> staging;  // slot -> value written through staging
+      std::vector<int> per_rank(t.num_ranks, 0);
+      auto write = [&](int slot, int value) {
+        if (lp.staged[slot]) {
+          if (!staging.count(slot)) ++per_rank[slot / t.slots_per_rank()];
+          staging[slot] = value;
+        } else {
+          m[slot] = value;
+        }
+      };
+      auto where = [&](int slot) { return lp.staged[slot] ? staging.at(slot) : m[slot]; };
+      const auto* begin = lp.units.data() + round.first_unit;
+      const auto* end = begin + round.num_units;
+      std::vector<int> sent;
+      for (auto* u = begin; u != end; ++u)
+        if (u->remote()) {
+          EXPECT_EQ(m[u->src_slot], u->expert) << "send reads a clobbered slot, layer " << l;
+          sent.push_back(m[u->src_slot]);
+        }
+      std::size_t i = 0;
+      for (auto* u = begin; u != end; ++u)
+        if (u->remote()) write(lp.dst_begin(*u)[0], sent[i++]);
+      for (auto* u = begin; u != end; ++u)
+        if (!u->remote()) {
+          EXPECT_EQ(u->src_rank, u->dst_rank);
+          EXPECT_EQ(m[u->src_slot], u->expert) << "local copy reads a clobbered slot";
+          write(lp.dst_begin(*u)[0], m[u->src_slot]);
+        }
+      for (auto* u = begin; u != end; ++u)
+        for (int q = 1; q < u->num_dst; ++q) write(lp.dst_begin(*u)[q], where(lp.dst_begin(*u)[0]));
+      for (auto [slot, value] : staging) m[slot] = value;
+      for (int r = 0; r < t.num_ranks; ++r) EXPECT_LE(per_rank[r], plan.max_staged_slots());
+    }
+  }
+  return mem;
+}
+
+Placement random_placement(const Topology& t, std::mt19937& rng) {
+  // Every expert once, then random extra replicas, shuffled per layer.
+  std::vector<int> p;
+  for (int l = 0; l < t.num_layers; ++l) {
+    std::vector<int> row;
+    for (int e = 0; e < t.num_logical; ++e) row.push_back(e);
+    std::uniform_int_distribution<int> any(0, t.num_logical - 1);
+    while (static_cast<int>(row.size()) < t.num_slots) row.push_back(any(rng));
+    std::shuffle(row.begin(), row.end(), rng);
+    p.insert(p.end(), row.begin(), row.end());
+  }
+  return Placement(t.num_layers, t.num_logical, t.num_slots, std::move(p));
+}
+
+Placement perturb(const Placement& from, const Topology& t, std::mt19937& rng, double frac) {
+  // Swap a fraction of slot pairs: creates chains and cycles of moves.
+  std::vector<int> p(from.phy2log().begin(), from.phy2log().end());
+  std::uniform_int_distribution<int> slot(0, t.num_slots - 1);
+  for (int l = 0; l < t.num_layers; ++l) {
+    int* row = p.data() + static_cast<std::size_t>(l) * t.num_slots;
+    for (int i = 0; i < frac * t.num_slots; ++i) std::swap(row[slot(rng)], row[slot(rng)]);
+  }
+  return Placement(t.num_layers, t.num_logical, t.num_slots, std::move(p));
+}
+
+class MigrationPlanRandom : public testing::TestWithParam<unsigned> {};
+
+TEST_P(MigrationPlanRandom, ApplyingThePlanYieldsTheNewPlacement) {
+  std::mt19937 rng(GetParam());
+  for (int trial = 0; trial < 40; ++trial) {
+    Topology t;
+    t.num_nodes = 1 + static_cast<int>(rng() % 3);
+    t.num_ranks = t.num_nodes * (1 + static_cast<int>(rng() % 4));
+    t.num_slots = t.num_ranks * (1 + static_cast<int>(rng() % 6));
+    t.num_logical = 1 + static_cast<int>(rng() % t.num_slots);
+    t.num_layers = 1 + static_cast<int>(rng() % 3);
+    SCOPED_TRACE(t.describe());
+    const Placement a = random_placement(t, rng);
+    const Placement b = (trial % 2) ? random_placement(t, rng) : perturb(a, t, rng, 0.3);
+    for (int limit : {0, 1, 2, 5}) {
+      const auto plan = eplb::algo::plan_migration(a, b, t, MigrationOptions{limit});
+      EXPECT_EQ(simulate(plan, a), std::vector<int>(b.phy2log().begin(), b.phy2log().end()))
+          << "limit " << limit;
+      if (limit > 0) {
+        EXPECT_GE(plan.max_staged_slots(), 0);
+      }
+      // Same inputs, same plan (every rank derives it alone).
+      const auto again = eplb::algo::plan_migration(a, b, t, MigrationOptions{limit});
+      for (int l = 0; l < t.num_layers; ++l) {
+        ASSERT_EQ(again.layer(l).units.size(), plan.layer(l).units.size());
+        for (std::size_t i = 0; i < plan.layer(l).units.size(); ++i) {
+          EXPECT_EQ(again.layer(l).units[i].src_slot, plan.layer(l).units[i].src_slot);
+          EXPECT_EQ(again.layer(l).units[i].dst_rank, plan.layer(l).units[i].dst_rank);
+        }
+      }
+    }
+  }
+}
+INSTANTIATE_TEST_SUITE_P(Seeds, MigrationPlanRandom, testing::Range(1u, 9u));
+
+TEST(MigrationPlan, IdenticalPlacementsMoveNothing) {
+  const Topology t{3, 16, 24, 4, 2, 1};
+  std::mt19937 rng(3);
+  const auto a = random_placement(t, rng);
+  const auto plan = eplb::algo::plan_migration(a, a, t);
+  EXPECT_TRUE(plan.empty());
+  EXPECT_EQ(plan.stats().remote_units + plan.stats().local_units, 0);
+  for (int l = 0; l < 3; ++l) EXPECT_TRUE(plan.layer(l).rounds.empty());
+}
+
+TEST(MigrationPlan, LocalCopyWhenTheRankHoldsTheExpert) {
+  // 2 ranks x 2 slots. Rank 0: [0,1] -> [1,1]: expert 1 is already on rank 0.
+  const Topology t{1, 3, 4, 2, 1, 1};
+  const Placement a(1, 3, 4, {0, 1, 2, 0});
+  const Placement b(1, 3, 4, {1, 1, 2, 0});
+  const auto plan = eplb::algo::plan_migration(a, b, t);
+  ASSERT_EQ(plan.layer(0).units.size(), 1u);
+  const auto& u = plan.layer(0).units[0];
+  EXPECT_FALSE(u.remote());
+  EXPECT_EQ(u.src_slot, 1);  // the slot that keeps expert 1
+  EXPECT_EQ(plan.stats().local_units, 1);
+  EXPECT_EQ(plan.stats().remote_units, 0);
+}
+
+TEST(MigrationPlan, OneTransferPerExpertAndRankWithFanOut) {
+  // Rank 1 needs expert 0 in both its slots: one transfer, one fan-out copy.
+  const Topology t{1, 2, 4, 2, 1, 1};
+  const Placement a(1, 2, 4, {0, 0, 1, 1});
+  const Placement b(1, 2, 4, {1, 1, 0, 0});
+  const auto plan = eplb::algo::plan_migration(a, b, t);
+  EXPECT_EQ(plan.stats().remote_units, 2);
+  EXPECT_EQ(plan.stats().fanout_copies, 2);
+  for (const auto& u : plan.layer(0).units) EXPECT_EQ(u.num_dst, 2);
+  // A swap is a cycle: both receives go through staging in one round.
+  EXPECT_EQ(plan.layer(0).rounds.size(), 1u);
+}
+
+TEST(MigrationPlan, SenderPrefersSameNode) {
+  // 4 ranks x 2 slots on 2 nodes (ranks 0,1 | 2,3). Expert 0 is on ranks 0 and 2; rank 1
+  // and rank 3 each need it: each gets it from the holder on its own node.
+  const Topology t{1, 3, 8, 4, 2, 1};
+  const Placement a(1, 3, 8, {0, 1, 1, 2, 0, 2, 2, 1});
+  const Placement b(1, 3, 8, {0, 1, 0, 2, 0, 2, 0, 1});
+  const auto plan = eplb::algo::plan_migration(a, b, t);
+  ASSERT_EQ(plan.layer(0).units.size(), 2u);
+  for (const auto& u : plan.layer(0).units) {
+    EXPECT_TRUE(u.remote());
+    EXPECT_EQ(t.node_of_rank(u.src_rank), t.node_of_rank(u.dst_rank)) << "same-node sender";
+  }
+  EXPECT_EQ(plan.stats().same_node_remote, 2);
+}
+
+TEST(MigrationPlan, SendingWorkIsSpreadOverHolders) {
+  // One node, 4 ranks x 2 slots. Expert 0 is on ranks 0 and 1; ranks 2 and 3 need it.
+  const Topology t{1, 4, 8, 4, 1, 1};
+  const Placement a(1, 4, 8, {0, 1, 0, 2, 3, 1, 2, 3});
+  const Placement b(1, 4, 8, {0, 1, 0, 2, 0, 3, 0, 1});
+  const auto plan = eplb::algo::plan_migration(a, b, t);
+  std::vector<int> senders;
+  for (const auto& u : plan.layer(0).units)
+    if (u.expert == 0) senders.push_back(u.src_rank);
+  ASSERT_EQ(senders.size(), 2u);
+  EXPECT_NE(senders[0], senders[1]) << "both transfers from one holder";
+}
+
+TEST(MigrationPlan, StagingLimitSplitsRounds) {
+  const Topology t{1, 8, 16, 2, 1, 1};
+  std::mt19937 rng(11);
+  const auto a = random_placement(t, rng);
+  const auto b = random_placement(t, rng);
+  const auto unlimited = eplb::algo::plan_migration(a, b, t, MigrationOptions{0});
+  const auto limited = eplb::algo::plan_migration(a, b, t, MigrationOptions{1});
+  EXPECT_LE(limited.max_staged_slots(), unlimited.max_staged_slots());
+  EXPECT_GE(limited.layer(0).rounds.size(), unlimited.layer(0).rounds.size());
+  EXPECT_EQ(unlimited.layer(0).rounds.size(), 1u);
+}
+
+TEST(MigrationPlan, RejectsShapeMismatch) {
+  const Topology t{1, 4, 8, 2, 1, 1};
+  const auto a = Placement::contiguous(t);
+  const auto other = Placement::contiguous(Topology{2, 4, 8, 2, 1, 1});
+  EXPECT_THROW(eplb::algo::plan_migration(a, other, t), std::invalid_argument);
+}
+
+}  // namespace
