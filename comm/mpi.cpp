@@ -1,0 +1,119 @@
+#include "comm/mpi.hpp"
+
+#include <algorithm>
+#include <climits>
+#include <cstdio>
+#include <cstring>
+#include <utility>
+
+namespace eplb::comm {
+
+void check_mpi(int rc, const char* call, const char* file, int line) {
+  if (rc == MPI_SUCCESS) return;
+  char text[MPI_MAX_ERROR_STRING] = {};
+  int len = 0;
+  if (MPI_Error_string(rc, text, &len) != MPI_SUCCESS) std::snprintf(text, sizeof text, "error %d", rc);
+  throw MpiError(detail::format_failure(detail::world_rank_or_minus_one(), call, text, file, line));
+}
+
+MpiComm::MpiComm(MPI_Comm parent) {
+  EPLB_MPI_CHECK(MPI_Comm_dup(parent, &comm_));
+  try {
+    EPLB_MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
+    EPLB_MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
+    EPLB_MPI_CHECK(MPI_Comm_size(comm_, &size_));
+  } catch (...) {
+    reset();
+    throw;
+  }
+}
+
+MpiComm::~MpiComm() { reset(); }
+
+MpiComm::MpiComm(MpiComm&& other) noexcept
+    : comm_(std::exchange(other.comm_, MPI_COMM_NULL)),
+      rank_(other.rank_),
+      size_(other.size_) {}
+
+MpiComm& MpiComm::operator=(MpiComm&& other) noexcept {
+  if (this != &other) {
+    reset();
+    comm_ = std::exchange(other.comm_, MPI_COMM_NULL);
+    rank_ = other.rank_;
+    size_ = other.size_;
+  }
+  return *this;
+}
+
+void MpiComm::reset() noexcept {
+  if (comm_ == MPI_COMM_NULL) return;
+  int fin = 0;
+  MPI_Finalized(&fin);
+  if (!fin && MPI_Comm_free(&comm_) != MPI_SUCCESS)
+    detail::log_error("MPI_Comm_free failed in ~MpiComm");
+  comm_ = MPI_COMM_NULL;
+}
+
+void allreduce_sum(const MpiComm& comm, std::span<const std::int64_t> in,
+                   std::span<std::int64_t> out) {
+  if (in.size() != out.size())
+    throw std::invalid_argument("allreduce_sum: in and out differ in size");
+  if (in.size() > static_cast<std::size_t>(INT_MAX))
+    throw std::invalid_argument("allreduce_sum: more than INT_MAX elements");
+  const void* src = in.data() == out.data() ? MPI_IN_PLACE : in.data();
+  EPLB_MPI_CHECK(MPI_Allreduce(src, out.data(), static_cast<int>(out.size()), MPI_INT64_T,
+                               MPI_SUM, comm.get()));
+}
+
+std::optional<std::string> agree_on_error(const MpiComm& comm,
+                                          const std::optional<std::string>& local_error) {
+  int mine = local_error ? comm.rank() : INT_MAX;
+  int first = INT_MAX;
+  EPLB_MPI_CHECK(MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, comm.get()));
+  if (first == INT_MAX) return std::nullopt;
+  char text[1024] = {};
+  if (comm.rank() == first)
+    std::snprintf(text, sizeof text, "[rank %d] %s", first, local_error->c_str());
+  EPLB_MPI_CHECK(MPI_Bcast(text, sizeof text, MPI_CHAR, first, comm.get()));
+  text[sizeof text - 1] = '\0';
+  return std::string(text);
+}
+
+void check_config_agreement(const MpiComm& comm, const std::vector<ConfigField>& fields) {
+  // Field count first, so that the reductions below have matching sizes on every rank.
+  std::uint64_t n[2] = {fields.size(), ~static_cast<std::uint64_t>(fields.size())};
+  EPLB_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, n, 2, MPI_UINT64_T, MPI_MIN, comm.get()));
+  if (n[0] != ~n[1])
+    throw InvalidInput("configuration differs between ranks: ranks describe " +
+                       std::to_string(n[0]) + " to " + std::to_string(~n[1]) +
+                       " configuration fields (different eplb versions?)");
+  // One reduction gives min(v) and min(~v) = ~max(v) for every field.
+  std::vector<std::uint64_t> v(2 * fields.size());
+  for (std::size_t i = 0; i < fields.size(); ++i) {
+    v[2 * i] = fields[i].value;
+    v[2 * i + 1] = ~fields[i].value;
+  }
+  EPLB_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, v.data(), static_cast<int>(v.size()), MPI_UINT64_T,
+                               MPI_MIN, comm.get()));
+  std::string diff;
+  for (std::size_t i = 0; i < fields.size(); ++i) {
+    const std::uint64_t lo = v[2 * i], hi = ~v[2 * i + 1];
+    if (lo != hi)
+      diff += (diff.empty() ? "" : ", ") + fields[i].name + " (min " + std::to_string(lo) +
+              ", max " + std::to_string(hi) + ")";
+  }
+  if (!diff.empty())
+    throw InvalidInput("configuration differs between ranks: " + diff);
+}
+
+std::uint64_t fnv1a(const void* data, std::size_t bytes, std::uint64_t seed) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  std::uint64_t h = seed;
+  for (std::size_t i = 0; i < bytes; ++i) {
+    h ^= p[i];
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+}  // namespace eplb::comm

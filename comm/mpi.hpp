@@ -1,0 +1,78 @@
+#pragma once
+/// \file MPI: an owning communicator handle, checked calls, and the host collectives of the
+/// rebalance loop. Every function taking an MpiComm is collective over it unless noted.
+#include <mpi.h>
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "comm/error.hpp"
+
+#define EPLB_MPI_CHECK(call) ::eplb::comm::check_mpi((call), #call, __FILE__, __LINE__)
+
+namespace eplb::comm {
+
+/// Throws MpiError "[rank r] <call> failed: <MPI's error string> (file:line)" unless rc is
+/// MPI_SUCCESS.
+void check_mpi(int rc, const char* call, const char* file, int line);
+
+/// A duplicate of the caller's communicator with MPI_ERRORS_RETURN set, freed on
+/// destruction. Move-only. The library talks only on its own duplicate, so its messages
+/// never match the application's.
+class MpiComm {
+ public:
+  MpiComm() = default;
+  /// Collective over `parent` (MPI_Comm_dup).
+  explicit MpiComm(MPI_Comm parent);
+  ~MpiComm();
+  MpiComm(MpiComm&& other) noexcept;
+  MpiComm& operator=(MpiComm&& other) noexcept;
+  MpiComm(const MpiComm&) = delete;
+  MpiComm& operator=(const MpiComm&) = delete;
+
+  MPI_Comm get() const { return comm_; }
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+
+ private:
+  void reset() noexcept;
+  MPI_Comm comm_ = MPI_COMM_NULL;
+  int rank_ = 0, size_ = 0;
+};
+
+/// out[i] = sum over ranks of in[i] (int64). in and out may be the same span.
+void allreduce_sum(const MpiComm& comm, std::span<const std::int64_t> in,
+                   std::span<std::int64_t> out);
+
+/// Error agreement. Every rank passes its local error (nullopt when fine); every rank
+/// returns the error of the lowest failing rank, prefixed with "[rank r] ", or nullopt when
+/// all are fine. Costs one small allreduce, plus one broadcast when some rank failed.
+std::optional<std::string> agree_on_error(const MpiComm& comm,
+                                          const std::optional<std::string>& local_error);
+
+/// agree_on_error, then throws E(message) on every rank if any rank failed.
+template <class E = InvalidInput>
+void throw_if_any_failed(const MpiComm& comm, const std::optional<std::string>& local_error) {
+  if (auto e = agree_on_error(comm, local_error)) throw E(*e);
+}
+
+/// One named value that must be identical on every rank (e.g. num_slots, a hash of the
+/// policy name).
+struct ConfigField {
+  std::string name;
+  std::uint64_t value;
+};
+
+/// Compares the fields across ranks (two allreduces). On any difference every rank throws
+/// InvalidInput naming each differing field with its smallest and largest value. All ranks
+/// must pass the same number of fields in the same order (the count is checked first).
+void check_config_agreement(const MpiComm& comm, const std::vector<ConfigField>& fields);
+
+/// FNV-1a 64 of bytes, chained from `seed`.
+std::uint64_t fnv1a(const void* data, std::size_t bytes,
+                    std::uint64_t seed = 14695981039346656037ull);
+
+}  // namespace eplb::comm

@@ -1,0 +1,37 @@
+#pragma once
+/// \file Broadcast of a placement from the rank that planned it, as a compact index array.
+#include <cstdint>
+#include <string>
+
+#include "algo/placement.hpp"
+#include "comm/mpi.hpp"
+
+namespace eplb::comm {
+
+/// What the planning rank decided.
+enum class PlanStatus : std::int32_t {
+  ok = 0,     ///< a new placement follows
+  skip = 1,   ///< keep the current placement (note says why)
+  error = 2,  ///< planning failed (note has the message); every rank throws InvalidInput
+};
+
+struct PlacementMessage {
+  std::int64_t epoch = 0;
+  PlanStatus status = PlanStatus::skip;
+  std::string note;            ///< reason for skip / error text (at most 511 bytes travel)
+  algo::Placement placement;   ///< status == ok only
+};
+
+/// Bytes per index on the wire: 2 when E <= 32767 (int16), else 4.
+int placement_index_bytes(int num_logical);
+
+/// Collective over comm: one MPI_Bcast from `root` of a header (epoch, status, checksum,
+/// note) and phy2log[L][R] packed as int16 or int32, then one small allreduce in which every
+/// rank reports whether the message verified (epoch == expected_epoch, checksum, indices in
+/// range, every expert present). On root, `msg` is the input (placement needed when ok); on
+/// other ranks it is overwritten. Throws on every rank if any rank fails to verify, or
+/// InvalidInput with root's note when status == error. The caller's state is untouched then.
+void broadcast_placement(const MpiComm& comm, int root, const algo::Topology& topo,
+                         std::int64_t expected_epoch, PlacementMessage& msg);
+
+}  // namespace eplb::comm

@@ -1,0 +1,38 @@
+#pragma once
+/// \file The weight transport: how expert bytes move between ranks during a migration.
+#include <cstddef>
+#include <memory>
+#include <string_view>
+
+namespace eplb::comm {
+
+enum class MemorySpace { host, device };
+
+/// Owned memory in a transport's space (staging); freed by the transport's deleter.
+using Buffer = std::unique_ptr<std::byte, void (*)(std::byte*)>;
+
+/// Point-to-point movement of weight bytes. A migration posts the sends and receives of one
+/// round between begin_batch() and end_batch(); local copies issued after end_batch() are
+/// ordered after the batch's receives. On a device transport all of this is stream-ordered
+/// and end_batch() does not wait on the host; synchronize() does.
+/// Every rank of the job must issue the matching calls (same peers, same sizes, same order
+/// per peer). Buffers must stay valid until synchronize() (device) or end_batch() (host).
+class Transport {
+ public:
+  virtual ~Transport() = default;
+  virtual std::string_view name() const = 0;
+  virtual MemorySpace memory_space() const = 0;
+
+  virtual void begin_batch() = 0;
+  virtual void send(const std::byte* buf, std::size_t bytes, int peer) = 0;
+  virtual void recv(std::byte* buf, std::size_t bytes, int peer) = 0;
+  virtual void end_batch() = 0;
+  /// Copy within this rank's memory, ordered after earlier operations.
+  virtual void copy(std::byte* dst, const std::byte* src, std::size_t bytes) = 0;
+  /// Returns when every operation issued so far is complete.
+  virtual void synchronize() = 0;
+  /// Memory for staging, in this transport's memory space.
+  virtual Buffer allocate(std::size_t bytes) = 0;
+};
+
+}  // namespace eplb::comm

@@ -1,0 +1,317 @@
+// moe_sim: a synthetic expert-parallel MoE job. Every rank routes tokens with a drifting skew,
+// records the load, rebalances through eplb every `interval` passes and, after every
+// migration, checks that every local slot holds exactly its expert's bytes.
+//
+//   mpirun -np 4 moe_sim [--layers 12 --experts 64 --passes 600 --interval 50 ...]
+#include <CLI/CLI.hpp>
+#include <mpi.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <numeric>
+#include <random>
+#include <sstream>
+
+#include "algo/policy.hpp"
+#include "eplb/config.hpp"
+#include "runtime/engine.hpp"
+#include "runtime/pattern.hpp"
+
+namespace {
+
+struct Options {
+  int layers = 12, experts = 64, slots = 0, nodes = 1, groups = 8, topk = 6, tokens = 256;
+  int passes = 600, interval = 50, window = 100;
+  unsigned seed = 1;
+  double skew = 1.2, drift = 0.15, min_gain = 0.0;
+  std::string policy, csv, device = "cpu", tensors = "w13:12288,w2:6144,scale:80";
+  std::size_t staging_bytes = std::size_t{64} << 20;
+};
+
+struct TensorSpec {
+  std::string name;
+  std::size_t bytes;
+};
+
+std::vector<TensorSpec> parse_tensors(const std::string& text) {
+  std::vector<TensorSpec> out;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    const auto colon = item.find(':');
+    if (colon == std::string::npos || colon == 0)
+      throw std::invalid_argument("--tensors: '" + item + "' is not NAME:BYTES");
+    std::size_t bytes = 0;
+    try {
+      bytes = std::stoull(item.substr(colon + 1));
+    } catch (const std::exception&) {
+      throw std::invalid_argument("--tensors: '" + item + "' has no byte count");
+    }
+    if (bytes == 0) throw std::invalid_argument("--tensors: '" + item + "' has 0 bytes");
+    out.push_back({item.substr(0, colon), bytes});
+  }
+  if (out.empty()) throw std::invalid_argument("--tensors: no tensor given");
+  return out;
+}
+
+/// Router whose expert popularity drifts: per-layer logits follow a mean-reverting random
+/// walk shared by all ranks (same seed); each rank draws its own tokens.
+class Router {
+ public:
+  Router(const Options& o, int rank)
+      : o_(o), rank_(rank), z_(static_cast<std::size_t>(o.layers) * o.experts),
+        cdf_(static_cast<std::size_t>(o.experts)) {
+    std::mt19937_64 rng(o.seed);
+    std::normal_distribution<double> n(0.0, o.skew);
+    for (auto& v : z_) v = n(rng);
+  }
+
+  /// Advances the drift (identical on every rank) and draws this rank's routing of one pass.
+  void next_pass(int pass) {
+    std::mt19937_64 shared(o_.seed * 1000003ull + static_cast<unsigned>(pass));
+    std::normal_distribution<double> n(0.0, o_.drift);
+    const double keep = 1.0 - 0.5 * o_.drift * o_.drift / (o_.skew * o_.skew + 1e-12);
+    for (auto& v : z_) v = keep * v + n(shared);
+    rng_.seed((o_.seed * 7919ull + static_cast<unsigned>(rank_)) * 1000003ull +
+              static_cast<unsigned>(pass));
+  }
+
+  /// topk_ids[tokens][k] for one layer.
+  void route(int layer, std::vector<std::int32_t>& ids) {
+    const double* z = z_.data() + static_cast<std::size_t>(layer) * o_.experts;
+    const double zmax = *std::max_element(z, z + o_.experts);
+    double acc = 0;
+    for (int e = 0; e < o_.experts; ++e) cdf_[e] = acc += std::exp(z[e] - zmax);
+    std::uniform_real_distribution<double> u(0.0, acc);
+    ids.resize(static_cast<std::size_t>(o_.tokens) * o_.topk);
+    for (int t = 0; t < o_.tokens; ++t) {
+      std::int32_t* row = ids.data() + static_cast<std::size_t>(t) * o_.topk;
+      for (int k = 0; k < o_.topk; ++k) {
+        std::int32_t e;
+        do {
+          e = static_cast<std::int32_t>(std::lower_bound(cdf_.begin(), cdf_.end(), u(rng_)) - cdf_.begin());
+          e = std::min(e, o_.experts - 1);
+        } while (std::find(row, row + k, e) != row + k);
+        row[k] = e;
+      }
+    }
+  }
+
+ private:
+  const Options& o_;
+  int rank_;
+  std::vector<double> z_, cdf_;
+  std::mt19937_64 rng_;
+};
+
+struct Row {
+  long long step;
+  eplb::runtime::RebalanceStats s;
+  double t_max[6];  // max over ranks: collect, policy, bcast, plan, migrate, total
+};
+
+const char* human(double bytes, char* buf, std::size_t n) {
+  const char* unit[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int i = 0;
+  while (bytes >= 1024 && i < 4) {
+    bytes /= 1024;
+    ++i;
+  }
+  std::snprintf(buf, n, "%.1f %s", bytes, unit[i]);
+  return buf;
+}
+
+int run(int argc, char** argv, int rank, int size) {
+  Options o;
+  CLI::App app{"moe_sim: synthetic expert-parallel MoE job balanced by eplb (run under mpirun)"};
+  app.add_option("--layers", o.layers, "MoE layers")->capture_default_str();
+  app.add_option("--experts", o.experts, "logical experts per layer")->capture_default_str();
+  app.add_option("--slots", o.slots, "physical slots per layer (0: ~1.25 x experts, a multiple of ranks)");
+  app.add_option("--nodes", o.nodes, "nodes the ranks are spread over (emulated)")->capture_default_str();
+  app.add_option("--groups", o.groups, "expert groups (hierarchical policy)")->capture_default_str();
+  app.add_option("--topk", o.topk, "experts per token")->capture_default_str();
+  app.add_option("--tokens", o.tokens, "tokens per rank per pass")->capture_default_str();
+  app.add_option("--passes", o.passes, "forward passes to simulate")->capture_default_str();
+  app.add_option("--interval", o.interval, "passes between rebalances")->capture_default_str();
+  app.add_option("--window", o.window, "passes in the load window")->capture_default_str();
+  app.add_option("--seed", o.seed, "random seed")->capture_default_str();
+  app.add_option("--skew", o.skew, "std-dev of expert popularity logits")->capture_default_str();
+  app.add_option("--drift", o.drift, "per-pass drift of the logits")->capture_default_str();
+  app.add_option("--policy", o.policy, "placement policy (default: " + eplb::algo::default_policy_name() + ")")
+      ->check(CLI::IsMember(eplb::algo::policy_names()));
+  app.add_option("--min-gain", o.min_gain, "skip rebalances whose balancedness gain is below this")
+      ->capture_default_str();
+  app.add_option("--staging-bytes", o.staging_bytes, "migration staging budget per rank")
+      ->capture_default_str();
+  app.add_option("--tensors", o.tensors, "tensors per expert, NAME:BYTES,...")->capture_default_str();
+  app.add_option("--device", o.device, "where weights live: cpu (MPI transport)")
+      ->check(CLI::IsMember({"cpu"}))
+      ->capture_default_str();
+  app.add_option("--csv", o.csv, "write one row per rebalance to this CSV file (rank 0)");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (rank == 0) app.exit(e);
+    return e.get_exit_code() == 0 ? 0 : 2;
+  }
+
+  const auto specs = parse_tensors(o.tensors);
+  eplb::runtime::RuntimeConfig cfg;
+  auto& t = cfg.topology;
+  t.num_layers = o.layers;
+  t.num_logical = o.experts;
+  t.num_ranks = size;
+  t.num_nodes = o.nodes;
+  t.num_groups = o.groups;
+  t.num_slots = o.slots > 0 ? o.slots : (o.experts * 5 / 4 + size - 1) / size * size;
+  cfg.policy = o.policy;
+  cfg.window_passes = o.window;
+  cfg.rebalance_interval = o.interval;
+  cfg.first_rebalance = o.interval;
+  cfg.min_gain = o.min_gain;
+  cfg.staging_bytes = o.staging_bytes;
+  t.validate();
+  if (o.topk < 1 || o.topk > o.experts || o.tokens < 1 || o.passes < 0)
+    throw std::invalid_argument("need 1 <= topk <= experts, tokens >= 1, passes >= 0");
+
+  // Host weights: one buffer per (layer, tensor) holding this rank's k slots.
+  const int k = t.slots_per_rank();
+  std::vector<std::vector<std::byte>> storage;
+  eplb::runtime::WeightRegistry weights(t.num_layers, k);
+  for (int l = 0; l < t.num_layers; ++l)
+    for (const auto& s : specs) {
+      storage.emplace_back(s.bytes * k);
+      weights.add(l, s.name, storage.back().data(), s.bytes);
+    }
+  const auto initial = eplb::algo::Placement::contiguous(t);
+  eplb::runtime::fill_slots(weights, initial, rank);
+  eplb::runtime::Engine engine(MPI_COMM_WORLD, cfg, std::move(weights), initial);
+
+  std::size_t expert_bytes = 0;
+  for (const auto& s : specs) expert_bytes += s.bytes;
+  if (rank == 0) {
+    char b[32];
+    std::printf("moe_sim (eplb %s): %d ranks, %s (%s), policy %s, top-%d, %d tokens/rank/pass\n",
+                EPLB_VERSION, size, t.describe().c_str(), t.hierarchical() ? "hierarchical" : "global",
+                cfg.policy_name().c_str(), o.topk, o.tokens);
+    std::printf("  %zu tensors per expert (%s per expert), %d passes, rebalance every %d, window %d\n\n",
+                specs.size(), human(static_cast<double>(expert_bytes), b, sizeof b), o.passes,
+                o.interval, o.window);
+    std::printf("%6s %5s  %-17s %-17s %7s %7s %6s %11s %11s  %7s %7s %7s %7s %8s %8s\n", "pass",
+                "epoch", "balancedness", "max/mean", "changed", "remote", "local", "remote B",
+                "local B", "collect", "policy", "bcast", "plan", "migrate", "total ms");
+  }
+
+  Router router(o, rank);
+  std::vector<std::int32_t> ids;
+  std::vector<Row> rows;
+  long long verify_failures = 0;
+  for (int pass = 1; pass <= o.passes; ++pass) {
+    router.next_pass(pass);
+    for (int l = 0; l < t.num_layers; ++l) {
+      router.route(l, ids);
+      engine.window().record(l, ids);
+    }
+    auto st = engine.step();
+    if (!st) continue;
+    // Verify every slot's bytes on every rank; agree on the outcome.
+    const auto bad = eplb::runtime::verify_slots(engine.weights(), engine.placement(), rank);
+    for (std::size_t i = 0; i < bad.size() && i < 5; ++i)
+      std::fprintf(stderr, "[rank %d] verification failed at pass %d: %s\n", rank, pass, bad[i].c_str());
+    long long nbad = static_cast<long long>(bad.size()), total_bad = 0;
+    MPI_Allreduce(&nbad, &total_bad, 1, MPI_LONG_LONG, MPI_SUM, MPI_COMM_WORLD);
+    verify_failures += total_bad;
+    Row row{pass, *st, {st->t_collect_ms, st->t_policy_ms, st->t_broadcast_ms, st->t_plan_ms,
+                        st->t_migrate_ms, st->t_total_ms}};
+    MPI_Allreduce(MPI_IN_PLACE, row.t_max, 6, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    rows.push_back(row);
+    if (rank == 0) {
+      char rb[32], lb[32], bal[32], imb[32];
+      std::snprintf(bal, sizeof bal, "%.3f -> %.3f", st->balancedness_before, st->balancedness_after);
+      std::snprintf(imb, sizeof imb, "%.3f -> %.3f", st->imbalance_before, st->imbalance_after);
+      if (st->skipped) {
+        std::printf("%6d %5lld  %-17s %-17s  skipped: %s\n", pass, static_cast<long long>(st->epoch),
+                    bal, imb, st->skip_reason.c_str());
+      } else {
+        std::printf("%6d %5lld  %-17s %-17s %7lld %7lld %6lld %11s %11s  %7.3f %7.3f %7.3f %7.3f %8.3f %8.3f%s\n",
+                    pass, static_cast<long long>(st->epoch), bal, imb, st->plan.slots_changed,
+                    st->plan.remote_units, st->plan.local_units + st->plan.fanout_copies,
+                    human(static_cast<double>(st->moved.total_remote_bytes), rb, sizeof rb),
+                    human(static_cast<double>(st->moved.total_local_bytes), lb, sizeof lb),
+                    row.t_max[0], row.t_max[1], row.t_max[2], row.t_max[3], row.t_max[4], row.t_max[5],
+                    total_bad ? "  VERIFY FAILED" : "");
+      }
+      std::fflush(stdout);
+    }
+  }
+
+  if (rank == 0) {
+    long long done = 0, skipped = 0;
+    double remote = 0, local = 0, bb = 0, ba = 0, tmig = 0, ttot = 0, tctl = 0;
+    for (const auto& r : rows) {
+      if (r.s.skipped) {
+        ++skipped;
+        continue;
+      }
+      ++done;
+      remote += static_cast<double>(r.s.moved.total_remote_bytes);
+      local += static_cast<double>(r.s.moved.total_local_bytes);
+      bb += r.s.balancedness_before;
+      ba += r.s.balancedness_after;
+      tmig += r.t_max[4];
+      ttot += r.t_max[5];
+      tctl += r.t_max[5] - r.t_max[4];
+    }
+    char b1[32], b2[32], b3[32];
+    std::printf("\nsummary: %lld rebalances (%lld skipped) in %d passes\n", done + skipped, skipped, o.passes);
+    if (done) {
+      std::printf("  balancedness before -> after (mean): %.4f -> %.4f\n", bb / done, ba / done);
+      std::printf("  bytes moved per rebalance: %s remote, %s local (total remote %s)\n",
+                  human(remote / done, b1, sizeof b1), human(local / done, b2, sizeof b2),
+                  human(remote, b3, sizeof b3));
+      std::printf("  time per rebalance (max over ranks): control %.3f ms, migration %.3f ms, total %.3f ms\n",
+                  tctl / done, tmig / done, ttot / done);
+    }
+    std::printf("  verification: %s (%lld bad slot tensors)\n", verify_failures ? "FAILED" : "every slot holds its expert's bytes",
+                verify_failures);
+    if (!o.csv.empty()) {
+      std::ofstream f(o.csv);
+      f << "pass,epoch,skipped,balancedness_before,balancedness_after,imbalance_before,imbalance_after,"
+           "slots_changed,remote_transfers,local_copies,bytes_remote,bytes_local,t_collect_ms,"
+           "t_policy_ms,t_broadcast_ms,t_plan_ms,t_migrate_ms,t_total_ms,verify_failures\n";
+      for (const auto& r : rows)
+        f << r.step << ',' << r.s.epoch << ',' << r.s.skipped << ',' << r.s.balancedness_before << ','
+          << r.s.balancedness_after << ',' << r.s.imbalance_before << ',' << r.s.imbalance_after << ','
+          << r.s.plan.slots_changed << ',' << r.s.plan.remote_units << ','
+          << r.s.plan.local_units + r.s.plan.fanout_copies << ',' << r.s.moved.total_remote_bytes << ','
+          << r.s.moved.total_local_bytes << ',' << r.t_max[0] << ',' << r.t_max[1] << ','
+          << r.t_max[2] << ',' << r.t_max[3] << ',' << r.t_max[4] << ',' << r.t_max[5] << ",0\n";
+      if (!f.flush()) throw std::runtime_error("cannot write " + o.csv);
+    }
+  }
+  return verify_failures ? 1 : 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  MPI_Init(&argc, &argv);
+  int rank = 0, size = 1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  int rc = 0;
+  try {
+    rc = run(argc, argv, rank, size);
+  } catch (const std::invalid_argument& e) {
+    // Bad input is agreed on by every rank: each reports it and exits normally.
+    std::fprintf(stderr, "moe_sim [rank %d]: error: %s\n", rank, e.what());
+    rc = 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "moe_sim [rank %d]: fatal: %s\n", rank, e.what());
+    MPI_Abort(MPI_COMM_WORLD, 1);
+  }
+  MPI_Finalize();
+  return rc;
+}

@@ -1,0 +1,24 @@
+#include "runtime/config.hpp"
+
+#include <stdexcept>
+
+#include "algo/policy.hpp"
+
+namespace eplb::runtime {
+
+void RuntimeConfig::validate() const {
+  topology.validate();
+  if (window_passes < 1) throw std::invalid_argument("runtime config: window_passes >= 1 violated");
+  if (rebalance_interval < 0)
+    throw std::invalid_argument("runtime config: rebalance_interval >= 0 violated");
+  if (first_rebalance < -1)
+    throw std::invalid_argument("runtime config: first_rebalance >= -1 violated");
+  if (staging_bytes == 0) throw std::invalid_argument("runtime config: staging_bytes > 0 violated");
+  (void)algo::make_policy(policy_name());  // throws listing the known names
+}
+
+std::string RuntimeConfig::policy_name() const {
+  return policy.empty() ? algo::default_policy_name() : policy;
+}
+
+}  // namespace eplb::runtime

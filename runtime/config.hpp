@@ -1,0 +1,34 @@
+#pragma once
+/// \file The runtime's configuration: a plain struct, validated once.
+#include <cstddef>
+#include <string>
+
+#include "algo/topology.hpp"
+
+namespace eplb::runtime {
+
+struct RuntimeConfig {
+  /// Job shape. num_ranks must equal the communicator's size; slot j lives on rank j / (R/P).
+  algo::Topology topology;
+  /// Placement policy name (algo::policy_names()); empty = algo::default_policy_name().
+  std::string policy;
+  /// W: forward passes kept in the load window (ring buffer). >= 1.
+  int window_passes = 1000;
+  /// Passes between automatic rebalances; 0 = only when rebalance() is called.
+  int rebalance_interval = 3000;
+  /// Pass of the first automatic rebalance; -1 = rebalance_interval / 4 (what peers do).
+  int first_rebalance = -1;
+  /// Skip a rebalance whose predicted balancedness gain (after - before, see
+  /// algo::BalanceReport::balancedness) is below this. 0 = skip only when nothing improves
+  /// or the placement would not change; negative = never skip.
+  double min_gain = 0.0;
+  /// Staging memory per rank for migration (bytes). Layers whose moves need more run in
+  /// several rounds; moves that depend on each other in a cycle may exceed it (reported).
+  std::size_t staging_bytes = std::size_t{256} << 20;
+
+  /// Throws std::invalid_argument naming the first bad field.
+  void validate() const;
+  std::string policy_name() const;
+};
+
+}  // namespace eplb::runtime

@@ -1,0 +1,222 @@
+#include "runtime/engine.hpp"
+
+#include <bit>
+#include <chrono>
+#include <cstring>
+
+#include "comm/mpi_transport.hpp"
+#include "comm/placement_bcast.hpp"
+
+namespace eplb::runtime {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double ms_since(Clock::time_point t) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
+}
+
+std::uint64_t hash_string(const std::string& s) { return comm::fnv1a(s.data(), s.size()); }
+
+}  // namespace
+
+Engine::Engine(MPI_Comm comm, RuntimeConfig config, WeightRegistry weights,
+               algo::Placement initial, TransportFactory transport)
+    : config_(std::move(config)),
+      comm_(comm),
+      weights_(std::move(weights)),
+      window_(std::max(config_.topology.num_layers, 1), std::max(config_.topology.num_logical, 1),
+              std::max(config_.window_passes, 1)) {
+  const auto& topo = config_.topology;
+  std::optional<std::string> local;
+  try {
+    config_.validate();
+    weights_.validate();
+    if (topo.num_ranks != comm_.size())
+      throw std::invalid_argument("topology has num_ranks = " + std::to_string(topo.num_ranks) +
+                                  " but the communicator has " + std::to_string(comm_.size()) +
+                                  " ranks");
+    if (weights_.num_layers() != topo.num_layers || weights_.slots_per_rank() != topo.slots_per_rank())
+      throw std::invalid_argument("weight registry has " + std::to_string(weights_.num_layers()) +
+                                  " layers x " + std::to_string(weights_.slots_per_rank()) +
+                                  " slots per rank; the topology needs " +
+                                  std::to_string(topo.num_layers) + " x " +
+                                  std::to_string(topo.slots_per_rank()));
+    if (initial.empty()) initial = algo::Placement::contiguous(topo);
+    initial.check_shape(topo, "initial placement");
+    policy_ = algo::make_policy(config_.policy_name());
+  } catch (const std::exception& e) {
+    local = e.what();
+  }
+  comm::throw_if_any_failed(comm_, local);
+
+  const std::uint64_t min_gain_bits = std::bit_cast<std::uint64_t>(config_.min_gain);
+  comm::check_config_agreement(
+      comm_, {{"num_layers", static_cast<std::uint64_t>(topo.num_layers)},
+              {"num_logical", static_cast<std::uint64_t>(topo.num_logical)},
+              {"num_slots", static_cast<std::uint64_t>(topo.num_slots)},
+              {"num_ranks", static_cast<std::uint64_t>(topo.num_ranks)},
+              {"num_nodes", static_cast<std::uint64_t>(topo.num_nodes)},
+              {"num_groups", static_cast<std::uint64_t>(topo.num_groups)},
+              {"policy (hash of name)", hash_string(config_.policy_name())},
+              {"window_passes", static_cast<std::uint64_t>(config_.window_passes)},
+              {"rebalance_interval", static_cast<std::uint64_t>(config_.rebalance_interval)},
+              {"first_rebalance", static_cast<std::uint64_t>(config_.first_rebalance)},
+              {"min_gain (bits)", min_gain_bits},
+              {"staging_bytes", config_.staging_bytes},
+              {"weight layout (hash)", weights_.layout_hash()},
+              {"initial placement (hash)",
+               comm::fnv1a(initial.phy2log().data(), initial.phy2log().size_bytes())}});
+
+  placement_ = std::move(initial);
+  const std::size_t expert_bytes = std::max<std::size_t>(weights_.max_bytes_per_expert(), 1);
+  migration_options_.max_staged_slots_per_rank =
+      static_cast<int>(std::max<std::size_t>(1, config_.staging_bytes / expert_bytes));
+  transport_ = transport ? transport(comm_) : std::make_unique<comm::MpiHostTransport>(comm_);
+  const std::size_t n = static_cast<std::size_t>(topo.num_layers) * topo.num_logical;
+  local_load_.assign(n, 0);
+  global_load_.assign(n, 0);
+  load_f64_.assign(n, 0.0);
+}
+
+Engine::~Engine() = default;
+
+int Engine::expert_of_local_slot(int layer, int local) const {
+  const int k = config_.topology.slots_per_rank();
+  if (layer < 0 || layer >= config_.topology.num_layers || local < 0 || local >= k)
+    throw std::out_of_range("expert_of_local_slot: layer or slot out of range");
+  return placement_.phy2log(layer)[comm_.rank() * k + local];
+}
+
+std::optional<RebalanceStats> Engine::step() {
+  ++pass_;
+  const int interval = config_.rebalance_interval;
+  bool due = false;
+  if (interval > 0) {
+    std::int64_t first = config_.first_rebalance < 0 ? interval / 4 : config_.first_rebalance;
+    if (first <= 0) first = interval;
+    due = pass_ >= first && (pass_ - first) % interval == 0;
+  }
+  std::optional<RebalanceStats> stats;
+  try {
+    if (due) stats = rebalance();
+  } catch (...) {
+    window_.end_pass();
+    throw;
+  }
+  window_.end_pass();
+  return stats;
+}
+
+RebalanceStats Engine::rebalance() {
+  const auto& topo = config_.topology;
+  const auto t_start = Clock::now();
+  RebalanceStats st;
+  st.pass = pass_;
+
+  // 1. Collect: rejected input anywhere stops every rank before anything changes.
+  auto t = Clock::now();
+  auto input_error = window_.take_error();
+  window_.sum(local_load_);
+  comm::throw_if_any_failed(comm_, input_error);
+  comm::allreduce_sum(comm_, local_load_, global_load_);
+  for (std::size_t i = 0; i < global_load_.size(); ++i)
+    load_f64_[i] = static_cast<double>(global_load_[i]);
+  const algo::LoadView load{load_f64_, topo.num_layers, topo.num_logical};
+  st.t_collect_ms = ms_since(t);
+
+  // 2. Plan on rank 0.
+  const auto before = algo::evaluate(load, placement_, topo);
+  st.balancedness_before = before.balancedness();
+  st.imbalance_before = before.imbalance_mean();
+  comm::PlacementMessage msg;
+  if (comm_.rank() == 0) {
+    t = Clock::now();
+    msg.epoch = epoch_ + 1;
+    try {
+      policy_->rebalance_into(load, topo, &placement_, msg.placement);
+      const double gain =
+          algo::evaluate(load, msg.placement, topo).balancedness() - st.balancedness_before;
+      msg.status = comm::PlanStatus::ok;
+      char why[160];
+      if (msg.placement == placement_) {
+        msg.status = comm::PlanStatus::skip;
+        msg.note = "placement unchanged";
+      } else if (config_.min_gain >= 0 && (gain < config_.min_gain || gain <= 0)) {
+        msg.status = comm::PlanStatus::skip;
+        std::snprintf(why, sizeof why, "predicted balancedness gain %.4g below min_gain %.4g",
+                      gain, config_.min_gain);
+        msg.note = why;
+      }
+    } catch (const std::exception& e) {
+      msg.status = comm::PlanStatus::error;
+      msg.note = e.what();
+    }
+    st.t_policy_ms = ms_since(t);
+  }
+
+  // 3. Broadcast (every rank throws on a planning error or a message that fails to verify).
+  t = Clock::now();
+  comm::broadcast_placement(comm_, 0, topo, epoch_ + 1, msg);
+  st.t_broadcast_ms = ms_since(t);
+  st.epoch = msg.epoch;
+  if (msg.status == comm::PlanStatus::skip) {
+    epoch_ = msg.epoch;
+    st.skipped = true;
+    st.skip_reason = msg.note;
+    st.balancedness_after = st.balancedness_before;
+    st.imbalance_after = st.imbalance_before;
+    st.t_total_ms = ms_since(t_start);
+    history_.push_back(st);
+    return st;
+  }
+
+  // 4. Every rank derives the same migration plan.
+  t = Clock::now();
+  const auto after = algo::evaluate(load, msg.placement, topo);
+  st.balancedness_after = after.balancedness();
+  st.imbalance_after = after.imbalance_mean();
+  const auto plan = algo::plan_migration(placement_, msg.placement, topo, migration_options_);
+  st.plan = plan.stats();
+  const std::size_t need = staging_bytes_needed(plan, weights_);
+  if (need > staging_size_) {
+    staging_ = transport_->allocate(need);
+    staging_size_ = need;
+  }
+  st.t_plan_ms = ms_since(t);
+
+  // 5. Move the weights, then switch the maps.
+  t = Clock::now();
+  st.moved = execute_migration(plan, weights_, *transport_, comm_.rank(), staging_.get());
+  st.t_migrate_ms = ms_since(t);
+  placement_ = std::move(msg.placement);
+  epoch_ = msg.epoch;
+  st.t_total_ms = ms_since(t_start);
+  history_.push_back(st);
+  return st;
+}
+
+void Engine::restore(algo::Placement placement, std::span<const std::int64_t> ring, int cursor,
+                     std::int64_t epoch, std::int64_t pass) {
+  std::optional<std::string> local;
+  try {
+    placement.check_shape(config_.topology, "restore");
+    LoadWindow probe(config_.topology.num_layers, config_.topology.num_logical,
+                     config_.window_passes);
+    probe.restore(ring, cursor);
+    if (epoch < 0 || pass < 0) throw std::invalid_argument("restore: negative epoch or pass");
+  } catch (const std::exception& e) {
+    local = e.what();
+  }
+  comm::throw_if_any_failed(comm_, local);
+  comm::check_config_agreement(
+      comm_, {{"restored placement (hash)",
+               comm::fnv1a(placement.phy2log().data(), placement.phy2log().size_bytes())},
+              {"restored epoch", static_cast<std::uint64_t>(epoch)},
+              {"restored pass", static_cast<std::uint64_t>(pass)}});
+  window_.restore(ring, cursor);
+  placement_ = std::move(placement);
+  epoch_ = epoch;
+  pass_ = pass;
+}
+
+}  // namespace eplb::runtime

@@ -1,0 +1,102 @@
+#pragma once
+/// \file The per-rank engine: load window, periodic rebalance, migration of weights.
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "algo/migration.hpp"
+#include "algo/placement.hpp"
+#include "algo/policy.hpp"
+#include "comm/mpi.hpp"
+#include "comm/transport.hpp"
+#include "runtime/config.hpp"
+#include "runtime/load_window.hpp"
+#include "runtime/migrate.hpp"
+#include "runtime/weights.hpp"
+
+namespace eplb::runtime {
+
+/// One rebalance, as seen from this rank (times in milliseconds).
+struct RebalanceStats {
+  std::int64_t epoch = 0;        ///< placement epoch after this rebalance
+  std::int64_t pass = 0;         ///< passes recorded when it ran
+  bool skipped = false;          ///< the placement was kept
+  std::string skip_reason;
+  /// Balancedness (sum_l mean / sum_l max GPU load; 1 = perfect) of the window's load under
+  /// the old and the new placement, and the mean over layers of max/mean GPU load.
+  double balancedness_before = 1, balancedness_after = 1;
+  double imbalance_before = 1, imbalance_after = 1;
+  algo::MigrationStats plan;     ///< slots changed, transfers (all ranks)
+  MigrationCounters moved;       ///< bytes (this rank, and all ranks)
+  double t_collect_ms = 0;       ///< window sum, error agreement, allreduce
+  double t_policy_ms = 0;        ///< policy on the planning rank (0 elsewhere)
+  double t_broadcast_ms = 0;     ///< placement broadcast and verification
+  double t_plan_ms = 0;          ///< derive maps and the migration plan
+  double t_migrate_ms = 0;       ///< weight movement
+  double t_total_ms = 0;
+};
+
+/// Makes the weight transport once the engine's communicator exists.
+using TransportFactory = std::function<std::unique_ptr<comm::Transport>(const comm::MpiComm&)>;
+
+/// The per-rank runtime. Construct on every rank of the communicator; call step() after
+/// every forward pass (dummy passes too) so that all ranks rebalance at the same pass.
+class Engine {
+ public:
+  /// Collective over `comm` (duplicated): validates the config, checks that every rank has
+  /// the same topology, policy, window, staging and weight layout (InvalidInput on every
+  /// rank naming the differing fields otherwise), and starts from `initial` (contiguous when
+  /// empty). `weights` must describe this rank's slots; `transport` defaults to MPI host.
+  Engine(MPI_Comm comm, RuntimeConfig config, WeightRegistry weights,
+         algo::Placement initial = {}, TransportFactory transport = {});
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  const RuntimeConfig& config() const { return config_; }
+  const comm::MpiComm& comm() const { return comm_; }
+  const algo::Placement& placement() const { return placement_; }
+  const WeightRegistry& weights() const { return weights_; }
+  LoadWindow& window() { return window_; }
+  const LoadWindow& window() const { return window_; }
+  std::int64_t epoch() const { return epoch_; }
+  std::int64_t pass() const { return pass_; }
+  const std::vector<RebalanceStats>& history() const { return history_; }
+
+  /// The logical expert this rank's local slot `local` holds (to load its weights).
+  int expert_of_local_slot(int layer, int local) const;
+
+  /// Ends the current pass. Collective when it triggers an automatic rebalance (every rank
+  /// reaches the same pass count). Returns that rebalance's stats.
+  std::optional<RebalanceStats> step();
+  /// Collective: rebalance now. On bad input anywhere (rejected router output or counts, a
+  /// failing policy, a corrupt broadcast) every rank throws InvalidInput / Error and the
+  /// placement and weights are unchanged.
+  RebalanceStats rebalance();
+
+  /// Collective: replaces placement, window, epoch and pass (resume from a checkpoint).
+  /// Weights are not moved: load them for the new placement (expert_of_local_slot).
+  void restore(algo::Placement placement, std::span<const std::int64_t> ring, int cursor,
+               std::int64_t epoch, std::int64_t pass);
+
+ private:
+  RuntimeConfig config_;
+  comm::MpiComm comm_;
+  WeightRegistry weights_;
+  LoadWindow window_;
+  algo::Placement placement_;
+  std::unique_ptr<algo::Policy> policy_;
+  std::unique_ptr<comm::Transport> transport_;
+  comm::Buffer staging_{nullptr, [](std::byte*) {}};
+  std::size_t staging_size_ = 0;
+  algo::MigrationOptions migration_options_;
+  std::vector<std::int64_t> local_load_, global_load_;
+  std::vector<double> load_f64_;
+  std::int64_t epoch_ = 0, pass_ = 0;
+  std::vector<RebalanceStats> history_;
+};
+
+}  // namespace eplb::runtime

@@ -1,0 +1,121 @@
+#include "runtime/load_window.hpp"
+
+#include <cmath>
+#include <stdexcept>
+
+namespace eplb::runtime {
+
+LoadWindow::LoadWindow(int num_layers, int num_logical, int window_passes)
+    : layers_(num_layers), logical_(num_logical), window_(window_passes) {
+  if (num_layers < 1 || num_logical < 1 || window_passes < 1)
+    throw std::invalid_argument("LoadWindow: num_layers, num_logical and window_passes must be >= 1");
+  ring_.assign(static_cast<std::size_t>(window_) * layers_ * logical_, 0);
+}
+
+void LoadWindow::check_layer(int layer) const {
+  if (layer < 0 || layer >= layers_)
+    throw std::out_of_range("LoadWindow: layer " + std::to_string(layer) + " outside [0, " +
+                            std::to_string(layers_) + ")");
+}
+
+void LoadWindow::reject(std::string message) {
+  if (!error_) error_ = std::move(message);
+}
+
+template <class T>
+int LoadWindow::record_impl(int layer, std::span<const T> ids) {
+  check_layer(layer);
+  int bad = 0;
+  std::size_t first_bad = 0;
+  for (std::size_t i = 0; i < ids.size(); ++i)
+    if (ids[i] < 0 || ids[i] >= logical_) {
+      if (bad++ == 0) first_bad = i;
+    }
+  if (bad) {
+    reject("topk_ids of layer " + std::to_string(layer) + ": " + std::to_string(bad) +
+           " expert id(s) outside [0, " + std::to_string(logical_) + "), first " +
+           std::to_string(static_cast<long long>(ids[first_bad])) + " at flat index " +
+           std::to_string(first_bad) + "; the batch was not counted");
+    return bad;
+  }
+  std::int64_t* c = current(layer);
+  for (const T id : ids) ++c[id];
+  return 0;
+}
+
+int LoadWindow::record(int layer, std::span<const std::int32_t> ids) { return record_impl(layer, ids); }
+int LoadWindow::record(int layer, std::span<const std::int64_t> ids) { return record_impl(layer, ids); }
+
+bool LoadWindow::add_counts(int layer, std::span<const std::int64_t> counts) {
+  check_layer(layer);
+  if (counts.size() != static_cast<std::size_t>(logical_))
+    throw std::invalid_argument("LoadWindow::add_counts: " + std::to_string(counts.size()) +
+                                " counts, expected E = " + std::to_string(logical_));
+  for (std::size_t e = 0; e < counts.size(); ++e)
+    if (counts[e] < 0) {
+      reject("negative load " + std::to_string(counts[e]) + " for layer " + std::to_string(layer) +
+             ", expert " + std::to_string(e) + "; the counts were not added");
+      return false;
+    }
+  std::int64_t* c = current(layer);
+  for (std::size_t e = 0; e < counts.size(); ++e) c[e] += counts[e];
+  return true;
+}
+
+bool LoadWindow::add_counts(int layer, std::span<const double> counts) {
+  check_layer(layer);
+  if (counts.size() != static_cast<std::size_t>(logical_))
+    throw std::invalid_argument("LoadWindow::add_counts: " + std::to_string(counts.size()) +
+                                " counts, expected E = " + std::to_string(logical_));
+  for (std::size_t e = 0; e < counts.size(); ++e) {
+    const double v = counts[e];
+    if (!std::isfinite(v) || v < 0 || v > 9.0e18) {
+      const char* what = std::isnan(v) ? "NaN" : (std::isinf(v) ? "infinite" : (v < 0 ? "negative" : "too large"));
+      reject(std::string(what) + " load " + std::to_string(v) + " for layer " +
+             std::to_string(layer) + ", expert " + std::to_string(e) +
+             "; the counts were not added");
+      return false;
+    }
+  }
+  std::int64_t* c = current(layer);
+  for (std::size_t e = 0; e < counts.size(); ++e) c[e] += std::llround(counts[e]);
+  return true;
+}
+
+void LoadWindow::end_pass() {
+  cursor_ = (cursor_ + 1) % window_;
+  std::int64_t* c = ring_.data() + static_cast<std::size_t>(cursor_) * layers_ * logical_;
+  std::fill(c, c + static_cast<std::size_t>(layers_) * logical_, 0);
+}
+
+void LoadWindow::sum(std::span<std::int64_t> out) const {
+  const std::size_t n = static_cast<std::size_t>(layers_) * logical_;
+  if (out.size() != n) throw std::invalid_argument("LoadWindow::sum: output is not [L][E]");
+  std::fill(out.begin(), out.end(), 0);
+  for (int w = 0; w < window_; ++w) {
+    const std::int64_t* c = ring_.data() + static_cast<std::size_t>(w) * n;
+    for (std::size_t i = 0; i < n; ++i) out[i] += c[i];
+  }
+}
+
+std::optional<std::string> LoadWindow::take_error() {
+  auto e = std::move(error_);
+  error_.reset();
+  return e;
+}
+
+void LoadWindow::restore(std::span<const std::int64_t> ring, int cursor) {
+  if (ring.size() != ring_.size())
+    throw std::invalid_argument("LoadWindow::restore: window has " + std::to_string(ring.size()) +
+                                " counts, expected W*L*E = " + std::to_string(ring_.size()));
+  if (cursor < 0 || cursor >= window_)
+    throw std::invalid_argument("LoadWindow::restore: cursor " + std::to_string(cursor) +
+                                " outside [0, " + std::to_string(window_) + ")");
+  for (std::size_t i = 0; i < ring.size(); ++i)
+    if (ring[i] < 0)
+      throw std::invalid_argument("LoadWindow::restore: negative count at index " + std::to_string(i));
+  ring_.assign(ring.begin(), ring.end());
+  cursor_ = cursor;
+}
+
+}  // namespace eplb::runtime

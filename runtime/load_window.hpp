@@ -1,0 +1,62 @@
+#pragma once
+/// \file Host load recording: per-pass [L][E] token counts in a ring window of W passes.
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace eplb::runtime {
+
+/// Counts, per layer and logical expert, the tokens routed in each of the last W passes.
+/// Bad input (an expert id outside [0, E), a NaN / infinite / negative count) rejects the
+/// whole call — nothing of it is counted — and is remembered; the next rebalance reports it
+/// on every rank (Engine::rebalance) and the window stays as it was.
+class LoadWindow {
+ public:
+  LoadWindow(int num_layers, int num_logical, int window_passes);
+
+  int num_layers() const { return layers_; }
+  int num_logical() const { return logical_; }
+  int window_passes() const { return window_; }
+
+  /// Router output of one layer in the current pass: topk_ids[tokens][k] row-major logical
+  /// ids (host memory). Returns the number of out-of-range ids (0 = counted).
+  int record(int layer, std::span<const std::int32_t> topk_ids);
+  int record(int layer, std::span<const std::int64_t> topk_ids);
+  /// Adds per-expert counts of one layer (an engine's own counters). Returns false and
+  /// counts nothing if any value is negative (or NaN / infinite for the double overload).
+  bool add_counts(int layer, std::span<const std::int64_t> counts);
+  bool add_counts(int layer, std::span<const double> counts);
+
+  /// Closes the current pass: the ring advances and the oldest pass is forgotten.
+  void end_pass();
+  /// out[L][E] = sum of the counts of the last W passes (the current one included).
+  void sum(std::span<std::int64_t> out) const;
+
+  /// The first rejected input since the last call, if any (and clears it).
+  std::optional<std::string> take_error();
+
+  /// Raw ring access for checkpoints: [W][L][E], and the index of the current pass.
+  std::span<const std::int64_t> ring() const { return ring_; }
+  int cursor() const { return cursor_; }
+  /// Replaces the ring (e.g. from a checkpoint). Throws std::invalid_argument on a size
+  /// mismatch, a negative count or a cursor outside [0, W).
+  void restore(std::span<const std::int64_t> ring, int cursor);
+
+ private:
+  template <class T>
+  int record_impl(int layer, std::span<const T> ids);
+  void reject(std::string message);
+  std::int64_t* current(int layer) {
+    return ring_.data() + (static_cast<std::size_t>(cursor_) * layers_ + layer) * logical_;
+  }
+  void check_layer(int layer) const;
+
+  int layers_, logical_, window_;
+  int cursor_ = 0;
+  std::vector<std::int64_t> ring_;
+  std::optional<std::string> error_;
+};
+
+}  // namespace eplb::runtime

@@ -1,0 +1,35 @@
+#pragma once
+/// \file Executes a migration plan on this rank's weights through a transport.
+#include <cstddef>
+#include <functional>
+
+#include "algo/migration.hpp"
+#include "comm/transport.hpp"
+#include "runtime/weights.hpp"
+
+namespace eplb::runtime {
+
+/// What one migration moved, from this rank's point of view, and in total.
+struct MigrationCounters {
+  std::size_t bytes_sent = 0;           ///< this rank, to other ranks
+  std::size_t bytes_received = 0;       ///< this rank, from other ranks
+  std::size_t bytes_copied_local = 0;   ///< this rank, local copies and fan-out
+  std::size_t total_remote_bytes = 0;   ///< all ranks together (from the plan)
+  std::size_t total_local_bytes = 0;    ///< all ranks together (from the plan)
+  std::size_t staging_bytes = 0;        ///< staging this migration needed on one rank
+  int rounds = 0;                       ///< rounds over all layers
+};
+
+/// Staging bytes a plan needs per rank with these weights (256-byte aligned pieces).
+std::size_t staging_bytes_needed(const algo::MigrationPlan& plan, const WeightRegistry& weights);
+
+/// Runs the plan: per layer, per round: sends and receives in one batch, then local copies,
+/// fan-out and staging commits. `staging` must hold staging_bytes_needed() bytes in the
+/// transport's memory space. After each layer, `layer_done(layer)` is called (device
+/// transports: stream-ordered after that layer's copies). Collective over the transport's
+/// ranks: every rank must call it with the same plan.
+MigrationCounters execute_migration(const algo::MigrationPlan& plan, const WeightRegistry& weights,
+                                    comm::Transport& transport, int my_rank, std::byte* staging,
+                                    const std::function<void(int)>& layer_done = {});
+
+}  // namespace eplb::runtime

@@ -1,0 +1,86 @@
+#include "runtime/pattern.hpp"
+
+#include <cstring>
+
+namespace eplb::runtime {
+namespace {
+
+std::uint64_t splitmix(std::uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+std::uint64_t seed_of(int layer, int expert, int tensor) {
+  return splitmix((static_cast<std::uint64_t>(layer) << 42) ^
+                  (static_cast<std::uint64_t>(expert) << 16) ^ static_cast<std::uint64_t>(tensor));
+}
+
+/// The word at 8-byte index i: depends on the ids and the offset, so a slot shifted or
+/// swapped within a tensor is caught too.
+std::uint64_t word(std::uint64_t seed, std::size_t i) { return splitmix(seed + i); }
+
+}  // namespace
+
+void fill_pattern(std::byte* dst, std::size_t bytes, int layer, int expert, int tensor) {
+  const std::uint64_t s = seed_of(layer, expert, tensor);
+  std::size_t i = 0;
+  for (; i + 8 <= bytes; i += 8) {
+    const std::uint64_t w = word(s, i / 8);
+    std::memcpy(dst + i, &w, 8);
+  }
+  if (i < bytes) {
+    const std::uint64_t w = word(s, i / 8);
+    std::memcpy(dst + i, &w, bytes - i);
+  }
+}
+
+long long check_pattern(const std::byte* src, std::size_t bytes, int layer, int expert, int tensor) {
+  const std::uint64_t s = seed_of(layer, expert, tensor);
+  for (std::size_t i = 0; i < bytes; i += 8) {
+    const std::uint64_t w = word(s, i / 8);
+    const std::size_t n = std::min<std::size_t>(8, bytes - i);
+    if (std::memcmp(src + i, &w, n) != 0) {
+      for (std::size_t j = 0; j < n; ++j)
+        if (src[i + j] != reinterpret_cast<const std::byte*>(&w)[j])
+          return static_cast<long long>(i + j);
+    }
+  }
+  return -1;
+}
+
+void fill_slots(const WeightRegistry& weights, const algo::Placement& placement, int rank) {
+  const int k = weights.slots_per_rank();
+  for (int l = 0; l < weights.num_layers(); ++l) {
+    const auto tensors = weights.tensors(l);
+    for (int i = 0; i < k; ++i) {
+      const int e = placement.phy2log(l)[rank * k + i];
+      for (std::size_t t = 0; t < tensors.size(); ++t)
+        fill_pattern(tensors[t].slot(i), tensors[t].bytes_per_slot, l, e, static_cast<int>(t));
+    }
+  }
+}
+
+std::vector<std::string> verify_slots(const WeightRegistry& weights,
+                                      const algo::Placement& placement, int rank) {
+  std::vector<std::string> bad;
+  const int k = weights.slots_per_rank();
+  for (int l = 0; l < weights.num_layers(); ++l) {
+    const auto tensors = weights.tensors(l);
+    for (int i = 0; i < k; ++i) {
+      const int e = placement.phy2log(l)[rank * k + i];
+      for (std::size_t t = 0; t < tensors.size(); ++t) {
+        const long long at = check_pattern(tensors[t].slot(i), tensors[t].bytes_per_slot, l, e,
+                                           static_cast<int>(t));
+        if (at >= 0)
+          bad.push_back("layer " + std::to_string(l) + " slot " + std::to_string(rank * k + i) +
+                        " tensor '" + tensors[t].name + "': byte " + std::to_string(at) +
+                        " differs from expert " + std::to_string(e) + "'s pattern");
+      }
+    }
+  }
+  return bad;
+}
+
+}  // namespace eplb::runtime

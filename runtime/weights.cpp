@@ -1,0 +1,62 @@
+#include "runtime/weights.hpp"
+
+#include <algorithm>
+#include <stdexcept>
+
+namespace eplb::runtime {
+
+WeightRegistry::WeightRegistry(int num_layers, int slots_per_rank)
+    : slots_per_rank_(slots_per_rank), layers_(static_cast<std::size_t>(std::max(num_layers, 0))) {
+  if (num_layers < 1 || slots_per_rank < 1)
+    throw std::invalid_argument("WeightRegistry: num_layers and slots_per_rank must be >= 1");
+}
+
+void WeightRegistry::add(int layer, std::string name, void* base, std::size_t bytes_per_slot,
+                         std::size_t stride) {
+  if (layer < 0 || layer >= num_layers())
+    throw std::invalid_argument("WeightRegistry::add: layer " + std::to_string(layer) +
+                                " outside [0, " + std::to_string(num_layers()) + ")");
+  if (!base) throw std::invalid_argument("WeightRegistry::add: tensor '" + name + "' has a null base");
+  if (bytes_per_slot == 0)
+    throw std::invalid_argument("WeightRegistry::add: tensor '" + name + "' has 0 bytes per slot");
+  if (stride == 0) stride = bytes_per_slot;
+  if (stride < bytes_per_slot)
+    throw std::invalid_argument("WeightRegistry::add: tensor '" + name +
+                                "' has stride < bytes_per_slot");
+  layers_[layer].push_back({std::move(name), static_cast<std::byte*>(base), bytes_per_slot, stride});
+}
+
+std::size_t WeightRegistry::bytes_per_expert(int layer) const {
+  std::size_t b = 0;
+  for (const auto& t : layers_[layer]) b += t.bytes_per_slot;
+  return b;
+}
+
+std::size_t WeightRegistry::max_bytes_per_expert() const {
+  std::size_t b = 0;
+  for (int l = 0; l < num_layers(); ++l) b = std::max(b, bytes_per_expert(l));
+  return b;
+}
+
+void WeightRegistry::validate() const {
+  for (int l = 0; l < num_layers(); ++l)
+    if (layers_[l].empty())
+      throw std::invalid_argument("WeightRegistry: layer " + std::to_string(l) +
+                                  " has no registered tensor");
+}
+
+std::uint64_t WeightRegistry::layout_hash() const {
+  std::uint64_t h = 1469598103934665603ull;
+  auto mix = [&](std::uint64_t v) {
+    h ^= v + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
+  };
+  mix(layers_.size());
+  mix(static_cast<std::uint64_t>(slots_per_rank_));
+  for (const auto& l : layers_) {
+    mix(l.size());
+    for (const auto& t : l) mix(t.bytes_per_slot);
+  }
+  return h;
+}
+
+}  // namespace eplb::runtime

@@ -1,0 +1,304 @@
+// The rebalance loop across ranks: collectives, migration with byte checks, bad input.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <random>
+
+#include "comm/placement_bcast.hpp"
+#include "runtime/engine.hpp"
+#include "runtime/pattern.hpp"
+
+namespace {
+using eplb::algo::Topology;
+using eplb::runtime::Engine;
+using eplb::runtime::RuntimeConfig;
+using eplb::runtime::WeightRegistry;
+
+int world_size() {
+  int s = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &s);
+  return s;
+}
+int world_rank() {
+  int r = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &r);
+  return r;
+}
+
+/// Host weights for one rank: a buffer per (layer, tensor).
+struct HostWeights {
+  std::vector<std::vector<std::byte>> buffers;
+  WeightRegistry registry;
+  HostWeights(const Topology& t, std::vector<std::size_t> tensor_bytes, std::size_t pad = 0)
+      : registry(t.num_layers, t.slots_per_rank()) {
+    const int k = t.slots_per_rank();
+    for (int l = 0; l < t.num_layers; ++l)
+      for (std::size_t i = 0; i < tensor_bytes.size(); ++i) {
+        const std::size_t stride = tensor_bytes[i] + pad;
+        buffers.emplace_back(stride * k);
+        registry.add(l, "t" + std::to_string(i), buffers.back().data(), tensor_bytes[i], stride);
+      }
+  }
+};
+
+RuntimeConfig config_for(Topology t, std::size_t staging = std::size_t{1} << 20) {
+  RuntimeConfig c;
+  c.topology = t;
+  c.window_passes = 4;
+  c.rebalance_interval = 0;
+  c.staging_bytes = staging;
+  c.min_gain = -1;  // never skip on gain: every rebalance migrates
+  return c;
+}
+
+/// Random drifting loads, different on every rank.
+void add_random_loads(Engine& engine, std::mt19937_64& rng, double skew) {
+  const auto& t = engine.config().topology;
+  std::lognormal_distribution<double> d(0.0, skew);
+  std::vector<std::int64_t> c(static_cast<std::size_t>(t.num_logical));
+  for (int l = 0; l < t.num_layers; ++l) {
+    for (auto& v : c) v = static_cast<std::int64_t>(100 * d(rng));
+    ASSERT_TRUE(engine.window().add_counts(l, c));
+  }
+}
+
+std::size_t bad_slots_anywhere(const Engine& e) {
+  const auto bad = eplb::runtime::verify_slots(e.weights(), e.placement(), e.comm().rank());
+  for (std::size_t i = 0; i < bad.size() && i < 3; ++i) ADD_FAILURE() << bad[i];
+  unsigned long long n = bad.size(), total = 0;
+  MPI_Allreduce(&n, &total, 1, MPI_UNSIGNED_LONG_LONG, MPI_SUM, MPI_COMM_WORLD);
+  return total;
+}
+
+struct Shape {
+  const char* name;
+  int layers, experts, slots_per_rank, nodes, groups;
+  std::vector<std::size_t> tensors;
+  std::size_t staging;  // bytes
+  const char* policy;
+};
+
+class ConsecutiveRebalances : public testing::TestWithParam<Shape> {};
+
+TEST_P(ConsecutiveRebalances, EveryByteLandsWhereThePlacementSays) {
+  const Shape& s = GetParam();
+  const int P = world_size();
+  Topology t{s.layers, s.experts, s.slots_per_rank * P, P, 1, s.groups};
+  if (P % s.nodes == 0) t.num_nodes = s.nodes;
+  if (t.num_slots < t.num_logical) t.num_logical = t.num_slots;
+  if (t.hierarchical() && t.num_logical % t.num_groups) t.num_groups = 1;
+  auto cfg = config_for(t, s.staging);
+  cfg.policy = s.policy;
+  HostWeights w(t, s.tensors, 40);
+  const auto initial = eplb::algo::Placement::contiguous(t);
+  eplb::runtime::fill_slots(w.registry, initial, world_rank());
+  Engine engine(MPI_COMM_WORLD, cfg, std::move(w.registry), initial);
+  std::mt19937_64 rng(1234 + world_rank());
+  long long moved = 0;
+  for (int r = 0; r < 15; ++r) {
+    for (int p = 0; p < 2; ++p) {
+      add_random_loads(engine, rng, 1.0 + 0.1 * r);
+      (void)engine.step();
+    }
+    const auto st = engine.rebalance();
+    EXPECT_EQ(st.epoch, r + 1);
+    EXPECT_GE(st.balancedness_after, st.balancedness_before - 1e-12) << "round " << r;
+    moved += st.plan.remote_units + st.plan.local_units;
+    ASSERT_EQ(bad_slots_anywhere(engine), 0u) << "after rebalance " << r;
+  }
+  if (t.num_slots > t.num_logical || P > 1) {
+    EXPECT_GT(moved, 0) << "nothing ever moved";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, ConsecutiveRebalances,
+    testing::Values(
+        Shape{"uneven_tensors", 3, 12, 4, 1, 1, {1000, 37, 4099}, 1 << 20, "deepseek"},
+        Shape{"staging_smaller_than_layer", 2, 16, 6, 1, 4, {512, 96}, 700, "deepseek"},
+        Shape{"two_nodes_hierarchical", 2, 16, 5, 2, 4, {256, 8}, 1 << 20, "deepseek"},
+        Shape{"default_policy", 3, 20, 6, 1, 1, {300, 301}, 2048, ""}),
+    [](const testing::TestParamInfo<Shape>& i) { return std::string(i.param.name); });
+
+class EngineBadInput : public testing::Test {
+ protected:
+  Topology t{2, 8, 3 * world_size(), world_size(), 1, 1};
+  void SetUp() override {
+    if (t.num_slots < t.num_logical) t.num_logical = t.num_slots;
+    weights = std::make_unique<HostWeights>(t, std::vector<std::size_t>{64, 24});
+    const auto initial = eplb::algo::Placement::contiguous(t);
+    eplb::runtime::fill_slots(weights->registry, initial, world_rank());
+    engine = std::make_unique<Engine>(MPI_COMM_WORLD, config_for(t), std::move(weights->registry), initial);
+    std::mt19937_64 rng(7 + world_rank());
+    add_random_loads(*engine, rng, 1.5);
+    const auto st = engine->rebalance();  // a first real placement
+    ASSERT_FALSE(st.skipped);
+    add_random_loads(*engine, rng, 1.5);
+  }
+  /// Rebalances expecting every rank to throw InvalidInput whose text has all `words`,
+  /// and checks that placement, epoch and weights did not change.
+  void expect_rejected(std::initializer_list<const char*> words) {
+    const auto before = engine->placement();
+    const auto epoch = engine->epoch();
+    try {
+      engine->rebalance();
+      ADD_FAILURE() << "rebalance accepted bad input";
+    } catch (const eplb::InvalidInput& e) {
+      for (const char* w : words) EXPECT_NE(std::string(e.what()).find(w), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(engine->placement(), before);
+    EXPECT_EQ(engine->epoch(), epoch);
+    EXPECT_EQ(bad_slots_anywhere(*engine), 0u);
+    // The next rebalance works again.
+    EXPECT_NO_THROW(engine->rebalance());
+    EXPECT_EQ(bad_slots_anywhere(*engine), 0u);
+  }
+  std::unique_ptr<HostWeights> weights;
+  std::unique_ptr<Engine> engine;
+};
+
+TEST_F(EngineBadInput, OutOfRangeExpertIdOnLastRank) {
+  std::vector<std::int32_t> ids = {0, 1, 0, 1};
+  if (world_rank() == world_size() - 1) ids[2] = t.num_logical + 5;
+  EXPECT_EQ(engine->window().record(1, ids), world_rank() == world_size() - 1 ? 1 : 0);
+  const std::string who = "[rank " + std::to_string(world_size() - 1) + "]";
+  expect_rejected({who.c_str(), "outside [0, ", "layer 1"});
+}
+
+TEST_F(EngineBadInput, NegativeInt64IdOnRankZero) {
+  std::vector<std::int64_t> ids = {0, 1};
+  if (world_rank() == 0) ids[1] = -1;
+  (void)engine->window().record(0, ids);
+  expect_rejected({"[rank 0]", "outside"});
+}
+
+TEST_F(EngineBadInput, NanCountsOnOneRank) {
+  std::vector<double> c(static_cast<std::size_t>(t.num_logical), 1.0);
+  if (world_rank() == world_size() / 2) c[1] = std::numeric_limits<double>::quiet_NaN();
+  (void)engine->window().add_counts(1, c);
+  expect_rejected({"NaN", "expert 1"});
+}
+
+TEST_F(EngineBadInput, NegativeCountsOnOneRank) {
+  std::vector<std::int64_t> c(static_cast<std::size_t>(t.num_logical), 1);
+  if (world_rank() == 0) c[0] = -7;
+  (void)engine->window().add_counts(0, c);
+  expect_rejected({"negative", "-7"});
+}
+
+TEST_F(EngineBadInput, SkipBelowMinGainKeepsPlacement) {
+  // A fresh engine that skips unless the gain is impossible to reach.
+  HostWeights host(t, {64});
+  auto cfg = config_for(t);
+  cfg.min_gain = 2.0;
+  const auto initial = eplb::algo::Placement::contiguous(t);
+  eplb::runtime::fill_slots(host.registry, initial, world_rank());
+  Engine e(MPI_COMM_WORLD, cfg, std::move(host.registry), initial);
+  std::mt19937_64 rng(3);
+  add_random_loads(e, rng, 2.0);
+  const auto st = e.rebalance();
+  EXPECT_TRUE(st.skipped);
+  EXPECT_NE(st.skip_reason.find("min_gain"), std::string::npos) << st.skip_reason;
+  EXPECT_EQ(e.placement(), initial);
+  EXPECT_EQ(st.plan.slots_changed, 0);
+}
+
+TEST(EngineConfig, MismatchNamesTheField) {
+  const int P = world_size();
+  Topology t{2, 8, 2 * P, P, 1, world_rank() == P - 1 && P > 1 ? 2 : 1};
+  if (t.num_slots < t.num_logical) t.num_logical = t.num_slots;
+  if (t.num_logical % 2) t.num_logical -= 1;
+  HostWeights w(t, {32});
+  try {
+    Engine e(MPI_COMM_WORLD, config_for(t), std::move(w.registry));
+    if (P > 1) ADD_FAILURE() << "accepted mismatched configs";
+  } catch (const eplb::InvalidInput& e) {
+    EXPECT_GT(P, 1);
+    EXPECT_NE(std::string(e.what()).find("num_groups"), std::string::npos) << e.what();
+  }
+}
+
+TEST(EngineConfig, WeightLayoutMismatchNamesTheField) {
+  const int P = world_size();
+  Topology t{2, 2, 2 * P, P, 1, 1};
+  HostWeights w(t, {32, world_rank() == 0 ? std::size_t{16} : std::size_t{17}});
+  try {
+    Engine e(MPI_COMM_WORLD, config_for(t), std::move(w.registry));
+    if (P > 1) ADD_FAILURE() << "accepted mismatched weight layouts";
+  } catch (const eplb::InvalidInput& e) {
+    EXPECT_NE(std::string(e.what()).find("weight layout"), std::string::npos) << e.what();
+  }
+}
+
+TEST(EngineConfig, InvalidTopologyOnOneRankFailsEverywhere) {
+  const int P = world_size();
+  Topology t{2, 2, 2 * P, P, 1, 1};
+  if (world_rank() == 0) t.num_groups = 0;  // invalid on rank 0 only
+  HostWeights w(Topology{2, 2, 2 * P, P, 1, 1}, {8});
+  try {
+    Engine e(MPI_COMM_WORLD, config_for(t), std::move(w.registry));
+    ADD_FAILURE() << "accepted an invalid topology";
+  } catch (const eplb::InvalidInput& e) {
+    EXPECT_NE(std::string(e.what()).find("[rank 0]"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("num_groups >= 1"), std::string::npos) << e.what();
+  }
+}
+
+TEST(EngineLoop, StepTriggersAtTheInterval) {
+  const int P = world_size();
+  Topology t{1, 2, 2 * P, P, 1, 1};
+  HostWeights w(t, {16});
+  auto cfg = config_for(t);
+  cfg.rebalance_interval = 8;
+  cfg.first_rebalance = -1;  // interval / 4 = 2
+  const auto initial = eplb::algo::Placement::contiguous(t);
+  eplb::runtime::fill_slots(w.registry, initial, world_rank());
+  Engine e(MPI_COMM_WORLD, cfg, std::move(w.registry), initial);
+  std::vector<int> at;
+  std::mt19937_64 rng(5);
+  for (int p = 1; p <= 20; ++p) {
+    add_random_loads(e, rng, 1.0);
+    if (e.step()) at.push_back(p);
+  }
+  EXPECT_EQ(at, (std::vector<int>{2, 10, 18}));
+  EXPECT_EQ(bad_slots_anywhere(e), 0u);
+}
+
+TEST(Collectives, AllreduceAndErrorAgreement) {
+  eplb::comm::MpiComm comm(MPI_COMM_WORLD);
+  std::vector<std::int64_t> v = {1, comm.rank(), -3};
+  eplb::comm::allreduce_sum(comm, v, v);
+  const int P = comm.size();
+  EXPECT_EQ(v, (std::vector<std::int64_t>{P, P * (P - 1) / 2, -3LL * P}));
+  EXPECT_FALSE(eplb::comm::agree_on_error(comm, std::nullopt));
+  std::optional<std::string> mine;
+  if (comm.rank() == P - 1) mine = "boom";
+  const auto e = eplb::comm::agree_on_error(comm, mine);
+  ASSERT_TRUE(e);
+  EXPECT_EQ(*e, "[rank " + std::to_string(P - 1) + "] boom");
+}
+
+TEST(Collectives, PlacementBroadcastVerifiesEpoch) {
+  eplb::comm::MpiComm comm(MPI_COMM_WORLD);
+  EXPECT_EQ(eplb::comm::placement_index_bytes(40000), 4);
+  EXPECT_EQ(eplb::comm::placement_index_bytes(32767), 2);
+  const Topology small{2, 2, 2 * comm.size(), comm.size(), 1, 1};
+  eplb::comm::PlacementMessage msg;
+  if (comm.rank() == 0) {
+    msg.epoch = 5;
+    msg.status = eplb::comm::PlanStatus::ok;
+    msg.placement = eplb::algo::Placement::contiguous(small);
+  }
+  eplb::comm::broadcast_placement(comm, 0, small, 5, msg);
+  EXPECT_EQ(msg.placement, eplb::algo::Placement::contiguous(small));
+  // A rank that expects another epoch makes every rank fail.
+  if (comm.size() > 1) {
+    eplb::comm::PlacementMessage m2;
+    if (comm.rank() == 0) m2 = msg;
+    EXPECT_THROW(eplb::comm::broadcast_placement(comm, 0, small, comm.rank() == 1 ? 6 : 5, m2),
+                 eplb::Error);
+  }
+}
+
+}  // namespace
