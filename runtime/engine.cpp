@@ -87,6 +87,11 @@ int Engine::expert_of_local_slot(int layer, int local) const {
   return placement_.phy2log(layer)[comm_.rank() * k + local];
 }
 
+void Engine::end_pass() {
+  if (source_) source_->end_pass();
+  else window_.end_pass();
+}
+
 std::optional<RebalanceStats> Engine::step() {
   ++pass_;
   const int interval = config_.rebalance_interval;
@@ -100,10 +105,10 @@ std::optional<RebalanceStats> Engine::step() {
   try {
     if (due) stats = rebalance();
   } catch (...) {
-    window_.end_pass();
+    end_pass();
     throw;
   }
-  window_.end_pass();
+  end_pass();
   return stats;
 }
 
@@ -115,8 +120,13 @@ RebalanceStats Engine::rebalance() {
 
   // 1. Collect: rejected input anywhere stops every rank before anything changes.
   auto t = Clock::now();
-  auto input_error = window_.take_error();
-  window_.sum(local_load_);
+  std::optional<std::string> input_error;
+  if (source_) {
+    input_error = source_->collect(local_load_);
+  } else {
+    input_error = window_.take_error();
+    window_.sum(local_load_);
+  }
   comm::throw_if_any_failed(comm_, input_error);
   comm::allreduce_sum(comm_, local_load_, global_load_);
   for (std::size_t i = 0; i < global_load_.size(); ++i)
@@ -186,7 +196,11 @@ RebalanceStats Engine::rebalance() {
 
   // 5. Move the weights, then switch the maps.
   t = Clock::now();
-  st.moved = execute_migration(plan, weights_, *transport_, comm_.rank(), staging_.get());
+  if (listener_) listener_->prepare(msg.placement);
+  st.moved = execute_migration(plan, weights_, *transport_, comm_.rank(), staging_.get(),
+                               [this](int layer) {
+                                 if (listener_) listener_->commit_layer(layer);
+                               });
   st.t_migrate_ms = ms_since(t);
   placement_ = std::move(msg.placement);
   epoch_ = msg.epoch;

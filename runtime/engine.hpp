@@ -13,6 +13,7 @@
 #include "comm/mpi.hpp"
 #include "comm/transport.hpp"
 #include "runtime/config.hpp"
+#include "runtime/hooks.hpp"
 #include "runtime/load_window.hpp"
 #include "runtime/migrate.hpp"
 #include "runtime/weights.hpp"
@@ -66,6 +67,13 @@ class Engine {
   std::int64_t pass() const { return pass_; }
   const std::vector<RebalanceStats>& history() const { return history_; }
 
+  /// Borrowed; must outlive the engine or be reset to null. With a source set, step() and
+  /// rebalance() use it instead of window() (e.g. a device window on the GPU).
+  void set_load_source(LoadSource* source) { source_ = source; }
+  /// Borrowed; told about every migration layer by layer (e.g. device maps).
+  void set_map_listener(MapListener* listener) { listener_ = listener; }
+  comm::Transport& transport() { return *transport_; }
+
   /// The logical expert this rank's local slot `local` holds (to load its weights).
   int expert_of_local_slot(int layer, int local) const;
 
@@ -83,6 +91,8 @@ class Engine {
                std::int64_t epoch, std::int64_t pass);
 
  private:
+  void end_pass();
+
   RuntimeConfig config_;
   comm::MpiComm comm_;
   WeightRegistry weights_;
@@ -93,6 +103,8 @@ class Engine {
   comm::Buffer staging_{nullptr, [](std::byte*) {}};
   std::size_t staging_size_ = 0;
   algo::MigrationOptions migration_options_;
+  LoadSource* source_ = nullptr;
+  MapListener* listener_ = nullptr;
   std::vector<std::int64_t> local_load_, global_load_;
   std::vector<double> load_f64_;
   std::int64_t epoch_ = 0, pass_ = 0;

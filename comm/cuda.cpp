@@ -1,0 +1,109 @@
+#include "comm/cuda.hpp"
+
+#include <cuda_runtime.h>
+
+#include <cstdlib>
+#include <string>
+
+namespace eplb::comm {
+
+void check_cuda(int rc, const char* call, const char* file, int line) {
+  if (rc == cudaSuccess) return;
+  const auto err = static_cast<cudaError_t>(rc);
+  throw CudaError(detail::format_failure(detail::world_rank_or_minus_one(), call,
+                                         std::string(cudaGetErrorName(err)) + ": " +
+                                             cudaGetErrorString(err),
+                                         file, line));
+}
+
+int cuda_device_count() noexcept {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    (void)cudaGetLastError();  // clear the sticky "no device" error
+    return 0;
+  }
+  return n;
+}
+
+int select_device_for_rank(int world_rank) {
+  const int n = cuda_device_count();
+  if (n == 0) throw CudaError("no CUDA device visible to rank " + std::to_string(world_rank));
+  int local = world_rank;
+  if (const char* v = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK")) local = std::atoi(v);
+  const int dev = local % n;
+  EPLB_CUDA_CHECK(cudaSetDevice(dev));
+  return dev;
+}
+
+CudaStream::CudaStream() { EPLB_CUDA_CHECK(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking)); }
+CudaStream::~CudaStream() {
+  if (s_ && cudaStreamDestroy(s_) != cudaSuccess) detail::log_error("cudaStreamDestroy failed");
+}
+CudaStream& CudaStream::operator=(CudaStream&& o) noexcept {
+  if (this != &o) {
+    if (s_) (void)cudaStreamDestroy(s_);
+    s_ = std::exchange(o.s_, nullptr);
+  }
+  return *this;
+}
+void CudaStream::synchronize() const { EPLB_CUDA_CHECK(cudaStreamSynchronize(s_)); }
+
+CudaEvent::CudaEvent(bool timing) {
+  EPLB_CUDA_CHECK(cudaEventCreateWithFlags(&e_, timing ? cudaEventDefault : cudaEventDisableTiming));
+}
+CudaEvent::~CudaEvent() {
+  if (e_ && cudaEventDestroy(e_) != cudaSuccess) detail::log_error("cudaEventDestroy failed");
+}
+CudaEvent& CudaEvent::operator=(CudaEvent&& o) noexcept {
+  if (this != &o) {
+    if (e_) (void)cudaEventDestroy(e_);
+    e_ = std::exchange(o.e_, nullptr);
+  }
+  return *this;
+}
+void CudaEvent::record(cuda_stream s) const { EPLB_CUDA_CHECK(cudaEventRecord(e_, s)); }
+void CudaEvent::synchronize() const { EPLB_CUDA_CHECK(cudaEventSynchronize(e_)); }
+float CudaEvent::elapsed_ms(const CudaEvent& a, const CudaEvent& b) {
+  float ms = 0;
+  EPLB_CUDA_CHECK(cudaEventElapsedTime(&ms, a.e_, b.e_));
+  return ms;
+}
+
+DeviceBuffer::DeviceBuffer(std::size_t bytes) : n_(bytes) {
+  if (bytes) EPLB_CUDA_CHECK(cudaMalloc(&p_, bytes));
+}
+DeviceBuffer::~DeviceBuffer() {
+  if (p_ && cudaFree(p_) != cudaSuccess) detail::log_error("cudaFree failed");
+}
+DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
+  if (this != &o) {
+    if (p_) (void)cudaFree(p_);
+    p_ = std::exchange(o.p_, nullptr);
+    n_ = std::exchange(o.n_, 0);
+  }
+  return *this;
+}
+
+PinnedBuffer::PinnedBuffer(std::size_t bytes) : n_(bytes) {
+  if (bytes) EPLB_CUDA_CHECK(cudaMallocHost(&p_, bytes));
+}
+PinnedBuffer::~PinnedBuffer() {
+  if (p_ && cudaFreeHost(p_) != cudaSuccess) detail::log_error("cudaFreeHost failed");
+}
+PinnedBuffer& PinnedBuffer::operator=(PinnedBuffer&& o) noexcept {
+  if (this != &o) {
+    if (p_) (void)cudaFreeHost(p_);
+    p_ = std::exchange(o.p_, nullptr);
+    n_ = std::exchange(o.n_, 0);
+  }
+  return *this;
+}
+
+void copy_async(void* dst, const void* src, std::size_t bytes, cuda_stream s) {
+  if (bytes) EPLB_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, s));
+}
+void memset_async(void* dst, int value, std::size_t bytes, cuda_stream s) {
+  if (bytes) EPLB_CUDA_CHECK(cudaMemsetAsync(dst, value, bytes, s));
+}
+
+}  // namespace eplb::comm

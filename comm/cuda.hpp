@@ -1,0 +1,109 @@
+#pragma once
+/// \file CUDA runtime handles (RAII, move-only) and the checked-call helper. Includes no CUDA
+/// header: streams and events are forward-declared, so this compiles in pure C++ TUs.
+#include <cstddef>
+#include <utility>
+
+#include "comm/error.hpp"
+
+struct CUstream_st;
+struct CUevent_st;
+
+#define EPLB_CUDA_CHECK(call) ::eplb::comm::check_cuda((call), #call, __FILE__, __LINE__)
+
+namespace eplb::comm {
+
+using cuda_stream = CUstream_st*;
+using cuda_event = CUevent_st*;
+
+/// Throws CudaError "[rank r] <call> failed: <cudaGetErrorString> (file:line)" unless rc == 0.
+void check_cuda(int rc, const char* call, const char* file, int line);
+
+/// Number of CUDA devices visible to this process; 0 when there is no driver or device
+/// (never throws).
+int cuda_device_count() noexcept;
+
+/// A device for this rank: local rank (OMPI_COMM_WORLD_LOCAL_RANK, else world rank) modulo
+/// the device count. Calls cudaSetDevice and returns the device.
+int select_device_for_rank(int world_rank);
+
+class CudaStream {
+ public:
+  CudaStream();  ///< non-blocking stream on the current device
+  ~CudaStream();
+  CudaStream(CudaStream&& o) noexcept : s_(std::exchange(o.s_, nullptr)) {}
+  CudaStream& operator=(CudaStream&& o) noexcept;
+  CudaStream(const CudaStream&) = delete;
+  CudaStream& operator=(const CudaStream&) = delete;
+  cuda_stream get() const { return s_; }
+  void synchronize() const;
+
+ private:
+  cuda_stream s_ = nullptr;
+};
+
+class CudaEvent {
+ public:
+  explicit CudaEvent(bool timing = true);
+  ~CudaEvent();
+  CudaEvent(CudaEvent&& o) noexcept : e_(std::exchange(o.e_, nullptr)) {}
+  CudaEvent& operator=(CudaEvent&& o) noexcept;
+  CudaEvent(const CudaEvent&) = delete;
+  CudaEvent& operator=(const CudaEvent&) = delete;
+  cuda_event get() const { return e_; }
+  void record(cuda_stream s) const;
+  void synchronize() const;
+  /// Milliseconds between two recorded, completed events.
+  static float elapsed_ms(const CudaEvent& start, const CudaEvent& stop);
+
+ private:
+  cuda_event e_ = nullptr;
+};
+
+/// Owning device memory (cudaMalloc / cudaFree).
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(std::size_t bytes);
+  ~DeviceBuffer();
+  DeviceBuffer(DeviceBuffer&& o) noexcept
+      : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  void* get() const { return p_; }
+  template <class T>
+  T* as() const { return static_cast<T*>(p_); }
+  std::size_t size() const { return n_; }
+
+ private:
+  void* p_ = nullptr;
+  std::size_t n_ = 0;
+};
+
+/// Owning page-locked host memory (cudaMallocHost / cudaFreeHost).
+class PinnedBuffer {
+ public:
+  PinnedBuffer() = default;
+  explicit PinnedBuffer(std::size_t bytes);
+  ~PinnedBuffer();
+  PinnedBuffer(PinnedBuffer&& o) noexcept
+      : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
+  PinnedBuffer& operator=(PinnedBuffer&& o) noexcept;
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+  void* get() const { return p_; }
+  template <class T>
+  T* as() const { return static_cast<T*>(p_); }
+  std::size_t size() const { return n_; }
+
+ private:
+  void* p_ = nullptr;
+  std::size_t n_ = 0;
+};
+
+/// Stream-ordered copies (any direction: unified addressing).
+void copy_async(void* dst, const void* src, std::size_t bytes, cuda_stream s);
+void memset_async(void* dst, int value, std::size_t bytes, cuda_stream s);
+
+}  // namespace eplb::comm

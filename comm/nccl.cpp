@@ -1,0 +1,182 @@
+#include "comm/nccl.hpp"
+
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+
+namespace eplb::comm {
+
+void check_nccl(int rc, const char* call, const char* file, int line, ncclComm* comm) {
+  if (rc == ncclSuccess || rc == ncclInProgress) return;
+  std::string msg = ncclGetErrorString(static_cast<ncclResult_t>(rc));
+  const char* last = ncclGetLastError(comm);
+  if (last && *last) msg += std::string(": ") + last;
+  throw NcclError(detail::format_failure(detail::world_rank_or_minus_one(), call, msg, file, line));
+}
+
+double nccl_timeout_seconds() {
+  if (const char* v = std::getenv("EPLB_NCCL_TIMEOUT_S")) {
+    const double s = std::atof(v);
+    if (s > 0) return s;
+  }
+  return 120.0;
+}
+
+NcclComm::NcclComm(const MpiComm& mpi, double timeout_s) : timeout_s_(timeout_s), rank_(mpi.rank()) {
+  ncclUniqueId id;
+  std::optional<std::string> err;
+  if (mpi.rank() == 0) {
+    const ncclResult_t rc = ncclGetUniqueId(&id);
+    if (rc != ncclSuccess) err = std::string("ncclGetUniqueId failed: ") + ncclGetErrorString(rc);
+  }
+  throw_if_any_failed<NcclError>(mpi, err);
+  EPLB_MPI_CHECK(MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, mpi.get()));
+  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  config.blocking = 0;
+  const ncclResult_t rc = ncclCommInitRankConfig(&comm_, mpi.size(), id, mpi.rank(), &config);
+  try {
+    check_nccl(rc, "ncclCommInitRankConfig", __FILE__, __LINE__, comm_);
+    wait_ready("ncclCommInitRankConfig");
+  } catch (const std::exception& e) {
+    err = e.what();
+  }
+  throw_if_any_failed<NcclError>(mpi, err);
+}
+
+NcclComm::~NcclComm() {
+  if (!comm_) return;
+  if (failed_) {
+    (void)ncclCommAbort(comm_);
+    return;
+  }
+  // A non-blocking destroy may return ncclInProgress: poll (bounded) before giving up.
+  ncclResult_t rc = ncclCommFinalize(comm_);
+  const auto t0 = std::chrono::steady_clock::now();
+  ncclResult_t state = rc;
+  while (state == ncclInProgress &&
+         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() < timeout_s_) {
+    std::this_thread::sleep_for(std::chrono::microseconds(100));
+    (void)ncclCommGetAsyncError(comm_, &state);
+  }
+  if (state != ncclSuccess) {
+    detail::log_error("ncclCommFinalize did not complete; aborting the communicator");
+    (void)ncclCommAbort(comm_);
+  } else if (ncclCommDestroy(comm_) != ncclSuccess) {
+    detail::log_error("ncclCommDestroy failed");
+  }
+}
+
+NcclComm::NcclComm(NcclComm&& o) noexcept
+    : comm_(std::exchange(o.comm_, nullptr)), failed_(o.failed_), timeout_s_(o.timeout_s_), rank_(o.rank_) {}
+
+NcclComm& NcclComm::operator=(NcclComm&& o) noexcept {
+  if (this != &o) {
+    this->~NcclComm();
+    comm_ = std::exchange(o.comm_, nullptr);
+    failed_ = o.failed_;
+    timeout_s_ = o.timeout_s_;
+    rank_ = o.rank_;
+  }
+  return *this;
+}
+
+void NcclComm::abort() noexcept {
+  if (comm_ && !failed_) {
+    failed_ = true;
+    (void)ncclCommAbort(comm_);
+    comm_ = nullptr;
+  }
+}
+
+void NcclComm::wait_ready(const char* what) {
+  const auto t0 = std::chrono::steady_clock::now();
+  for (;;) {
+    ncclResult_t state = ncclSuccess;
+    const ncclResult_t rc = ncclCommGetAsyncError(comm_, &state);
+    if (rc != ncclSuccess) state = rc;
+    if (state == ncclSuccess) return;
+    if (state != ncclInProgress) {
+      const std::string msg = std::string(what) + " failed: " + ncclGetErrorString(state) +
+                              ": " + ncclGetLastError(comm_);
+      abort();
+      throw NcclError("[rank " + std::to_string(rank_) + "] " + msg);
+    }
+    if (std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() > timeout_s_) {
+      abort();
+      throw NcclError("[rank " + std::to_string(rank_) + "] " + what + " did not complete within " +
+                      std::to_string(timeout_s_) + " s; the NCCL communicator was aborted");
+    }
+    std::this_thread::yield();
+  }
+}
+
+void NcclComm::wait_stream(cuda_stream stream, const char* what) {
+  const auto t0 = std::chrono::steady_clock::now();
+  for (;;) {
+    const cudaError_t q = cudaStreamQuery(stream);
+    if (q == cudaSuccess) return;
+    if (q != cudaErrorNotReady) {
+      abort();
+      EPLB_CUDA_CHECK(q);
+    }
+    ncclResult_t state = ncclSuccess;
+    if (ncclCommGetAsyncError(comm_, &state) == ncclSuccess && state != ncclSuccess &&
+        state != ncclInProgress) {
+      const std::string msg = std::string(what) + ": NCCL error " + ncclGetErrorString(state) +
+                              ": " + ncclGetLastError(comm_);
+      abort();
+      throw NcclError("[rank " + std::to_string(rank_) + "] " + msg);
+    }
+    if (std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() > timeout_s_) {
+      abort();
+      throw NcclError("[rank " + std::to_string(rank_) + "] " + what + " did not complete within " +
+                      std::to_string(timeout_s_) + " s (a peer failed or hangs); the NCCL "
+                      "communicator was aborted");
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(20));
+  }
+}
+
+NcclTransport::NcclTransport(const MpiComm& mpi, cuda_stream stream) : comm_(mpi), stream_(stream) {}
+
+void NcclTransport::begin_batch() {
+  EPLB_NCCL_CHECK(ncclGroupStart());
+  in_group_ = true;
+}
+
+void NcclTransport::send(const std::byte* buf, std::size_t bytes, int peer) {
+  check_nccl(ncclSend(buf, bytes, ncclUint8, peer, comm_.get(), stream_), "ncclSend", __FILE__,
+             __LINE__, comm_.get());
+}
+
+void NcclTransport::recv(std::byte* buf, std::size_t bytes, int peer) {
+  check_nccl(ncclRecv(buf, bytes, ncclUint8, peer, comm_.get(), stream_), "ncclRecv", __FILE__,
+             __LINE__, comm_.get());
+}
+
+void NcclTransport::end_batch() {
+  in_group_ = false;
+  const ncclResult_t rc = ncclGroupEnd();
+  check_nccl(rc, "ncclGroupEnd", __FILE__, __LINE__, comm_.get());
+  if (rc == ncclInProgress) comm_.wait_ready("ncclGroupEnd");
+}
+
+void NcclTransport::copy(std::byte* dst, const std::byte* src, std::size_t bytes) {
+  copy_async(dst, src, bytes, stream_);
+}
+
+void NcclTransport::synchronize() { comm_.wait_stream(stream_, "migration"); }
+
+Buffer NcclTransport::allocate(std::size_t bytes) {
+  void* p = nullptr;
+  EPLB_CUDA_CHECK(cudaMalloc(&p, bytes ? bytes : 256));
+  return Buffer(static_cast<std::byte*>(p), [](std::byte* q) {
+    if (cudaFree(q) != cudaSuccess) detail::log_error("cudaFree (staging) failed");
+  });
+}
+
+}  // namespace eplb::comm

@@ -1,0 +1,80 @@
+#pragma once
+/// \file NCCL: a communicator bootstrapped over MPI, and the device weight transport.
+/// Includes no CUDA or NCCL header.
+#include <string>
+
+#include "comm/cuda.hpp"
+#include "comm/mpi.hpp"
+#include "comm/transport.hpp"
+
+struct ncclComm;
+
+#define EPLB_NCCL_CHECK(call) ::eplb::comm::check_nccl((call), #call, __FILE__, __LINE__, nullptr)
+
+namespace eplb::comm {
+
+/// Throws NcclError "[rank r] <call> failed: <ncclGetErrorString>: <ncclGetLastError> (file:line)"
+/// unless rc is ncclSuccess (or ncclInProgress, which callers poll).
+void check_nccl(int rc, const char* call, const char* file, int line, ncclComm* comm);
+
+/// Seconds a rank waits for NCCL work before aborting the communicator
+/// (EPLB_NCCL_TIMEOUT_S, default 120; docs/ENVIRONMENT.md).
+double nccl_timeout_seconds();
+
+/// A non-blocking NCCL communicator over the ranks of an MPI communicator. Rank 0 creates the
+/// unique id and broadcasts it over MPI. Every wait is bounded: on timeout or asynchronous
+/// error the communicator is aborted (so peers blocked in NCCL are released) and NcclError
+/// is thrown. Destroyed with ncclCommDestroy, or ncclCommAbort after a failure. Move-only.
+class NcclComm {
+ public:
+  /// Collective over `mpi`; uses the current CUDA device.
+  explicit NcclComm(const MpiComm& mpi, double timeout_s = nccl_timeout_seconds());
+  ~NcclComm();
+  NcclComm(NcclComm&& o) noexcept;
+  NcclComm& operator=(NcclComm&& o) noexcept;
+  NcclComm(const NcclComm&) = delete;
+  NcclComm& operator=(const NcclComm&) = delete;
+
+  ncclComm* get() const { return comm_; }
+  double timeout_s() const { return timeout_s_; }
+  /// Polls until the last operation is no longer in progress; throws (after aborting) on
+  /// error or timeout. `what` names the operation in messages.
+  void wait_ready(const char* what);
+  /// Waits for `stream` with the same bound, checking the communicator for async errors.
+  void wait_stream(cuda_stream stream, const char* what);
+  void abort() noexcept;
+
+ private:
+  ncclComm* comm_ = nullptr;
+  bool failed_ = false;
+  double timeout_s_ = 120;
+  int rank_ = 0;
+};
+
+/// Device-memory transport: the sends and receives of a batch go into one NCCL group on the
+/// given stream; local copies are cudaMemcpyAsync on the same stream, so everything is
+/// ordered without host synchronisation. synchronize() is the only host wait (bounded).
+class NcclTransport final : public Transport {
+ public:
+  /// Collective over `mpi` (creates the NCCL communicator). `stream` is borrowed: the
+  /// engine's stream, on which routing reads the maps.
+  NcclTransport(const MpiComm& mpi, cuda_stream stream);
+  std::string_view name() const override { return "nccl"; }
+  MemorySpace memory_space() const override { return MemorySpace::device; }
+  void begin_batch() override;
+  void send(const std::byte* buf, std::size_t bytes, int peer) override;
+  void recv(std::byte* buf, std::size_t bytes, int peer) override;
+  void end_batch() override;
+  void copy(std::byte* dst, const std::byte* src, std::size_t bytes) override;
+  void synchronize() override;
+  Buffer allocate(std::size_t bytes) override;
+  cuda_stream stream() const { return stream_; }
+  NcclComm& comm() { return comm_; }
+
+ private:
+  NcclComm comm_;
+  cuda_stream stream_;
+  bool in_group_ = false;
+};
+
+}  // namespace eplb::comm

@@ -1,0 +1,113 @@
+#include "runtime/cuda/device_state.hpp"
+
+#include <algorithm>
+#include <stdexcept>
+
+namespace eplb::runtime::cuda {
+
+DeviceLoadWindow::DeviceLoadWindow(int num_layers, int num_logical, int window_passes,
+                                   comm::cuda_stream stream)
+    : layers_(num_layers), logical_(num_logical), window_(window_passes), stream_(stream) {
+  if (num_layers < 1 || num_logical < 1 || window_passes < 1)
+    throw std::invalid_argument("DeviceLoadWindow: num_layers, num_logical, window_passes must be >= 1");
+  const std::size_t n = static_cast<std::size_t>(layers_) * logical_;
+  ring_ = comm::DeviceBuffer(n * window_ * sizeof(unsigned long long));
+  errors_ = comm::DeviceBuffer(sizeof(unsigned long long));
+  sum_ = comm::DeviceBuffer((n + 1) * sizeof(long long));
+  host_ = comm::PinnedBuffer((n + 1) * sizeof(long long));
+  comm::memset_async(ring_.get(), 0, ring_.size(), stream_);
+  comm::memset_async(errors_.get(), 0, errors_.size(), stream_);
+}
+
+unsigned long long* DeviceLoadWindow::counts(int layer) const {
+  return ring_.as<unsigned long long>() +
+         (static_cast<std::size_t>(cursor_) * layers_ + layer) * logical_;
+}
+
+std::optional<std::string> DeviceLoadWindow::collect(std::span<std::int64_t> out) {
+  const std::size_t n = static_cast<std::size_t>(layers_) * logical_;
+  if (out.size() != n) throw std::invalid_argument("DeviceLoadWindow::collect: output is not [L][E]");
+  auto* sum = sum_.as<long long>();
+  EPLB_CUDA_CHECK(launch_window_sum(ring_.as<unsigned long long>(), window_,
+                                    static_cast<long long>(n), sum, stream_));
+  comm::copy_async(sum + n, errors_.get(), sizeof(long long), stream_);
+  comm::memset_async(errors_.get(), 0, sizeof(unsigned long long), stream_);
+  comm::copy_async(host_.get(), sum, (n + 1) * sizeof(long long), stream_);  // the one D2H copy
+  comm::CudaEvent done(false);
+  done.record(stream_);
+  done.synchronize();
+  const auto* h = host_.as<long long>();
+  std::copy(h, h + n, out.begin());
+  if (h[n] != 0)
+    return std::to_string(h[n]) + " expert id(s) in topk_ids outside [0, " +
+           std::to_string(logical_) + ") since the last rebalance (device error counter); they "
+           "were not counted";
+  return std::nullopt;
+}
+
+void DeviceLoadWindow::end_pass() {
+  cursor_ = (cursor_ + 1) % window_;
+  comm::memset_async(counts(0), 0,
+                     static_cast<std::size_t>(layers_) * logical_ * sizeof(unsigned long long), stream_);
+}
+
+void DeviceLoadWindow::download_ring(std::span<std::int64_t> ring, int& cursor) const {
+  if (ring.size() != static_cast<std::size_t>(window_) * layers_ * logical_)
+    throw std::invalid_argument("DeviceLoadWindow::download_ring: wrong size");
+  comm::copy_async(ring.data(), ring_.get(), ring_.size(), stream_);
+  comm::CudaEvent done(false);
+  done.record(stream_);
+  done.synchronize();
+  cursor = cursor_;
+}
+
+DeviceMaps::DeviceMaps(const algo::Topology& topo, const algo::Placement& initial,
+                       comm::cuda_stream stream)
+    : layers_(topo.num_layers),
+      logical_(topo.num_logical),
+      xcap_(topo.num_slots - topo.num_logical + 1),
+      stream_(stream) {
+  initial.check_shape(topo, "DeviceMaps");
+  const std::size_t le = static_cast<std::size_t>(layers_) * logical_;
+  log2phy_ = comm::DeviceBuffer(le * xcap_ * sizeof(int));
+  logcnt_ = comm::DeviceBuffer(le * sizeof(int));
+  host_log2phy_ = comm::PinnedBuffer(le * xcap_ * sizeof(int));
+  host_logcnt_ = comm::PinnedBuffer(le * sizeof(int));
+  stage(initial);
+  comm::copy_async(log2phy_.get(), host_log2phy_.get(), log2phy_.size(), stream_);
+  comm::copy_async(logcnt_.get(), host_logcnt_.get(), logcnt_.size(), stream_);
+  comm::CudaEvent done(false);
+  done.record(stream_);
+  done.synchronize();
+}
+
+DeviceLayerMaps DeviceMaps::layer(int l) const {
+  return {log2phy_.as<int>() + static_cast<std::size_t>(l) * logical_ * xcap_,
+          logcnt_.as<int>() + static_cast<std::size_t>(l) * logical_, logical_, xcap_};
+}
+
+void DeviceMaps::stage(const algo::Placement& p) {
+  // The pinned mirror is only rewritten after the previous migration's copies completed
+  // (execute_migration ends with a stream synchronisation).
+  int* l2p = host_log2phy_.as<int>();
+  std::fill(l2p, l2p + static_cast<std::size_t>(layers_) * logical_ * xcap_, -1);
+  for (int l = 0; l < layers_; ++l)
+    for (int e = 0; e < logical_; ++e) {
+      const auto slots = p.log2phy(l, e);
+      int* dst = l2p + (static_cast<std::size_t>(l) * logical_ + e) * xcap_;
+      for (std::size_t r = 0; r < slots.size() && slots[r] >= 0; ++r) dst[r] = slots[r];
+    }
+  std::copy(p.logcnt().begin(), p.logcnt().end(), host_logcnt_.as<int>());
+}
+
+void DeviceMaps::prepare(const algo::Placement& next) { stage(next); }
+
+void DeviceMaps::commit_layer(int l) {
+  const std::size_t off = static_cast<std::size_t>(l) * logical_;
+  comm::copy_async(log2phy_.as<int>() + off * xcap_, host_log2phy_.as<int>() + off * xcap_,
+                   static_cast<std::size_t>(logical_) * xcap_ * sizeof(int), stream_);
+  comm::copy_async(logcnt_.as<int>() + off, host_logcnt_.as<int>() + off,
+                   static_cast<std::size_t>(logical_) * sizeof(int), stream_);
+}
+
+}  // namespace eplb::runtime::cuda

@@ -1,0 +1,164 @@
+// Migration with device weights over NCCL, under mpiexec with one GPU per rank: consecutive
+// rebalances with every byte checked, maps switched per layer, and bounded failure.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <random>
+
+#include "comm/nccl.hpp"
+#include "runtime/cuda/device_state.hpp"
+#include "runtime/cuda/device_weights.hpp"
+#include "runtime/engine.hpp"
+
+namespace {
+using eplb::algo::Topology;
+
+int world(int* rank) {
+  int s = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &s);
+  MPI_Comm_rank(MPI_COMM_WORLD, rank);
+  return s;
+}
+
+// Same answer on every rank (same host), so every rank skips alike.
+#define SKIP_WITHOUT_GPUS(P)                                                              \
+  if (eplb::comm::cuda_device_count() < (P))                                              \
+  GTEST_SKIP() << "needs " << (P) << " CUDA devices (one per rank), found "              \
+               << eplb::comm::cuda_device_count()
+
+std::size_t total_bad(std::size_t local) {
+  unsigned long long n = local, t = 0;
+  MPI_Allreduce(&n, &t, 1, MPI_UNSIGNED_LONG_LONG, MPI_SUM, MPI_COMM_WORLD);
+  return t;
+}
+
+TEST(NcclMigration, ConsecutiveRebalancesKeepEveryByte) {
+  int rank = 0;
+  const int P = world(&rank);
+  SKIP_WITHOUT_GPUS(P);
+  eplb::comm::select_device_for_rank(rank);
+  eplb::comm::CudaStream stream;
+  const Topology t{6, 32, 10 * P, P, 1, 4};
+  eplb::runtime::RuntimeConfig cfg;
+  cfg.topology = t;
+  cfg.window_passes = 3;
+  cfg.rebalance_interval = 0;
+  cfg.min_gain = -1;
+  cfg.staging_bytes = 3 * 70000;  // a few experts: several rounds per layer
+  eplb::runtime::cuda::DeviceWeightSet weights(t.num_layers, t.slots_per_rank(),
+                                               {{"w13", 40960}, {"w2", 20480}, {"scale", 80}});
+  const auto initial = eplb::algo::Placement::contiguous(t);
+  weights.fill(initial, rank);
+  eplb::runtime::Engine engine(MPI_COMM_WORLD, cfg, weights.registry(), initial,
+                               [&](const eplb::comm::MpiComm& c) {
+                                 return std::make_unique<eplb::comm::NcclTransport>(c, stream.get());
+                               });
+  eplb::runtime::cuda::DeviceLoadWindow window(t.num_layers, t.num_logical, cfg.window_passes, stream.get());
+  eplb::runtime::cuda::DeviceMaps maps(t, initial, stream.get());
+  engine.set_load_source(&window);
+  engine.set_map_listener(&maps);
+
+  std::mt19937 rng(99 + rank);
+  const int n = 512 * 4;
+  std::vector<std::int32_t> ids(n);
+  eplb::comm::DeviceBuffer d_ids(n * sizeof(std::int32_t));
+  for (int r = 0; r < 12; ++r) {
+    // Skewed routing that shifts every round.
+    std::geometric_distribution<int> g(0.08 + 0.01 * r);
+    for (int pass = 0; pass < 2; ++pass) {
+      for (int l = 0; l < t.num_layers; ++l) {
+        for (auto& v : ids) v = (g(rng) + 5 * r + l) % t.num_logical;
+        eplb::comm::copy_async(d_ids.get(), ids.data(), d_ids.size(), stream.get());
+        EPLB_CUDA_CHECK(eplb::runtime::cuda::launch_route_and_count(
+            d_ids.get(), false, n, maps.layer(l), 0, 0, nullptr, window.counts(l), window.errors(),
+            stream.get()));
+        stream.synchronize();  // ids is reused
+      }
+      (void)engine.step();
+    }
+    const auto st = engine.rebalance();
+    ASSERT_FALSE(st.skipped);
+    const auto bad = weights.verify(engine.placement(), rank);
+    for (std::size_t i = 0; i < bad.size() && i < 3; ++i) ADD_FAILURE() << bad[i];
+    ASSERT_EQ(total_bad(bad.size()), 0u) << "rebalance " << r;
+    // The device maps equal the placement's (committed layer by layer).
+    for (int l = 0; l < t.num_layers; ++l) {
+      std::vector<int> cnt(t.num_logical);
+      eplb::comm::copy_async(cnt.data(), maps.layer(l).logcnt, cnt.size() * sizeof(int), stream.get());
+      stream.synchronize();
+      EXPECT_EQ(cnt, std::vector<int>(engine.placement().logcnt(l).begin(), engine.placement().logcnt(l).end()));
+    }
+  }
+}
+
+TEST(NcclMigration, OutOfRangeIdsAreReportedOnEveryRank) {
+  int rank = 0;
+  const int P = world(&rank);
+  SKIP_WITHOUT_GPUS(P);
+  eplb::comm::select_device_for_rank(rank);
+  eplb::comm::CudaStream stream;
+  const Topology t{2, 8, 2 * P < 8 ? 8 : 2 * P, P, 1, 1};
+  Topology tt = t;
+  tt.num_slots = (tt.num_slots + P - 1) / P * P;
+  eplb::runtime::RuntimeConfig cfg;
+  cfg.topology = tt;
+  cfg.window_passes = 1;
+  cfg.rebalance_interval = 0;
+  eplb::runtime::cuda::DeviceWeightSet weights(2, tt.slots_per_rank(), {{"w", 256}});
+  const auto initial = eplb::algo::Placement::contiguous(tt);
+  weights.fill(initial, rank);
+  eplb::runtime::Engine engine(MPI_COMM_WORLD, cfg, weights.registry(), initial,
+                               [&](const eplb::comm::MpiComm& c) {
+                                 return std::make_unique<eplb::comm::NcclTransport>(c, stream.get());
+                               });
+  eplb::runtime::cuda::DeviceLoadWindow window(2, 8, 1, stream.get());
+  eplb::runtime::cuda::DeviceMaps maps(tt, initial, stream.get());
+  engine.set_load_source(&window);
+  engine.set_map_listener(&maps);
+  std::vector<std::int64_t> ids = {1, 2, rank == P - 1 ? 99 : 3};
+  eplb::comm::DeviceBuffer d(ids.size() * 8);
+  eplb::comm::copy_async(d.get(), ids.data(), d.size(), stream.get());
+  EPLB_CUDA_CHECK(eplb::runtime::cuda::launch_route_and_count(d.get(), true, 3, maps.layer(1), 0, 0,
+                                                              nullptr, window.counts(1), window.errors(),
+                                                              stream.get()));
+  try {
+    engine.rebalance();
+    ADD_FAILURE() << "out-of-range id accepted";
+  } catch (const eplb::InvalidInput& e) {
+    EXPECT_NE(std::string(e.what()).find("outside [0, 8)"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(engine.placement(), initial);
+  EXPECT_EQ(total_bad(weights.verify(engine.placement(), rank).size()), 0u);
+}
+
+TEST(NcclMigration, APeerThatNeverArrivesTimesOutInsteadOfHanging) {
+  int rank = 0;
+  const int P = world(&rank);
+  if (P < 2) GTEST_SKIP() << "needs 2 ranks";
+  SKIP_WITHOUT_GPUS(P);
+  eplb::comm::select_device_for_rank(rank);
+  setenv("EPLB_NCCL_TIMEOUT_S", "5", 1);
+  eplb::comm::CudaStream stream;
+  eplb::comm::MpiComm mpi(MPI_COMM_WORLD);
+  eplb::comm::NcclTransport tr(mpi, stream.get());
+  eplb::comm::DeviceBuffer buf(1 << 20);
+  const auto t0 = std::chrono::steady_clock::now();
+  bool threw = false;
+  if (rank == 0) {  // rank 0 receives from rank 1, which never sends
+    try {
+      tr.begin_batch();
+      tr.recv(static_cast<std::byte*>(buf.get()), buf.size(), 1);
+      tr.end_batch();
+      tr.synchronize();
+    } catch (const eplb::NcclError& e) {
+      threw = true;
+      EXPECT_NE(std::string(e.what()).find("did not complete"), std::string::npos) << e.what();
+    }
+    EXPECT_TRUE(threw);
+    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 60.0);
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  unsetenv("EPLB_NCCL_TIMEOUT_S");
+}
+
+}  // namespace

@@ -1,0 +1,125 @@
+// The routing + counting kernel against its host reference (runtime/routing.hpp).
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "algo/placement.hpp"
+#include "comm/cuda.hpp"
+#include "runtime/cuda/device_state.hpp"
+#include "runtime/routing.hpp"
+
+namespace {
+using eplb::algo::Placement;
+using eplb::algo::Topology;
+
+#define SKIP_WITHOUT_GPU()                                                         \
+  if (eplb::comm::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device visible"
+
+struct Case {
+  int tokens, k, experts, slots, ranks;
+  bool int64_ids, prefer_local, with_bad_ids;
+};
+
+Placement random_placement(const Topology& t, std::mt19937& rng) {
+  std::vector<int> p;
+  for (int l = 0; l < t.num_layers; ++l) {
+    std::vector<int> row;
+    for (int e = 0; e < t.num_logical; ++e) row.push_back(e);
+    // Skewed replica counts: a few experts get many replicas.
+    std::geometric_distribution<int> g(0.3);
+    while (static_cast<int>(row.size()) < t.num_slots) row.push_back(std::min(g(rng), t.num_logical - 1));
+    std::shuffle(row.begin(), row.end(), rng);
+    p.insert(p.end(), row.begin(), row.end());
+  }
+  return Placement(t.num_layers, t.num_logical, t.num_slots, std::move(p));
+}
+
+template <class Id>
+void run_case(const Case& c) {
+  std::mt19937 rng(c.tokens * 31 + c.experts);
+  const Topology t{2, c.experts, c.slots, c.ranks, 1, 1};
+  const Placement p = random_placement(t, rng);
+  eplb::comm::CudaStream stream;
+  eplb::runtime::cuda::DeviceMaps maps(t, p, stream.get());
+  eplb::runtime::cuda::DeviceLoadWindow window(2, c.experts, 1, stream.get());
+  const long long n = static_cast<long long>(c.tokens) * c.k;
+  std::vector<Id> ids(static_cast<std::size_t>(n));
+  std::uniform_int_distribution<int> any(0, c.experts - 1);
+  for (auto& v : ids) v = static_cast<Id>(any(rng));
+  if (c.with_bad_ids && n > 3) {
+    ids[1] = static_cast<Id>(c.experts);
+    ids[n - 1] = static_cast<Id>(-2);
+  }
+  const int k_local = t.slots_per_rank();
+  const int lb = c.prefer_local ? k_local : 0, le = c.prefer_local ? 2 * k_local : 0;
+
+  // Host reference (layer 1) with the same padded maps as the device (X = placement's max).
+  std::vector<int> want_slots(static_cast<std::size_t>(n));
+  std::vector<std::int64_t> want_counts(static_cast<std::size_t>(c.experts), 0);
+  std::int64_t want_errors = 0;
+  const eplb::runtime::LayerMaps hm{p.log2phy().data() + static_cast<std::size_t>(c.experts) * p.max_replicas(),
+                                    p.logcnt(1).data(), c.experts, p.max_replicas()};
+  eplb::runtime::route_and_count_host<Id>(ids, hm, lb, le, want_slots, want_counts, &want_errors);
+
+  eplb::comm::DeviceBuffer d_ids(ids.size() * sizeof(Id)), d_slots(ids.size() * sizeof(int));
+  eplb::comm::copy_async(d_ids.get(), ids.data(), d_ids.size(), stream.get());
+  EPLB_CUDA_CHECK(eplb::runtime::cuda::launch_route_and_count(
+      d_ids.get(), sizeof(Id) == 8, n, maps.layer(1), lb, le, d_slots.as<int>(), window.counts(1),
+      window.errors(), stream.get()));
+  std::vector<int> got_slots(ids.size());
+  eplb::comm::copy_async(got_slots.data(), d_slots.get(), d_slots.size(), stream.get());
+  std::vector<std::int64_t> got(static_cast<std::size_t>(2 * c.experts));
+  const auto err = window.collect(got);  // synchronises
+  EXPECT_EQ(got_slots, want_slots);
+  EXPECT_EQ(std::vector<std::int64_t>(got.begin() + c.experts, got.end()), want_counts);
+  for (int e = 0; e < c.experts; ++e) EXPECT_EQ(got[e], 0) << "layer 0 untouched";
+  EXPECT_EQ(err.has_value(), want_errors > 0);
+  if (err) {
+    EXPECT_NE(err->find(std::to_string(want_errors) + " expert id(s)"), std::string::npos) << *err;
+  }
+}
+
+class RouteKernel : public testing::TestWithParam<Case> {};
+
+TEST_P(RouteKernel, MatchesHostReference) {
+  SKIP_WITHOUT_GPU();
+  if (GetParam().int64_ids) run_case<std::int64_t>(GetParam());
+  else run_case<std::int32_t>(GetParam());
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Sizes, RouteKernel,
+    testing::Values(Case{1, 1, 4, 4, 1, false, false, false}, Case{256, 8, 64, 80, 8, false, false, false},
+                    Case{256, 8, 64, 80, 8, true, true, false}, Case{4096, 6, 256, 288, 32, false, true, true},
+                    Case{3000, 8, 384, 448, 64, true, false, true},
+                    Case{100000, 8, 160, 320, 16, false, true, false},
+                    Case{512, 4, 10000, 10240, 8, true, false, true}),
+    [](const testing::TestParamInfo<Case>& i) {
+      const Case& c = i.param;
+      return std::to_string(c.tokens) + "x" + std::to_string(c.k) + "_E" + std::to_string(c.experts) +
+             "_R" + std::to_string(c.slots) + (c.int64_ids ? "_i64" : "_i32") +
+             (c.prefer_local ? "_local" : "") + (c.with_bad_ids ? "_badids" : "");
+    });
+
+TEST(DeviceWindow, SumsOverTheWindowAndForgetsOldPasses) {
+  SKIP_WITHOUT_GPU();
+  const Topology t{1, 8, 8, 1, 1, 1};
+  const auto p = Placement::contiguous(t);
+  eplb::comm::CudaStream stream;
+  eplb::runtime::cuda::DeviceMaps maps(t, p, stream.get());
+  eplb::runtime::cuda::DeviceLoadWindow window(1, 8, 2, stream.get());
+  std::vector<std::int32_t> ids = {3, 3, 5};
+  eplb::comm::DeviceBuffer d(ids.size() * 4);
+  eplb::comm::copy_async(d.get(), ids.data(), d.size(), stream.get());
+  for (int pass = 0; pass < 3; ++pass) {
+    EPLB_CUDA_CHECK(eplb::runtime::cuda::launch_route_and_count(d.get(), false, 3, maps.layer(0), 0, 0, nullptr,
+                                                                window.counts(0), window.errors(), stream.get()));
+    std::vector<std::int64_t> sum(8);
+    EXPECT_FALSE(window.collect(sum));
+    EXPECT_EQ(sum[3], 2 * std::min(pass + 1, 2)) << "pass " << pass;
+    EXPECT_EQ(sum[5], std::min(pass + 1, 2));
+    window.end_pass();
+  }
+}
+
+}  // namespace
