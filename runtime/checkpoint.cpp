@@ -1,0 +1,602 @@
+#include "runtime/checkpoint.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstddef>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+#include <sstream>
+
+#include "algo/placement.hpp"
+#include "eplb/config.hpp"
+#include "runtime/h5.hpp"
+
+namespace eplb::runtime {
+namespace {
+
+using h5::H5File;
+using h5::H5Object;
+
+// ---- names of the schema (docs/CHECKPOINT.md) -------------------------------------------
+constexpr const char* kPhy2log = "phy2log";
+constexpr const char* kWindow = "window";
+constexpr const char* kStats = "rebalance_stats";
+
+// ---- small helpers ------------------------------------------------------------------------
+
+std::uint64_t fnv(std::uint64_t h, const void* data, std::size_t n) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  for (std::size_t i = 0; i < n; ++i) {
+    h ^= p[i];
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+template <class T>
+std::uint64_t fnv_value(std::uint64_t h, T v) {
+  return fnv(h, &v, sizeof v);
+}
+
+std::string now_utc() {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+std::string shape_text(const std::vector<hsize_t>& d) {
+  std::string s;
+  for (auto v : d) {
+    s += '[';
+    s += std::to_string(v);
+    s += ']';
+  }
+  return s.empty() ? "scalar" : s;
+}
+
+std::string type_text(hid_t t) {
+  const H5T_class_t c = H5Tget_class(t);
+  const std::size_t size = H5Tget_size(t);
+  switch (c) {
+    case H5T_INTEGER:
+      return std::string(H5Tget_sign(t) == H5T_SGN_NONE ? "uint" : "int") + std::to_string(8 * size);
+    case H5T_FLOAT: return "float" + std::to_string(8 * size);
+    case H5T_STRING: return "string";
+    case H5T_COMPOUND: return "compound";
+    default: return "HDF5 class " + std::to_string(static_cast<int>(c));
+  }
+}
+
+// ---- attributes ---------------------------------------------------------------------------
+
+H5Object scalar_space() { return H5Object::dataspace(EPLB_H5_CHECK(H5Screate(H5S_SCALAR))); }
+
+void put_attr(hid_t loc, const char* name, hid_t file_type, hid_t mem_type, const void* v) {
+  const auto space = scalar_space();
+  const auto a = H5Object::attribute(
+      EPLB_H5_CHECK(H5Acreate2(loc, name, file_type, space.get(), H5P_DEFAULT, H5P_DEFAULT)));
+  EPLB_H5_CHECK(H5Awrite(a.get(), mem_type, v));
+}
+void put_i64(hid_t loc, const char* name, std::int64_t v) {
+  put_attr(loc, name, H5T_STD_I64LE, H5T_NATIVE_INT64, &v);
+}
+void put_i32(hid_t loc, const char* name, std::int32_t v) {
+  put_attr(loc, name, H5T_STD_I32LE, H5T_NATIVE_INT32, &v);
+}
+void put_u64(hid_t loc, const char* name, std::uint64_t v) {
+  put_attr(loc, name, H5T_STD_U64LE, H5T_NATIVE_UINT64, &v);
+}
+void put_f64(hid_t loc, const char* name, double v) {
+  put_attr(loc, name, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &v);
+}
+void put_str(hid_t loc, const char* name, const std::string& v) {
+  const auto t = H5Object::datatype(EPLB_H5_CHECK(H5Tcopy(H5T_C_S1)));
+  EPLB_H5_CHECK(H5Tset_size(t.get(), v.size() + 1));
+  EPLB_H5_CHECK(H5Tset_strpad(t.get(), H5T_STR_NULLTERM));
+  put_attr(loc, name, t.get(), t.get(), v.c_str());
+}
+
+/// Reading: a missing attribute or one of the wrong class is a CheckpointError.
+class Reader {
+ public:
+  explicit Reader(std::string path) : path_(std::move(path)) {}
+
+  [[noreturn]] void bad(const std::string& what) const {
+    throw CheckpointError("checkpoint '" + path_ + "': " + what);
+  }
+
+  H5Object open_attr(hid_t loc, const char* name, const char* where) const {
+    if (EPLB_H5_CHECK(H5Aexists(loc, name)) <= 0)
+      bad(std::string("missing attribute '") + name + "'" + where);
+    auto a = H5Object::attribute(EPLB_H5_CHECK(H5Aopen(loc, name, H5P_DEFAULT)));
+    const auto space = H5Object::dataspace(EPLB_H5_CHECK(H5Aget_space(a.get())));
+    if (EPLB_H5_CHECK(H5Sget_simple_extent_npoints(space.get())) != 1)
+      bad(std::string("attribute '") + name + "' is not a scalar");
+    return a;
+  }
+
+  template <class T>
+  T number(hid_t loc, const char* name, const char* where = "") const {
+    const auto a = open_attr(loc, name, where);
+    const auto t = H5Object::datatype(EPLB_H5_CHECK(H5Aget_type(a.get())));
+    const H5T_class_t c = H5Tget_class(t.get());
+    const bool want_int = std::is_integral_v<T>;
+    if (want_int ? c != H5T_INTEGER : (c != H5T_FLOAT && c != H5T_INTEGER))
+      bad(std::string("attribute '") + name + "' has type " + type_text(t.get()) + ", expected " +
+          (want_int ? "an integer" : "a number"));
+    T v{};
+    hid_t mem = H5T_NATIVE_DOUBLE;
+    if constexpr (std::is_same_v<T, std::int64_t>) mem = H5T_NATIVE_INT64;
+    if constexpr (std::is_same_v<T, std::uint64_t>) mem = H5T_NATIVE_UINT64;
+    if constexpr (std::is_same_v<T, std::int32_t>) mem = H5T_NATIVE_INT32;
+    EPLB_H5_CHECK(H5Aread(a.get(), mem, &v));
+    return v;
+  }
+
+  std::string string(hid_t loc, const char* name) const {
+    const auto a = open_attr(loc, name, "");
+    const auto t = H5Object::datatype(EPLB_H5_CHECK(H5Aget_type(a.get())));
+    if (H5Tget_class(t.get()) != H5T_STRING)
+      bad(std::string("attribute '") + name + "' has type " + type_text(t.get()) +
+          ", expected a string");
+    if (EPLB_H5_CHECK(H5Tis_variable_str(t.get())) > 0) {
+      char* p = nullptr;
+      const auto mem = H5Object::datatype(EPLB_H5_CHECK(H5Tcopy(H5T_C_S1)));
+      EPLB_H5_CHECK(H5Tset_size(mem.get(), H5T_VARIABLE));
+      EPLB_H5_CHECK(H5Aread(a.get(), mem.get(), &p));
+      std::string s = p ? p : "";
+      H5free_memory(p);
+      return s;
+    }
+    std::string buf(H5Tget_size(t.get()), '\0');
+    EPLB_H5_CHECK(H5Aread(a.get(), t.get(), buf.data()));
+    buf.resize(std::strlen(buf.c_str()));
+    return buf;
+  }
+
+  /// Opens a dataset after checking that it exists, its class / size / sign and its shape.
+  H5Object dataset(hid_t file, const char* name, H5T_class_t cls, std::size_t size, bool is_signed,
+                   const std::vector<hsize_t>& shape, const char* shape_names) const {
+    if (EPLB_H5_CHECK(H5Lexists(file, name, H5P_DEFAULT)) <= 0)
+      bad(std::string("missing dataset '") + name + "'");
+    auto d = H5Object::dataset(EPLB_H5_CHECK(H5Dopen2(file, name, H5P_DEFAULT)));
+    const auto t = H5Object::datatype(EPLB_H5_CHECK(H5Dget_type(d.get())));
+    const bool type_ok =
+        H5Tget_class(t.get()) == cls &&
+        (cls == H5T_COMPOUND ||
+         (H5Tget_size(t.get()) == size && (H5Tget_sign(t.get()) == H5T_SGN_2) == is_signed));
+    if (!type_ok) {
+      std::string want = cls == H5T_COMPOUND ? "compound"
+                         : std::string(is_signed ? "int" : "uint") + std::to_string(8 * size);
+      bad(std::string("dataset '") + name + "' has dtype " + type_text(t.get()) + ", expected " +
+          want);
+    }
+    const auto space = H5Object::dataspace(EPLB_H5_CHECK(H5Dget_space(d.get())));
+    const int rank = EPLB_H5_CHECK(H5Sget_simple_extent_ndims(space.get()));
+    std::vector<hsize_t> dims(static_cast<std::size_t>(std::max(rank, 0)));
+    EPLB_H5_CHECK(H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr));
+    if (dims != shape)
+      bad(std::string("dataset '") + name + "' has shape " + shape_text(dims) + ", expected " +
+          shape_text(shape) + " (" + shape_names + ")");
+    return d;
+  }
+
+  /// H5Dread with the failure (a Fletcher32 mismatch, a truncated chunk) named by dataset.
+  void read(const H5Object& d, const char* name, hid_t mem_type, void* out) const {
+    try {
+      EPLB_H5_CHECK(H5Dread(d.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, out));
+    } catch (const H5Error& e) {
+      bad(std::string("dataset '") + name + "' is corrupt or unreadable: " + e.what());
+    }
+  }
+
+ private:
+  std::string path_;
+};
+
+// ---- datasets -----------------------------------------------------------------------------
+
+/// A chunked dataset with the Fletcher32 filter; zero-length dimensions are made unlimited so
+/// that an empty dataset can still be chunked (HDF5 needs chunk dims >= 1).
+void put_dataset(hid_t file, const char* name, hid_t file_type, hid_t mem_type,
+                 const std::vector<hsize_t>& dims, std::vector<hsize_t> chunk, const void* data) {
+  std::vector<hsize_t> maxdims(dims);
+  for (std::size_t i = 0; i < dims.size(); ++i) {
+    if (dims[i] == 0) maxdims[i] = H5S_UNLIMITED;
+    chunk[i] = std::max<hsize_t>(1, dims[i] == 0 ? chunk[i] : std::min(chunk[i], dims[i]));
+  }
+  const auto space = H5Object::dataspace(EPLB_H5_CHECK(
+      H5Screate_simple(static_cast<int>(dims.size()), dims.data(), maxdims.data())));
+  const auto dcpl = H5Object::plist(EPLB_H5_CHECK(H5Pcreate(H5P_DATASET_CREATE)));
+  EPLB_H5_CHECK(H5Pset_chunk(dcpl.get(), static_cast<int>(chunk.size()), chunk.data()));
+  EPLB_H5_CHECK(H5Pset_fletcher32(dcpl.get()));
+  const auto d = H5Object::dataset(EPLB_H5_CHECK(
+      H5Dcreate2(file, name, file_type, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT)));
+  bool any = true;
+  for (auto v : dims) any = any && v > 0;
+  if (any) EPLB_H5_CHECK(H5Dwrite(d.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data));
+}
+
+/// In-memory record of one rebalance_stats row (fixed-size string for a flat compound).
+struct StatsRecord {
+  std::int64_t epoch, pass;
+  std::int32_t skipped;
+  double balancedness_before, balancedness_after, imbalance_before, imbalance_after;
+  std::int64_t slots_changed, remote_units, local_units, fanout_copies, same_node_remote,
+      max_rank_sends, max_rank_recvs;
+  std::int32_t max_rounds, migration_rounds;
+  std::uint64_t total_remote_bytes, total_local_bytes;
+  double t_collect_ms, t_policy_ms, t_broadcast_ms, t_plan_ms, t_migrate_ms, t_total_ms;
+  char skip_reason[CheckpointStatsRow::kSkipReasonBytes];
+};
+
+struct Member {
+  const char* name;
+  std::size_t offset;
+  hid_t type;  // native; 0 = the skip_reason string
+};
+
+std::vector<Member> stats_members() {
+#define EPLB_M(f, t) Member{#f, offsetof(StatsRecord, f), t}
+  return {EPLB_M(epoch, H5T_NATIVE_INT64),        EPLB_M(pass, H5T_NATIVE_INT64),
+          EPLB_M(skipped, H5T_NATIVE_INT32),      EPLB_M(balancedness_before, H5T_NATIVE_DOUBLE),
+          EPLB_M(balancedness_after, H5T_NATIVE_DOUBLE),
+          EPLB_M(imbalance_before, H5T_NATIVE_DOUBLE), EPLB_M(imbalance_after, H5T_NATIVE_DOUBLE),
+          EPLB_M(slots_changed, H5T_NATIVE_INT64), EPLB_M(remote_units, H5T_NATIVE_INT64),
+          EPLB_M(local_units, H5T_NATIVE_INT64),  EPLB_M(fanout_copies, H5T_NATIVE_INT64),
+          EPLB_M(same_node_remote, H5T_NATIVE_INT64), EPLB_M(max_rank_sends, H5T_NATIVE_INT64),
+          EPLB_M(max_rank_recvs, H5T_NATIVE_INT64), EPLB_M(max_rounds, H5T_NATIVE_INT32),
+          EPLB_M(migration_rounds, H5T_NATIVE_INT32),
+          EPLB_M(total_remote_bytes, H5T_NATIVE_UINT64),
+          EPLB_M(total_local_bytes, H5T_NATIVE_UINT64), EPLB_M(t_collect_ms, H5T_NATIVE_DOUBLE),
+          EPLB_M(t_policy_ms, H5T_NATIVE_DOUBLE), EPLB_M(t_broadcast_ms, H5T_NATIVE_DOUBLE),
+          EPLB_M(t_plan_ms, H5T_NATIVE_DOUBLE),   EPLB_M(t_migrate_ms, H5T_NATIVE_DOUBLE),
+          EPLB_M(t_total_ms, H5T_NATIVE_DOUBLE),  EPLB_M(skip_reason, 0)};
+#undef EPLB_M
+}
+
+H5Object stats_mem_type() {
+  auto t = H5Object::datatype(EPLB_H5_CHECK(H5Tcreate(H5T_COMPOUND, sizeof(StatsRecord))));
+  const auto str = H5Object::datatype(EPLB_H5_CHECK(H5Tcopy(H5T_C_S1)));
+  EPLB_H5_CHECK(H5Tset_size(str.get(), CheckpointStatsRow::kSkipReasonBytes));
+  EPLB_H5_CHECK(H5Tset_strpad(str.get(), H5T_STR_NULLTERM));
+  for (const auto& m : stats_members())
+    EPLB_H5_CHECK(H5Tinsert(t.get(), m.name, m.offset, m.type ? m.type : str.get()));
+  return t;
+}
+
+StatsRecord to_record(const CheckpointStatsRow& r) {
+  StatsRecord s{};
+  s.epoch = r.epoch;
+  s.pass = r.pass;
+  s.skipped = r.skipped;
+  s.balancedness_before = r.balancedness_before;
+  s.balancedness_after = r.balancedness_after;
+  s.imbalance_before = r.imbalance_before;
+  s.imbalance_after = r.imbalance_after;
+  s.slots_changed = r.slots_changed;
+  s.remote_units = r.remote_units;
+  s.local_units = r.local_units;
+  s.fanout_copies = r.fanout_copies;
+  s.same_node_remote = r.same_node_remote;
+  s.max_rank_sends = r.max_rank_sends;
+  s.max_rank_recvs = r.max_rank_recvs;
+  s.max_rounds = r.max_rounds;
+  s.migration_rounds = r.migration_rounds;
+  s.total_remote_bytes = r.total_remote_bytes;
+  s.total_local_bytes = r.total_local_bytes;
+  s.t_collect_ms = r.t_collect_ms;
+  s.t_policy_ms = r.t_policy_ms;
+  s.t_broadcast_ms = r.t_broadcast_ms;
+  s.t_plan_ms = r.t_plan_ms;
+  s.t_migrate_ms = r.t_migrate_ms;
+  s.t_total_ms = r.t_total_ms;
+  const std::size_t n = std::min<std::size_t>(r.skip_reason.size(), sizeof s.skip_reason - 1);
+  std::memcpy(s.skip_reason, r.skip_reason.data(), n);
+  return s;
+}
+
+CheckpointStatsRow from_record(const StatsRecord& s) {
+  CheckpointStatsRow r;
+  r.epoch = s.epoch;
+  r.pass = s.pass;
+  r.skipped = s.skipped;
+  r.balancedness_before = s.balancedness_before;
+  r.balancedness_after = s.balancedness_after;
+  r.imbalance_before = s.imbalance_before;
+  r.imbalance_after = s.imbalance_after;
+  r.slots_changed = s.slots_changed;
+  r.remote_units = s.remote_units;
+  r.local_units = s.local_units;
+  r.fanout_copies = s.fanout_copies;
+  r.same_node_remote = s.same_node_remote;
+  r.max_rank_sends = s.max_rank_sends;
+  r.max_rank_recvs = s.max_rank_recvs;
+  r.max_rounds = s.max_rounds;
+  r.migration_rounds = s.migration_rounds;
+  r.total_remote_bytes = s.total_remote_bytes;
+  r.total_local_bytes = s.total_local_bytes;
+  r.t_collect_ms = s.t_collect_ms;
+  r.t_policy_ms = s.t_policy_ms;
+  r.t_broadcast_ms = s.t_broadcast_ms;
+  r.t_plan_ms = s.t_plan_ms;
+  r.t_migrate_ms = s.t_migrate_ms;
+  r.t_total_ms = s.t_total_ms;
+  r.skip_reason.assign(s.skip_reason, strnlen(s.skip_reason, sizeof s.skip_reason));
+  return r;
+}
+
+void write_file(const std::string& path, const Checkpoint& c) {
+  auto file = H5File::create_exclusive(path);
+  {
+    const hid_t root = file.get();
+    const auto& t = c.config.topology;
+    put_i32(root, "format_version", kCheckpointFormatVersion);
+    put_str(root, "eplb_version", c.eplb_version.empty() ? EPLB_VERSION : c.eplb_version);
+    put_str(root, "created", c.created.empty() ? now_utc() : c.created);
+    put_str(root, "writer", c.writer);
+    put_i32(root, "num_layers", t.num_layers);
+    put_i32(root, "num_logical", t.num_logical);
+    put_i32(root, "num_slots", t.num_slots);
+    put_i32(root, "num_ranks", t.num_ranks);
+    put_i32(root, "num_nodes", t.num_nodes);
+    put_i32(root, "num_groups", t.num_groups);
+    put_str(root, "policy", c.config.policy);
+    put_i32(root, "window_passes", c.config.window_passes);
+    put_i32(root, "rebalance_interval", c.config.rebalance_interval);
+    put_i32(root, "first_rebalance", c.config.first_rebalance);
+    put_f64(root, "min_gain", c.config.min_gain);
+    put_u64(root, "staging_bytes", c.config.staging_bytes);
+    put_u64(root, "weight_layout_hash", c.config.weight_layout_hash);
+    put_u64(root, "config_hash", config_hash(c.config));
+    put_i64(root, "epoch", c.epoch);
+    put_i64(root, "pass", c.pass);
+
+    const auto L = static_cast<hsize_t>(t.num_layers), E = static_cast<hsize_t>(t.num_logical),
+               R = static_cast<hsize_t>(t.num_slots),
+               W = static_cast<hsize_t>(c.config.window_passes);
+    put_dataset(root, kPhy2log, H5T_STD_I32LE, H5T_NATIVE_INT32, {L, R}, {L, R},
+                c.phy2log.data());
+    // One chunk per pass of the ring: a corrupt chunk names one pass, and reads stay small.
+    put_dataset(root, kWindow, H5T_STD_I64LE, H5T_NATIVE_INT64, {W, L, E}, {1, L, E},
+                c.window.data());
+    const auto win = H5Object::dataset(EPLB_H5_CHECK(H5Dopen2(root, kWindow, H5P_DEFAULT)));
+    put_i32(win.get(), "cursor", c.window_cursor);
+
+    std::vector<StatsRecord> rows;
+    rows.reserve(c.stats.size());
+    for (const auto& r : c.stats) rows.push_back(to_record(r));
+    const auto mem = stats_mem_type();
+    const auto packed = H5Object::datatype(EPLB_H5_CHECK(H5Tcopy(mem.get())));
+    EPLB_H5_CHECK(H5Tpack(packed.get()));
+    put_dataset(root, kStats, packed.get(), mem.get(), {static_cast<hsize_t>(rows.size())}, {256},
+                rows.data());
+  }
+  file.close();
+}
+
+void fsync_path(const std::string& path, bool directory) {
+  const int fd = ::open(path.c_str(), (directory ? O_DIRECTORY : 0) | O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw Error("open('" + path + "') for fsync failed: " + std::strerror(errno));
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  if (rc != 0) throw Error("fsync('" + path + "') failed: " + std::strerror(err));
+}
+
+}  // namespace
+
+std::uint64_t config_hash(const CheckpointConfig& c) {
+  std::uint64_t h = 14695981039346656037ull;
+  const auto& t = c.topology;
+  for (int v : {t.num_layers, t.num_logical, t.num_slots, t.num_ranks, t.num_nodes, t.num_groups})
+    h = fnv_value<std::int64_t>(h, v);
+  h = fnv_value<std::uint64_t>(h, c.policy.size());
+  h = fnv(h, c.policy.data(), c.policy.size());
+  h = fnv_value<std::int64_t>(h, c.window_passes);
+  h = fnv_value<std::int64_t>(h, c.rebalance_interval);
+  h = fnv_value<std::int64_t>(h, c.first_rebalance);
+  h = fnv_value<double>(h, c.min_gain);
+  h = fnv_value<std::uint64_t>(h, c.staging_bytes);
+  h = fnv_value<std::uint64_t>(h, c.weight_layout_hash);
+  return h;
+}
+
+void Checkpoint::validate() const {
+  auto bad = [](const std::string& w) { throw CheckpointError("checkpoint: " + w); };
+  try {
+    config.topology.validate();
+  } catch (const std::invalid_argument& e) {
+    bad(std::string("topology: ") + e.what());
+  }
+  const auto& t = config.topology;
+  if (config.policy.empty()) bad("policy name is empty");
+  if (config.window_passes < 0) bad("window_passes < 0");
+  const auto L = static_cast<std::size_t>(t.num_layers), E = static_cast<std::size_t>(t.num_logical),
+             R = static_cast<std::size_t>(t.num_slots),
+             W = static_cast<std::size_t>(config.window_passes);
+  if (phy2log.size() != L * R)
+    bad("phy2log has " + std::to_string(phy2log.size()) + " entries, expected L*R = " +
+        std::to_string(L * R));
+  if (window.size() != W * L * E)
+    bad("window has " + std::to_string(window.size()) + " counts, expected W*L*E = " +
+        std::to_string(W * L * E));
+  if (W == 0 ? window_cursor != 0 : (window_cursor < 0 || window_cursor >= config.window_passes))
+    bad("window cursor " + std::to_string(window_cursor) + " outside [0, " +
+        std::to_string(std::max<std::size_t>(W, 1)) + ")");
+  for (std::size_t i = 0; i < window.size(); ++i)
+    if (window[i] < 0)
+      bad("window: negative count " + std::to_string(window[i]) + " at pass " +
+          std::to_string(i / (L * E)) + ", layer " + std::to_string(i / E % L) + ", expert " +
+          std::to_string(i % E));
+  if (epoch < 0 || pass < 0) bad("negative epoch or pass");
+  try {
+    algo::Placement p(t.num_layers, t.num_logical, t.num_slots,
+                      std::vector<int>(phy2log.begin(), phy2log.end()));
+  } catch (const std::invalid_argument& e) {
+    bad(std::string("phy2log: ") + e.what());
+  }
+}
+
+void write_checkpoint(const std::string& path, const Checkpoint& c) {
+  c.validate();
+  if (path.empty()) throw CheckpointError("checkpoint: empty path");
+  // Same directory as the target so that rename() is atomic; the pid keeps concurrent writers
+  // (other jobs in the same directory) apart, and a file left by a crashed earlier process
+  // with the same pid is stale by construction.
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  ::unlink(tmp.c_str());
+  try {
+    write_file(tmp, c);
+    fsync_path(tmp, false);
+    if (std::rename(tmp.c_str(), path.c_str()) != 0)
+      throw Error("rename('" + tmp + "', '" + path + "') failed: " + std::strerror(errno));
+    auto dir = std::filesystem::path(path).parent_path();
+    fsync_path(dir.empty() ? "." : dir.string(), true);
+  } catch (...) {
+    ::unlink(tmp.c_str());
+    throw;
+  }
+}
+
+Checkpoint read_checkpoint(const std::string& path) {
+  Reader rd(path);
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) rd.bad("no such file");
+  if (!std::filesystem::is_regular_file(path, ec)) rd.bad("not a regular file");
+  h5::quiet_errors();
+  const htri_t is_h5 = H5Fis_hdf5(path.c_str());
+  if (is_h5 <= 0) {
+    h5::take_error_stack();
+    rd.bad("not an HDF5 file (no HDF5 signature: wrong file or cut short before its header)");
+  }
+  Checkpoint c;
+  try {
+    auto file = [&] {
+      try {
+        return H5File::open(path);
+      } catch (const H5Error& e) {
+        rd.bad(std::string("cannot open (truncated or damaged file?): ") + e.what());
+      }
+    }();
+    const hid_t root = file.get();
+    c.format_version = rd.number<std::int32_t>(root, "format_version", " (not an eplb checkpoint?)");
+    if (c.format_version > kCheckpointFormatVersion || c.format_version < 1)
+      rd.bad("format version " + std::to_string(c.format_version) +
+             " is not supported (this eplb " EPLB_VERSION " reads versions 1 to " +
+             std::to_string(kCheckpointFormatVersion) + ")");
+    c.eplb_version = rd.string(root, "eplb_version");
+    c.created = rd.string(root, "created");
+    c.writer = rd.string(root, "writer");
+    auto& t = c.config.topology;
+    t.num_layers = rd.number<std::int32_t>(root, "num_layers");
+    t.num_logical = rd.number<std::int32_t>(root, "num_logical");
+    t.num_slots = rd.number<std::int32_t>(root, "num_slots");
+    t.num_ranks = rd.number<std::int32_t>(root, "num_ranks");
+    t.num_nodes = rd.number<std::int32_t>(root, "num_nodes");
+    t.num_groups = rd.number<std::int32_t>(root, "num_groups");
+    c.config.policy = rd.string(root, "policy");
+    c.config.window_passes = rd.number<std::int32_t>(root, "window_passes");
+    c.config.rebalance_interval = rd.number<std::int32_t>(root, "rebalance_interval");
+    c.config.first_rebalance = rd.number<std::int32_t>(root, "first_rebalance");
+    c.config.min_gain = rd.number<double>(root, "min_gain");
+    c.config.staging_bytes = rd.number<std::uint64_t>(root, "staging_bytes");
+    c.config.weight_layout_hash = rd.number<std::uint64_t>(root, "weight_layout_hash");
+    const auto stored_hash = rd.number<std::uint64_t>(root, "config_hash");
+    if (stored_hash != config_hash(c.config))
+      rd.bad("config_hash does not match the stored topology and settings (attributes damaged "
+             "or edited)");
+    c.epoch = rd.number<std::int64_t>(root, "epoch");
+    c.pass = rd.number<std::int64_t>(root, "pass");
+    try {
+      t.validate();
+    } catch (const std::invalid_argument& e) {
+      rd.bad(std::string("stored topology is invalid: ") + e.what());
+    }
+    if (c.config.window_passes < 0) rd.bad("window_passes < 0");
+
+    const auto L = static_cast<hsize_t>(t.num_layers), E = static_cast<hsize_t>(t.num_logical),
+               R = static_cast<hsize_t>(t.num_slots),
+               W = static_cast<hsize_t>(c.config.window_passes);
+    {
+      const auto d = rd.dataset(root, kPhy2log, H5T_INTEGER, 4, true, {L, R}, "L x R");
+      c.phy2log.resize(L * R);
+      rd.read(d, kPhy2log, H5T_NATIVE_INT32, c.phy2log.data());
+    }
+    {
+      const auto d = rd.dataset(root, kWindow, H5T_INTEGER, 8, true, {W, L, E}, "W x L x E");
+      c.window.resize(W * L * E);
+      if (!c.window.empty()) rd.read(d, kWindow, H5T_NATIVE_INT64, c.window.data());
+      c.window_cursor = rd.number<std::int32_t>(d.get(), "cursor", " on dataset 'window'");
+    }
+    {
+      if (EPLB_H5_CHECK(H5Lexists(root, kStats, H5P_DEFAULT)) <= 0)
+        rd.bad(std::string("missing dataset '") + kStats + "'");
+      const auto d = H5Object::dataset(EPLB_H5_CHECK(H5Dopen2(root, kStats, H5P_DEFAULT)));
+      const auto space = H5Object::dataspace(EPLB_H5_CHECK(H5Dget_space(d.get())));
+      if (EPLB_H5_CHECK(H5Sget_simple_extent_ndims(space.get())) != 1)
+        rd.bad(std::string("dataset '") + kStats + "' is not one-dimensional");
+      hsize_t n = 0;
+      EPLB_H5_CHECK(H5Sget_simple_extent_dims(space.get(), &n, nullptr));
+      const auto checked = rd.dataset(root, kStats, H5T_COMPOUND, 0, true, {n}, "rows");
+      const auto ft = H5Object::datatype(EPLB_H5_CHECK(H5Dget_type(d.get())));
+      for (const auto& m : stats_members())
+        if (H5Tget_member_index(ft.get(), m.name) < 0) {
+          h5::take_error_stack();
+          rd.bad(std::string("dataset '") + kStats + "' lacks field '" + m.name + "'");
+        }
+      std::vector<StatsRecord> rows(n);
+      const auto mem = stats_mem_type();
+      if (n > 0) rd.read(checked, kStats, mem.get(), rows.data());
+      c.stats.reserve(n);
+      for (const auto& r : rows) c.stats.push_back(from_record(r));
+    }
+    file.close();
+  } catch (const H5Error& e) {
+    rd.bad(e.what());
+  }
+  try {
+    c.validate();
+  } catch (const CheckpointError& e) {
+    rd.bad(std::string(e.what()).substr(std::strlen("checkpoint: ")));
+  }
+  return c;
+}
+
+std::string describe_mismatch(const CheckpointConfig& f, const CheckpointConfig& r,
+                              bool compare_settings) {
+  std::vector<std::string> out;
+  auto cmp = [&](const char* name, auto a, auto b) {
+    if (a == b) return;
+    std::ostringstream s;
+    s << name << " (file " << a << ", running " << b << ")";
+    out.push_back(s.str());
+  };
+  const auto &ft = f.topology, &rt = r.topology;
+  cmp("num_layers", ft.num_layers, rt.num_layers);
+  cmp("num_logical", ft.num_logical, rt.num_logical);
+  cmp("num_slots", ft.num_slots, rt.num_slots);
+  cmp("num_ranks", ft.num_ranks, rt.num_ranks);
+  cmp("num_nodes", ft.num_nodes, rt.num_nodes);
+  cmp("num_groups", ft.num_groups, rt.num_groups);
+  if (f.window_passes != 0) cmp("window_passes", f.window_passes, r.window_passes);
+  if (compare_settings) {
+    cmp("policy", "'" + f.policy + "'", "'" + r.policy + "'");
+    cmp("rebalance_interval", f.rebalance_interval, r.rebalance_interval);
+    cmp("first_rebalance", f.first_rebalance, r.first_rebalance);
+    cmp("min_gain", f.min_gain, r.min_gain);
+    cmp("staging_bytes", f.staging_bytes, r.staging_bytes);
+    cmp("weight_layout_hash", f.weight_layout_hash, r.weight_layout_hash);
+  }
+  std::string s;
+  for (const auto& o : out) s += (s.empty() ? "" : ", ") + o;
+  return s;
+}
+
+}  // namespace eplb::runtime

@@ -1,0 +1,156 @@
+#include "runtime/engine_checkpoint.hpp"
+
+#include <optional>
+
+namespace eplb::runtime {
+
+CheckpointConfig checkpoint_config(const Engine& engine) {
+  const auto& cfg = engine.config();
+  CheckpointConfig c;
+  c.topology = cfg.topology;
+  c.policy = cfg.policy_name();
+  c.window_passes = cfg.window_passes;
+  c.rebalance_interval = cfg.rebalance_interval;
+  c.first_rebalance = cfg.first_rebalance;
+  c.min_gain = cfg.min_gain;
+  c.staging_bytes = cfg.staging_bytes;
+  c.weight_layout_hash = engine.weights().layout_hash();
+  return c;
+}
+
+CheckpointStatsRow to_stats_row(const RebalanceStats& s) {
+  CheckpointStatsRow r;
+  r.epoch = s.epoch;
+  r.pass = s.pass;
+  r.skipped = s.skipped ? 1 : 0;
+  r.balancedness_before = s.balancedness_before;
+  r.balancedness_after = s.balancedness_after;
+  r.imbalance_before = s.imbalance_before;
+  r.imbalance_after = s.imbalance_after;
+  r.slots_changed = s.plan.slots_changed;
+  r.remote_units = s.plan.remote_units;
+  r.local_units = s.plan.local_units;
+  r.fanout_copies = s.plan.fanout_copies;
+  r.same_node_remote = s.plan.same_node_remote;
+  r.max_rank_sends = s.plan.max_rank_sends;
+  r.max_rank_recvs = s.plan.max_rank_recvs;
+  r.max_rounds = s.plan.max_rounds;
+  r.migration_rounds = s.moved.rounds;
+  r.total_remote_bytes = s.moved.total_remote_bytes;
+  r.total_local_bytes = s.moved.total_local_bytes;
+  r.t_collect_ms = s.t_collect_ms;
+  r.t_policy_ms = s.t_policy_ms;
+  r.t_broadcast_ms = s.t_broadcast_ms;
+  r.t_plan_ms = s.t_plan_ms;
+  r.t_migrate_ms = s.t_migrate_ms;
+  r.t_total_ms = s.t_total_ms;
+  r.skip_reason = s.skip_reason;
+  return r;
+}
+
+Checkpoint snapshot(const Engine& engine, std::span<const CheckpointStatsRow> earlier) {
+  Checkpoint c;
+  c.writer = kWriterEngine;
+  c.config = checkpoint_config(engine);
+  c.epoch = engine.epoch();
+  c.pass = engine.pass();
+  c.window_cursor = engine.window().cursor();
+  const auto ring = engine.window().ring();
+  c.window.resize(ring.size());
+  comm::allreduce_sum(engine.comm(), ring, c.window);
+  const auto p = engine.placement().phy2log();
+  c.phy2log.assign(p.begin(), p.end());
+  c.stats.assign(earlier.begin(), earlier.end());
+  for (const auto& s : engine.history()) c.stats.push_back(to_stats_row(s));
+  return c;
+}
+
+void save_checkpoint(const Engine& engine, const std::string& path,
+                     std::span<const CheckpointStatsRow> earlier) {
+  const auto c = snapshot(engine, earlier);
+  std::optional<std::string> local;
+  if (engine.comm().rank() == 0) {
+    try {
+      write_checkpoint(path, c);
+    } catch (const std::exception& e) {
+      local = "writing checkpoint '" + path + "' failed: " + e.what();
+    }
+  }
+  comm::throw_if_any_failed<Error>(engine.comm(), local);
+}
+
+std::vector<CheckpointStatsRow> resume_from_checkpoint(Engine& engine, const std::string& path) {
+  const auto& comm = engine.comm();
+  const auto& topo = engine.config().topology;
+  Checkpoint c;
+  std::optional<std::string> local;
+  if (comm.rank() == 0) {
+    try {
+      c = read_checkpoint(path);
+      const auto diff = describe_mismatch(c.config, checkpoint_config(engine),
+                                          c.writer == kWriterEngine);
+      if (!diff.empty())
+        throw CheckpointError("checkpoint '" + path + "' does not match the running job: " + diff);
+    } catch (const std::exception& e) {
+      local = e.what();
+    }
+  }
+  comm::throw_if_any_failed(comm, local);
+
+  // Everything but the window goes to every rank; the window stays on rank 0 (see header).
+  // A placement-only file (eplb-plan: W = 0) changes the placement alone.
+  std::int64_t head[4] = {c.epoch, c.pass, c.window_cursor, c.config.window_passes == 0};
+  EPLB_MPI_CHECK(MPI_Bcast(head, 4, MPI_INT64_T, 0, comm.get()));
+  std::vector<int> phy2log(static_cast<std::size_t>(topo.num_layers) * topo.num_slots);
+  if (comm.rank() == 0) phy2log.assign(c.phy2log.begin(), c.phy2log.end());
+  EPLB_MPI_CHECK(MPI_Bcast(phy2log.data(), static_cast<int>(phy2log.size()), MPI_INT, 0,
+                           comm.get()));
+  const bool placement_only = head[3] != 0;
+  std::vector<std::int64_t> ring;
+  if (placement_only) {
+    const auto own = engine.window().ring();
+    ring.assign(own.begin(), own.end());
+    head[0] = engine.epoch();
+    head[1] = engine.pass();
+    head[2] = engine.window().cursor();
+  } else if (comm.rank() == 0) {
+    ring = std::move(c.window);
+  } else {
+    ring.assign(engine.window().ring().size(), 0);
+  }
+
+  algo::Placement placement;
+  std::optional<std::string> bad;
+  try {
+    placement = algo::Placement(topo.num_layers, topo.num_logical, topo.num_slots,
+                                std::move(phy2log));
+  } catch (const std::exception& e) {
+    bad = "checkpoint '" + path + "': " + e.what();
+  }
+  comm::throw_if_any_failed(comm, bad);
+  engine.restore(std::move(placement), ring, static_cast<int>(head[2]), head[0], head[1]);
+  return std::move(c.stats);
+}
+
+CheckpointSchedule::CheckpointSchedule(std::string path, int every_rebalances)
+    : path_(std::move(path)), every_(every_rebalances) {
+  if (every_ < 1)
+    throw std::invalid_argument("checkpoint schedule: every_rebalances >= 1 violated (got " +
+                                std::to_string(every_) + ")");
+}
+
+void CheckpointSchedule::resume(Engine& engine, const std::string& from) {
+  earlier_ = resume_from_checkpoint(engine, from);
+}
+
+bool CheckpointSchedule::after_step(const Engine& engine, bool rebalanced) {
+  if (!rebalanced || path_.empty() || engine.epoch() % every_ != 0) return false;
+  save(engine);
+  return true;
+}
+
+void CheckpointSchedule::save(const Engine& engine) {
+  if (!path_.empty()) save_checkpoint(engine, path_, earlier_);
+}
+
+}  // namespace eplb::runtime

@@ -1,0 +1,70 @@
+#pragma once
+/// \file Checkpoint and resume of an Engine's placement state (docs/CHECKPOINT.md). Every
+/// function here is collective over the engine's communicator: rank 0 alone touches the file
+/// (the Debian HDF5 is serial), ranks agree on any failure, so an error reaches every rank as
+/// an exception and none is left waiting in a collective.
+#include <span>
+#include <string>
+#include <vector>
+
+#include "runtime/checkpoint.hpp"
+#include "runtime/engine.hpp"
+
+namespace eplb::runtime {
+
+/// The settings of `engine` as a checkpoint stores them (no communication).
+CheckpointConfig checkpoint_config(const Engine& engine);
+/// One history row as stored (the rank's own timings; per-rank byte counters dropped).
+CheckpointStatsRow to_stats_row(const RebalanceStats& s);
+
+/// Collective: the engine's state with the load window summed over ranks (one allreduce of
+/// W*L*E int64). `earlier` rows (from a resumed checkpoint) precede engine.history().
+/// Every rank gets the same placement, window and counters; `stats` is earlier + this
+/// rank's history.
+Checkpoint snapshot(const Engine& engine, std::span<const CheckpointStatsRow> earlier = {});
+
+/// Collective: snapshot, then rank 0 writes `path` atomically. On failure every rank throws
+/// eplb::Error (I/O) naming rank 0's failing call; the engine is never changed.
+void save_checkpoint(const Engine& engine, const std::string& path,
+                     std::span<const CheckpointStatsRow> earlier = {});
+
+/// Collective: rank 0 reads and validates `path` against the running engine (topology and
+/// window shape always; policy, interval, first rebalance, min_gain, staging and weight
+/// layout too when the file was written by an engine), broadcasts the placement, epoch, pass
+/// and cursor, and every rank calls Engine::restore. Rank 0's window becomes the stored
+/// global window and the other ranks' become zeros, so the window summed over ranks is the
+/// stored one. A placement-only file (W = 0, as eplb-plan writes) changes the placement alone
+/// (window, epoch and pass stay). On a bad file every rank throws InvalidInput naming the file and the field,
+/// and the engine is unchanged. Weights are not moved: load them for engine.placement()
+/// (Engine::expert_of_local_slot). Returns the stored history rows on rank 0 (empty
+/// elsewhere).
+std::vector<CheckpointStatsRow> resume_from_checkpoint(Engine& engine, const std::string& path);
+
+/// Periodic checkpoints: call after_step() after every Engine::step() / rebalance() with its
+/// result; a rebalance whose epoch is a multiple of `every_rebalances` (epochs count the
+/// resumed history too, and are equal on every rank) writes `path`. Holds the history rows
+/// read by resume() so that the file keeps the whole history.
+class CheckpointSchedule {
+ public:
+  /// path empty: never writes. every_rebalances >= 1.
+  explicit CheckpointSchedule(std::string path, int every_rebalances = 1);
+
+  /// Collective: resume_from_checkpoint(engine, from), keeping its history rows.
+  void resume(Engine& engine, const std::string& from);
+  /// Collective when `rebalanced`: writes if this rebalance is a multiple of the period.
+  /// Returns whether it wrote.
+  bool after_step(const Engine& engine, bool rebalanced);
+  /// Collective: writes now (on demand, e.g. at the end of a job).
+  void save(const Engine& engine);
+
+  const std::string& path() const { return path_; }
+  /// History rows before this process started (rank 0; empty elsewhere).
+  const std::vector<CheckpointStatsRow>& earlier() const { return earlier_; }
+
+ private:
+  std::string path_;
+  int every_;
+  std::vector<CheckpointStatsRow> earlier_;
+};
+
+}  // namespace eplb::runtime

@@ -1,0 +1,80 @@
+#include "runtime/h5.hpp"
+
+#include <cstdio>
+
+namespace eplb::runtime::h5 {
+namespace {
+
+herr_t collect(unsigned n, const H5E_error2_t* e, void* out) {
+  auto& s = *static_cast<std::string*>(out);
+  if (!s.empty()) s += "; ";
+  (void)n;
+  s += e->func_name ? e->func_name : "?";
+  s += "(): ";
+  s += e->desc ? e->desc : "(no description)";
+  return 0;
+}
+
+H5Object file_access_plist() {
+  auto fapl = H5Object::plist(EPLB_H5_CHECK(H5Pcreate(H5P_FILE_ACCESS)));
+  EPLB_H5_CHECK(H5Pset_fclose_degree(fapl.get(), H5F_CLOSE_STRONG));
+  // Locking needs flock(), which some network and container filesystems refuse; eplb's
+  // protocol (only rank 0 touches the file, atomic rename) does not rely on it.
+  EPLB_H5_CHECK(H5Pset_file_locking(fapl.get(), false, true));
+  return fapl;
+}
+
+}  // namespace
+
+void quiet_errors() noexcept { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
+
+std::string take_error_stack() {
+  std::string s;
+  // Outermost first reads like a story ("H5Dread(): can't read data; ...; fletcher32
+  // checksum error"); the innermost (last) message is usually the real cause.
+  H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, collect, &s);
+  H5Eclear2(H5E_DEFAULT);
+  return s.empty() ? "no HDF5 error message" : s;
+}
+
+void fail(const char* call, const char* file, int line) {
+  throw H5Error(std::string(call) + " failed: " + take_error_stack() + " (" + file + ":" +
+                std::to_string(line) + ")");
+}
+
+void H5Object::close() {
+  if (id_ < 0) return;
+  const hid_t id = std::exchange(id_, H5I_INVALID_HID);
+  if (closer_(id) < 0) fail("H5 close", __FILE__, __LINE__);
+}
+
+void H5Object::reset() noexcept {
+  if (id_ < 0) return;
+  if (closer_(std::exchange(id_, H5I_INVALID_HID)) < 0)
+    // Destructors must not throw; comm's log_error needs MPI, which this target avoids.
+    std::fprintf(stderr, "eplb: closing an HDF5 object failed: %s\n", take_error_stack().c_str());
+}
+
+H5File H5File::create_exclusive(const std::string& path) {
+  quiet_errors();
+  const auto fapl = file_access_plist();
+  return H5File(H5Object(
+      EPLB_H5_CHECK(H5Fcreate(path.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, fapl.get())), H5Fclose));
+}
+
+H5File H5File::open(const std::string& path, bool writable) {
+  quiet_errors();
+  const auto fapl = file_access_plist();
+  return H5File(H5Object(EPLB_H5_CHECK(H5Fopen(path.c_str(),
+                                               writable ? H5F_ACC_RDWR : H5F_ACC_RDONLY,
+                                               fapl.get())),
+                         H5Fclose));
+}
+
+void H5File::close() {
+  if (!file_) return;
+  EPLB_H5_CHECK(H5Fflush(file_.get(), H5F_SCOPE_GLOBAL));
+  file_.close();
+}
+
+}  // namespace eplb::runtime::h5

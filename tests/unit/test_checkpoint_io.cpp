@@ -1,0 +1,206 @@
+// HDF5 checkpoint files: round trip, atomic replacement, and every kind of bad file.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "../checkpoint_files.hpp"
+
+namespace {
+namespace fs = std::filesystem;
+using eplb::runtime::Checkpoint;
+using eplb::runtime::CheckpointError;
+using eplb::runtime::read_checkpoint;
+using eplb::runtime::write_checkpoint;
+
+class CheckpointFile : public testing::Test {
+ protected:
+  void SetUp() override {
+    dir = fs::temp_directory_path() /
+          ("eplb_ckpt_" + std::to_string(::getpid()) + "_" +
+           testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    path = (dir / "state.h5").string();
+  }
+  void TearDown() override { fs::remove_all(dir); }
+
+  /// read_checkpoint must throw CheckpointError whose text holds every word.
+  void expect_bad(std::initializer_list<const char*> words) {
+    try {
+      (void)read_checkpoint(path);
+      ADD_FAILURE() << "read a bad checkpoint without error";
+    } catch (const CheckpointError& e) {
+      const std::string w = e.what();
+      EXPECT_NE(w.find("checkpoint '" + path + "'"), std::string::npos) << w;
+      for (const char* s : words) EXPECT_NE(w.find(s), std::string::npos) << w;
+    }
+  }
+  std::size_t files_in_dir() const {
+    return static_cast<std::size_t>(std::distance(fs::directory_iterator(dir), fs::directory_iterator()));
+  }
+
+  fs::path dir;
+  std::string path;
+};
+
+void expect_same(const Checkpoint& a, const Checkpoint& b) {
+  EXPECT_EQ(a.config, b.config);
+  EXPECT_EQ(a.epoch, b.epoch);
+  EXPECT_EQ(a.pass, b.pass);
+  EXPECT_EQ(a.window_cursor, b.window_cursor);
+  EXPECT_EQ(a.window, b.window);
+  EXPECT_EQ(a.phy2log, b.phy2log);
+  ASSERT_EQ(a.stats.size(), b.stats.size());
+  for (std::size_t i = 0; i < a.stats.size(); ++i) {
+    EXPECT_EQ(a.stats[i].epoch, b.stats[i].epoch);
+    EXPECT_EQ(a.stats[i].pass, b.stats[i].pass);
+    EXPECT_EQ(a.stats[i].skipped, b.stats[i].skipped);
+    EXPECT_EQ(a.stats[i].balancedness_after, b.stats[i].balancedness_after);
+    EXPECT_EQ(a.stats[i].slots_changed, b.stats[i].slots_changed);
+    EXPECT_EQ(a.stats[i].total_remote_bytes, b.stats[i].total_remote_bytes);
+    EXPECT_EQ(a.stats[i].skip_reason, b.stats[i].skip_reason);
+  }
+}
+
+TEST_F(CheckpointFile, RoundTrip) {
+  const auto c = eplb::test::small_checkpoint();
+  write_checkpoint(path, c);
+  const auto r = read_checkpoint(path);
+  expect_same(c, r);
+  EXPECT_EQ(r.format_version, eplb::runtime::kCheckpointFormatVersion);
+  EXPECT_EQ(r.writer, "engine");
+  EXPECT_FALSE(r.eplb_version.empty());
+  EXPECT_EQ(r.created.size(), 20u) << r.created;  // 2025-01-02T03:04:05Z
+}
+
+TEST_F(CheckpointFile, EmptyWindowAndHistory) {
+  auto c = eplb::test::small_checkpoint();
+  c.writer = eplb::runtime::kWriterPlan;
+  c.config.window_passes = 0;
+  c.window.clear();
+  c.window_cursor = 0;
+  c.stats.clear();
+  write_checkpoint(path, c);
+  expect_same(c, read_checkpoint(path));
+}
+
+TEST_F(CheckpointFile, LongSkipReasonIsTruncated) {
+  auto c = eplb::test::small_checkpoint();
+  c.stats[1].skip_reason = std::string(500, 'x');
+  write_checkpoint(path, c);
+  EXPECT_EQ(read_checkpoint(path).stats[1].skip_reason.size(),
+            static_cast<std::size_t>(eplb::runtime::CheckpointStatsRow::kSkipReasonBytes - 1));
+}
+
+TEST_F(CheckpointFile, ReplacesAtomicallyAndLeavesNoTemporary) {
+  auto c = eplb::test::small_checkpoint();
+  write_checkpoint(path, c);
+  c.epoch = 8;
+  write_checkpoint(path, c);
+  EXPECT_EQ(read_checkpoint(path).epoch, 8);
+  EXPECT_EQ(files_in_dir(), 1u);
+}
+
+TEST_F(CheckpointFile, FailedWriteKeepsTheOldFile) {
+  auto c = eplb::test::small_checkpoint();
+  write_checkpoint(path, c);
+  auto bad = c;
+  bad.phy2log[0] = 99;  // rejected before any file is touched
+  EXPECT_THROW(write_checkpoint(path, bad), CheckpointError);
+  // A write that fails at the rename (the target is a directory) removes its temporary.
+  const auto as_dir = (dir / "sub").string();
+  fs::create_directories(dir / "sub" / "x");
+  EXPECT_THROW(write_checkpoint(as_dir, c), eplb::Error);
+  EXPECT_EQ(files_in_dir(), 2u);  // state.h5 and sub/
+  EXPECT_EQ(read_checkpoint(path).epoch, c.epoch);
+}
+
+TEST_F(CheckpointFile, MissingFile) { expect_bad({"no such file"}); }
+
+TEST_F(CheckpointFile, NotHdf5) {
+  std::ofstream(path) << "1,2,3\n";
+  expect_bad({"not an HDF5 file"});
+}
+
+TEST_F(CheckpointFile, Truncated) {
+  write_checkpoint(path, eplb::test::small_checkpoint());
+  eplb::test::truncate_to_half(path);
+  expect_bad({"truncated"});
+}
+
+TEST_F(CheckpointFile, FlippedByteInPlacement) {
+  write_checkpoint(path, eplb::test::small_checkpoint());
+  eplb::test::flip_byte(path, eplb::test::first_chunk_offset(path, "phy2log") + 5);
+  expect_bad({"dataset 'phy2log' is corrupt", "checksum"});
+}
+
+TEST_F(CheckpointFile, FlippedByteInWindow) {
+  write_checkpoint(path, eplb::test::small_checkpoint());
+  eplb::test::flip_byte(path, eplb::test::first_chunk_offset(path, "window") + 2);
+  expect_bad({"dataset 'window' is corrupt", "checksum"});
+}
+
+TEST_F(CheckpointFile, NewerFormatVersion) {
+  write_checkpoint(path, eplb::test::small_checkpoint());
+  eplb::test::set_int_attr(path, "format_version", 2);
+  expect_bad({"format version 2 is not supported", "reads versions 1 to 1"});
+}
+
+TEST_F(CheckpointFile, MissingDataset) {
+  write_checkpoint(path, eplb::test::small_checkpoint());
+  eplb::test::delete_link(path, "window");
+  expect_bad({"missing dataset 'window'"});
+}
+
+TEST_F(CheckpointFile, MissingStatsTable) {
+  write_checkpoint(path, eplb::test::small_checkpoint());
+  eplb::test::delete_link(path, "rebalance_stats");
+  expect_bad({"missing dataset 'rebalance_stats'"});
+}
+
+TEST_F(CheckpointFile, WrongShape) {
+  write_checkpoint(path, eplb::test::small_checkpoint());
+  eplb::test::replace_dataset(path, "phy2log", H5T_STD_I32LE, {2, 7});
+  expect_bad({"dataset 'phy2log' has shape [2][7], expected [2][6] (L x R)"});
+}
+
+TEST_F(CheckpointFile, WrongDtype) {
+  write_checkpoint(path, eplb::test::small_checkpoint());
+  eplb::test::replace_dataset(path, "window", H5T_IEEE_F64LE, {3, 2, 4});
+  expect_bad({"dataset 'window' has dtype float64, expected int64"});
+}
+
+TEST_F(CheckpointFile, EditedAttributeFailsTheConfigHash) {
+  write_checkpoint(path, eplb::test::small_checkpoint());
+  eplb::test::set_int_attr(path, "num_groups", 4);
+  expect_bad({"config_hash does not match"});
+}
+
+TEST_F(CheckpointFile, InvalidPlacementValues) {
+  write_checkpoint(path, eplb::test::small_checkpoint());
+  {
+    auto f = eplb::test::edit(path);
+    const auto d = eplb::test::H5Object::dataset(H5Dopen2(f.get(), "phy2log", H5P_DEFAULT));
+    std::vector<int> p = {0, 1, 2, 3, 0, 1, 3, 2, 1, 0, 3, 7};
+    ASSERT_GE(H5Dwrite(d.get(), H5T_NATIVE_INT, H5S_ALL, H5S_ALL, H5P_DEFAULT, p.data()), 0);
+  }
+  expect_bad({"phy2log"});
+}
+
+TEST(CheckpointMismatch, NamesEveryDifferingField) {
+  auto a = eplb::test::small_checkpoint().config;
+  auto b = a;
+  b.topology.num_ranks = 3;
+  b.window_passes = 9;
+  b.policy = "sticky";
+  const auto both = eplb::runtime::describe_mismatch(a, b, true);
+  EXPECT_NE(both.find("num_ranks (file 2, running 3)"), std::string::npos) << both;
+  EXPECT_NE(both.find("window_passes (file 3, running 9)"), std::string::npos) << both;
+  EXPECT_NE(both.find("policy (file 'deepseek', running 'sticky')"), std::string::npos) << both;
+  EXPECT_EQ(eplb::runtime::describe_mismatch(a, b, false).find("policy"), std::string::npos);
+  EXPECT_EQ(eplb::runtime::describe_mismatch(a, a, true), "");
+}
+
+}  // namespace
