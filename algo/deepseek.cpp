@@ -2,44 +2,367 @@
 
 #include <algorithm>
 #include <bit>
+#include <cstring>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 namespace eplb::algo {
 namespace detail {
 namespace {
 
-/// Order-preserving key of a non-negative float (+0.0f folds -0.0 into +0).
-inline std::uint32_t bits_of(float v) { return std::bit_cast<std::uint32_t>(v + 0.0f); }
+using u32 = std::uint32_t;
+using u64 = std::uint64_t;
 
-/// A tournament tree over uint64 keys: every inner node holds the smaller child, so the
-/// root is the minimum and an update costs log2(leaves) branch-free comparisons. Callers
-/// encode "value then lowest index" orders into the key (value bits high, index low).
-class MinTree {
- public:
-  void reset(std::vector<std::uint64_t>& storage, int n) {
-    leaves_ = 1;
-    while (leaves_ < n) leaves_ *= 2;
-    storage.assign(static_cast<std::size_t>(2 * leaves_), ~std::uint64_t{0});
-    t_ = storage.data();
+/// Larger than every real key: padding leaves, full packs, end-of-list sentinels.
+constexpr u64 kNone = ~u64{0};
+
+/// Order-preserving key of a non-negative float (+0.0f folds -0.0 into +0).
+inline u32 bits_of(float v) { return std::bit_cast<u32>(v + 0.0f); }
+inline float float_of(u32 b) { return std::bit_cast<float>(b); }
+inline u32 hi(u64 k) { return static_cast<u32>(k >> 32); }
+inline u32 lo(u64 k) { return static_cast<u32>(k); }
+inline u64 make_key(u32 h, u32 l) { return (u64{h} << 32) | l; }
+/// Ascending keys order "larger value first, then lower index".
+inline u64 desc_key(float v, u32 i) { return make_key(~bits_of(v), i); }
+
+template <class T>
+T* grow(std::vector<T>& v, std::size_t n) {
+  if (v.size() < n) v.resize(n);
+  return v.data();
+}
+
+inline int ceil_log2(int m) { return std::bit_width(static_cast<u32>(m > 1 ? m - 1 : 0)); }
+
+// ---------------------------------------------------------------------------------------
+// Sorting
+
+void insertion_sort(u64* a, int n) {
+  for (int i = 1; i < n; ++i) {
+    const u64 x = a[i];
+    int j = i;
+    while (j > 0 && a[j - 1] > x) {
+      a[j] = a[j - 1];
+      --j;
+    }
+    a[j] = x;
   }
-  void set_leaf(int i, std::uint64_t key) { t_[leaves_ + i] = key; }
-  void build() {
-    for (int i = leaves_ - 1; i >= 1; --i) t_[i] = std::min(t_[2 * i], t_[2 * i + 1]);
+}
+
+template <int P>
+u64* radix_passes(u64* a, u64* tmp, int n, u32* c, int lb, int b, int w) {
+  const u32 B = 1u << b, mask = B - 1;
+  // Bits above the varying range are equal in all keys, not necessarily zero: mask them.
+  const u32 wmask = w >= 32 ? ~u32{0} : (u32{1} << w) - 1;
+  std::memset(c, 0, sizeof(u32) * P * B);
+  for (int i = 0; i < n; ++i) {
+    const u32 h = (hi(a[i]) >> lb) & wmask;
+    for (int q = 0; q < P; ++q) ++c[q * B + ((h >> (q * b)) & mask)];
   }
-  void update(int i, std::uint64_t key) {
-    int n = leaves_ + i;
-    t_[n] = key;
-    for (n /= 2; n >= 1; n /= 2) t_[n] = std::min(t_[2 * n], t_[2 * n + 1]);
+  u64* src = a;
+  u64* dst = tmp;
+  for (int q = 0; q < P; ++q) {
+    u32* cq = c + q * B;
+    const int sh = q * b;
+    if (cq[(((hi(src[0]) >> lb) & wmask) >> sh) & mask] == static_cast<u32>(n))
+      continue;  // one digit value
+    const int used = w - q * b < b ? w - q * b : b;
+    const u32 bins = 1u << used;
+    u32 sum = 0;
+    for (u32 d = 0; d < bins; ++d) {
+      const u32 t = cq[d];
+      cq[d] = sum;
+      sum += t;
+    }
+    for (int i = 0; i < n; ++i) {
+      const u64 k = src[i];
+      dst[cq[(((hi(k) >> lb) & wmask) >> sh) & mask]++] = k;
+    }
+    std::swap(src, dst);
   }
-  std::uint64_t top() const { return t_[1]; }
+  return src;
+}
+
+/// Sorts n keys ascending by their high 32 bits, stably (keys with equal high words keep
+/// their input order). LSD radix sort over the bit range where the high words differ, with
+/// the digit width chosen for n. Returns the buffer that holds the result (a or tmp).
+u64* radix_sort_hi(u64* a, u64* tmp, int n, std::vector<u32>& counts) {
+  if (n <= 1) return a;
+  const u32 first = hi(a[0]);
+  u32 diff = 0;
+  for (int i = 0; i < n; ++i) diff |= hi(a[i]) ^ first;
+  if (diff == 0) return a;
+  const int lb = std::countr_zero(diff);
+  const int w = std::bit_width(diff) - lb;  // varying bits: [lb, lb + w)
+  // Cost model: a pass touches its bins about twice and every key about four times.
+  int best_p = 1, best_b = w;
+  long best_cost = -1;
+  for (int p = (w + 10) / 11; p <= 8 && p <= w; ++p) {
+    const int b = (w + p - 1) / p;
+    const long cost = static_cast<long>(p) * ((2L << b) + 4L * n);
+    if (best_cost < 0 || cost < best_cost) best_cost = cost, best_p = p, best_b = b;
+  }
+  u32* c = grow(counts, static_cast<std::size_t>(best_p) << best_b);
+  switch (best_p) {
+    case 1: return radix_passes<1>(a, tmp, n, c, lb, best_b, w);
+    case 2: return radix_passes<2>(a, tmp, n, c, lb, best_b, w);
+    case 3: return radix_passes<3>(a, tmp, n, c, lb, best_b, w);
+    case 4: return radix_passes<4>(a, tmp, n, c, lb, best_b, w);
+    case 5: return radix_passes<5>(a, tmp, n, c, lb, best_b, w);
+    case 6: return radix_passes<6>(a, tmp, n, c, lb, best_b, w);
+    case 7: return radix_passes<7>(a, tmp, n, c, lb, best_b, w);
+    default: return radix_passes<8>(a, tmp, n, c, lb, best_b, w);
+  }
+}
+
+/// Sorts keys with distinct low words in place: std::sort for small n (fastest measured up
+/// to a few hundred keys), the stable radix sort above for larger ones.
+void sort_node(u64* a, u64* tmp, int n, PackScratch& s) {
+  if (n <= 512) {
+    std::sort(a, a + n);
+    return;
+  }
+  const u64* r = radix_sort_hi(a, tmp, n, s.counts);
+  if (r != a) std::copy_n(r, n, a);
+}
+
+/// Sorts by the whole key (any input order).
+void sort_keys(u64* a, int n) {
+  if (n <= 32)
+    insertion_sort(a, n);
+  else
+    std::sort(a, a + n);
+}
+
+// ---------------------------------------------------------------------------------------
+// Priority queue: a tournament tree of 2^LOG leaves over uint64 keys (minimum at the root).
+// Callers encode "value, then lowest index" orders into the key (value bits high, index low).
+// The only update is "replace the minimum": the new root is min(new key, siblings on the
+// leaf's path), whose loads do not wait for the new key, so a step's dependency chain is
+// short. LOG < 0: size chosen at run time.
+
+template <int LOG>
+struct Tree {
+  static constexpr int kSib = LOG > 0 ? LOG : 1;
+  u64* t = nullptr;
+  u64 root = kNone;
+  int log = LOG;
+
+  int levels() const {
+    if constexpr (LOG >= 0)
+      return LOG;
+    else
+      return log;
+  }
+
+  /// keys(i) for leaf i < n, kNone beyond.
+  template <class KeyOf>
+  void init(std::vector<u64>& storage, int n, int log_rt, KeyOf&& key_of) {
+    if constexpr (LOG < 0) log = log_rt;
+    const u32 leaves = 1u << levels();
+    t = grow(storage, 2 * static_cast<std::size_t>(leaves));
+    for (u32 i = 0; i < leaves; ++i) t[leaves + i] = i < static_cast<u32>(n) ? key_of(i) : kNone;
+    for (u32 i = leaves - 1; i >= 1; --i) t[i] = std::min(t[2 * i], t[2 * i + 1]);
+    root = t[1];
+  }
+
+  u64 front() const { return root; }
+
+  void replace_front(u64 x, u32 leaf) {
+    if constexpr (LOG == 0) {
+      t[1] = root = x;
+    } else if constexpr (LOG > 0) {
+      const u32 i = (1u << LOG) + leaf;
+      u64 sib[kSib];
+      for (int d = 0; d < LOG; ++d) sib[d] = t[(i >> d) ^ 1u];
+      t[i] = x;
+      u64 pm = kNone;
+      for (int d = 0; d + 1 < LOG; ++d) {
+        pm = std::min(pm, sib[d]);
+        t[i >> (d + 1)] = std::min(x, pm);
+      }
+      root = std::min(x, reduce<LOG>(sib));
+      t[1] = root;
+    } else {
+      const u32 i = (1u << log) + leaf;
+      t[i] = x;
+      u64 v = x;
+      for (u32 j = i; j > 1; j >>= 1) {
+        v = std::min(v, t[j ^ 1u]);
+        t[j >> 1] = v;
+      }
+      root = v;
+    }
+  }
 
  private:
-  std::uint64_t* t_ = nullptr;
-  int leaves_ = 1;
+  template <int N>
+  static u64 reduce(const u64* v) {
+    if constexpr (N == 1)
+      return v[0];
+    else
+      return std::min(reduce<N / 2>(v), reduce<N - N / 2>(v + N / 2));
+  }
 };
 
-constexpr std::uint64_t kFull = ~std::uint64_t{0};
+/// A sorted array of M keys held in registers (M small): the minimum is a[0]; replacing it
+/// by a key x >= a[0] is a branch-free insertion (every slot is min(max(x, a[i]), a[i+1])),
+/// so the next minimum is known two operations after x, without a trip through memory.
+template <int M>
+struct SortedQueue {
+  u64 a[M];
+  template <class KeyOf>
+  void init(int n, KeyOf&& key_of) {  // key_of(i) ascending in i
+    for (int i = 0; i < M; ++i) a[i] = i < n ? key_of(static_cast<u32>(i)) : kNone;
+  }
+  u64 front() const { return a[0]; }
+  void replace_front(u64 x) {
+    if constexpr (M == 1) {
+      a[0] = x;
+    } else {
+      u64 b[M];
+      b[0] = std::min(x, a[1]);
+      for (int i = 1; i + 1 < M; ++i) b[i] = std::min(std::max(x, a[i]), a[i + 1]);
+      b[M - 1] = std::max(x, a[M - 1]);
+      for (int i = 0; i < M; ++i) a[i] = b[i];
+    }
+  }
+};
+
+/// Calls f(Tree<LOG>{}) for the tree size log, with a compile-time LOG where small.
+template <class F>
+void with_tree(int log, F&& f) {
+  switch (log) {
+    case 0: f(Tree<0>{}); break;
+    case 1: f(Tree<1>{}); break;
+    case 2: f(Tree<2>{}); break;
+    case 3: f(Tree<3>{}); break;
+    case 4: f(Tree<4>{}); break;
+    case 5: f(Tree<5>{}); break;
+    case 6: f(Tree<6>{}); break;
+    case 7: f(Tree<7>{}); break;
+    case 8: f(Tree<8>{}); break;
+    default: f(Tree<-1>{}); break;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Greedy LPT over a merged item stream. Items are the union of two ascending key lists a
+// and b (each ended by kNone); an item key is (~weight bits, index). Pack keys are
+// (load bits, pack); full packs are kNone. emit(pack, rank, item index).
+
+template <class Q, class Emit>
+void lpt_run(Q& q, const u64* a, const u64* b, int total, int cap, int* fill, Emit&& emit) {
+  for (int t = 0; t < total; ++t) {
+    const u64 ka = *a, kb = *b;
+    const bool take_a = ka < kb;
+    const u64 item = take_a ? ka : kb;
+    a += take_a;
+    b += !take_a;
+    const u64 f = q.front();
+    const u32 pk = lo(f);
+    const int r = fill[pk];
+    fill[pk] = r + 1;
+    emit(pk, r, lo(item));
+    const float load = float_of(hi(f)) + float_of(~hi(item));
+    q.replace_front(r + 1 < cap ? make_key(bits_of(load), pk) : kNone, pk);
+  }
+}
+
+/// The same LPT for at most 8 packs with the fill count inside the pack key:
+/// (load bits, pack << 16 | fill). Packs are distinct, so the fill bits never decide an order,
+/// and the whole state stays in registers.
+template <int M, class Emit>
+void lpt_small(const u64* items, int total, int m, int cap, Emit&& emit) {
+  SortedQueue<M> q;
+  q.init(m, [](u32 p) { return u64{p} << 16; });
+  for (int t = 0; t < total; ++t) {
+    const u64 item = items[t];
+    const u64 f = q.front();
+    const u32 pk = lo(f) >> 16;
+    const u32 r = lo(f) & 0xffffu;
+    emit(pk, static_cast<int>(r), lo(item));
+    const float load = float_of(hi(f)) + float_of(~hi(item));
+    q.replace_front(static_cast<int>(r) + 1 < cap ? make_key(bits_of(load), (pk << 16) | (r + 1))
+                                                  : kNone);
+  }
+}
+
+/// Merges two ascending lists ended by kNone into out (total keys).
+void merge_lists(const u64* a, const u64* b, int total, u64* out) {
+  for (int t = 0; t < total; ++t) {
+    const u64 ka = *a, kb = *b;
+    const bool take_a = ka < kb;
+    out[t] = take_a ? ka : kb;
+    a += take_a;
+    b += !take_a;
+  }
+}
+
+/// m packs, cap items each, all empty.
+template <class Emit>
+void lpt(const u64* a, const u64* b, int total, int m, int cap, PackScratch& s, Emit&& emit) {
+  if (m <= 8 && cap < 0xffff) {
+    const u64* items = a;
+    if (b[0] != kNone) {
+      u64* merged = grow(s.merged, static_cast<std::size_t>(total));
+      merge_lists(a, b, total, merged);
+      items = merged;
+    }
+    switch (m) {
+      case 1: return lpt_small<1>(items, total, m, cap, emit);
+      case 2: return lpt_small<2>(items, total, m, cap, emit);
+      case 3: case 4: return lpt_small<4>(items, total, m, cap, emit);
+      default: return lpt_small<8>(items, total, m, cap, emit);
+    }
+  }
+  int* fill = grow(s.fill, static_cast<std::size_t>(m));
+  std::fill_n(fill, m, 0);
+  with_tree(ceil_log2(m), [&](auto q) {
+    q.init(s.tree, m, ceil_log2(m), [](u32 p) { return u64{p}; });
+    lpt_run(q, a, b, total, cap, fill, emit);
+  });
+}
+
+/// Greedy replication: k replicas, one at a time, to the expert with the largest
+/// w[e] / cnt[e] (ties: lowest e). Only the k heaviest experts (order: weight descending,
+/// index ascending) can ever be chosen: an expert still at one replica is chosen only when
+/// every expert before it in that order already has a second one. `sorted` holds the
+/// experts' keys desc_key(w[e], e) in ascending order (at least min(k, n) of them).
+void replicate_sorted(const float* w, const u64* sorted, int n, int k, int* cnt, int* picks,
+                      PackScratch& s) {
+  if (k <= 0) return;
+  const int kc = std::min(k, n);
+  if (kc <= 8) {
+    auto run = [&](auto q) {
+      q.init(kc, [&](u32 t) { return sorted[t]; });
+      for (int t = 0; t < k; ++t) {
+        const u32 e = lo(q.front());
+        const int c = cnt[e] + 1;
+        cnt[e] = c;
+        picks[t] = static_cast<int>(e);
+        q.replace_front(desc_key(w[e] / static_cast<float>(c), e));
+      }
+    };
+    if (kc <= 2) return run(SortedQueue<2>{});
+    if (kc <= 4) return run(SortedQueue<4>{});
+    return run(SortedQueue<8>{});
+  }
+  int* leaf = grow(s.leaf, static_cast<std::size_t>(n));
+  for (int t = 0; t < kc; ++t) leaf[lo(sorted[t])] = t;
+  with_tree(ceil_log2(kc), [&](auto q) {
+    q.init(s.tree, kc, ceil_log2(kc), [&](u32 t) { return sorted[t]; });
+    for (int t = 0; t < k; ++t) {
+      const u32 e = lo(q.front());
+      const int c = cnt[e] + 1;
+      cnt[e] = c;
+      picks[t] = static_cast<int>(e);
+      q.replace_front(desc_key(w[e] / static_cast<float>(c), e), static_cast<u32>(leaf[e]));
+    }
+  });
+}
+
+const u64 kNoneList[1] = {kNone};
 
 }  // namespace
 
@@ -54,29 +377,16 @@ void balanced_packing(std::span<const float> w, int m, std::span<int> pack, std:
     }
     return;
   }
-  // Weight descending, index ascending, as one integer sort: ~bits in the high word.
-  s.keys.resize(static_cast<std::size_t>(n));
-  for (int i = 0; i < n; ++i)
-    s.keys[i] = (static_cast<std::uint64_t>(~bits_of(w[i])) << 32) | static_cast<std::uint32_t>(i);
-  std::sort(s.keys.begin(), s.keys.end());
-
-  // Least loaded pack with room, ties to the lowest index: key = (load bits, pack).
-  s.pack_load.assign(static_cast<std::size_t>(m), 0.0f);
-  s.fill.assign(static_cast<std::size_t>(m), 0);
-  MinTree tree;
-  tree.reset(s.tree, m);
-  for (int p = 0; p < m; ++p) tree.set_leaf(p, static_cast<std::uint64_t>(p));
-  tree.build();
-  for (int t = 0; t < n; ++t) {
-    const int item = static_cast<int>(s.keys[t] & 0xffffffffu);
-    const int p = static_cast<int>(tree.top() & 0xffffffffu);
-    pack[item] = p;
-    rank[item] = s.fill[p]++;
-    s.pack_load[p] += w[item];
-    tree.update(p, s.fill[p] < cap ? (static_cast<std::uint64_t>(bits_of(s.pack_load[p])) << 32) |
-                                         static_cast<std::uint32_t>(p)
-                                   : kFull);
-  }
+  u64* a = grow(s.keys, static_cast<std::size_t>(n) + 1);
+  u64* b = grow(s.keys2, static_cast<std::size_t>(n) + 1);
+  for (int i = 0; i < n; ++i) a[i] = desc_key(w[i], static_cast<u32>(i));
+  sort_node(a, b, n, s);
+  u64* sorted = a;
+  sorted[n] = kNone;
+  lpt(sorted, kNoneList, n, m, cap, s, [&](u32 pk, int r, u32 item) {
+    pack[item] = static_cast<int>(pk);
+    rank[item] = r;
+  });
 }
 
 void replicate_experts(std::span<const float> w, int r, std::span<int> phy2log,
@@ -87,26 +397,21 @@ void replicate_experts(std::span<const float> w, int r, std::span<int> phy2log,
     count[j] = 1;
   }
   if (r == n) return;
-  // Largest load per replica, ties to the lowest index: key = (~value bits, expert).
-  auto key = [](float v, int e) {
-    return (static_cast<std::uint64_t>(~bits_of(v)) << 32) | static_cast<std::uint32_t>(e);
-  };
-  MinTree tree;
-  tree.reset(s.tree, n);
-  for (int j = 0; j < n; ++j) tree.set_leaf(j, key(w[j], j));
-  tree.build();
-  for (int i = n; i < r; ++i) {
-    const int e = static_cast<int>(tree.top() & 0xffffffffu);
-    phy2log[i] = e;
-    ++count[e];
-    tree.update(e, key(w[e] / static_cast<float>(count[e]), e));
-  }
+  u64* a = grow(s.keys, static_cast<std::size_t>(n) + 1);
+  u64* b = grow(s.keys2, static_cast<std::size_t>(n) + 1);
+  for (int j = 0; j < n; ++j) a[j] = desc_key(w[j], static_cast<u32>(j));
+  sort_node(a, b, n, s);
+  const u64* sorted = a;
+  replicate_sorted(w.data(), sorted, n, r - n, count.data(), phy2log.data() + n, s);
 }
 
 }  // namespace detail
 
 void DeepseekPolicy::rebalance_into(LoadView load, const Topology& topo,
                                     const Placement* previous, Placement& out) {
+  using detail::grow;
+  using detail::u32;
+  using detail::u64;
   topo.validate();
   load.validate(topo);
   if (previous) previous->check_shape(topo, "deepseek policy: previous placement");
@@ -119,52 +424,113 @@ void DeepseekPolicy::rebalance_into(LoadView load, const Topology& topo,
   const int gs = E / G, gpn = G / N, En = E / N, Rn = R / N, Pn = P / N, k = R / P;
   if (E % N != 0)  // implied by E % G == 0 and G % N == 0; kept for clarity of failure
     throw std::invalid_argument("deepseek policy: num_logical % num_nodes == 0 violated");
+  const int K = Rn - En;           // replicas added per node
+  const int Kc = std::min(K, En);  // experts that can receive them
+  // Groups packed one per node (or a single group): node-major order is the identity.
+  const bool identity = gpn == 1;
 
-  wf_.resize(static_cast<std::size_t>(E));
-  group_load_.resize(static_cast<std::size_t>(G));
-  gpack_.resize(static_cast<std::size_t>(G));
-  grank_.resize(static_cast<std::size_t>(G));
-  mlog2log_.resize(static_cast<std::size_t>(E));
-  row_.resize(static_cast<std::size_t>(En));
-  phy2mlog_.resize(static_cast<std::size_t>(Rn));
-  mcnt_.resize(static_cast<std::size_t>(En));
-  tok_.resize(static_cast<std::size_t>(Rn));
-  ppack_.resize(static_cast<std::size_t>(Rn));
-  prank_.resize(static_cast<std::size_t>(Rn));
-  phy2log_.resize(static_cast<std::size_t>(L) * R);
+  auto& s = scratch_;
+  float* wf = grow(wf_, E);
+  float* row = grow(row_, E);
+  float* gload = grow(gload_, G);
+  int* m2l = grow(mlog2log_, E);
+  int* cnt = grow(cnt_, En);
+  int* picks = grow(picks_, std::max(K, 1));
+  int* lid = grow(lid_, Rn);
+  u32* tokb = grow(tokb_, En);
+  u64* keys = grow(s.keys, static_cast<std::size_t>(std::max(E, G)) + 1);
+  u64* keys2 = grow(s.keys2, static_cast<std::size_t>(std::max(E, G)) + 1);
+  u64* items_u = grow(items_u_, static_cast<std::size_t>(En) + 1);
+  u64* items_v = grow(items_v_, static_cast<std::size_t>(K + Kc) + 1);
+  int* out_all = grow(phy2log_, static_cast<std::size_t>(L) * R);
 
   for (int l = 0; l < L; ++l) {
-    const auto w = load.row(l);
-    for (int e = 0; e < E; ++e) wf_[e] = static_cast<float>(w[e]);
+    const double* w = load.values.data() + static_cast<std::size_t>(l) * E;
+    for (int e = 0; e < E; ++e) wf[e] = static_cast<float>(w[e]);
 
     // 1. Groups to nodes; node-major ("mlog") numbering of experts.
-    for (int g = 0; g < G; ++g) {
-      double sum = 0;
-      for (int i = 0; i < gs; ++i) sum += wf_[g * gs + i];
-      group_load_[g] = static_cast<float>(sum);
-    }
-    detail::balanced_packing(group_load_, N, gpack_, grank_, scratch_);
-    for (int g = 0; g < G; ++g) {
-      const int base = (gpack_[g] * gpn + grank_[g]) * gs;
-      for (int i = 0; i < gs; ++i) mlog2log_[base + i] = g * gs + i;
+    if (!identity) {
+      for (int g = 0; g < G; ++g) {
+        double sum = 0;
+        for (int i = 0; i < gs; ++i) sum += wf[g * gs + i];
+        gload[g] = static_cast<float>(sum);
+      }
+      for (int g = 0; g < G; ++g) keys[g] = detail::desc_key(gload[g], static_cast<u32>(g));
+      detail::sort_keys(keys, G);
+      keys[G] = detail::kNone;
+      detail::lpt(keys, detail::kNoneList, G, N, gpn, s, [&](u32 pk, int r, u32 g) {
+        const int base = (static_cast<int>(pk) * gpn + r) * gs;
+        for (int i = 0; i < gs; ++i) m2l[base + i] = static_cast<int>(g) * gs + i;
+      });
+      for (int i = 0; i < E; ++i) row[i] = wf[m2l[i]];
+    } else {
+      std::copy_n(wf, E, row);
     }
 
-    int* out_row = phy2log_.data() + static_cast<std::size_t>(l) * R;
+    // Every node's experts by weight descending (ties: lower index).
+    for (int n = 0; n < N; ++n)
+      for (int j = 0; j < En; ++j)
+        keys[n * En + j] = detail::make_key(~detail::bits_of(row[n * En + j]), static_cast<u32>(j));
+    for (int n = 0; n < N; ++n) detail::sort_node(keys + static_cast<std::size_t>(n) * En, keys2, En, s);
+    const u64* sorted = keys;
+
+    int* out_row = out_all + static_cast<std::size_t>(l) * R;
     for (int n = 0; n < N; ++n) {
+      const u64* S = sorted + static_cast<std::size_t>(n) * En;
+      const float* rw = row + static_cast<std::size_t>(n) * En;
+      if (identity)
+        for (int j = 0; j < En; ++j) lid[j] = n * En + j;
+      else
+        for (int j = 0; j < En; ++j) lid[j] = m2l[n * En + j];
+
       // 2. Replicas within the node.
-      const int* m2l = mlog2log_.data() + static_cast<std::size_t>(n) * En;
-      for (int i = 0; i < En; ++i) row_[i] = wf_[m2l[i]];
-      detail::replicate_experts(row_, Rn, phy2mlog_, mcnt_, scratch_);
-      // 3. Replicas to the node's GPUs.
-      for (int p = 0; p < Rn; ++p)
-        tok_[p] = row_[phy2mlog_[p]] / static_cast<float>(mcnt_[phy2mlog_[p]]);
-      detail::balanced_packing(tok_, Pn, ppack_, prank_, scratch_);
-      // 4. Assemble global slots.
-      for (int p = 0; p < Rn; ++p)
-        out_row[(n * Pn + ppack_[p]) * k + prank_[p]] = m2l[phy2mlog_[p]];
+      const u64* list_a;
+      const u64* list_b = detail::kNoneList;
+      if (K > 0) {
+        std::fill_n(cnt, En, 1);
+        detail::replicate_sorted(rw, S, En, K, cnt, picks, s);
+        for (int t = 0; t < K; ++t) lid[En + t] = lid[picks[t]];
+        // Items (replicas) by load per replica descending, ties by position p: experts
+        // with one replica keep their sorted order (p = j); the few replicated ones get
+        // their new load and are sorted apart, then both lists are merged.
+        int nu = 0;
+        for (int t = 0; t < En; ++t) {
+          const u64 key = S[t];
+          items_u[nu] = key;
+          nu += cnt[detail::lo(key)] == 1;
+        }
+        items_u[nu] = detail::kNone;
+        int nv = 0;
+        for (int t = 0; t < Kc; ++t) {
+          const u32 e = detail::lo(S[t]);
+          tokb[e] = ~detail::bits_of(rw[e] / static_cast<float>(cnt[e]));
+          items_v[nv] = detail::make_key(tokb[e], e);
+          nv += cnt[e] > 1;
+        }
+        for (int t = 0; t < K; ++t)
+          items_v[nv++] = detail::make_key(tokb[picks[t]], static_cast<u32>(En + t));
+        detail::sort_keys(items_v, nv);
+        items_v[nv] = detail::kNone;
+        list_a = items_u;
+        list_b = items_v;
+      } else {
+        std::copy_n(S, En, items_u);
+        items_u[En] = detail::kNone;
+        list_a = items_u;
+      }
+
+      // 3. Replicas to the node's GPUs; 4. global slots.
+      if (k == 1) {  // the reference's shortcut: item p on pack p
+        for (int p = 0; p < Rn; ++p) out_row[n * Pn + p] = lid[p];
+      } else {
+        int* node_out = out_row + static_cast<std::size_t>(n) * Pn * k;
+        detail::lpt(list_a, list_b, Rn, Pn, k, s, [&](u32 pk, int r, u32 p) {
+          node_out[static_cast<int>(pk) * k + r] = lid[p];
+        });
+      }
     }
   }
-  out.assign(L, E, R, phy2log_);
+  out.assign(L, E, R, std::span<const int>(out_all, static_cast<std::size_t>(L) * R));
 }
 
 }  // namespace eplb::algo

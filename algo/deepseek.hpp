@@ -13,10 +13,12 @@ namespace eplb::algo {
 namespace detail {
 /// Scratch space of the packing/replication primitives, reused across calls.
 struct PackScratch {
-  std::vector<std::uint64_t> keys;
-  std::vector<std::uint64_t> tree;
-  std::vector<int> fill;
-  std::vector<float> pack_load;
+  std::vector<std::uint64_t> keys, keys2;  ///< sort keys and the radix sort's second buffer
+  std::vector<std::uint64_t> tree;         ///< tournament tree
+  std::vector<std::uint64_t> merged;       ///< merged item lists
+  std::vector<std::uint32_t> counts;       ///< radix sort histograms
+  std::vector<int> fill;                   ///< items per pack
+  std::vector<int> leaf;                   ///< expert -> tree leaf (replication)
 };
 
 /// Greedy LPT with a cardinality constraint: n items, m packs of n/m items each. Items in
@@ -40,8 +42,10 @@ class DeepseekPolicy final : public Policy {
 
  private:
   detail::PackScratch scratch_;
-  std::vector<float> wf_, group_load_, row_, tok_;
-  std::vector<int> gpack_, grank_, mlog2log_, phy2mlog_, mcnt_, ppack_, prank_, phy2log_;
+  std::vector<float> wf_, row_, gload_;
+  std::vector<std::uint32_t> tokb_;
+  std::vector<std::uint64_t> items_u_, items_v_;
+  std::vector<int> mlog2log_, cnt_, picks_, lid_, phy2log_;
 };
 
 }  // namespace eplb::algo

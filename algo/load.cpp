@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <stdexcept>
 #include <string>
 
@@ -13,6 +14,11 @@ void LoadView::validate() const {
     throw std::invalid_argument("load matrix: " + std::to_string(values.size()) +
                                 " values do not form a [" + std::to_string(num_layers) + "][" +
                                 std::to_string(num_logical) + "] matrix");
+  // Fast path: one branch-free pass (NaN fails both comparisons); the error message is
+  // looked for only when some value is bad.
+  unsigned ok = 1;
+  for (const double v : values) ok &= static_cast<unsigned>(v >= 0.0) & static_cast<unsigned>(v <= std::numeric_limits<double>::max());
+  if (ok) return;
   for (std::size_t i = 0; i < values.size(); ++i) {
     const double v = values[i];
     if (std::isfinite(v) && v >= 0) continue;

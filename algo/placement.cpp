@@ -47,40 +47,68 @@ void Placement::check_shape(const Topology& topo, const char* what) const {
                                 topo.describe());
 }
 
+namespace {
+/// The first invalid entry of phy2log, layer by layer (values outside [0, E) in slot order,
+/// then experts without a replica), as std::invalid_argument.
+[[noreturn]] void throw_first_error_of(const std::vector<int>& phy2log, int layers, int logical,
+                                       int slots) {
+  std::vector<int> cnt(static_cast<std::size_t>(logical));
+  for (int l = 0; l < layers; ++l) {
+    std::fill(cnt.begin(), cnt.end(), 0);
+    const int* row = phy2log.data() + static_cast<std::size_t>(l) * slots;
+    for (int j = 0; j < slots; ++j) {
+      const int e = row[j];
+      if (e < 0 || e >= logical)
+        throw std::invalid_argument("placement: phy2log[" + std::to_string(l) + "][" +
+                                    std::to_string(j) + "] = " + std::to_string(e) +
+                                    " is outside [0, " + std::to_string(logical) + ")");
+      ++cnt[e];
+    }
+    for (int e = 0; e < logical; ++e)
+      if (cnt[e] == 0)
+        throw std::invalid_argument("placement: layer " + std::to_string(l) +
+                                    " has no replica of logical expert " + std::to_string(e));
+  }
+  throw std::logic_error("placement: validity check disagrees with itself");
+}
+}  // namespace
+
 void Placement::derive() {
   if (layers_ < 0 || logical_ < 1 || slots_ < logical_)
     throw std::invalid_argument("placement: bad shape L=" + std::to_string(layers_) +
                                 " E=" + std::to_string(logical_) + " R=" + std::to_string(slots_) +
                                 " (need E >= 1, R >= E)");
+  // Validity is checked with branch-free passes; on a failure the layer-by-layer walk in
+  // throw_first_error_of() names the same first problem as a sequential check would.
+  unsigned out_of_range = 0;
+  for (const int e : phy2log_)
+    out_of_range |= static_cast<unsigned>(e) >= static_cast<unsigned>(logical_);
+  if (out_of_range) throw_first_error_of(phy2log_, layers_, logical_, slots_);
   logcnt_.assign(static_cast<std::size_t>(layers_) * logical_, 0);
   for (int l = 0; l < layers_; ++l) {
     int* cnt = logcnt_.data() + static_cast<std::size_t>(l) * logical_;
     const int* row = phy2log_.data() + static_cast<std::size_t>(l) * slots_;
-    for (int j = 0; j < slots_; ++j) {
-      const int e = row[j];
-      if (e < 0 || e >= logical_)
-        throw std::invalid_argument("placement: phy2log[" + std::to_string(l) + "][" +
-                                    std::to_string(j) + "] = " + std::to_string(e) +
-                                    " is outside [0, " + std::to_string(logical_) + ")");
-      ++cnt[e];
-    }
-    for (int e = 0; e < logical_; ++e)
-      if (cnt[e] == 0)
-        throw std::invalid_argument("placement: layer " + std::to_string(l) +
-                                    " has no replica of logical expert " + std::to_string(e));
+    for (int j = 0; j < slots_; ++j) ++cnt[row[j]];
   }
-  max_replicas_ = layers_ ? *std::max_element(logcnt_.begin(), logcnt_.end()) : 0;
+  int min_cnt = layers_ ? logcnt_[0] : 1, max_cnt = 0;
+  for (const int c : logcnt_) {
+    min_cnt = std::min(min_cnt, c);
+    max_cnt = std::max(max_cnt, c);
+  }
+  if (min_cnt == 0) throw_first_error_of(phy2log_, layers_, logical_, slots_);
+  max_replicas_ = max_cnt;
   log2phy_.assign(static_cast<std::size_t>(layers_) * logical_ * max_replicas_, -1);
+  // Slots are visited in ascending order, so each expert's list comes out ascending. The
+  // counts are rebuilt on the way (zeroed, then incremented per slot) and serve as fill
+  // positions.
+  std::fill(logcnt_.begin(), logcnt_.end(), 0);
   for (int l = 0; l < layers_; ++l) {
     const int* row = phy2log_.data() + static_cast<std::size_t>(l) * slots_;
+    int* cnt = logcnt_.data() + static_cast<std::size_t>(l) * logical_;
     int* base = log2phy_.data() + static_cast<std::size_t>(l) * logical_ * max_replicas_;
-    // Slots are visited in ascending order, so each expert's list comes out ascending;
-    // the running fill count reuses the -1 padding as "end of list".
     for (int j = 0; j < slots_; ++j) {
-      int* list = base + static_cast<std::size_t>(row[j]) * max_replicas_;
-      int n = 0;
-      while (list[n] != -1) ++n;
-      list[n] = j;
+      const int e = row[j];
+      base[static_cast<std::size_t>(e) * max_replicas_ + cnt[e]++] = j;
     }
   }
 }
