@@ -25,6 +25,8 @@ struct RuntimeConfig {
   /// Staging memory per rank for migration (bytes). Layers whose moves need more run in
   /// several rounds; moves that depend on each other in a cycle may exceed it (reported).
   std::size_t staging_bytes = std::size_t{256} << 20;
+  /// Most experts moved in one NCCL group / MPI batch (0 = a whole round). See ExecOptions.
+  int max_experts_per_batch = 0;
 
   /// Throws std::invalid_argument naming the first bad field.
   void validate() const;

@@ -63,6 +63,7 @@ Engine::Engine(MPI_Comm comm, RuntimeConfig config, WeightRegistry weights,
               {"first_rebalance", static_cast<std::uint64_t>(config_.first_rebalance)},
               {"min_gain (bits)", min_gain_bits},
               {"staging_bytes", config_.staging_bytes},
+              {"max_experts_per_batch", static_cast<std::uint64_t>(config_.max_experts_per_batch)},
               {"weight layout (hash)", weights_.layout_hash()},
               {"initial placement (hash)",
                comm::fnv1a(initial.phy2log().data(), initial.phy2log().size_bytes())}});
@@ -200,7 +201,8 @@ RebalanceStats Engine::rebalance() {
   st.moved = execute_migration(plan, weights_, *transport_, comm_.rank(), staging_.get(),
                                [this](int layer) {
                                  if (listener_) listener_->commit_layer(layer);
-                               });
+                               },
+                               ExecOptions{config_.max_experts_per_batch});
   st.t_migrate_ms = ms_since(t);
   placement_ = std::move(msg.placement);
   epoch_ = msg.epoch;

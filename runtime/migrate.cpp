@@ -1,5 +1,6 @@
 #include "runtime/migrate.hpp"
 
+#include <algorithm>
 #include <stdexcept>
 #include <vector>
 
@@ -49,7 +50,8 @@ std::size_t staging_bytes_needed(const algo::MigrationPlan& plan, const WeightRe
 
 MigrationCounters execute_migration(const algo::MigrationPlan& plan, const WeightRegistry& weights,
                                     comm::Transport& transport, int me, std::byte* staging,
-                                    const std::function<void(int)>& layer_done) {
+                                    const std::function<void(int)>& layer_done,
+                                    const ExecOptions& options) {
   const auto& topo = plan.topology();
   const int k = topo.slots_per_rank();
   if (weights.num_layers() != topo.num_layers || weights.slots_per_rank() != k)
@@ -90,33 +92,38 @@ MigrationCounters execute_migration(const algo::MigrationPlan& plan, const Weigh
           for (int q = 0; q < u->num_dst; ++q)
             if (lp.staged[lp.dst_begin(*u)[q]]) stage_idx[lp.dst_begin(*u)[q]] = next_stage++;
 
-      transport.begin_batch();
-      for (auto* u = begin; u != end; ++u) {
-        if (!u->remote()) continue;
-        if (u->src_rank == me) {
-          for (std::size_t t = 0; t < tensors.size(); ++t)
-            transport.send(slot_ptr(u->src_slot, t), tensors[t].bytes_per_slot, u->dst_rank);
-          c.bytes_sent += expert_bytes;
-        } else if (u->dst_rank == me) {
-          for (std::size_t t = 0; t < tensors.size(); ++t)
-            transport.recv(loc(lp.dst_begin(*u)[0], t), tensors[t].bytes_per_slot, u->src_rank);
-          c.bytes_received += expert_bytes;
+      const long long per_batch =
+          options.max_units_per_batch > 0 ? options.max_units_per_batch : round.num_units;
+      for (auto* b0 = begin; b0 < end; b0 += per_batch) {
+        const auto* b1 = std::min(end, b0 + per_batch);
+        transport.begin_batch();
+        for (auto* u = b0; u != b1; ++u) {
+          if (!u->remote()) continue;
+          if (u->src_rank == me) {
+            for (std::size_t t = 0; t < tensors.size(); ++t)
+              transport.send(slot_ptr(u->src_slot, t), tensors[t].bytes_per_slot, u->dst_rank);
+            c.bytes_sent += expert_bytes;
+          } else if (u->dst_rank == me) {
+            for (std::size_t t = 0; t < tensors.size(); ++t)
+              transport.recv(loc(lp.dst_begin(*u)[0], t), tensors[t].bytes_per_slot, u->src_rank);
+            c.bytes_received += expert_bytes;
+          }
         }
-      }
-      transport.end_batch();
+        transport.end_batch();
 
-      for (auto* u = begin; u != end; ++u) {
-        if (u->dst_rank != me) continue;
-        const int d0 = lp.dst_begin(*u)[0];
-        if (!u->remote()) {
-          for (std::size_t t = 0; t < tensors.size(); ++t)
-            transport.copy(loc(d0, t), slot_ptr(u->src_slot, t), tensors[t].bytes_per_slot);
-          c.bytes_copied_local += expert_bytes;
-        }
-        for (int q = 1; q < u->num_dst; ++q) {
-          for (std::size_t t = 0; t < tensors.size(); ++t)
-            transport.copy(loc(lp.dst_begin(*u)[q], t), loc(d0, t), tensors[t].bytes_per_slot);
-          c.bytes_copied_local += expert_bytes;
+        for (auto* u = b0; u != b1; ++u) {
+          if (u->dst_rank != me) continue;
+          const int d0 = lp.dst_begin(*u)[0];
+          if (!u->remote()) {
+            for (std::size_t t = 0; t < tensors.size(); ++t)
+              transport.copy(loc(d0, t), slot_ptr(u->src_slot, t), tensors[t].bytes_per_slot);
+            c.bytes_copied_local += expert_bytes;
+          }
+          for (int q = 1; q < u->num_dst; ++q) {
+            for (std::size_t t = 0; t < tensors.size(); ++t)
+              transport.copy(loc(lp.dst_begin(*u)[q], t), loc(d0, t), tensors[t].bytes_per_slot);
+            c.bytes_copied_local += expert_bytes;
+          }
         }
       }
       for (auto* u = begin; u != end; ++u) {

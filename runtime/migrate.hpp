@@ -20,16 +20,25 @@ struct MigrationCounters {
   int rounds = 0;                       ///< rounds over all layers
 };
 
+/// How the executor batches a round's transfers.
+struct ExecOptions {
+  /// Most move units (experts) per NCCL group / MPI batch; 0 = the whole round in one batch.
+  /// Very large groups have hung NCCL at scale (a peer chunks at 32); every rank splits the
+  /// same global unit list the same way, so batches always match across ranks.
+  int max_units_per_batch = 0;
+};
+
 /// Staging bytes a plan needs per rank with these weights (256-byte aligned pieces).
 std::size_t staging_bytes_needed(const algo::MigrationPlan& plan, const WeightRegistry& weights);
 
-/// Runs the plan: per layer, per round: sends and receives in one batch, then local copies,
-/// fan-out and staging commits. `staging` must hold staging_bytes_needed() bytes in the
+/// Runs the plan: per layer, per round, per batch of units: sends and receives in one batch,
+/// then that batch's local copies and fan-out; staging commits at the end of the round. `staging` must hold staging_bytes_needed() bytes in the
 /// transport's memory space. After each layer, `layer_done(layer)` is called (device
 /// transports: stream-ordered after that layer's copies). Collective over the transport's
 /// ranks: every rank must call it with the same plan.
 MigrationCounters execute_migration(const algo::MigrationPlan& plan, const WeightRegistry& weights,
                                     comm::Transport& transport, int my_rank, std::byte* staging,
-                                    const std::function<void(int)>& layer_done = {});
+                                    const std::function<void(int)>& layer_done = {},
+                                    const ExecOptions& options = {});
 
 }  // namespace eplb::runtime

@@ -77,6 +77,7 @@ struct Shape {
   std::vector<std::size_t> tensors;
   std::size_t staging;  // bytes
   const char* policy;
+  int max_experts_per_batch = 0;
 };
 
 class ConsecutiveRebalances : public testing::TestWithParam<Shape> {};
@@ -90,6 +91,7 @@ TEST_P(ConsecutiveRebalances, EveryByteLandsWhereThePlacementSays) {
   if (t.hierarchical() && t.num_logical % t.num_groups) t.num_groups = 1;
   auto cfg = config_for(t, s.staging);
   cfg.policy = s.policy;
+  cfg.max_experts_per_batch = s.max_experts_per_batch;
   HostWeights w(t, s.tensors, 40);
   const auto initial = eplb::algo::Placement::contiguous(t);
   eplb::runtime::fill_slots(w.registry, initial, world_rank());
@@ -117,6 +119,7 @@ INSTANTIATE_TEST_SUITE_P(
     testing::Values(
         Shape{"uneven_tensors", 3, 12, 4, 1, 1, {1000, 37, 4099}, 1 << 20, "deepseek"},
         Shape{"staging_smaller_than_layer", 2, 16, 6, 1, 4, {512, 96}, 700, "deepseek"},
+        Shape{"batches_of_two_experts", 2, 16, 6, 1, 1, {512, 96}, 4096, "deepseek", 2},
         Shape{"two_nodes_hierarchical", 2, 16, 5, 2, 4, {256, 8}, 1 << 20, "deepseek"},
         Shape{"default_policy", 3, 20, 6, 1, 1, {300, 301}, 2048, ""}),
     [](const testing::TestParamInfo<Shape>& i) { return std::string(i.param.name); });
