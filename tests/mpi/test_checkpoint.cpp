@@ -1,0 +1,340 @@
+// Checkpoint and resume across ranks: a resumed run ends exactly like an uninterrupted one,
+// and a bad file is reported on every rank without touching the running engine.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <random>
+
+#include "../checkpoint_files.hpp"
+#include "runtime/engine_checkpoint.hpp"
+#include "runtime/pattern.hpp"
+
+namespace {
+namespace fs = std::filesystem;
+using eplb::algo::Topology;
+using eplb::runtime::CheckpointStatsRow;
+using eplb::runtime::Engine;
+using eplb::runtime::RuntimeConfig;
+using eplb::runtime::WeightRegistry;
+
+int world_size() {
+  int s = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &s);
+  return s;
+}
+int world_rank() {
+  int r = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &r);
+  return r;
+}
+
+/// A directory made by rank 0 and known to every rank; removed at the end.
+struct SharedDir {
+  fs::path path;
+  SharedDir() {
+    char buf[256] = {};
+    if (world_rank() == 0) {
+      std::string t = (fs::temp_directory_path() / "eplb_ckpt_mpi_XXXXXX").string();
+      if (!mkdtemp(t.data())) t.clear();
+      std::snprintf(buf, sizeof buf, "%s", t.c_str());
+    }
+    MPI_Bcast(buf, sizeof buf, MPI_CHAR, 0, MPI_COMM_WORLD);
+    path = buf;
+  }
+  ~SharedDir() {
+    MPI_Barrier(MPI_COMM_WORLD);
+    if (world_rank() == 0) fs::remove_all(path);
+  }
+  std::string file(const char* name) const { return (path / name).string(); }
+};
+
+Topology topology() {
+  const int P = world_size();
+  const int k = (10 + P - 1) / P;
+  return Topology{3, 8, k * P, P, 1, 2};
+}
+
+RuntimeConfig config() {
+  RuntimeConfig c;
+  c.topology = topology();
+  c.window_passes = 4;
+  c.rebalance_interval = 3;
+  c.first_rebalance = 3;
+  c.staging_bytes = 1 << 16;
+  return c;
+}
+
+/// Host weights of this rank, and an engine over them.
+struct Job {
+  std::vector<std::vector<std::byte>> buffers;
+  std::unique_ptr<Engine> engine;
+  explicit Job(RuntimeConfig cfg = config()) {
+    const auto& t = cfg.topology;
+    WeightRegistry reg(t.num_layers, t.slots_per_rank());
+    for (int l = 0; l < t.num_layers; ++l)
+      for (std::size_t bytes : {96u, 40u}) {
+        buffers.emplace_back(bytes * t.slots_per_rank());
+        std::string name = "t";
+        name += std::to_string(bytes);
+        reg.add(l, name, buffers.back().data(), bytes);
+      }
+    const auto initial = eplb::algo::Placement::contiguous(t);
+    eplb::runtime::fill_slots(reg, initial, world_rank());
+    engine = std::make_unique<Engine>(MPI_COMM_WORLD, cfg, std::move(reg), initial);
+  }
+};
+
+/// The loads of one pass on one rank: a pure function of (pass, rank), drifting with pass.
+void record_pass(Engine& e) {
+  const auto& t = e.config().topology;
+  const std::int64_t pass = e.pass() + 1;
+  std::mt19937_64 rng(static_cast<std::uint64_t>(pass) * 7919 + world_rank());
+  std::lognormal_distribution<double> d(0.0, 1.3);
+  std::vector<std::int64_t> c(static_cast<std::size_t>(t.num_logical));
+  for (int l = 0; l < t.num_layers; ++l) {
+    for (int x = 0; x < t.num_logical; ++x)
+      c[x] = static_cast<std::int64_t>(50 * d(rng) * (1 + ((x + pass / 4 + l) % 5)));
+    ASSERT_TRUE(e.window().add_counts(l, c));
+  }
+}
+
+void run_passes(Engine& e, int n) {
+  for (int i = 0; i < n; ++i) {
+    record_pass(e);
+    (void)e.step();
+  }
+}
+
+std::size_t bad_slots_anywhere(const Engine& e) {
+  const auto bad = eplb::runtime::verify_slots(e.weights(), e.placement(), world_rank());
+  unsigned long long n = bad.size(), total = 0;
+  MPI_Allreduce(&n, &total, 1, MPI_UNSIGNED_LONG_LONG, MPI_SUM, MPI_COMM_WORLD);
+  return total;
+}
+
+/// Everything but the timings.
+void expect_same_rows(const std::vector<CheckpointStatsRow>& a,
+                      const std::vector<CheckpointStatsRow>& b) {
+  ASSERT_EQ(a.size(), b.size());
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    SCOPED_TRACE("row " + std::to_string(i));
+    EXPECT_EQ(a[i].epoch, b[i].epoch);
+    EXPECT_EQ(a[i].pass, b[i].pass);
+    EXPECT_EQ(a[i].skipped, b[i].skipped);
+    EXPECT_EQ(a[i].skip_reason, b[i].skip_reason);
+    EXPECT_EQ(a[i].balancedness_before, b[i].balancedness_before);
+    EXPECT_EQ(a[i].balancedness_after, b[i].balancedness_after);
+    EXPECT_EQ(a[i].imbalance_before, b[i].imbalance_before);
+    EXPECT_EQ(a[i].imbalance_after, b[i].imbalance_after);
+    EXPECT_EQ(a[i].slots_changed, b[i].slots_changed);
+    EXPECT_EQ(a[i].remote_units, b[i].remote_units);
+    EXPECT_EQ(a[i].local_units, b[i].local_units);
+    EXPECT_EQ(a[i].fanout_copies, b[i].fanout_copies);
+    EXPECT_EQ(a[i].total_remote_bytes, b[i].total_remote_bytes);
+    EXPECT_EQ(a[i].total_local_bytes, b[i].total_local_bytes);
+    EXPECT_EQ(a[i].migration_rounds, b[i].migration_rounds);
+  }
+}
+
+TEST(CheckpointResume, HalfRunPlusResumeEqualsFullRun) {
+  constexpr int N = 10;  // rebalances at passes 3, 6, 9 | 12, 15, 18
+  SharedDir dir;
+  const auto path = dir.file("state.h5");
+
+  Job full;
+  run_passes(*full.engine, 2 * N);
+  const auto full_state = eplb::runtime::snapshot(*full.engine);
+
+  {
+    Job first;
+    run_passes(*first.engine, N);
+    eplb::runtime::save_checkpoint(*first.engine, path);
+  }  // the job ends: every rank forgets its state
+
+  Job second;
+  eplb::runtime::CheckpointSchedule schedule(path);
+  schedule.resume(*second.engine, path);
+  EXPECT_EQ(second.engine->pass(), N);
+  EXPECT_EQ(second.engine->epoch(), 3);
+  eplb::runtime::fill_slots(second.engine->weights(), second.engine->placement(), world_rank());
+  for (int i = 0; i < N; ++i) {
+    record_pass(*second.engine);
+    const auto st = second.engine->step();
+    schedule.after_step(*second.engine, st.has_value());
+  }
+  EXPECT_EQ(bad_slots_anywhere(*second.engine), 0u);
+
+  EXPECT_EQ(second.engine->placement(), full.engine->placement());
+  EXPECT_EQ(second.engine->epoch(), full.engine->epoch());
+  EXPECT_EQ(second.engine->pass(), full.engine->pass());
+  const auto resumed_state = eplb::runtime::snapshot(*second.engine, schedule.earlier());
+  EXPECT_EQ(resumed_state.window, full_state.window);
+  EXPECT_EQ(resumed_state.window_cursor, full_state.window_cursor);
+  if (world_rank() == 0) {
+    ASSERT_EQ(full_state.stats.size(), 6u);
+    long long changed = 0;  // one GPU is always balanced: nothing to move at 1 rank
+    for (std::size_t i = 3; i < 6; ++i) changed += full_state.stats[i].slots_changed;
+    if (world_size() > 1) {
+      EXPECT_GT(changed, 0) << "the resumed half moved nothing";
+    }
+    expect_same_rows(resumed_state.stats, full_state.stats);
+    // The periodic checkpoint of the last rebalance (pass 18) holds the whole history.
+    const auto last = eplb::runtime::read_checkpoint(path);
+    EXPECT_EQ(last.pass, 18);
+    expect_same_rows(last.stats, full_state.stats);
+  }
+}
+
+TEST(CheckpointResume, ScheduleWritesEveryKthRebalance) {
+  SharedDir dir;
+  const auto path = dir.file("periodic.h5");
+  Job job;
+  eplb::runtime::CheckpointSchedule every2(path, 2);
+  std::vector<std::int64_t> written_at;
+  for (int i = 0; i < 13; ++i) {  // rebalances at 3, 6, 9, 12 -> epochs 1..4
+    record_pass(*job.engine);
+    const auto st = job.engine->step();
+    if (every2.after_step(*job.engine, st.has_value())) written_at.push_back(job.engine->pass());
+  }
+  EXPECT_EQ(written_at, (std::vector<std::int64_t>{6, 12}));
+  if (world_rank() == 0) {
+    EXPECT_EQ(eplb::runtime::read_checkpoint(path).epoch, 4);
+  }
+  EXPECT_THROW(eplb::runtime::CheckpointSchedule("x.h5", 0), std::invalid_argument);
+}
+
+TEST(CheckpointResume, PlacementOnlyFileChangesThePlacementAlone) {
+  SharedDir dir;
+  const auto path = dir.file("plan.h5");
+  Job job;
+  run_passes(*job.engine, 4);
+  const auto t = topology();
+  std::vector<std::int32_t> p(static_cast<std::size_t>(t.num_layers) * t.num_slots);
+  for (int l = 0; l < t.num_layers; ++l)
+    for (int j = 0; j < t.num_slots; ++j)
+      p[static_cast<std::size_t>(l) * t.num_slots + j] = (j + 3 * l + 1) % t.num_logical;
+  if (world_rank() == 0) {
+    eplb::runtime::Checkpoint c;
+    c.writer = eplb::runtime::kWriterPlan;
+    c.config.topology = t;
+    c.config.policy = "deepseek";
+    c.phy2log = p;
+    eplb::runtime::write_checkpoint(path, c);
+  }
+  const auto ring_before = std::vector<std::int64_t>(job.engine->window().ring().begin(),
+                                                     job.engine->window().ring().end());
+  eplb::runtime::resume_from_checkpoint(*job.engine, path);
+  EXPECT_EQ(std::vector<int>(job.engine->placement().phy2log().begin(),
+                             job.engine->placement().phy2log().end()),
+            std::vector<int>(p.begin(), p.end()));
+  EXPECT_EQ(job.engine->pass(), 4);
+  EXPECT_EQ(job.engine->epoch(), 1);
+  EXPECT_EQ(std::vector<std::int64_t>(job.engine->window().ring().begin(),
+                                      job.engine->window().ring().end()),
+            ring_before);
+}
+
+/// Bad files: each case damages a copy of a good checkpoint on rank 0, then every rank
+/// resumes from it and must get InvalidInput naming the problem with the engine untouched.
+class CheckpointBadFile : public testing::Test {
+ protected:
+  void SetUp() override {
+    run_passes(*job.engine, 7);  // two rebalances: a non-trivial placement
+    good = dir.file("good.h5");
+    bad = dir.file("bad.h5");
+    eplb::runtime::save_checkpoint(*job.engine, good);
+    run_passes(*job.engine, 3);  // the running state moves on past the checkpoint
+  }
+
+  /// Rank 0 runs `damage` on a fresh copy of the good file; then every rank resumes.
+  template <class F>
+  void expect_rejected(F damage, std::initializer_list<const char*> words) {
+    if (world_rank() == 0) {
+      fs::copy_file(good, bad, fs::copy_options::overwrite_existing);
+      damage();
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    const auto placement = job.engine->placement();
+    const auto epoch = job.engine->epoch(), pass = job.engine->pass();
+    const std::vector<std::int64_t> ring(job.engine->window().ring().begin(),
+                                         job.engine->window().ring().end());
+    const int cursor = job.engine->window().cursor();
+    try {
+      eplb::runtime::resume_from_checkpoint(*job.engine, bad);
+      ADD_FAILURE() << "resumed from a bad checkpoint";
+    } catch (const eplb::InvalidInput& e) {
+      const std::string w = e.what();
+      EXPECT_NE(w.find("[rank 0]"), std::string::npos) << w;
+      EXPECT_NE(w.find(bad), std::string::npos) << w;
+      for (const char* s : words) EXPECT_NE(w.find(s), std::string::npos) << w;
+    }
+    EXPECT_EQ(job.engine->placement(), placement);
+    EXPECT_EQ(job.engine->epoch(), epoch);
+    EXPECT_EQ(job.engine->pass(), pass);
+    EXPECT_EQ(job.engine->window().cursor(), cursor);
+    EXPECT_TRUE(std::equal(ring.begin(), ring.end(), job.engine->window().ring().begin()));
+    // The engine still works.
+    run_passes(*job.engine, 3);
+    EXPECT_EQ(bad_slots_anywhere(*job.engine), 0u);
+  }
+
+  SharedDir dir;
+  Job job;
+  std::string good, bad;
+};
+
+TEST_F(CheckpointBadFile, Missing) {
+  expect_rejected([&] { fs::remove(bad); }, {"no such file"});
+}
+TEST_F(CheckpointBadFile, Truncated) {
+  expect_rejected([&] { eplb::test::truncate_to_half(bad); }, {"truncated"});
+}
+TEST_F(CheckpointBadFile, FlippedByteInPlacement) {
+  expect_rejected(
+      [&] { eplb::test::flip_byte(bad, eplb::test::first_chunk_offset(bad, "phy2log") + 1); },
+      {"dataset 'phy2log' is corrupt", "Fletcher32"});
+}
+TEST_F(CheckpointBadFile, FlippedByteInWindow) {
+  expect_rejected(
+      [&] { eplb::test::flip_byte(bad, eplb::test::first_chunk_offset(bad, "window") + 9); },
+      {"dataset 'window' is corrupt", "Fletcher32"});
+}
+TEST_F(CheckpointBadFile, NewerFormatVersion) {
+  expect_rejected([&] { eplb::test::set_int_attr(bad, "format_version", 7); },
+                  {"format version 7 is not supported"});
+}
+TEST_F(CheckpointBadFile, MissingDataset) {
+  expect_rejected([&] { eplb::test::delete_link(bad, "phy2log"); }, {"missing dataset 'phy2log'"});
+}
+TEST_F(CheckpointBadFile, WrongShape) {
+  const auto t = topology();
+  expect_rejected(
+      [&] {
+        eplb::test::replace_dataset(bad, "window", H5T_STD_I64LE,
+                                    {5, hsize_t(t.num_layers), hsize_t(t.num_logical)});
+      },
+      {"dataset 'window' has shape [5][3][8], expected [4][3][8] (W x L x E)"});
+}
+TEST_F(CheckpointBadFile, WrongDtype) {
+  const auto t = topology();
+  expect_rejected(
+      [&] {
+        eplb::test::replace_dataset(bad, "phy2log", H5T_STD_I16LE,
+                                    {hsize_t(t.num_layers), hsize_t(t.num_slots)});
+      },
+      {"dataset 'phy2log' has dtype int16, expected int32"});
+}
+TEST_F(CheckpointBadFile, OtherTopologyAndSettings) {
+  expect_rejected(
+      [&] {
+        auto c = eplb::runtime::read_checkpoint(good);
+        c.config.topology.num_groups = 4;
+        c.config.rebalance_interval = 99;
+        eplb::runtime::write_checkpoint(bad, c);
+      },
+      {"does not match the running job", "num_groups (file 4, running 2)",
+       "rebalance_interval (file 99, running 3)"});
+}
+
+}  // namespace
