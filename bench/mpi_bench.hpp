@@ -1,0 +1,37 @@
+#pragma once
+// Helpers of the multi-rank benchmarks: max over ranks, medians, a '#' header.
+#include <mpi.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "eplb/config.hpp"
+
+namespace eplb::bench {
+
+inline double max_over_ranks(double v) {
+  double m = v;
+  MPI_Allreduce(MPI_IN_PLACE, &m, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+  return m;
+}
+
+inline double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+inline void print_header(const char* program, const std::string& config) {
+  int size = 1, len = 0;
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  char lib[MPI_MAX_LIBRARY_VERSION_STRING] = {};
+  MPI_Get_library_version(lib, &len);
+  std::string mpi(lib);
+  mpi = mpi.substr(0, mpi.find('\n'));
+  std::printf("# %s (eplb %s), %d ranks, MPI: %s\n# %s\n", program, EPLB_VERSION, size,
+              mpi.c_str(), config.c_str());
+}
+
+}  // namespace eplb::bench

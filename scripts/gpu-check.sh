@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# GPU validation on a machine with >= 2 NVIDIA GPUs: builds eplb, runs every test (GPU tests
+# included, also under compute-sanitizer), moe_sim on 2 and 4 GPUs, and the GPU benchmarks.
+# Logs go to $OUT when set (else ./gpu-logs). Usage: scripts/gpu-check.sh [quick]
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+out=${OUT:-$root/gpu-logs}
+mkdir -p "$out"
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+ngpu=$(nvidia-smi -L 2>/dev/null | wc -l)
+mpirun=(mpirun --allow-run-as-root --oversubscribe --bind-to none -x NCCL_NVLS_ENABLE -x LD_LIBRARY_PATH)
+summary="$out/summary.txt"
+: >"$summary"
+step() {  # step NAME COMMAND...: run, log to $out/NAME.log, record status
+  local name=$1; shift
+  local t0=$SECONDS
+  "$@" >"$out/$name.log" 2>&1
+  local rc=$?
+  printf '%-28s rc=%-3d %4ds\n' "$name" "$rc" $((SECONDS - t0)) | tee -a "$summary"
+  return $rc
+}
+{
+  echo "# $(date -u) $(hostname) gpus=$ngpu"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  nvcc --version | tail -1
+  mpirun --version | head -1
+} >>"$summary" 2>&1
+
+build=$root/build-gpu
+step configure cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 || { tail -40 "$out/configure.log"; exit 1; }
+step build cmake --build "$build" -j "$(nproc)" || { grep -E 'error' "$out/build.log" | head -40; exit 1; }
+cd "$build"
+step ctest ctest --output-on-failure -j 4 --timeout 600
+step ctest_gpu_verbose ctest -L gpu -V --timeout 600
+cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+step sanitizer_route "$cs" --tool memcheck --error-exitcode 9 ./tests/eplb_gpu_tests
+step sanitizer_nccl_np2 "${mpirun[@]}" -np 2 "$cs" --tool memcheck --error-exitcode 9 ./tests/eplb_gpu_mpi_tests \
+  --gtest_filter='-*TimesOut*'
+step moe_sim_cuda_np2 "${mpirun[@]}" -np 2 ./examples/moe_sim --device cuda --passes 600 --interval 30 --csv "$out/moe_sim_np2.csv"
+[[ $ngpu -ge 4 ]] && step moe_sim_cuda_np4 "${mpirun[@]}" -np 4 ./examples/moe_sim --device cuda --passes 1000 --interval 25 \
+  --tensors w13:1048576,w2:524288,scale:4096 --csv "$out/moe_sim_np4.csv"
+[[ ${1:-} == quick ]] && exit 0
+step bench_route ./bench/bench_route --benchmark_repetitions=3 --benchmark_report_aggregates_only=true \
+  --benchmark_out="$out/bench_route.json"
+for np in 2 4; do
+  [[ $ngpu -ge $np ]] || continue
+  step bench_control_cuda_np$np "${mpirun[@]}" -np $np ./bench/bench_control --device cuda --iters 30
+  step bench_control_cpu_np$np "${mpirun[@]}" -np $np ./bench/bench_control --device cpu --iters 30
+  step bench_migration_v2lite_np$np "${mpirun[@]}" -np $np ./bench/bench_migration --model v2lite --device cuda --iters 6
+done
+[[ $ngpu -ge 4 ]] && step bench_migration_v3_np4 "${mpirun[@]}" -np 4 ./bench/bench_migration --model v3 --layers 20 --device cuda --iters 4
+cat "$summary"
