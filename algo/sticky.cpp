@@ -103,7 +103,9 @@ StickyPolicy::~StickyPolicy() = default;
 // domain's slots held exactly its experts, each at least once) and their largest load per
 // replica is within the tolerance of cstar_'s, else cstar_.
 
-void StickyPolicy::choose_counts(const Domain& d, const int* prev_row) {
+void StickyPolicy::star_counts(const Domain& d) {
+  if (cstar_ready_) return;
+  cstar_ready_ = true;
   const int extra = d.nslots - d.nexperts;
   for (int i = 0; i < d.nexperts; ++i) cstar_[d.experts[i]] = 1;
   if (extra > 0) {
@@ -119,31 +121,44 @@ void StickyPolicy::choose_counts(const Domain& d, const int* prev_row) {
       std::push_heap(keys_.begin(), keys_.end(), cmp);
     }
   }
-  double best = 0;
   for (int i = 0; i < d.nexperts; ++i) {
     const int e = d.experts[i];
     rs_[e] = w_[e] / cstar_[e];
-    best = std::max(best, rs_[e]);
-    cnt_[e] = cstar_[e];
-    r_[e] = rs_[e];
   }
-  if (!prev_row || !opt_.keep_counts) return;
-  for (int i = 0; i < d.nexperts; ++i) have_[d.experts[i]] = 0;
-  for (int s = d.slot0; s < d.slot0 + d.nslots; ++s) {
-    const int e = prev_row[s];
-    if (dom_of_[e] != d.id) return;
-    ++have_[e];
+}
+
+void StickyPolicy::choose_counts(const Domain& d, const int* prev_row) {
+  cstar_ready_ = false;
+  dom_load_ = 0;
+  for (int i = 0; i < d.nexperts; ++i) dom_load_ += w_[d.experts[i]];
+  bool valid = prev_row && opt_.keep_counts;
+  if (valid) {
+    for (int i = 0; i < d.nexperts; ++i) have_[d.experts[i]] = 0;
+    for (int s = d.slot0; s < d.slot0 + d.nslots && valid; ++s) {
+      const int e = prev_row[s];
+      if (dom_of_[e] != d.id) valid = false;
+      else ++have_[e];
+    }
   }
   double old = 0;
-  for (int i = 0; i < d.nexperts; ++i) {
+  for (int i = 0; i < d.nexperts && valid; ++i) {
     const int e = d.experts[i];
-    if (have_[e] == 0) return;
-    old = std::max(old, w_[e] / have_[e]);
+    if (have_[e] == 0) valid = false;
+    else old = std::max(old, w_[e] / have_[e]);
   }
-  if (old > best + opt_.tolerance * mean_gpu_load_) return;
+  // The previous counts are kept when no replica is heavier than the domain's mean GPU load
+  // (then the counts do not bound the balance) or when their heaviest replica is within the
+  // tolerance of the reference rule's (cstar_).
+  bool keep = valid && old <= dom_load_ / d.ngpu;
+  if (!keep) {
+    star_counts(d);
+    double best = 0;
+    for (int i = 0; i < d.nexperts; ++i) best = std::max(best, rs_[d.experts[i]]);
+    keep = valid && old <= best + opt_.tolerance * mean_gpu_load_;
+  }
   for (int i = 0; i < d.nexperts; ++i) {
     const int e = d.experts[i];
-    cnt_[e] = have_[e];
+    cnt_[e] = keep ? have_[e] : cstar_[e];
     r_[e] = w_[e] / cnt_[e];
   }
 }
@@ -163,11 +178,17 @@ void StickyPolicy::fresh_pack(const Domain& d, int* row) {
     const int e = static_cast<int>(keys_[i] & 0xffffffffu);
     for (int c = 0; c < cstar_[e]; ++c) {
       int best = -1, best_dup = -1;
+      double bl = std::numeric_limits<double>::infinity(), bd = bl;
       for (int g = 0; g < d.ngpu; ++g) {
         if (fill_[g] == d.k) continue;
+        const double v = gl_[g];
         if (gstamp_[g] == e) {
-          if (best_dup < 0 || gl_[g] < gl_[best_dup]) best_dup = g;
-        } else if (best < 0 || gl_[g] < gl_[best]) {
+          if (v < bd) {
+            bd = v;
+            best_dup = g;
+          }
+        } else if (v < bl) {
+          bl = v;
           best = g;
         }
       }
@@ -192,6 +213,9 @@ bool StickyPolicy::improve(const Domain& d, int* row, double target, const int* 
   const int k = d.k;
   int* base = row + d.slot0;
   const int* prev = prev_row ? prev_row + d.slot0 : nullptr;
+  // Per-slot replica loads (contiguous: the pair loops below read them, not r[row[s]]).
+  double* sr = sr_.data();
+  for (int s = 0; s < d.nslots; ++s) sr[s] = r[base[s]];
   for (int it = 0;; ++it) {
     int X = 0;
     for (int g = 1; g < d.ngpu; ++g)
@@ -220,15 +244,20 @@ bool StickyPolicy::improve(const Domain& d, int* row, double target, const int* 
       const double LY = gl_[Y];
       const double gap = LX - LY;
       if (gap <= 0) break;  // includes Y == X and everything after it
+      // No swap with Y (or a later, more loaded partner) ends below (LX + LY) / 2: when that
+      // is above the best so far, nothing further can win (a swap reaching the target would
+      // end at most at the target, below best_max when no such swap was found yet).
+      if (0.5 * (LX + LY) > best_max) break;
       const int* ys = base + Y * k;
+      const double* sx = sr + X * k;
+      const double* sy = sr + Y * k;
       for (int a = 0; a < k; ++a) {
-        const int ea = xs[a];
-        const double ra = r[ea];
+        const double ra = sx[a];
         if (ra <= 0) continue;
         for (int b = 0; b < k; ++b) {
-          const int eb = ys[b];
-          const double delta = ra - r[eb];
+          const double delta = ra - sy[b];
           if (delta <= 0 || delta >= gap) continue;
+          const int ea = xs[a], eb = ys[b];
           const double nmax = std::max(LX - delta, LY + delta);
           const bool ok = nmax <= target;
           if (best_ok && !ok) continue;
@@ -260,6 +289,7 @@ bool StickyPolicy::improve(const Domain& d, int* row, double target, const int* 
     }
     if (best_sa < 0) return false;
     std::swap(base[best_sa], base[best_sb]);
+    std::swap(sr[best_sa], sr[best_sb]);
     gl_[X] -= best_delta;
     gl_[best_sb / k] += best_delta;
   }
@@ -273,6 +303,15 @@ bool StickyPolicy::improve(const Domain& d, int* row, double target, const int* 
 
 bool StickyPolicy::repair(const Domain& d, const int* prev_row, int* row, double target,
                           const int* cnt, const double* r, int max_swaps) {
+  place(d, prev_row, row, cnt, r);
+  if (max_swaps < 0) max_swaps = static_cast<int>(opt_.max_swap_fraction * d.nslots);
+  const bool ok = improve(d, row, target, prev_row, max_swaps, r);
+  if (ok) dedup(d, row, target, prev_row, r);
+  return ok;
+}
+
+void StickyPolicy::place(const Domain& d, const int* prev_row, int* row, const int* cnt,
+                         const double* r) {
   const int k = d.k;
   for (int i = 0; i < d.nexperts; ++i) have_[d.experts[i]] = 0;
   for (int s = d.slot0; s < d.slot0 + d.nslots; ++s) {
@@ -344,10 +383,6 @@ bool StickyPolicy::repair(const Domain& d, const int* prev_row, int* row, double
     row[best] = e;
     gl_[(best - d.slot0) / k] += r[e];
   }
-  if (max_swaps < 0) max_swaps = static_cast<int>(opt_.max_swap_fraction * d.nslots);
-  const bool ok = improve(d, row, target, prev_row, max_swaps, r);
-  if (ok) dedup(d, row, target, prev_row, r);
-  return ok;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -355,8 +390,9 @@ bool StickyPolicy::repair(const Domain& d, const int* prev_row, int* row, double
 // copy with a replica of another GPU that holds neither, when the domain's most loaded GPU
 // stays within max(target, its current load): fewest moves first, then the lowest new max.
 
-void StickyPolicy::dedup(const Domain& d, int* row, double target, const int* prev_row,
+bool StickyPolicy::dedup(const Domain& d, int* row, double target, const int* prev_row,
                          const double* r) {
+  bool changed = false;
   const int k = d.k;
   int* base = row + d.slot0;
   const int* prev = prev_row ? prev_row + d.slot0 : nullptr;
@@ -402,10 +438,11 @@ void StickyPolicy::dedup(const Domain& d, int* row, double target, const int* pr
       std::swap(base[X * k + a], base[best_sb]);
       gl_[X] -= best_delta;
       gl_[best_sb / k] += best_delta;
-      again = true;
+      again = changed = true;
     }
   }
   }
+  return changed;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -463,21 +500,55 @@ void StickyPolicy::relabel(const Domain& d, const int* prev_row, const int* fres
 
 void StickyPolicy::plan_domain(const Domain& d, const int* prev_row, int* row) {
   choose_counts(d, prev_row);
+  const double tol = opt_.tolerance * mean_gpu_load_;
   int* fresh = row_fresh_.data();
-  fresh_pack(d, fresh);
-  double m = 0;
-  for (int g = 0; g < d.ngpu; ++g) m = std::max(m, gl_[g]);
-  const double target = m + opt_.tolerance * mean_gpu_load_;
+  double target = 0;
   if (prev_row) {
-    if (repair(d, prev_row, row, target, cnt_.data(), r_.data())) {
+    // Cheap acceptance first: the repaired placement is within the tolerance of the lower
+    // bound max(mean GPU load, heaviest replica), so also of the fresh packing (which is never
+    // below that bound): the fresh packing is not needed.
+    place(d, prev_row, row, cnt_.data(), r_.data());
+    double lb = dom_load_ / d.ngpu;
+    for (int i = 0; i < d.nexperts; ++i) lb = std::max(lb, r_[d.experts[i]]);
+    const double ta = lb + tol;
+    // Swaps toward the lower bound + tolerance until it is reached or no swap lowers the most
+    // loaded GPU (a stuck state is stuck again at the next rebalance of the same loads).
+    // Then second copies are swapped away without raising the maximum; repeat while that
+    // changed something (each pass removes a second copy, so this ends).
+    double mx = 0;
+    for (;;) {
+      if (improve(d, row, ta, prev_row, 4 * d.nslots, r_.data())) {
+        dedup(d, row, ta, prev_row, r_.data());
+        return;
+      }
+      mx = 0;
+      for (int g = 0; g < d.ngpu; ++g) mx = std::max(mx, gl_[g]);
+      if (!dedup(d, row, mx, prev_row, r_.data())) break;
+    }
+    // Stuck above the bound: the fresh packing is the yardstick.
+    std::copy(gl_.begin(), gl_.begin() + d.ngpu, gl_save_.begin());
+    star_counts(d);
+    fresh_pack(d, fresh);
+    double m = 0;
+    for (int g = 0; g < d.ngpu; ++g) m = std::max(m, gl_[g]);
+    target = m + tol;
+    std::copy(gl_save_.begin(), gl_save_.begin() + d.ngpu, gl_.begin());
+    if (mx <= target) {
       return;
     }
     bool same = true;
     for (int i = 0; i < d.nexperts && same; ++i)
       same = cnt_[d.experts[i]] == cstar_[d.experts[i]];
     if (!same && repair(d, prev_row, row, target, cstar_.data(), rs_.data())) {
+      settle(d, row, prev_row, rs_.data());
       return;
     }
+  } else {
+    star_counts(d);
+    fresh_pack(d, fresh);
+    double m = 0;
+    for (int g = 0; g < d.ngpu; ++g) m = std::max(m, gl_[g]);
+    target = m + tol;
   }
   // The fresh packing (refined by swaps), relabelled to keep what it can.
   for (int g = 0; g < d.ngpu; ++g) {
@@ -485,12 +556,43 @@ void StickyPolicy::plan_domain(const Domain& d, const int* prev_row, int* row) {
     for (int t = 0; t < d.k; ++t) s += rs_[fresh[d.slot0 + g * d.k + t]];
     gl_[g] = s;
   }
-  if (opt_.refine_fresh) improve(d, fresh, 0.0, nullptr, 4 * d.nslots, rs_.data());
+  if (opt_.refine_fresh) {
+    // Swaps until stuck or at the lower bound (nothing can be better).
+    double lb = dom_load_ / d.ngpu;
+    for (int i = 0; i < d.nexperts; ++i) lb = std::max(lb, rs_[d.experts[i]]);
+    improve(d, fresh, lb, nullptr, 4 * d.nslots, rs_.data());
+  }
   dedup(d, fresh, target, nullptr, rs_.data());
   if (prev_row)
     relabel(d, prev_row, fresh, row);
   else
     std::copy(fresh + d.slot0, fresh + d.slot0 + d.nslots, row + d.slot0);
+  if (prev_row || opt_.refine_fresh) settle(d, row, prev_row, rs_.data());
+}
+
+// ---------------------------------------------------------------------------------------
+// The end state of every path: swaps toward the lower bound + tolerance, and second copies
+// swapped away, until the bound is reached or neither changes anything. So the next
+// rebalance of the same loads, which starts with the same swaps, finds nothing to do.
+
+void StickyPolicy::settle(const Domain& d, int* row, const int* prev_row, const double* r) {
+  double lb = dom_load_ / d.ngpu;
+  for (int i = 0; i < d.nexperts; ++i) lb = std::max(lb, r[d.experts[i]]);
+  const double ta = lb + opt_.tolerance * mean_gpu_load_;
+  for (int g = 0; g < d.ngpu; ++g) {
+    double sum = 0;
+    for (int t = 0; t < d.k; ++t) sum += r[row[d.slot0 + g * d.k + t]];
+    gl_[g] = sum;
+  }
+  for (;;) {
+    if (improve(d, row, ta, prev_row, 4 * d.nslots, r)) {
+      dedup(d, row, ta, prev_row, r);
+      return;
+    }
+    double mx = 0;
+    for (int g = 0; g < d.ngpu; ++g) mx = std::max(mx, gl_[g]);
+    if (!dedup(d, row, mx, prev_row, r)) return;
+  }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -618,6 +720,8 @@ void StickyPolicy::rebalance_into(LoadView load, const Topology& topo, const Pla
   node_of_group_.resize(static_cast<std::size_t>(G));
   fresh_node_.resize(static_cast<std::size_t>(G));
   row_fresh_.resize(static_cast<std::size_t>(R));
+  sr_.resize(static_cast<std::size_t>(R));
+  gl_save_.resize(static_cast<std::size_t>(P));
   phy2log_.resize(static_cast<std::size_t>(L) * R);
 
   if (opt_.refine_reference) {
