@@ -18,6 +18,9 @@
 #include "eplb/config.hpp"
 #include "runtime/engine.hpp"
 #include "runtime/pattern.hpp"
+#if EPLB_HAVE_HDF5
+#include "runtime/engine_checkpoint.hpp"
+#endif
 
 namespace {
 
@@ -28,7 +31,25 @@ struct Options {
   double skew = 1.2, drift = 0.15, min_gain = 0.0;
   std::string policy, csv, device = "cpu", tensors = "w13:12288,w2:6144,scale:80";
   std::size_t staging_bytes = std::size_t{64} << 20;
+  std::string checkpoint, resume;
+  int checkpoint_every = 1;
 };
+
+#if EPLB_HAVE_HDF5
+using Checkpoints = eplb::runtime::CheckpointSchedule;
+#else
+/// Built without HDF5: --checkpoint / --resume are refused, the rest runs as usual.
+struct Checkpoints {
+  Checkpoints(const std::string& path, int) {
+    if (!path.empty()) throw std::invalid_argument("--checkpoint: eplb was built without HDF5");
+  }
+  void resume(eplb::runtime::Engine&, const std::string&) {
+    throw std::invalid_argument("--resume: eplb was built without HDF5");
+  }
+  bool after_step(const eplb::runtime::Engine&, bool) { return false; }
+  void save(const eplb::runtime::Engine&) {}
+};
+#endif
 
 struct TensorSpec {
   std::string name;
@@ -150,6 +171,13 @@ int run(int argc, char** argv, int rank, int size) {
       ->check(CLI::IsMember({"cpu"}))
       ->capture_default_str();
   app.add_option("--csv", o.csv, "write one row per rebalance to this CSV file (rank 0)");
+  app.add_option("--checkpoint", o.checkpoint,
+                 "HDF5 checkpoint written after every K-th rebalance and at the end");
+  app.add_option("--checkpoint-every", o.checkpoint_every, "K for --checkpoint")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--resume", o.resume,
+                 "continue from this checkpoint (same ranks and settings) for --passes more passes");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -188,6 +216,12 @@ int run(int argc, char** argv, int rank, int size) {
   const auto initial = eplb::algo::Placement::contiguous(t);
   eplb::runtime::fill_slots(weights, initial, rank);
   eplb::runtime::Engine engine(MPI_COMM_WORLD, cfg, std::move(weights), initial);
+  Checkpoints checkpoints(o.checkpoint, o.checkpoint_every);
+  if (!o.resume.empty()) {
+    checkpoints.resume(engine, o.resume);
+    eplb::runtime::fill_slots(engine.weights(), engine.placement(), rank);  // load the weights
+  }
+  const int first_pass = static_cast<int>(engine.pass()) + 1;
 
   std::size_t expert_bytes = 0;
   for (const auto& s : specs) expert_bytes += s.bytes;
@@ -202,19 +236,24 @@ int run(int argc, char** argv, int rank, int size) {
     std::printf("%6s %5s  %-17s %-17s %7s %7s %6s %11s %11s  %7s %7s %7s %7s %8s %8s\n", "pass",
                 "epoch", "balancedness", "max/mean", "changed", "remote", "local", "remote B",
                 "local B", "collect", "policy", "bcast", "plan", "migrate", "total ms");
+    if (!o.resume.empty())
+      std::printf("%6d %5lld  resumed from %s\n", first_pass - 1,
+                  static_cast<long long>(engine.epoch()), o.resume.c_str());
   }
 
   Router router(o, rank);
+  for (int pass = 1; pass < first_pass; ++pass) router.next_pass(pass);  // replay the drift
   std::vector<std::int32_t> ids;
   std::vector<Row> rows;
   long long verify_failures = 0;
-  for (int pass = 1; pass <= o.passes; ++pass) {
+  for (int pass = first_pass; pass < first_pass + o.passes; ++pass) {
     router.next_pass(pass);
     for (int l = 0; l < t.num_layers; ++l) {
       router.route(l, ids);
       engine.window().record(l, ids);
     }
     auto st = engine.step();
+    checkpoints.after_step(engine, st.has_value());
     if (!st) continue;
     // Verify every slot's bytes on every rank; agree on the outcome.
     const auto bad = eplb::runtime::verify_slots(engine.weights(), engine.placement(), rank);
@@ -247,6 +286,7 @@ int run(int argc, char** argv, int rank, int size) {
     }
   }
 
+  checkpoints.save(engine);
   if (rank == 0) {
     long long done = 0, skipped = 0;
     double remote = 0, local = 0, bb = 0, ba = 0, tmig = 0, ttot = 0, tctl = 0;

@@ -1,0 +1,61 @@
+# moe_sim: 2N passes in one run must end like N passes + checkpoint + resume + N passes
+# (same placement, window, epoch and pass in the final checkpoint; same rebalance rows apart
+# from the timings). Run by CTest:
+#   cmake -DMPIEXEC="mpiexec;-n;2;..." -DSIM=moe_sim -DH5DUMP=h5dump -DDIR=work -DN=100
+#         "-DARGS=--layers;4;..." -P moe_sim_resume_check.cmake
+file(REMOVE_RECURSE ${DIR})
+file(MAKE_DIRECTORY ${DIR})
+math(EXPR N2 "2 * ${N}")
+
+function(sim)
+  execute_process(COMMAND ${MPIEXEC} ${SIM} ${ARGS} ${ARGN} WORKING_DIRECTORY ${DIR}
+                  RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "moe_sim ${ARGN} failed (${rc}):\n${out}\n${err}")
+  endif()
+endfunction()
+
+sim(--passes ${N2} --checkpoint full.h5 --csv full.csv)
+sim(--passes ${N} --checkpoint half.h5 --checkpoint-every 2)
+sim(--passes ${N} --resume half.h5 --checkpoint half.h5 --csv resumed.csv)
+
+# The final state: everything h5dump shows of phy2log, window (with cursor), epoch and pass.
+foreach(f full half)
+  execute_process(COMMAND ${H5DUMP} -d /phy2log -d /window -a /epoch -a /pass ${f}.h5
+                  WORKING_DIRECTORY ${DIR} RESULT_VARIABLE rc OUTPUT_VARIABLE dump_${f})
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "h5dump ${f}.h5 failed")
+  endif()
+  string(REGEX REPLACE "^HDF5 \"[^\"]*\"" "" dump_${f} "${dump_${f}}")
+endforeach()
+if(NOT dump_full STREQUAL dump_half)
+  message(FATAL_ERROR "final checkpoints differ:\n--- 2N passes:\n${dump_full}\n--- resumed:\n${dump_half}")
+endif()
+
+# The rebalances after the checkpoint: the resumed run's rows are the full run's last rows.
+function(rows file out)
+  file(STRINGS ${DIR}/${file} lines)
+  list(REMOVE_AT lines 0)
+  set(r "")
+  foreach(l IN LISTS lines)
+    string(REPLACE "," ";" cells "${l}")
+    list(SUBLIST cells 0 12 keep)  # pass .. local bytes; the rest are timings
+    list(JOIN keep "," k)
+    list(APPEND r "${k}")
+  endforeach()
+  set(${out} "${r}" PARENT_SCOPE)
+endfunction()
+rows(full.csv full_rows)
+rows(resumed.csv resumed_rows)
+list(LENGTH resumed_rows n)
+list(LENGTH full_rows nf)
+if(n EQUAL 0)
+  message(FATAL_ERROR "the resumed run did not rebalance: choose N larger than the interval")
+endif()
+math(EXPR first "${nf} - ${n}")
+list(SUBLIST full_rows ${first} ${n} tail)
+if(NOT tail STREQUAL resumed_rows)
+  message(FATAL_ERROR "rebalance rows differ:\n--- 2N passes:\n${tail}\n--- resumed:\n${resumed_rows}")
+endif()
+message(STATUS "resume matches: ${n} rebalances after the checkpoint, same final state")
+file(REMOVE_RECURSE ${DIR})
