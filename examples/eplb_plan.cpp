@@ -1,9 +1,11 @@
-// eplb-plan: offline planner. Reads a load matrix, runs a policy, writes phy2log.
+// eplb-plan: offline planner. Reads a load matrix (CSV, or the window of an HDF5 checkpoint),
+// runs a policy, writes phy2log (CSV, or an HDF5 checkpoint holding the placement).
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <iostream>
 #include <vector>
@@ -11,10 +13,63 @@
 #include "algo/io.hpp"
 #include "algo/policy.hpp"
 #include "eplb/config.hpp"
+#if EPLB_PLAN_CHECKPOINTS
+#include "runtime/checkpoint.hpp"
+#endif
 
 namespace {
 
 constexpr int kExitBadInput = 2;
+
+bool has_hdf5_extension(const std::string& path) {
+  for (const char* ext : {".h5", ".hdf5"}) {
+    const std::size_t n = std::strlen(ext);
+    if (path.size() > n && path.compare(path.size() - n, n, ext) == 0) return true;
+  }
+  return false;
+}
+
+/// An HDF5 file by name (.h5 / .hdf5) or by its 8-byte signature at offset 0.
+bool is_hdf5_path(const std::string& path) {
+  if (has_hdf5_extension(path)) return true;
+  std::ifstream f(path, std::ios::binary);
+  char sig[8] = {};
+  return f.read(sig, sizeof sig) && std::memcmp(sig, "\x89HDF\r\n\x1a\n", 8) == 0;
+}
+
+#if EPLB_PLAN_CHECKPOINTS
+/// The checkpoint's load window summed over its W passes.
+eplb::algo::LoadMatrix read_checkpoint_load(const std::string& path) {
+  const auto c = eplb::runtime::read_checkpoint(path);
+  const auto& t = c.config.topology;
+  if (c.config.window_passes == 0)
+    throw std::invalid_argument("checkpoint '" + path + "' holds no load window (W = 0)");
+  eplb::algo::LoadMatrix m{t.num_layers, t.num_logical, {}};
+  m.values.assign(static_cast<std::size_t>(t.num_layers) * t.num_logical, 0.0);
+  for (std::size_t i = 0; i < c.window.size(); ++i)
+    m.values[i % m.values.size()] += static_cast<double>(c.window[i]);
+  return m;
+}
+
+/// The placement as a checkpoint: writer eplb-plan, no window (W = 0), no history.
+void write_checkpoint_placement(const std::string& path, const eplb::algo::Topology& topo,
+                                std::string_view policy, const eplb::algo::Placement& p) {
+  eplb::runtime::Checkpoint c;
+  c.writer = eplb::runtime::kWriterPlan;
+  c.config.topology = topo;
+  c.config.policy = std::string(policy);
+  c.phy2log.assign(p.phy2log().begin(), p.phy2log().end());
+  eplb::runtime::write_checkpoint(path, c);
+}
+#else
+eplb::algo::LoadMatrix read_checkpoint_load(const std::string& path) {
+  throw std::invalid_argument("'" + path + "' is HDF5, but eplb-plan was built without HDF5");
+}
+void write_checkpoint_placement(const std::string& path, const eplb::algo::Topology&,
+                                std::string_view, const eplb::algo::Placement&) {
+  throw std::invalid_argument("'" + path + "' asks for HDF5, but eplb-plan was built without HDF5");
+}
+#endif
 
 void print_summary(const eplb::algo::Topology& topo, std::string_view policy,
                    const eplb::algo::BalanceReport& before, const eplb::algo::BalanceReport& after,
@@ -39,7 +94,8 @@ int main(int argc, char** argv) {
   eplb::algo::Topology topo;
   int repeat = 1;
   app.add_option("--load", load_path,
-                 "load matrix: one line per layer, E numbers (commas and/or spaces), # comments")
+                 "load matrix: one line per layer, E numbers (commas and/or spaces), # comments; "
+                 "or an HDF5 checkpoint (its window summed over passes)")
       ->required();
   app.add_option("--num-slots", topo.num_slots, "R: physical expert slots per layer")->required();
   app.add_option("--num-gpus", topo.num_ranks, "P: GPUs (ranks)")->required();
@@ -48,7 +104,8 @@ int main(int argc, char** argv) {
   app.add_option("--policy", policy_name, "placement policy")
       ->check(CLI::IsMember(eplb::algo::policy_names()))
       ->capture_default_str();
-  app.add_option("--out", out_path, "write phy2log CSV here instead of stdout");
+  app.add_option("--out", out_path,
+                 "write phy2log here instead of stdout: CSV, or an HDF5 checkpoint if it ends in .h5");
   app.add_option("--repeat", repeat, "run the policy N times; report the median time")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
@@ -60,7 +117,8 @@ int main(int argc, char** argv) {
   }
 
   try {
-    const auto load = eplb::algo::read_load_csv_file(load_path);
+    const auto load = is_hdf5_path(load_path) ? read_checkpoint_load(load_path)
+                                              : eplb::algo::read_load_csv_file(load_path);
     topo.num_layers = load.num_layers;
     topo.num_logical = load.num_logical;
     topo.validate();
@@ -79,6 +137,8 @@ int main(int argc, char** argv) {
 
     if (out_path.empty()) {
       eplb::algo::write_placement_csv(std::cout, placement);
+    } else if (has_hdf5_extension(out_path)) {
+      write_checkpoint_placement(out_path, topo, policy->name(), placement);
     } else {
       std::ofstream f(out_path);
       if (!f) throw std::runtime_error("cannot write '" + out_path + "'");

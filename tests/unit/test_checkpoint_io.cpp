@@ -204,3 +204,22 @@ TEST(CheckpointMismatch, NamesEveryDifferingField) {
 }
 
 }  // namespace
+
+// A file written by moe_sim with format version 1 (tests/data/checkpoint_v1.h5: 2 ranks,
+// --layers 2 --experts 16 --groups 4 --passes 60 --interval 20 --window 10). Later formats
+// must keep reading it.
+TEST(CheckpointFormat, ReadsStoredVersion1File) {
+  const auto c = read_checkpoint(std::string(EPLB_TEST_DATA_DIR) + "/checkpoint_v1.h5");
+  EXPECT_EQ(c.format_version, 1);
+  EXPECT_EQ(c.writer, "engine");
+  EXPECT_EQ(c.config.topology, (eplb::algo::Topology{2, 16, 20, 2, 1, 4}));
+  EXPECT_EQ(c.config.policy, "deepseek");
+  EXPECT_EQ(c.config.window_passes, 10);
+  EXPECT_EQ(c.epoch, 3);
+  EXPECT_EQ(c.pass, 60);
+  EXPECT_EQ(c.window.size(), 10u * 2 * 16);
+  EXPECT_EQ(c.phy2log.size(), 2u * 20);
+  ASSERT_EQ(c.stats.size(), 3u);
+  EXPECT_EQ(c.stats[2].pass, 60);
+  EXPECT_EQ(c.stats[2].epoch, 3);
+}
