@@ -8,8 +8,9 @@ namespace {
 
 /// Per-call scratch of the planner (one allocation set per plan, reused across layers).
 struct Scratch {
-  std::vector<int> unit_of_expert;       // [E] -> unit index on the current rank, -1 if none
-  std::vector<int> pair_unit, pair_slot;  // (unit, slot) pairs of one rank
+  std::vector<int> unit_of_expert;  // [E] -> unit index on the current rank, -1 if none
+  std::vector<MoveUnit> units;       // the layer's units before ordering by round
+  std::vector<int> dst;
   std::vector<int> sends;                 // [P] units sent by each rank in this layer
   std::vector<int> reader_begin, reader_list;  // CSR: slot -> units reading its old content
   std::vector<int> adj_begin, adj_list;        // CSR: unit -> units that must not run earlier
@@ -32,15 +33,16 @@ struct Builder {
              std::vector<long long>& rank_recvs, int& max_staged) {
     const auto o = from.phy2log(l);
     const auto n = to.phy2log(l);
-    std::vector<MoveUnit> units;
-    std::vector<int> dst;
+    std::vector<MoveUnit>& units = s.units;
+    std::vector<int>& dst = s.dst;
+    units.clear();
+    dst.clear();
     lp.slots_changed = 0;
 
-    // 1. Units: one per (destination rank, expert), destinations ascending.
+    // 1. Units: one per (destination rank, expert), destinations ascending. Two passes per
+    // rank (count, then place) keep it linear in the rank's slots.
     s.unit_of_expert.assign(static_cast<std::size_t>(E), -1);
     for (int r = 0; r < P; ++r) {
-      s.pair_unit.clear();
-      s.pair_slot.clear();
       const int first_unit = static_cast<int>(units.size());
       for (int j = r * k; j < (r + 1) * k; ++j) {
         if (o[j] == n[j]) continue;
@@ -53,16 +55,22 @@ struct Builder {
           u.dst_rank = r;
           units.push_back(u);
         }
-        s.pair_unit.push_back(s.unit_of_expert[e]);
-        s.pair_slot.push_back(j);
+        ++units[s.unit_of_expert[e]].num_dst;
       }
+      int off = static_cast<int>(dst.size());
       for (int u = first_unit; u < static_cast<int>(units.size()); ++u) {
-        units[u].first_dst = static_cast<int>(dst.size());
-        for (std::size_t i = 0; i < s.pair_unit.size(); ++i)
-          if (s.pair_unit[i] == u) dst.push_back(s.pair_slot[i]);
-        units[u].num_dst = static_cast<int>(dst.size()) - units[u].first_dst;
-        s.unit_of_expert[units[u].expert] = -1;
+        units[u].first_dst = off;
+        off += units[u].num_dst;
+        units[u].num_dst = 0;
       }
+      dst.resize(static_cast<std::size_t>(off));
+      for (int j = r * k; j < (r + 1) * k; ++j) {
+        if (o[j] == n[j]) continue;
+        auto& u = units[s.unit_of_expert[n[j]]];
+        dst[u.first_dst + u.num_dst++] = j;
+      }
+      for (int u = first_unit; u < static_cast<int>(units.size()); ++u)
+        s.unit_of_expert[units[u].expert] = -1;
     }
 
     // 2. Sources.

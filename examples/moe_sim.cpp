@@ -18,11 +18,15 @@
 #include "eplb/config.hpp"
 #include "runtime/engine.hpp"
 #include "runtime/pattern.hpp"
+#include "sim_backend.hpp"
 #if EPLB_HAVE_HDF5
 #include "runtime/engine_checkpoint.hpp"
 #endif
 
 namespace {
+
+/// Exit code when the requested device does not exist (CTest's SKIP_RETURN_CODE).
+constexpr int kExitSkipped = 77;
 
 struct Options {
   int layers = 12, experts = 64, slots = 0, nodes = 1, groups = 8, topk = 6, tokens = 256;
@@ -32,6 +36,7 @@ struct Options {
   std::string policy, csv, device = "cpu", tensors = "w13:12288,w2:6144,scale:80";
   std::size_t staging_bytes = std::size_t{64} << 20;
   std::string checkpoint, resume;
+  int max_experts_per_batch = 0;
   int checkpoint_every = 1;
 };
 
@@ -51,10 +56,7 @@ struct Checkpoints {
 };
 #endif
 
-struct TensorSpec {
-  std::string name;
-  std::size_t bytes;
-};
+using eplb::sim::TensorSpec;
 
 std::vector<TensorSpec> parse_tensors(const std::string& text) {
   std::vector<TensorSpec> out;
@@ -167,8 +169,13 @@ int run(int argc, char** argv, int rank, int size) {
   app.add_option("--staging-bytes", o.staging_bytes, "migration staging budget per rank")
       ->capture_default_str();
   app.add_option("--tensors", o.tensors, "tensors per expert, NAME:BYTES,...")->capture_default_str();
-  app.add_option("--device", o.device, "where weights live: cpu (MPI transport)")
-      ->check(CLI::IsMember({"cpu"}))
+  app.add_option("--device", o.device,
+                 "where weights live: cpu (host memory, MPI transport) or cuda (one GPU per rank, "
+                 "routing kernel, NCCL transport)")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
+  app.add_option("--max-experts-per-batch", o.max_experts_per_batch,
+                 "experts per NCCL group / MPI batch during migration (0: a whole round)")
       ->capture_default_str();
   app.add_option("--csv", o.csv, "write one row per rebalance to this CSV file (rank 0)");
   app.add_option("--checkpoint", o.checkpoint,
@@ -200,26 +207,27 @@ int run(int argc, char** argv, int rank, int size) {
   cfg.first_rebalance = o.interval;
   cfg.min_gain = o.min_gain;
   cfg.staging_bytes = o.staging_bytes;
+  cfg.max_experts_per_batch = o.max_experts_per_batch;
   t.validate();
   if (o.topk < 1 || o.topk > o.experts || o.tokens < 1 || o.passes < 0)
     throw std::invalid_argument("need 1 <= topk <= experts, tokens >= 1, passes >= 0");
 
-  // Host weights: one buffer per (layer, tensor) holding this rank's k slots.
-  const int k = t.slots_per_rank();
-  std::vector<std::vector<std::byte>> storage;
-  eplb::runtime::WeightRegistry weights(t.num_layers, k);
-  for (int l = 0; l < t.num_layers; ++l)
-    for (const auto& s : specs) {
-      storage.emplace_back(s.bytes * k);
-      weights.add(l, s.name, storage.back().data(), s.bytes);
-    }
+  if (o.device == "cuda" && eplb::sim::cuda_devices() < 1) {
+    if (rank == 0) std::fprintf(stderr, "moe_sim: SKIPPED: --device cuda but no CUDA device is visible\n");
+    return kExitSkipped;
+  }
+  // Weights: one buffer per (layer, tensor) holding this rank's k slots, on the host or GPU.
+  auto backend = o.device == "cuda" ? eplb::sim::make_cuda_backend(t, specs, o.window, rank)
+                                    : eplb::sim::make_host_backend(t, specs);
   const auto initial = eplb::algo::Placement::contiguous(t);
-  eplb::runtime::fill_slots(weights, initial, rank);
-  eplb::runtime::Engine engine(MPI_COMM_WORLD, cfg, std::move(weights), initial);
+  backend->fill(initial, rank);
+  eplb::runtime::Engine engine(MPI_COMM_WORLD, cfg, backend->registry(), initial, backend->transport());
+  backend->attach(engine);
   Checkpoints checkpoints(o.checkpoint, o.checkpoint_every);
   if (!o.resume.empty()) {
     checkpoints.resume(engine, o.resume);
-    eplb::runtime::fill_slots(engine.weights(), engine.placement(), rank);  // load the weights
+    backend->fill(engine.placement(), rank);  // load the weights of the restored placement
+    backend->attach(engine);
   }
   const int first_pass = static_cast<int>(engine.pass()) + 1;
 
@@ -230,9 +238,10 @@ int run(int argc, char** argv, int rank, int size) {
     std::printf("moe_sim (eplb %s): %d ranks, %s (%s), policy %s, top-%d, %d tokens/rank/pass\n",
                 EPLB_VERSION, size, t.describe().c_str(), t.hierarchical() ? "hierarchical" : "global",
                 cfg.policy_name().c_str(), o.topk, o.tokens);
-    std::printf("  %zu tensors per expert (%s per expert), %d passes, rebalance every %d, window %d\n\n",
+    std::printf("  %zu tensors per expert (%s per expert), %d passes, rebalance every %d, window %d\n"
+                "  weights: %s\n\n",
                 specs.size(), human(static_cast<double>(expert_bytes), b, sizeof b), o.passes,
-                o.interval, o.window);
+                o.interval, o.window, backend->name());
     std::printf("%6s %5s  %-17s %-17s %7s %7s %6s %11s %11s  %7s %7s %7s %7s %8s %8s\n", "pass",
                 "epoch", "balancedness", "max/mean", "changed", "remote", "local", "remote B",
                 "local B", "collect", "policy", "bcast", "plan", "migrate", "total ms");
@@ -250,13 +259,13 @@ int run(int argc, char** argv, int rank, int size) {
     router.next_pass(pass);
     for (int l = 0; l < t.num_layers; ++l) {
       router.route(l, ids);
-      engine.window().record(l, ids);
+      backend->record(engine, l, ids);
     }
     auto st = engine.step();
     checkpoints.after_step(engine, st.has_value());
     if (!st) continue;
     // Verify every slot's bytes on every rank; agree on the outcome.
-    const auto bad = eplb::runtime::verify_slots(engine.weights(), engine.placement(), rank);
+    const auto bad = backend->verify(engine.placement(), rank);
     for (std::size_t i = 0; i < bad.size() && i < 5; ++i)
       std::fprintf(stderr, "[rank %d] verification failed at pass %d: %s\n", rank, pass, bad[i].c_str());
     long long nbad = static_cast<long long>(bad.size()), total_bad = 0;

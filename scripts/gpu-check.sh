@@ -4,8 +4,11 @@
 # Logs go to $OUT when set (else ./gpu-logs). Usage: scripts/gpu-check.sh [quick]
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-out=${OUT:-$root/gpu-logs}
-mkdir -p "$out"
+final=${OUT:-$root/gpu-logs}
+out=$root/gpu-logs-work
+rm -rf "$out" && mkdir -p "$out" "$final"
+# $OUT takes few files: everything is packed into logs.tgz (plus summary.txt) at exit.
+trap 'cp "$out/summary.txt" "$final/" 2>/dev/null; cp "$out"/*.csv "$out"/*.json "$final/" 2>/dev/null; tar czf "$final/logs.tgz" -C "$out" . 2>/dev/null' EXIT
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 ngpu=$(nvidia-smi -L 2>/dev/null | wc -l)
