@@ -69,7 +69,7 @@ int run(int argc, char** argv) {
   std::string model = "v2lite", device = "cpu", policy_name = "deepseek", json;
   int layers = 0, experts = 0, slots = 0, iters = 5, batch = 0;
   double noise = 0.2;
-  std::size_t peak_bytes = std::size_t{256} << 20, staging_bytes = 0;
+  std::size_t peak_bytes = std::size_t{256} << 20, staging_bytes = 0, window_bytes = 0;
   std::vector<std::size_t> tensors;
   CLI::App app{"bench_migration: time a realistic rebalance's weight movement"};
   app.add_option("--model", model, "v2lite (26 layers, 64 experts, 3 x 5.77 MB) or v3 (256 experts, 3 x 14.7 MB)")
@@ -85,6 +85,8 @@ int run(int argc, char** argv) {
   app.add_option("--peak-bytes", peak_bytes, "bytes per peer in the pairwise peak measurement");
   app.add_option("--staging-bytes", staging_bytes, "staging budget per rank (0: unlimited, one round per layer)");
   app.add_option("--max-experts-per-batch", batch, "experts per NCCL group (0: whole round)");
+  app.add_option("--window-bytes", window_bytes,
+                 "staging for several consecutive layers moved in one batch (0: layer by layer)");
   app.add_option("--json", json, "write results as JSON (rank 0)");
   try {
     app.parse(argc, argv);
@@ -141,8 +143,9 @@ int run(int argc, char** argv) {
       mem.buffers.push_back(transport->allocate(tensors[i] * k));
       reg.add(l, "t" + std::to_string(i), mem.buffers.back().get(), tensors[i]);
     }
-  const std::size_t stage = std::max(eplb::runtime::staging_bytes_needed(AB, reg),
-                                     eplb::runtime::staging_bytes_needed(BA, reg));
+  const eplb::runtime::ExecOptions exec{batch, window_bytes ? 0 : 1, window_bytes};
+  const std::size_t stage = std::max(eplb::runtime::staging_bytes_needed(AB, reg, exec),
+                                     eplb::runtime::staging_bytes_needed(BA, reg, exec));
   mem.staging = transport->allocate(stage);
 
   const double peak = pairwise_peak(*transport, rank, P, peak_bytes, 5);
@@ -153,7 +156,7 @@ int run(int argc, char** argv) {
     MPI_Barrier(MPI_COMM_WORLD);
     const auto t0 = Clock::now();
     const auto c = eplb::runtime::execute_migration(plan, reg, *transport, rank, mem.staging.get(), {},
-                                                    eplb::runtime::ExecOptions{batch});
+                                                    exec);
     const double s = eplb::bench::max_over_ranks(std::chrono::duration<double>(Clock::now() - t0).count());
     if (it == 0) continue;  // warm-up
     times.push_back(s);
@@ -167,9 +170,9 @@ int run(int argc, char** argv) {
     char cfg[512];
     std::snprintf(cfg, sizeof cfg,
                   "model=%s %s device=%s transport=%s policy=%s noise=%.2f expert_bytes=%zu tensors=%zu "
-                  "staging=%zu B batch=%d NCCL_NVLS_ENABLE=%s",
+                  "staging=%zu B batch=%d window_bytes=%zu NCCL_NVLS_ENABLE=%s",
                   model.c_str(), t.describe().c_str(), device.c_str(), std::string(transport->name()).c_str(),
-                  policy_name.c_str(), noise, expert_bytes, tensors.size(), stage, batch,
+                  policy_name.c_str(), noise, expert_bytes, tensors.size(), stage, batch, window_bytes,
                   std::getenv("NCCL_NVLS_ENABLE") ? std::getenv("NCCL_NVLS_ENABLE") : "unset");
     eplb::bench::print_header("bench_migration", cfg);
     std::printf("# plan A->B: %lld slots changed, %lld remote transfers, %lld local copies, %d max rounds/layer\n",

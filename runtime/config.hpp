@@ -27,6 +27,9 @@ struct RuntimeConfig {
   std::size_t staging_bytes = std::size_t{256} << 20;
   /// Most experts moved in one NCCL group / MPI batch (0 = a whole round). See ExecOptions.
   int max_experts_per_batch = 0;
+  /// Consecutive layers migrated in one batch while their staging fits staging_bytes
+  /// (1 = layer by layer, 0 = no limit but the budget). See ExecOptions.
+  int max_layers_per_window = 0;
 
   /// Throws std::invalid_argument naming the first bad field.
   void validate() const;

@@ -64,6 +64,7 @@ Engine::Engine(MPI_Comm comm, RuntimeConfig config, WeightRegistry weights,
               {"min_gain (bits)", min_gain_bits},
               {"staging_bytes", config_.staging_bytes},
               {"max_experts_per_batch", static_cast<std::uint64_t>(config_.max_experts_per_batch)},
+              {"max_layers_per_window", static_cast<std::uint64_t>(config_.max_layers_per_window)},
               {"weight layout (hash)", weights_.layout_hash()},
               {"initial placement (hash)",
                comm::fnv1a(initial.phy2log().data(), initial.phy2log().size_bytes())}});
@@ -188,7 +189,9 @@ RebalanceStats Engine::rebalance() {
   st.imbalance_after = after.imbalance_mean();
   const auto plan = algo::plan_migration(placement_, msg.placement, topo, migration_options_);
   st.plan = plan.stats();
-  const std::size_t need = staging_bytes_needed(plan, weights_);
+  const ExecOptions exec{config_.max_experts_per_batch, config_.max_layers_per_window,
+                         config_.staging_bytes};
+  const std::size_t need = staging_bytes_needed(plan, weights_, exec);
   if (need > staging_size_) {
     staging_ = transport_->allocate(need);
     staging_size_ = need;
@@ -202,7 +205,7 @@ RebalanceStats Engine::rebalance() {
                                [this](int layer) {
                                  if (listener_) listener_->commit_layer(layer);
                                },
-                               ExecOptions{config_.max_experts_per_batch});
+                               exec);
   st.t_migrate_ms = ms_since(t);
   placement_ = std::move(msg.placement);
   epoch_ = msg.epoch;

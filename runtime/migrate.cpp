@@ -22,29 +22,56 @@ struct StagingLayout {
   }
 };
 
-int max_staged_on_one_rank(const algo::LayerPlan& lp, const algo::Round& round, int k, int P) {
-  std::vector<int> per(static_cast<std::size_t>(P), 0);
+/// Staging bytes one layer needs on the busiest rank in its busiest round.
+std::size_t layer_need(const algo::LayerPlan& lp, const StagingLayout& layout, int k, int P) {
+  std::vector<int> per(static_cast<std::size_t>(P));
   int most = 0;
-  for (int i = round.first_unit; i < round.first_unit + round.num_units; ++i) {
-    const auto& u = lp.units[i];
-    for (int q = 0; q < u.num_dst; ++q)
-      if (lp.staged[lp.dst_begin(u)[q]]) most = std::max(most, ++per[lp.dst_begin(u)[q] / k]);
+  for (const auto& round : lp.rounds) {
+    std::fill(per.begin(), per.end(), 0);
+    for (int i = round.first_unit; i < round.first_unit + round.num_units; ++i) {
+      const auto& u = lp.units[i];
+      for (int q = 0; q < u.num_dst; ++q)
+        if (lp.staged[lp.dst_begin(u)[q]]) most = std::max(most, ++per[lp.dst_begin(u)[q] / k]);
+    }
   }
-  return most;
+  return layout.stride * static_cast<std::size_t>(most);
+}
+
+/// Consecutive layers migrated together: [first, last) and each layer's staging offset.
+struct Window {
+  int first, last;
+  std::vector<std::size_t> offset;  // per layer of the window
+  std::size_t bytes = 0;
+};
+
+/// Greedy windows: a layer joins the current window while the window's staging stays within
+/// the budget (a window always takes at least one layer). Depends only on the plan, the
+/// weight layout and the options, so every rank forms the same windows.
+std::vector<Window> make_windows(const algo::MigrationPlan& plan, const WeightRegistry& weights,
+                                 const ExecOptions& options) {
+  const auto& t = plan.topology();
+  std::vector<Window> out;
+  for (int l = 0; l < plan.num_layers(); ++l) {
+    const std::size_t need =
+        layer_need(plan.layer(l), StagingLayout(weights.tensors(l)), t.slots_per_rank(), t.num_ranks);
+    const bool join = !out.empty() && options.max_layers_per_window != 1 &&
+                      (options.max_layers_per_window == 0 ||
+                       out.back().last - out.back().first < options.max_layers_per_window) &&
+                      out.back().bytes + need <= options.staging_budget;
+    if (!join) out.push_back(Window{l, l, {}, 0});
+    out.back().offset.push_back(out.back().bytes);
+    out.back().bytes += need;
+    out.back().last = l + 1;
+  }
+  return out;
 }
 
 }  // namespace
 
-std::size_t staging_bytes_needed(const algo::MigrationPlan& plan, const WeightRegistry& weights) {
-  const auto& t = plan.topology();
+std::size_t staging_bytes_needed(const algo::MigrationPlan& plan, const WeightRegistry& weights,
+                                 const ExecOptions& options) {
   std::size_t need = 0;
-  for (int l = 0; l < plan.num_layers(); ++l) {
-    const auto& lp = plan.layer(l);
-    const StagingLayout layout(weights.tensors(l));
-    for (const auto& r : lp.rounds)
-      need = std::max(need, layout.stride * static_cast<std::size_t>(max_staged_on_one_rank(
-                                                lp, r, t.slots_per_rank(), t.num_ranks)));
-  }
+  for (const auto& w : make_windows(plan, weights, options)) need = std::max(need, w.bytes);
   return need;
 }
 
@@ -53,7 +80,7 @@ MigrationCounters execute_migration(const algo::MigrationPlan& plan, const Weigh
                                     const std::function<void(int)>& layer_done,
                                     const ExecOptions& options) {
   const auto& topo = plan.topology();
-  const int k = topo.slots_per_rank();
+  const int k = topo.slots_per_rank(), R = topo.num_slots;
   if (weights.num_layers() != topo.num_layers || weights.slots_per_rank() != k)
     throw std::invalid_argument("execute_migration: weight registry shape (" +
                                 std::to_string(weights.num_layers()) + " layers, " +
@@ -61,84 +88,117 @@ MigrationCounters execute_migration(const algo::MigrationPlan& plan, const Weigh
                                 " slots per rank) does not match the plan's topology " +
                                 topo.describe());
   MigrationCounters c;
-  c.staging_bytes = staging_bytes_needed(plan, weights);
+  const auto windows = make_windows(plan, weights, options);
+  for (const auto& w : windows) c.staging_bytes = std::max(c.staging_bytes, w.bytes);
   if (c.staging_bytes > 0 && !staging)
     throw std::invalid_argument("execute_migration: the plan needs staging but none was given");
-  std::vector<int> stage_idx(static_cast<std::size_t>(topo.num_slots), -1);
 
+  std::vector<StagingLayout> layouts;
   for (int l = 0; l < topo.num_layers; ++l) {
-    const auto& lp = plan.layer(l);
-    const auto tensors = weights.tensors(l);
-    const StagingLayout layout(tensors);
+    layouts.emplace_back(weights.tensors(l));
     const std::size_t expert_bytes = weights.bytes_per_expert(l);
-    auto slot_ptr = [&](int slot, std::size_t t) { return tensors[t].slot(slot - me * k); };
-    auto loc = [&](int slot, std::size_t t) {
-      return lp.staged[slot] ? staging + static_cast<std::size_t>(stage_idx[slot]) * layout.stride +
-                                   layout.offset[t]
-                             : slot_ptr(slot, t);
-    };
-    for (const auto& u : lp.units) {
+    for (const auto& u : plan.layer(l).units) {
       if (u.remote()) c.total_remote_bytes += expert_bytes;
       else c.total_local_bytes += expert_bytes;
       c.total_local_bytes += expert_bytes * static_cast<std::size_t>(u.num_dst - 1);
     }
+  }
+  // Staging position of a staged slot of this rank: (layer, slot) -> index within the
+  // layer's staging region in the current round.
+  std::vector<int> stage_idx(static_cast<std::size_t>(topo.num_layers) * R, -1);
+  struct Item {
+    int layer;
+    const algo::MoveUnit* unit;
+  };
+  std::vector<Item> items;
 
-    for (const auto& round : lp.rounds) {
-      const auto* begin = lp.units.data() + round.first_unit;
-      const auto* end = begin + round.num_units;
-      int next_stage = 0;
-      for (auto* u = begin; u != end; ++u)
-        if (u->dst_rank == me)
-          for (int q = 0; q < u->num_dst; ++q)
-            if (lp.staged[lp.dst_begin(*u)[q]]) stage_idx[lp.dst_begin(*u)[q]] = next_stage++;
+  for (const auto& win : windows) {
+    auto slot_ptr = [&](int l, int slot, std::size_t t) {
+      return weights.tensors(l)[t].slot(slot - me * k);
+    };
+    auto loc = [&](int l, int slot, std::size_t t) {
+      if (!plan.layer(l).staged[slot]) return slot_ptr(l, slot, t);
+      return staging + win.offset[l - win.first] +
+             static_cast<std::size_t>(stage_idx[static_cast<std::size_t>(l) * R + slot]) *
+                 layouts[l].stride +
+             layouts[l].offset[t];
+    };
+    auto move_bytes = [&](int l, std::size_t t) { return weights.tensors(l)[t].bytes_per_slot; };
+    std::size_t max_rounds = 0;
+    for (int l = win.first; l < win.last; ++l)
+      max_rounds = std::max(max_rounds, plan.layer(l).rounds.size());
 
-      const long long per_batch =
-          options.max_units_per_batch > 0 ? options.max_units_per_batch : round.num_units;
-      for (auto* b0 = begin; b0 < end; b0 += per_batch) {
-        const auto* b1 = std::min(end, b0 + per_batch);
+    for (std::size_t r = 0; r < max_rounds; ++r) {
+      // Round r of every layer of the window runs together.
+      items.clear();
+      for (int l = win.first; l < win.last; ++l) {
+        const auto& lp = plan.layer(l);
+        if (r >= lp.rounds.size()) continue;
+        int next = 0;
+        for (int i = lp.rounds[r].first_unit; i < lp.rounds[r].first_unit + lp.rounds[r].num_units; ++i) {
+          const auto& u = lp.units[i];
+          items.push_back({l, &u});
+          if (u.dst_rank != me) continue;
+          for (int q = 0; q < u.num_dst; ++q)
+            if (lp.staged[lp.dst_begin(u)[q]])
+              stage_idx[static_cast<std::size_t>(l) * R + lp.dst_begin(u)[q]] = next++;
+        }
+      }
+      const std::size_t per_batch =
+          options.max_units_per_batch > 0 ? static_cast<std::size_t>(options.max_units_per_batch)
+                                          : std::max<std::size_t>(items.size(), 1);
+      for (std::size_t b0 = 0; b0 < items.size(); b0 += per_batch) {
+        const std::size_t b1 = std::min(items.size(), b0 + per_batch);
         transport.begin_batch();
-        for (auto* u = b0; u != b1; ++u) {
+        for (std::size_t i = b0; i < b1; ++i) {
+          const auto [l, u] = items[i];
           if (!u->remote()) continue;
+          const auto tensors = weights.tensors(l);
           if (u->src_rank == me) {
             for (std::size_t t = 0; t < tensors.size(); ++t)
-              transport.send(slot_ptr(u->src_slot, t), tensors[t].bytes_per_slot, u->dst_rank);
-            c.bytes_sent += expert_bytes;
+              transport.send(slot_ptr(l, u->src_slot, t), move_bytes(l, t), u->dst_rank);
+            c.bytes_sent += weights.bytes_per_expert(l);
           } else if (u->dst_rank == me) {
             for (std::size_t t = 0; t < tensors.size(); ++t)
-              transport.recv(loc(lp.dst_begin(*u)[0], t), tensors[t].bytes_per_slot, u->src_rank);
-            c.bytes_received += expert_bytes;
+              transport.recv(loc(l, plan.layer(l).dst_begin(*u)[0], t), move_bytes(l, t), u->src_rank);
+            c.bytes_received += weights.bytes_per_expert(l);
           }
         }
         transport.end_batch();
-
-        for (auto* u = b0; u != b1; ++u) {
+        for (std::size_t i = b0; i < b1; ++i) {
+          const auto [l, u] = items[i];
           if (u->dst_rank != me) continue;
+          const auto& lp = plan.layer(l);
+          const std::size_t nt = weights.tensors(l).size();
           const int d0 = lp.dst_begin(*u)[0];
           if (!u->remote()) {
-            for (std::size_t t = 0; t < tensors.size(); ++t)
-              transport.copy(loc(d0, t), slot_ptr(u->src_slot, t), tensors[t].bytes_per_slot);
-            c.bytes_copied_local += expert_bytes;
+            for (std::size_t t = 0; t < nt; ++t)
+              transport.copy(loc(l, d0, t), slot_ptr(l, u->src_slot, t), move_bytes(l, t));
+            c.bytes_copied_local += weights.bytes_per_expert(l);
           }
           for (int q = 1; q < u->num_dst; ++q) {
-            for (std::size_t t = 0; t < tensors.size(); ++t)
-              transport.copy(loc(lp.dst_begin(*u)[q], t), loc(d0, t), tensors[t].bytes_per_slot);
-            c.bytes_copied_local += expert_bytes;
+            for (std::size_t t = 0; t < nt; ++t)
+              transport.copy(loc(l, lp.dst_begin(*u)[q], t), loc(l, d0, t), move_bytes(l, t));
+            c.bytes_copied_local += weights.bytes_per_expert(l);
           }
         }
       }
-      for (auto* u = begin; u != end; ++u) {
+      // Commit: staged slots get their new content once every read of the old one is done.
+      for (const auto& [l, u] : items) {
         if (u->dst_rank != me) continue;
+        const auto& lp = plan.layer(l);
         for (int q = 0; q < u->num_dst; ++q) {
           const int d = lp.dst_begin(*u)[q];
           if (!lp.staged[d]) continue;
-          for (std::size_t t = 0; t < tensors.size(); ++t)
-            transport.copy(slot_ptr(d, t), loc(d, t), tensors[t].bytes_per_slot);
-          stage_idx[d] = -1;
+          for (std::size_t t = 0; t < weights.tensors(l).size(); ++t)
+            transport.copy(slot_ptr(l, d, t), loc(l, d, t), move_bytes(l, t));
+          stage_idx[static_cast<std::size_t>(l) * R + d] = -1;
         }
       }
       ++c.rounds;
     }
-    if (layer_done) layer_done(l);
+    if (layer_done)
+      for (int l = win.first; l < win.last; ++l) layer_done(l);
   }
   transport.synchronize();
   return c;

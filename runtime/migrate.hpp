@@ -26,13 +26,23 @@ struct ExecOptions {
   /// Very large groups have hung NCCL at scale (a peer chunks at 32); every rank splits the
   /// same global unit list the same way, so batches always match across ranks.
   int max_units_per_batch = 0;
+  /// Consecutive layers whose transfers share one batch ("window"), as long as their staging
+  /// fits staging_budget: larger batches keep every link busy instead of draining between
+  /// layers. 1 = layer by layer; 0 = as many as the budget allows.
+  int max_layers_per_window = 1;
+  /// Staging bytes a window may use (a window always takes at least one layer, whatever it
+  /// needs).
+  std::size_t staging_budget = 0;
 };
 
-/// Staging bytes a plan needs per rank with these weights (256-byte aligned pieces).
-std::size_t staging_bytes_needed(const algo::MigrationPlan& plan, const WeightRegistry& weights);
+/// Staging bytes a plan needs per rank with these weights and options (256-byte aligned
+/// pieces; the largest window).
+std::size_t staging_bytes_needed(const algo::MigrationPlan& plan, const WeightRegistry& weights,
+                                 const ExecOptions& options = {});
 
-/// Runs the plan: per layer, per round, per batch of units: sends and receives in one batch,
-/// then that batch's local copies and fan-out; staging commits at the end of the round. `staging` must hold staging_bytes_needed() bytes in the
+/// Runs the plan: per window of layers, per round, per batch of units: sends and receives in
+/// one batch, then that batch's local copies and fan-out; staging commits at the end of the
+/// round; layer_done for each layer of the window at its end. `staging` must hold staging_bytes_needed() bytes in the
 /// transport's memory space. After each layer, `layer_done(layer)` is called (device
 /// transports: stream-ordered after that layer's copies). Collective over the transport's
 /// ranks: every rank must call it with the same plan.

@@ -51,6 +51,16 @@ for np in 2 4; do
   step bench_control_cuda_np$np "${mpirun[@]}" -np $np ./bench/bench_control --device cuda --iters 30
   step bench_control_cpu_np$np "${mpirun[@]}" -np $np ./bench/bench_control --device cpu --iters 30
   step bench_migration_v2lite_np$np "${mpirun[@]}" -np $np ./bench/bench_migration --model v2lite --device cuda --iters 6
+  step bench_migration_v2lite_win_np$np "${mpirun[@]}" -np $np ./bench/bench_migration --model v2lite --device cuda --iters 6 \
+    --window-bytes 12000000000
 done
-[[ $ngpu -ge 4 ]] && step bench_migration_v3_np4 "${mpirun[@]}" -np 4 ./bench/bench_migration --model v3 --layers 20 --device cuda --iters 4
+if [[ $ngpu -ge 4 ]]; then
+  step bench_migration_v2lite_r72_win_np4 "${mpirun[@]}" -np 4 ./bench/bench_migration --model v2lite --slots 72 --device cuda \
+    --iters 6 --window-bytes 12000000000
+  step bench_migration_v3_np4 "${mpirun[@]}" -np 4 ./bench/bench_migration --model v3 --layers 20 --device cuda --iters 4
+  step bench_migration_v3_win_np4 "${mpirun[@]}" -np 4 ./bench/bench_migration --model v3 --layers 20 --device cuda --iters 4 \
+    --window-bytes 30000000000
+  step bench_migration_v2lite_sticky_np4 "${mpirun[@]}" -np 4 ./bench/bench_migration --model v2lite --policy sticky \
+    --device cuda --iters 6 --window-bytes 12000000000
+fi
 cat "$summary"
