@@ -1,6 +1,9 @@
 #include "algo/deepseek.hpp"
 
 #include <algorithm>
+#include <exception>
+#include <mutex>
+#include <thread>
 #include <bit>
 #include <cstring>
 #include <stdexcept>
@@ -409,16 +412,42 @@ void replicate_experts(std::span<const float> w, int r, std::span<int> phy2log,
 
 void DeepseekPolicy::rebalance_into(LoadView load, const Topology& topo,
                                     const Placement* previous, Placement& out) {
-  using detail::grow;
-  using detail::u32;
-  using detail::u64;
   topo.validate();
   load.validate(topo);
   if (previous) previous->check_shape(topo, "deepseek policy: previous placement");
+  const int L = topo.num_layers, R = topo.num_slots;
+  int* out_all = detail::grow(phy2log_, static_cast<std::size_t>(L) * R);
+  const int T = std::max(1, std::min(threads_, L));
+  if (ws_.size() < static_cast<std::size_t>(T)) ws_.resize(static_cast<std::size_t>(T));
+  if (T == 1) {
+    plan_layers(0, L, load, topo, ws_[0], out_all);
+  } else {
+    std::vector<std::thread> pool;
+    std::exception_ptr error;
+    std::mutex error_mutex;
+    for (int t = 0; t < T; ++t)
+      pool.emplace_back([&, t] {
+        try {
+          plan_layers(L * t / T, L * (t + 1) / T, load, topo, ws_[t], out_all);
+        } catch (...) {
+          std::lock_guard<std::mutex> lock(error_mutex);
+          if (!error) error = std::current_exception();
+        }
+      });
+    for (auto& th : pool) th.join();
+    if (error) std::rethrow_exception(error);
+  }
+  out.assign(L, topo.num_logical, R, std::span<const int>(out_all, static_cast<std::size_t>(L) * R));
+}
 
+void DeepseekPolicy::plan_layers(int first, int last, LoadView load, const Topology& topo,
+                                 Workspace& ws, int* out_all) const {
+  using detail::grow;
+  using detail::u32;
+  using detail::u64;
   // The reference runs the global policy as the hierarchical routine with G = N = 1.
   const bool hier = topo.hierarchical();
-  const int L = topo.num_layers, E = topo.num_logical, R = topo.num_slots, P = topo.num_ranks;
+  const int E = topo.num_logical, R = topo.num_slots, P = topo.num_ranks;
   const int G = hier ? topo.num_groups : 1;
   const int N = hier ? topo.num_nodes : 1;
   const int gs = E / G, gpn = G / N, En = E / N, Rn = R / N, Pn = P / N, k = R / P;
@@ -429,22 +458,20 @@ void DeepseekPolicy::rebalance_into(LoadView load, const Topology& topo,
   // Groups packed one per node (or a single group): node-major order is the identity.
   const bool identity = gpn == 1;
 
-  auto& s = scratch_;
-  float* wf = grow(wf_, E);
-  float* row = grow(row_, E);
-  float* gload = grow(gload_, G);
-  int* m2l = grow(mlog2log_, E);
-  int* cnt = grow(cnt_, En);
-  int* picks = grow(picks_, std::max(K, 1));
-  int* lid = grow(lid_, Rn);
-  u32* tokb = grow(tokb_, En);
+  auto& s = ws.scratch;
+  float* wf = grow(ws.wf, E);
+  float* row = grow(ws.row, E);
+  float* gload = grow(ws.gload, G);
+  int* m2l = grow(ws.mlog2log, E);
+  int* cnt = grow(ws.cnt, En);
+  int* picks = grow(ws.picks, std::max(K, 1));
+  int* lid = grow(ws.lid, Rn);
+  u32* tokb = grow(ws.tokb, En);
   u64* keys = grow(s.keys, static_cast<std::size_t>(std::max(E, G)) + 1);
   u64* keys2 = grow(s.keys2, static_cast<std::size_t>(std::max(E, G)) + 1);
-  u64* items_u = grow(items_u_, static_cast<std::size_t>(En) + 1);
-  u64* items_v = grow(items_v_, static_cast<std::size_t>(K + Kc) + 1);
-  int* out_all = grow(phy2log_, static_cast<std::size_t>(L) * R);
-
-  for (int l = 0; l < L; ++l) {
+  u64* items_u = grow(ws.items_u, static_cast<std::size_t>(En) + 1);
+  u64* items_v = grow(ws.items_v, static_cast<std::size_t>(K + Kc) + 1);
+  for (int l = first; l < last; ++l) {
     const double* w = load.values.data() + static_cast<std::size_t>(l) * E;
     for (int e = 0; e < E; ++e) wf[e] = static_cast<float>(w[e]);
 
@@ -530,7 +557,6 @@ void DeepseekPolicy::rebalance_into(LoadView load, const Topology& topo,
       }
     }
   }
-  out.assign(L, E, R, std::span<const int>(out_all, static_cast<std::size_t>(L) * R));
 }
 
 }  // namespace eplb::algo

@@ -39,13 +39,25 @@ class DeepseekPolicy final : public Policy {
   std::string_view name() const override { return "deepseek"; }
   void rebalance_into(LoadView load, const Topology& topo, const Placement* previous,
                       Placement& out) override;
+  /// Layers are independent: with threads > 1 they are split over that many threads (same
+  /// output, bit for bit). Default 1.
+  void set_threads(int threads) override { threads_ = threads < 1 ? 1 : threads; }
 
  private:
-  detail::PackScratch scratch_;
-  std::vector<float> wf_, row_, gload_;
-  std::vector<std::uint32_t> tokb_;
-  std::vector<std::uint64_t> items_u_, items_v_;
-  std::vector<int> mlog2log_, cnt_, picks_, lid_, phy2log_;
+  /// Scratch of one planning thread.
+  struct Workspace {
+    detail::PackScratch scratch;
+    std::vector<float> wf, row, gload;
+    std::vector<std::uint32_t> tokb;
+    std::vector<std::uint64_t> items_u, items_v;
+    std::vector<int> mlog2log, cnt, picks, lid;
+  };
+  void plan_layers(int first, int last, LoadView load, const Topology& topo, Workspace& w,
+                   int* out_all) const;
+
+  std::vector<Workspace> ws_;
+  std::vector<int> phy2log_;
+  int threads_ = 1;
 };
 
 }  // namespace eplb::algo

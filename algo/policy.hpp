@@ -26,6 +26,9 @@ class Policy {
   virtual void rebalance_into(LoadView load, const Topology& topo, const Placement* previous,
                               Placement& out) = 0;
 
+  /// Threads a policy may use for one call (policies that cannot use more ignore it).
+  virtual void set_threads(int /*threads*/) {}
+
   Placement rebalance(LoadView load, const Topology& topo, const Placement* previous = nullptr) {
     Placement p;
     rebalance_into(load, topo, previous, p);

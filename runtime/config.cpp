@@ -13,6 +13,8 @@ void RuntimeConfig::validate() const {
     throw std::invalid_argument("runtime config: rebalance_interval >= 0 violated");
   if (first_rebalance < -1)
     throw std::invalid_argument("runtime config: first_rebalance >= -1 violated");
+  if (planning_threads < 0)
+    throw std::invalid_argument("runtime config: planning_threads >= 0 violated");
   if (max_layers_per_window < 0)
     throw std::invalid_argument("runtime config: max_layers_per_window >= 0 violated");
   if (max_experts_per_batch < 0)

@@ -30,6 +30,9 @@ struct RuntimeConfig {
   /// Consecutive layers migrated in one batch while their staging fits staging_bytes
   /// (1 = layer by layer, 0 = no limit but the budget). See ExecOptions.
   int max_layers_per_window = 0;
+  /// Threads the planning rank may use for the policy (layers are independent; the result
+  /// does not depend on it). 0 = min(8, hardware threads / ranks).
+  int planning_threads = 0;
 
   /// Throws std::invalid_argument naming the first bad field.
   void validate() const;

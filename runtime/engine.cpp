@@ -2,7 +2,9 @@
 
 #include <bit>
 #include <chrono>
+#include <algorithm>
 #include <cstring>
+#include <thread>
 
 #include "comm/mpi_transport.hpp"
 #include "comm/placement_bcast.hpp"
@@ -70,6 +72,11 @@ Engine::Engine(MPI_Comm comm, RuntimeConfig config, WeightRegistry weights,
                comm::fnv1a(initial.phy2log().data(), initial.phy2log().size_bytes())}});
 
   placement_ = std::move(initial);
+  int threads = config_.planning_threads;
+  if (threads == 0)
+    threads = std::clamp(static_cast<int>(std::thread::hardware_concurrency()) /
+                             std::max(comm_.size(), 1), 1, 8);
+  policy_->set_threads(threads);
   const std::size_t expert_bytes = std::max<std::size_t>(weights_.max_bytes_per_expert(), 1);
   migration_options_.max_staged_slots_per_rank =
       static_cast<int>(std::max<std::size_t>(1, config_.staging_bytes / expert_bytes));

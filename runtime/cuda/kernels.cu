@@ -76,7 +76,7 @@ int launch_typed(const Id* ids, long long n, const DeviceLayerMaps& m, int lb, i
   if (blocks > 1024) blocks = 1024;
   // A shared-memory histogram pays off once there are several ids per expert and block;
   // small (decode) batches go straight to global atomics.
-  if (m.num_logical <= kSmemExperts && n >= 8LL * m.num_logical * blocks) {
+  if (m.num_logical <= kSmemExperts && n > 4096) {
     route_and_count_kernel<Id, true><<<static_cast<int>(blocks), kThreads,
                                        m.num_logical * sizeof(unsigned int), s>>>(
         ids, n, m.log2phy, m.logcnt, m.num_logical, m.max_replicas, lb, le, slots, counts, errors);

@@ -38,7 +38,7 @@ TEST(NcclMigration, ConsecutiveRebalancesKeepEveryByte) {
   SKIP_WITHOUT_GPUS(P);
   eplb::comm::select_device_for_rank(rank);
   eplb::comm::CudaStream stream;
-  const Topology t{6, 32, 10 * P, P, 1, 4};
+  const Topology t{6, 32, std::max(10, (40 + P - 1) / P) * P, P, 1, 4};
   eplb::runtime::RuntimeConfig cfg;
   cfg.topology = t;
   cfg.window_passes = 3;

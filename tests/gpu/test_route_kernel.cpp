@@ -18,6 +18,10 @@ using eplb::algo::Topology;
 struct Case {
   int tokens, k, experts, slots, ranks;
   bool int64_ids, prefer_local, with_bad_ids;
+  // GoogleTest prints parameters into test listings that CTest parses: keep it plain.
+  friend void PrintTo(const Case& c, std::ostream* os) {
+    *os << c.tokens << "x" << c.k << "_E" << c.experts << "_R" << c.slots;
+  }
 };
 
 Placement random_placement(const Topology& t, std::mt19937& rng) {

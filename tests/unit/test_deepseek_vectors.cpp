@@ -49,6 +49,13 @@ TEST_P(Exact, Phy2logAndLogcntMatchReference) {
 }
 INSTANTIATE_TEST_SUITE_P(Vectors, Exact, testing::ValuesIn(cases_of("exact")), case_name);
 
+TEST_P(Exact, SameResultWithPlanningThreads) {
+  const auto& c = GetParam();
+  eplb::algo::DeepseekPolicy one, many;
+  many.set_threads(7);
+  EXPECT_EQ(one.rebalance(view_of(c), c.topo), many.rebalance(view_of(c), c.topo));
+}
+
 class Quality : public testing::TestWithParam<VectorCase> {};
 TEST_P(Quality, MaxGpuLoadWithinReference) {
   const auto& c = GetParam();

@@ -15,6 +15,8 @@ using eplb::algo::Topology;
 struct Case {
   std::string policy;
   unsigned seed;
+  // GoogleTest prints parameters into test listings that CTest parses: keep it a plain name.
+  friend void PrintTo(const Case& c, std::ostream* os) { *os << c.policy << "_seed" << c.seed; }
 };
 
 Topology random_topology(std::mt19937& rng) {

@@ -1,6 +1,7 @@
 #pragma once
 // Reader of tests/data/eplb_vectors_v1.txt (format in the file's header).
 #include <fstream>
+#include <ostream>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -17,6 +18,9 @@ struct VectorCase {
   std::vector<int> phy2log;      // [L][R], exact only
   std::vector<int> logcnt;       // [L][E], exact only
   std::vector<double> maxload;   // [L], exact and quality
+
+  // GoogleTest prints parameters into test listings that CTest parses: keep it a plain name.
+  friend void PrintTo(const VectorCase& c, std::ostream* os) { *os << c.name; }
 };
 
 inline std::vector<VectorCase> load_vectors(const std::string& path) {
