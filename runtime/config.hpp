@@ -31,8 +31,9 @@ struct RuntimeConfig {
   /// (1 = layer by layer, 0 = no limit but the budget). See ExecOptions.
   int max_layers_per_window = 0;
   /// Threads the planning rank may use for the policy (layers are independent; the result
-  /// does not depend on it). 0 = min(8, hardware threads / ranks).
-  int planning_threads = 0;
+  /// does not depend on it). 0 = min(8, hardware threads / ranks). Default 1: on the H200
+  /// machine more threads did not shorten the policy (docs/BENCHMARKS.md).
+  int planning_threads = 1;
 
   /// Throws std::invalid_argument naming the first bad field.
   void validate() const;

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Installs missing packages, builds eplb and runs the main demo. Extra arguments go to the demo.
+# Installs missing packages, builds eplb and runs the main demo: moe_sim, a synthetic
+# expert-parallel MoE job on 4 MPI ranks (CPU; weights in host memory). Extra arguments go to
+# moe_sim (e.g. --device cuda on a machine with 4 GPUs, --policy sticky, --csv out.csv).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/install-deps.sh"
 "$root/scripts/build.sh" >/dev/null
 build=${EPLB_BUILD_DIR:-$root/build}
-exec "$build/examples/eplb-plan" --load "$root/examples/data/v2lite_8layers.csv" \
-  --num-slots 72 --num-gpus 8 "$@"
+flags=(--oversubscribe)
+[[ $(id -u) -eq 0 ]] && flags+=(--allow-run-as-root)
+export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}
+exec mpirun "${flags[@]}" -np "${EPLB_DEMO_RANKS:-4}" "$build/examples/moe_sim" "$@"
