@@ -8,6 +8,7 @@ namespace {
 
 /// Per-call scratch of the planner (one allocation set per plan, reused across layers).
 struct Scratch {
+  std::vector<int> rank_of;         // [R] slot -> rank (no division in the hot loops)
   std::vector<int> unit_of_expert;  // [E] -> unit index on the current rank, -1 if none
   std::vector<MoveUnit> units;       // the layer's units before ordering by round
   std::vector<int> dst;
@@ -81,7 +82,7 @@ struct Builder {
         int first = -1;
         for (int j : holders) {
           if (j < 0) break;
-          if (j / k != rank) continue;
+          if (s.rank_of[j] != rank) continue;
           if (n[j] == u.expert) return j;
           if (first < 0) first = j;
         }
@@ -93,7 +94,7 @@ struct Builder {
         int best = -1;
         for (int j : holders) {
           if (j < 0) break;
-          const int h = j / k;
+          const int h = s.rank_of[j];
           if (h == best) continue;
           if (best < 0) {
             best = h;
@@ -290,6 +291,8 @@ MigrationPlan plan_migration(const Placement& from, const Placement& to, const T
   plan.topo_ = topo;
   plan.layers_.resize(static_cast<std::size_t>(topo.num_layers));
   Scratch scratch;
+  scratch.rank_of.resize(static_cast<std::size_t>(topo.num_slots));
+  for (int j = 0; j < topo.num_slots; ++j) scratch.rank_of[j] = topo.rank_of_slot(j);
   Builder b{topo, options, scratch, topo.slots_per_rank(), topo.num_ranks, topo.num_logical,
             topo.num_slots};
   std::vector<long long> sends(static_cast<std::size_t>(topo.num_ranks), 0);
