@@ -34,6 +34,9 @@ struct RuntimeConfig {
   /// does not depend on it). 0 = min(8, hardware threads / ranks). Default 1: on the H200
   /// machine more threads did not shorten the policy (docs/BENCHMARKS.md).
   int planning_threads = 1;
+  /// One message per peer and batch (packing through staging) instead of one per tensor per
+  /// expert. See ExecOptions::coalesce.
+  bool coalesce_messages = true;
 
   /// Throws std::invalid_argument naming the first bad field.
   void validate() const;

@@ -67,6 +67,7 @@ Engine::Engine(MPI_Comm comm, RuntimeConfig config, WeightRegistry weights,
               {"staging_bytes", config_.staging_bytes},
               {"max_experts_per_batch", static_cast<std::uint64_t>(config_.max_experts_per_batch)},
               {"max_layers_per_window", static_cast<std::uint64_t>(config_.max_layers_per_window)},
+              {"coalesce_messages", static_cast<std::uint64_t>(config_.coalesce_messages)},
               {"weight layout (hash)", weights_.layout_hash()},
               {"initial placement (hash)",
                comm::fnv1a(initial.phy2log().data(), initial.phy2log().size_bytes())}});
@@ -197,7 +198,7 @@ RebalanceStats Engine::rebalance() {
   const auto plan = algo::plan_migration(placement_, msg.placement, topo, migration_options_);
   st.plan = plan.stats();
   const ExecOptions exec{config_.max_experts_per_batch, config_.max_layers_per_window,
-                         config_.staging_bytes};
+                         config_.staging_bytes, config_.coalesce_messages};
   const std::size_t need = staging_bytes_needed(plan, weights_, exec);
   if (need > staging_size_) {
     staging_ = transport_->allocate(need);

@@ -22,26 +22,43 @@ struct StagingLayout {
   }
 };
 
-/// Staging bytes one layer needs on the busiest rank in its busiest round.
-std::size_t layer_need(const algo::LayerPlan& lp, const StagingLayout& layout, int k, int P) {
-  std::vector<int> per(static_cast<std::size_t>(P));
-  int most = 0;
+/// What one layer needs on the busiest rank in its busiest round: staged slots, and with
+/// coalescing the bytes it packs to send and the bytes it receives.
+struct LayerNeed {
+  std::size_t staging = 0, send = 0, recv = 0;
+  std::size_t total() const { return staging + send + recv; }
+};
+
+LayerNeed layer_need(const algo::LayerPlan& lp, const StagingLayout& layout, int k, int P,
+                     bool coalesce) {
+  std::vector<int> per(static_cast<std::size_t>(P)), sends(per), recvs(per);
+  int most = 0, most_sent = 0, most_recv = 0;
   for (const auto& round : lp.rounds) {
     std::fill(per.begin(), per.end(), 0);
+    std::fill(sends.begin(), sends.end(), 0);
+    std::fill(recvs.begin(), recvs.end(), 0);
     for (int i = round.first_unit; i < round.first_unit + round.num_units; ++i) {
       const auto& u = lp.units[i];
       for (int q = 0; q < u.num_dst; ++q)
         if (lp.staged[lp.dst_begin(u)[q]]) most = std::max(most, ++per[lp.dst_begin(u)[q] / k]);
+      if (coalesce && u.remote()) {
+        most_sent = std::max(most_sent, ++sends[u.src_rank]);
+        most_recv = std::max(most_recv, ++recvs[u.dst_rank]);
+      }
     }
   }
-  return layout.stride * static_cast<std::size_t>(most);
+  return {layout.stride * static_cast<std::size_t>(most),
+          layout.stride * static_cast<std::size_t>(most_sent),
+          layout.stride * static_cast<std::size_t>(most_recv)};
 }
 
 /// Consecutive layers migrated together: [first, last) and each layer's staging offset.
 struct Window {
   int first, last;
-  std::vector<std::size_t> offset;  // per layer of the window
-  std::size_t bytes = 0;
+  std::vector<std::size_t> offset;  // per layer of the window: its staged slots
+  std::size_t staging = 0;          // staged slots of all layers
+  std::size_t send = 0, recv = 0;   // pack buffers (coalescing), after the staged slots
+  std::size_t bytes() const { return staging + send + recv; }
 };
 
 /// Greedy windows: a layer joins the current window while the window's staging stays within
@@ -52,16 +69,19 @@ std::vector<Window> make_windows(const algo::MigrationPlan& plan, const WeightRe
   const auto& t = plan.topology();
   std::vector<Window> out;
   for (int l = 0; l < plan.num_layers(); ++l) {
-    const std::size_t need =
-        layer_need(plan.layer(l), StagingLayout(weights.tensors(l)), t.slots_per_rank(), t.num_ranks);
+    const LayerNeed need = layer_need(plan.layer(l), StagingLayout(weights.tensors(l)),
+                                      t.slots_per_rank(), t.num_ranks, options.coalesce);
     const bool join = !out.empty() && options.max_layers_per_window != 1 &&
                       (options.max_layers_per_window == 0 ||
                        out.back().last - out.back().first < options.max_layers_per_window) &&
-                      out.back().bytes + need <= options.staging_budget;
-    if (!join) out.push_back(Window{l, l, {}, 0});
-    out.back().offset.push_back(out.back().bytes);
-    out.back().bytes += need;
-    out.back().last = l + 1;
+                      out.back().bytes() + need.total() <= options.staging_budget;
+    if (!join) out.push_back(Window{l, l, {}, 0, 0, 0});
+    auto& w = out.back();
+    w.offset.push_back(w.staging);
+    w.staging += need.staging;
+    w.send += need.send;
+    w.recv += need.recv;
+    w.last = l + 1;
   }
   return out;
 }
@@ -71,7 +91,7 @@ std::vector<Window> make_windows(const algo::MigrationPlan& plan, const WeightRe
 std::size_t staging_bytes_needed(const algo::MigrationPlan& plan, const WeightRegistry& weights,
                                  const ExecOptions& options) {
   std::size_t need = 0;
-  for (const auto& w : make_windows(plan, weights, options)) need = std::max(need, w.bytes);
+  for (const auto& w : make_windows(plan, weights, options)) need = std::max(need, w.bytes());
   return need;
 }
 
@@ -89,7 +109,7 @@ MigrationCounters execute_migration(const algo::MigrationPlan& plan, const Weigh
                                 topo.describe());
   MigrationCounters c;
   const auto windows = make_windows(plan, weights, options);
-  for (const auto& w : windows) c.staging_bytes = std::max(c.staging_bytes, w.bytes);
+  for (const auto& w : windows) c.staging_bytes = std::max(c.staging_bytes, w.bytes());
   if (c.staging_bytes > 0 && !staging)
     throw std::invalid_argument("execute_migration: the plan needs staging but none was given");
 
@@ -111,6 +131,7 @@ MigrationCounters execute_migration(const algo::MigrationPlan& plan, const Weigh
     const algo::MoveUnit* unit;
   };
   std::vector<Item> items;
+  std::vector<std::size_t> item_off, peer_span;
 
   for (const auto& win : windows) {
     auto slot_ptr = [&](int l, int slot, std::size_t t) {
@@ -124,6 +145,88 @@ MigrationCounters execute_migration(const algo::MigrationPlan& plan, const Weigh
              layouts[l].offset[t];
     };
     auto move_bytes = [&](int l, std::size_t t) { return weights.tensors(l)[t].bytes_per_slot; };
+    // Coalesced round: one message per peer and batch. Sends are packed before the batch
+    // (so every read of old content by a send is done before anything is written), received
+    // experts land in the receive buffer and are unpacked after the round's local copies.
+    std::byte* const send_buf = staging + win.staging;
+    std::byte* const recv_buf = send_buf + win.send;
+    auto run_coalesced_round = [&](const std::vector<Item>& its, std::size_t per_batch) {
+      const int P = topo.num_ranks;
+      const std::size_t nb = (its.size() + per_batch - 1) / per_batch;
+      item_off.assign(its.size(), 0);
+      peer_span.assign(nb * P * 4, 0);  // per (batch, peer): send begin, len, recv begin, len
+      std::size_t soff = 0, roff = 0;
+      for (std::size_t b = 0; b < nb; ++b) {
+        const std::size_t i0 = b * per_batch, i1 = std::min(its.size(), i0 + per_batch);
+        for (int p = 0; p < P; ++p) {
+          std::size_t* span = peer_span.data() + (b * P + p) * 4;
+          span[0] = soff;
+          span[2] = roff;
+          for (std::size_t i = i0; i < i1; ++i) {
+            const auto [l, u] = its[i];
+            if (!u->remote()) continue;
+            if (u->src_rank == me && u->dst_rank == p) {
+              item_off[i] = soff;
+              soff += layouts[l].stride;
+            } else if (u->dst_rank == me && u->src_rank == p) {
+              item_off[i] = roff;
+              roff += layouts[l].stride;
+            }
+          }
+          span[1] = soff - span[0];
+          span[3] = roff - span[2];
+        }
+      }
+      for (std::size_t i = 0; i < its.size(); ++i) {  // pack
+        const auto [l, u] = its[i];
+        if (!u->remote() || u->src_rank != me) continue;
+        for (std::size_t t = 0; t < weights.tensors(l).size(); ++t)
+          transport.copy(send_buf + item_off[i] + layouts[l].offset[t], slot_ptr(l, u->src_slot, t),
+                         move_bytes(l, t));
+        c.bytes_sent += weights.bytes_per_expert(l);
+      }
+      for (std::size_t b = 0; b < nb; ++b) {
+        transport.begin_batch();
+        for (int p = 0; p < P; ++p) {
+          const std::size_t* span = peer_span.data() + (b * P + p) * 4;
+          if (span[1]) transport.send(send_buf + span[0], span[1], p);
+          if (span[3]) transport.recv(recv_buf + span[2], span[3], p);
+        }
+        transport.end_batch();
+      }
+      for (const auto& [l, u] : its) {  // local units read old content: before any unpack
+        if (u->dst_rank != me || u->remote()) continue;
+        const int d0 = plan.layer(l).dst_begin(*u)[0];
+        for (std::size_t t = 0; t < weights.tensors(l).size(); ++t)
+          transport.copy(loc(l, d0, t), slot_ptr(l, u->src_slot, t), move_bytes(l, t));
+        c.bytes_copied_local += weights.bytes_per_expert(l);
+      }
+      for (const auto& [l, u] : its) {  // commit what local units wrote through staging
+        if (u->dst_rank != me || u->remote()) continue;
+        const int d0 = plan.layer(l).dst_begin(*u)[0];
+        if (!plan.layer(l).staged[d0]) continue;
+        for (std::size_t t = 0; t < weights.tensors(l).size(); ++t)
+          transport.copy(slot_ptr(l, d0, t), loc(l, d0, t), move_bytes(l, t));
+      }
+      for (std::size_t i = 0; i < its.size(); ++i) {  // unpack: every old content is read by now
+        const auto [l, u] = its[i];
+        if (!u->remote() || u->dst_rank != me) continue;
+        const int d0 = plan.layer(l).dst_begin(*u)[0];
+        for (std::size_t t = 0; t < weights.tensors(l).size(); ++t)
+          transport.copy(slot_ptr(l, d0, t), recv_buf + item_off[i] + layouts[l].offset[t],
+                         move_bytes(l, t));
+        c.bytes_received += weights.bytes_per_expert(l);
+      }
+      for (const auto& [l, u] : its) {  // fan-out from the first destination
+        if (u->dst_rank != me) continue;
+        const int* dst = plan.layer(l).dst_begin(*u);
+        for (int q = 1; q < u->num_dst; ++q) {
+          for (std::size_t t = 0; t < weights.tensors(l).size(); ++t)
+            transport.copy(slot_ptr(l, dst[q], t), slot_ptr(l, dst[0], t), move_bytes(l, t));
+          c.bytes_copied_local += weights.bytes_per_expert(l);
+        }
+      }
+    };
     std::size_t max_rounds = 0;
     for (int l = win.first; l < win.last; ++l)
       max_rounds = std::max(max_rounds, plan.layer(l).rounds.size());
@@ -147,6 +250,11 @@ MigrationCounters execute_migration(const algo::MigrationPlan& plan, const Weigh
       const std::size_t per_batch =
           options.max_units_per_batch > 0 ? static_cast<std::size_t>(options.max_units_per_batch)
                                           : std::max<std::size_t>(items.size(), 1);
+      if (options.coalesce) {
+        run_coalesced_round(items, per_batch);
+        ++c.rounds;
+        continue;
+      }
       for (std::size_t b0 = 0; b0 < items.size(); b0 += per_batch) {
         const std::size_t b1 = std::min(items.size(), b0 + per_batch);
         transport.begin_batch();

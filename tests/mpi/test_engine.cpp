@@ -79,6 +79,7 @@ struct Shape {
   const char* policy;
   int max_experts_per_batch = 0;
   int max_layers_per_window = 1;
+  bool coalesce = true;
 };
 
 class ConsecutiveRebalances : public testing::TestWithParam<Shape> {};
@@ -94,6 +95,7 @@ TEST_P(ConsecutiveRebalances, EveryByteLandsWhereThePlacementSays) {
   cfg.policy = s.policy;
   cfg.max_experts_per_batch = s.max_experts_per_batch;
   cfg.max_layers_per_window = s.max_layers_per_window;
+  cfg.coalesce_messages = s.coalesce;
   HostWeights w(t, s.tensors, 40);
   const auto initial = eplb::algo::Placement::contiguous(t);
   eplb::runtime::fill_slots(w.registry, initial, world_rank());
@@ -124,6 +126,8 @@ INSTANTIATE_TEST_SUITE_P(
         Shape{"batches_of_two_experts", 2, 16, 6, 1, 1, {512, 96}, 4096, "deepseek", 2},
         Shape{"all_layers_in_one_window", 4, 16, 6, 1, 1, {512, 96}, 1 << 22, "deepseek", 0, 0},
         Shape{"windows_of_two_layers_in_batches", 5, 16, 6, 1, 1, {800}, 1 << 22, "deepseek", 3, 2},
+        Shape{"per_tensor_messages", 3, 12, 4, 1, 1, {1000, 37, 4099}, 1 << 20, "deepseek", 0, 1, false},
+        Shape{"per_tensor_messages_batched_windows", 4, 16, 6, 1, 1, {512, 96}, 1 << 22, "deepseek", 3, 0, false},
         Shape{"two_nodes_hierarchical", 2, 16, 5, 2, 4, {256, 8}, 1 << 20, "deepseek"},
         Shape{"default_policy", 3, 20, 6, 1, 1, {300, 301}, 2048, ""}),
     [](const testing::TestParamInfo<Shape>& i) { return std::string(i.param.name); });
