@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <exception>
 #include <string>
 #include <vector>
 
@@ -21,6 +22,22 @@ inline double median(std::vector<double> v) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
+}
+
+/// main() of a multi-rank benchmark: MPI_Init, run, MPI_Finalize; an exception aborts the job
+/// (only main decides to MPI_Abort).
+template <class Run>
+int mpi_main(int argc, char** argv, const char* program, Run run) {
+  MPI_Init(&argc, &argv);
+  int rc = 0;
+  try {
+    rc = run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s: %s\n", program, e.what());
+    MPI_Abort(MPI_COMM_WORLD, 1);
+  }
+  MPI_Finalize();
+  return rc;
 }
 
 inline void print_header(const char* program, const std::string& config) {

@@ -69,34 +69,21 @@ float CudaEvent::elapsed_ms(const CudaEvent& a, const CudaEvent& b) {
   return ms;
 }
 
-DeviceBuffer::DeviceBuffer(std::size_t bytes) : n_(bytes) {
-  if (bytes) EPLB_CUDA_CHECK(cudaMalloc(&p_, bytes));
+void* memory::DeviceAlloc::allocate(std::size_t bytes) {
+  void* p = nullptr;
+  EPLB_CUDA_CHECK(cudaMalloc(&p, bytes));
+  return p;
 }
-DeviceBuffer::~DeviceBuffer() {
-  if (p_ && cudaFree(p_) != cudaSuccess) detail::log_error("cudaFree failed");
+void memory::DeviceAlloc::release(void* p) noexcept {
+  if (p && cudaFree(p) != cudaSuccess) eplb::detail::log_error("cudaFree failed");
 }
-DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
-  if (this != &o) {
-    if (p_) (void)cudaFree(p_);
-    p_ = std::exchange(o.p_, nullptr);
-    n_ = std::exchange(o.n_, 0);
-  }
-  return *this;
+void* memory::PinnedAlloc::allocate(std::size_t bytes) {
+  void* p = nullptr;
+  EPLB_CUDA_CHECK(cudaMallocHost(&p, bytes));
+  return p;
 }
-
-PinnedBuffer::PinnedBuffer(std::size_t bytes) : n_(bytes) {
-  if (bytes) EPLB_CUDA_CHECK(cudaMallocHost(&p_, bytes));
-}
-PinnedBuffer::~PinnedBuffer() {
-  if (p_ && cudaFreeHost(p_) != cudaSuccess) detail::log_error("cudaFreeHost failed");
-}
-PinnedBuffer& PinnedBuffer::operator=(PinnedBuffer&& o) noexcept {
-  if (this != &o) {
-    if (p_) (void)cudaFreeHost(p_);
-    p_ = std::exchange(o.p_, nullptr);
-    n_ = std::exchange(o.n_, 0);
-  }
-  return *this;
+void memory::PinnedAlloc::release(void* p) noexcept {
+  if (p && cudaFreeHost(p) != cudaSuccess) eplb::detail::log_error("cudaFreeHost failed");
 }
 
 void copy_async(void* dst, const void* src, std::size_t bytes, cuda_stream s) {

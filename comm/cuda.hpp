@@ -60,17 +60,35 @@ class CudaEvent {
   cuda_event e_ = nullptr;
 };
 
-/// Owning device memory (cudaMalloc / cudaFree).
-class DeviceBuffer {
+namespace memory {
+struct DeviceAlloc {  // cudaMalloc / cudaFree
+  static void* allocate(std::size_t bytes);
+  static void release(void* p) noexcept;
+};
+struct PinnedAlloc {  // cudaMallocHost / cudaFreeHost
+  static void* allocate(std::size_t bytes);
+  static void release(void* p) noexcept;
+};
+}  // namespace memory
+
+/// Owning CUDA memory of one kind (device or page-locked host), move-only.
+template <class Alloc>
+class CudaMemory {
  public:
-  DeviceBuffer() = default;
-  explicit DeviceBuffer(std::size_t bytes);
-  ~DeviceBuffer();
-  DeviceBuffer(DeviceBuffer&& o) noexcept
-      : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
-  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept;
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  CudaMemory() = default;
+  explicit CudaMemory(std::size_t bytes) : p_(bytes ? Alloc::allocate(bytes) : nullptr), n_(bytes) {}
+  ~CudaMemory() { Alloc::release(p_); }
+  CudaMemory(CudaMemory&& o) noexcept : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
+  CudaMemory& operator=(CudaMemory&& o) noexcept {
+    if (this != &o) {
+      Alloc::release(p_);
+      p_ = std::exchange(o.p_, nullptr);
+      n_ = std::exchange(o.n_, 0);
+    }
+    return *this;
+  }
+  CudaMemory(const CudaMemory&) = delete;
+  CudaMemory& operator=(const CudaMemory&) = delete;
   void* get() const { return p_; }
   template <class T>
   T* as() const { return static_cast<T*>(p_); }
@@ -81,26 +99,8 @@ class DeviceBuffer {
   std::size_t n_ = 0;
 };
 
-/// Owning page-locked host memory (cudaMallocHost / cudaFreeHost).
-class PinnedBuffer {
- public:
-  PinnedBuffer() = default;
-  explicit PinnedBuffer(std::size_t bytes);
-  ~PinnedBuffer();
-  PinnedBuffer(PinnedBuffer&& o) noexcept
-      : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
-  PinnedBuffer& operator=(PinnedBuffer&& o) noexcept;
-  PinnedBuffer(const PinnedBuffer&) = delete;
-  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
-  void* get() const { return p_; }
-  template <class T>
-  T* as() const { return static_cast<T*>(p_); }
-  std::size_t size() const { return n_; }
-
- private:
-  void* p_ = nullptr;
-  std::size_t n_ = 0;
-};
+using DeviceBuffer = CudaMemory<memory::DeviceAlloc>;  ///< cudaMalloc / cudaFree
+using PinnedBuffer = CudaMemory<memory::PinnedAlloc>;  ///< cudaMallocHost / cudaFreeHost
 
 /// Stream-ordered copies (any direction: unified addressing).
 void copy_async(void* dst, const void* src, std::size_t bytes, cuda_stream s);

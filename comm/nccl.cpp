@@ -92,41 +92,18 @@ void NcclComm::abort() noexcept {
   }
 }
 
-void NcclComm::wait_ready(const char* what) {
+/// Polls `done` until it returns true; aborts the communicator and throws NcclError on an
+/// asynchronous NCCL error or after the timeout, so that no rank waits forever on a peer.
+template <class Done>
+void NcclComm::poll(const char* what, Done done) {
   const auto t0 = std::chrono::steady_clock::now();
   for (;;) {
+    if (done()) return;
     ncclResult_t state = ncclSuccess;
     const ncclResult_t rc = ncclCommGetAsyncError(comm_, &state);
     if (rc != ncclSuccess) state = rc;
-    if (state == ncclSuccess) return;
-    if (state != ncclInProgress) {
+    if (state != ncclSuccess && state != ncclInProgress) {
       const std::string msg = std::string(what) + " failed: " + ncclGetErrorString(state) +
-                              ": " + ncclGetLastError(comm_);
-      abort();
-      throw NcclError("[rank " + std::to_string(rank_) + "] " + msg);
-    }
-    if (std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() > timeout_s_) {
-      abort();
-      throw NcclError("[rank " + std::to_string(rank_) + "] " + what + " did not complete within " +
-                      std::to_string(timeout_s_) + " s; the NCCL communicator was aborted");
-    }
-    std::this_thread::yield();
-  }
-}
-
-void NcclComm::wait_stream(cuda_stream stream, const char* what) {
-  const auto t0 = std::chrono::steady_clock::now();
-  for (;;) {
-    const cudaError_t q = cudaStreamQuery(stream);
-    if (q == cudaSuccess) return;
-    if (q != cudaErrorNotReady) {
-      abort();
-      EPLB_CUDA_CHECK(q);
-    }
-    ncclResult_t state = ncclSuccess;
-    if (ncclCommGetAsyncError(comm_, &state) == ncclSuccess && state != ncclSuccess &&
-        state != ncclInProgress) {
-      const std::string msg = std::string(what) + ": NCCL error " + ncclGetErrorString(state) +
                               ": " + ncclGetLastError(comm_);
       abort();
       throw NcclError("[rank " + std::to_string(rank_) + "] " + msg);
@@ -139,6 +116,24 @@ void NcclComm::wait_stream(cuda_stream stream, const char* what) {
     }
     std::this_thread::sleep_for(std::chrono::microseconds(20));
   }
+}
+
+void NcclComm::wait_ready(const char* what) {
+  poll(what, [&] {
+    ncclResult_t state = ncclInProgress;
+    return ncclCommGetAsyncError(comm_, &state) == ncclSuccess && state == ncclSuccess;
+  });
+}
+
+void NcclComm::wait_stream(cuda_stream stream, const char* what) {
+  poll(what, [&] {
+    const cudaError_t q = cudaStreamQuery(stream);
+    if (q != cudaSuccess && q != cudaErrorNotReady) {
+      abort();
+      EPLB_CUDA_CHECK(q);
+    }
+    return q == cudaSuccess;
+  });
 }
 
 NcclTransport::NcclTransport(const MpiComm& mpi, cuda_stream stream) : comm_(mpi), stream_(stream) {}

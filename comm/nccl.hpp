@@ -45,6 +45,8 @@ class NcclComm {
   void abort() noexcept;
 
  private:
+  template <class Done>
+  void poll(const char* what, Done done);
   ncclComm* comm_ = nullptr;
   bool failed_ = false;
   double timeout_s_ = 120;

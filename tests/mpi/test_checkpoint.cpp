@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <random>
 
+#include "mpi_test_util.hpp"
 #include "../checkpoint_files.hpp"
 #include "runtime/engine_checkpoint.hpp"
 #include "runtime/pattern.hpp"
@@ -18,16 +19,8 @@ using eplb::runtime::Engine;
 using eplb::runtime::RuntimeConfig;
 using eplb::runtime::WeightRegistry;
 
-int world_size() {
-  int s = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &s);
-  return s;
-}
-int world_rank() {
-  int r = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
+using eplb::test::world_rank;
+using eplb::test::world_size;
 
 /// A directory made by rank 0 and known to every rank; removed at the end.
 struct SharedDir {

@@ -5,6 +5,7 @@
 #include <limits>
 #include <random>
 
+#include "mpi_test_util.hpp"
 #include "comm/placement_bcast.hpp"
 #include "runtime/engine.hpp"
 #include "runtime/pattern.hpp"
@@ -15,16 +16,8 @@ using eplb::runtime::Engine;
 using eplb::runtime::RuntimeConfig;
 using eplb::runtime::WeightRegistry;
 
-int world_size() {
-  int s = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &s);
-  return s;
-}
-int world_rank() {
-  int r = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
+using eplb::test::world_rank;
+using eplb::test::world_size;
 
 /// Host weights for one rank: a buffer per (layer, tensor).
 struct HostWeights {
