@@ -5,6 +5,9 @@
 #include <cstdio>
 #include <cstring>
 #include <utility>
+#if __has_include(<mpi-ext.h>)
+#include <mpi-ext.h>  // Open MPI extensions: MPIX_Query_cuda_support
+#endif
 
 namespace eplb::comm {
 
@@ -104,6 +107,14 @@ void check_config_agreement(const MpiComm& comm, const std::vector<ConfigField>&
   }
   if (!diff.empty())
     throw InvalidInput("configuration differs between ranks: " + diff);
+}
+
+bool mpi_cuda_aware() noexcept {
+#if defined(MPIX_CUDA_AWARE_SUPPORT) && MPIX_CUDA_AWARE_SUPPORT
+  return MPIX_Query_cuda_support() == 1;
+#else
+  return false;
+#endif
 }
 
 std::uint64_t fnv1a(const void* data, std::size_t bytes, std::uint64_t seed) {

@@ -71,6 +71,11 @@ struct ConfigField {
 /// must pass the same number of fields in the same order (the count is checked first).
 void check_config_agreement(const MpiComm& comm, const std::vector<ConfigField>& fields);
 
+/// Whether MPI accepts device pointers: compiled against an MPI that declares CUDA support
+/// (Open MPI's MPIX_CUDA_AWARE_SUPPORT) and MPIX_Query_cuda_support() says so at run time.
+/// Never throws; false when unknown.
+bool mpi_cuda_aware() noexcept;
+
 /// FNV-1a 64 of bytes, chained from `seed`.
 std::uint64_t fnv1a(const void* data, std::size_t bytes,
                     std::uint64_t seed = 14695981039346656037ull);

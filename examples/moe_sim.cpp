@@ -37,6 +37,7 @@ struct Options {
   std::size_t staging_bytes = std::size_t{64} << 20;
   std::string checkpoint, resume;
   int max_experts_per_batch = 0;
+  bool device_allreduce = false;
   int checkpoint_every = 1;
 };
 
@@ -174,6 +175,8 @@ int run(int argc, char** argv, int rank, int size) {
                  "routing kernel, NCCL transport)")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
+  app.add_flag("--device-allreduce", o.device_allreduce,
+               "with --device cuda and a CUDA-aware MPI, allreduce the device window directly");
   app.add_option("--max-experts-per-batch", o.max_experts_per_batch,
                  "experts per NCCL group / MPI batch during migration (0: a whole round)")
       ->capture_default_str();
@@ -208,6 +211,7 @@ int run(int argc, char** argv, int rank, int size) {
   cfg.min_gain = o.min_gain;
   cfg.staging_bytes = o.staging_bytes;
   cfg.max_experts_per_batch = o.max_experts_per_batch;
+  cfg.device_allreduce = o.device_allreduce;
   t.validate();
   if (o.topk < 1 || o.topk > o.experts || o.tokens < 1 || o.passes < 0)
     throw std::invalid_argument("need 1 <= topk <= experts, tokens >= 1, passes >= 0");
@@ -239,9 +243,10 @@ int run(int argc, char** argv, int rank, int size) {
                 EPLB_VERSION, size, t.describe().c_str(), t.hierarchical() ? "hierarchical" : "global",
                 cfg.policy_name().c_str(), o.topk, o.tokens);
     std::printf("  %zu tensors per expert (%s per expert), %d passes, rebalance every %d, window %d\n"
-                "  weights: %s\n\n",
+                "  weights: %s; MPI CUDA-aware: %s%s\n\n",
                 specs.size(), human(static_cast<double>(expert_bytes), b, sizeof b), o.passes,
-                o.interval, o.window, backend->name());
+                o.interval, o.window, backend->name(), engine.mpi_is_cuda_aware() ? "yes" : "no",
+                o.device_allreduce && engine.mpi_is_cuda_aware() ? " (device allreduce on)" : "");
     std::printf("%6s %5s  %-17s %-17s %7s %7s %6s %11s %11s  %7s %7s %7s %7s %8s %8s\n", "pass",
                 "epoch", "balancedness", "max/mean", "changed", "remote", "local", "remote B",
                 "local B", "collect", "policy", "bcast", "plan", "migrate", "total ms");

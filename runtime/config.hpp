@@ -37,6 +37,10 @@ struct RuntimeConfig {
   /// One message per peer and batch (packing through staging) instead of one per tensor per
   /// expert. See ExecOptions::coalesce.
   bool coalesce_messages = true;
+  /// With a device load source and a CUDA-aware MPI (comm::mpi_cuda_aware(), checked at run
+  /// time), allreduce the device buffer directly instead of copying it to the host first.
+  /// Off by default: the host path is the tested one.
+  bool device_allreduce = false;
 
   /// Throws std::invalid_argument naming the first bad field.
   void validate() const;

@@ -68,6 +68,7 @@ Engine::Engine(MPI_Comm comm, RuntimeConfig config, WeightRegistry weights,
               {"max_experts_per_batch", static_cast<std::uint64_t>(config_.max_experts_per_batch)},
               {"max_layers_per_window", static_cast<std::uint64_t>(config_.max_layers_per_window)},
               {"coalesce_messages", static_cast<std::uint64_t>(config_.coalesce_messages)},
+              {"device_allreduce", static_cast<std::uint64_t>(config_.device_allreduce)},
               {"weight layout (hash)", weights_.layout_hash()},
               {"initial placement (hash)",
                comm::fnv1a(initial.phy2log().data(), initial.phy2log().size_bytes())}});
@@ -78,6 +79,7 @@ Engine::Engine(MPI_Comm comm, RuntimeConfig config, WeightRegistry weights,
     threads = std::clamp(static_cast<int>(std::thread::hardware_concurrency()) /
                              std::max(comm_.size(), 1), 1, 8);
   policy_->set_threads(threads);
+  cuda_aware_mpi_ = comm::mpi_cuda_aware();
   const std::size_t expert_bytes = std::max<std::size_t>(weights_.max_bytes_per_expert(), 1);
   migration_options_.max_staged_slots_per_rank =
       static_cast<int>(std::max<std::size_t>(1, config_.staging_bytes / expert_bytes));
@@ -131,14 +133,24 @@ RebalanceStats Engine::rebalance() {
   // 1. Collect: rejected input anywhere stops every rank before anything changes.
   auto t = Clock::now();
   std::optional<std::string> input_error;
-  if (source_) {
-    input_error = source_->collect(local_load_);
+  std::int64_t* device_sum = nullptr;
+  if (source_ && config_.device_allreduce && cuda_aware_mpi_)
+    device_sum = source_->reduce_on_device(input_error);
+  if (device_sum) {
+    comm::throw_if_any_failed(comm_, input_error);
+    EPLB_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, device_sum, static_cast<int>(global_load_.size()),
+                                 MPI_INT64_T, MPI_SUM, comm_.get()));
+    source_->download_reduced(global_load_);
   } else {
-    input_error = window_.take_error();
-    window_.sum(local_load_);
+    if (source_) {
+      input_error = source_->collect(local_load_);
+    } else {
+      input_error = window_.take_error();
+      window_.sum(local_load_);
+    }
+    comm::throw_if_any_failed(comm_, input_error);
+    comm::allreduce_sum(comm_, local_load_, global_load_);
   }
-  comm::throw_if_any_failed(comm_, input_error);
-  comm::allreduce_sum(comm_, local_load_, global_load_);
   for (std::size_t i = 0; i < global_load_.size(); ++i)
     load_f64_[i] = static_cast<double>(global_load_[i]);
   const algo::LoadView load{load_f64_, topo.num_layers, topo.num_logical};

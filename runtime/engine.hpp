@@ -73,6 +73,8 @@ class Engine {
   /// Borrowed; told about every migration layer by layer (e.g. device maps).
   void set_map_listener(MapListener* listener) { listener_ = listener; }
   comm::Transport& transport() { return *transport_; }
+  /// Whether the MPI library reported CUDA support at start-up (comm::mpi_cuda_aware()).
+  bool mpi_is_cuda_aware() const { return cuda_aware_mpi_; }
 
   /// The logical expert this rank's local slot `local` holds (to load its weights).
   int expert_of_local_slot(int layer, int local) const;
@@ -103,6 +105,7 @@ class Engine {
   comm::Buffer staging_{nullptr, [](std::byte*) {}};
   std::size_t staging_size_ = 0;
   algo::MigrationOptions migration_options_;
+  bool cuda_aware_mpi_ = false;
   LoadSource* source_ = nullptr;
   MapListener* listener_ = nullptr;
   std::vector<std::int64_t> local_load_, global_load_;

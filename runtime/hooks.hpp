@@ -18,6 +18,13 @@ class LoadSource {
   virtual std::optional<std::string> collect(std::span<std::int64_t> out) = 0;
   /// Closes the current pass (called by Engine::step on every pass).
   virtual void end_pass() = 0;
+
+  /// Optional device path (RuntimeConfig::device_allreduce with a CUDA-aware MPI): reduce
+  /// the window into a device buffer of [L][E] int64 and return it (and the first input
+  /// error, as collect() does); nullptr = not supported (the host path is used).
+  virtual std::int64_t* reduce_on_device(std::optional<std::string>& /*error*/) { return nullptr; }
+  /// After the allreduce on that buffer: one device->host copy of the result into out.
+  virtual void download_reduced(std::span<std::int64_t> /*out*/) {}
 };
 
 /// Receives the placement maps as the migration makes them true, layer by layer.

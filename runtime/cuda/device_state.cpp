@@ -45,6 +45,33 @@ std::optional<std::string> DeviceLoadWindow::collect(std::span<std::int64_t> out
   return std::nullopt;
 }
 
+std::int64_t* DeviceLoadWindow::reduce_on_device(std::optional<std::string>& error) {
+  const std::size_t n = static_cast<std::size_t>(layers_) * logical_;
+  auto* sum = sum_.as<long long>();
+  EPLB_CUDA_CHECK(launch_window_sum(ring_.as<unsigned long long>(), window_,
+                                    static_cast<long long>(n), sum, stream_));
+  comm::copy_async(host_.as<long long>() + n, errors_.get(), sizeof(long long), stream_);
+  comm::memset_async(errors_.get(), 0, sizeof(unsigned long long), stream_);
+  comm::CudaEvent done(false);
+  done.record(stream_);
+  done.synchronize();  // the sum is complete before MPI reads the buffer
+  const long long bad = host_.as<long long>()[n];
+  if (bad != 0)
+    error = std::to_string(bad) + " expert id(s) in topk_ids outside [0, " +
+            std::to_string(logical_) + ") since the last rebalance (device error counter); they "
+            "were not counted";
+  return reinterpret_cast<std::int64_t*>(sum);
+}
+
+void DeviceLoadWindow::download_reduced(std::span<std::int64_t> out) {
+  const std::size_t n = static_cast<std::size_t>(layers_) * logical_;
+  if (out.size() != n) throw std::invalid_argument("DeviceLoadWindow::download_reduced: output is not [L][E]");
+  comm::copy_async(out.data(), sum_.get(), n * sizeof(long long), stream_);
+  comm::CudaEvent done(false);
+  done.record(stream_);
+  done.synchronize();
+}
+
 void DeviceLoadWindow::end_pass() {
   cursor_ = (cursor_ + 1) % window_;
   comm::memset_async(counts(0), 0,

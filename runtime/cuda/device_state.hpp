@@ -28,6 +28,8 @@ class DeviceLoadWindow final : public LoadSource {
 
   std::optional<std::string> collect(std::span<std::int64_t> out) override;
   void end_pass() override;
+  std::int64_t* reduce_on_device(std::optional<std::string>& error) override;
+  void download_reduced(std::span<std::int64_t> out) override;
 
   /// The whole ring [W][L][E] and cursor, copied to the host (for checkpoints).
   void download_ring(std::span<std::int64_t> ring, int& cursor) const;
