@@ -4,17 +4,21 @@
 #include <string>
 
 #include "algo/deepseek.hpp"
+#include "algo/spill.hpp"
 #include "algo/sticky.hpp"
 
 namespace eplb::algo {
 
-std::vector<std::string> policy_names() { return {"deepseek", "sticky", "deepseek-refined"}; }
+std::vector<std::string> policy_names() {
+  return {"deepseek", "sticky", "deepseek-refined", "hierarchical-spill"};
+}
 
 std::string default_policy_name() { return policy_names().front(); }
 
 std::unique_ptr<Policy> make_policy(std::string_view name) {
   if (name == "deepseek") return std::make_unique<DeepseekPolicy>();
   if (name == "sticky") return std::make_unique<StickyPolicy>();
+  if (name == "hierarchical-spill") return std::make_unique<SpillPolicy>();
   if (name.substr(0, 7) == "sticky:") {
     // "sticky:tolerance=0.005:node_tolerance=0.02...": the sticky policy with its knobs set.
     StickyOptions o;

@@ -26,6 +26,9 @@ class Policy {
   virtual void rebalance_into(LoadView load, const Topology& topo, const Placement* previous,
                               Placement& out) = 0;
 
+  /// Whether every expert group stays on one node in hierarchical topologies (G % N == 0).
+  virtual bool keeps_groups_on_nodes() const { return true; }
+
   /// Threads a policy may use for one call (policies that cannot use more ignore it).
   virtual void set_threads(int /*threads*/) {}
 

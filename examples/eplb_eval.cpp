@@ -17,6 +17,7 @@
 #include "algo/migration.hpp"
 #include "algo/policy.hpp"
 #include "bench/shapes.hpp"
+#include "algo/spill.hpp"
 #include "eplb/config.hpp"
 
 namespace {
@@ -32,6 +33,7 @@ struct Row {
   int window = 0;
   double imbalance_mean = 0, imbalance_worst = 0;
   double slots_changed_frac = 0, remote_frac = 0, same_node_remote_frac = 0;
+  double node_local_traffic = 1;
   double bytes_moved = 0;
   double plan_us = 0;
 };
@@ -182,6 +184,7 @@ int main(int argc, char** argv) {
         r.slots_changed_frac = static_cast<double>(st.slots_changed) / slots;
         r.remote_frac = static_cast<double>(st.remote_units) / slots;
         r.same_node_remote_frac = static_cast<double>(st.same_node_remote) / slots;
+        r.node_local_traffic = eplb::algo::node_local_traffic(loads[w].view(), next, t);
         r.bytes_moved = static_cast<double>(st.remote_units) * bytes_per_expert;
         r.plan_us = median(times);
         rows.push_back(r);
@@ -193,13 +196,13 @@ int main(int argc, char** argv) {
       std::ofstream f(csv_path);
       if (!f) throw std::runtime_error("cannot write '" + csv_path + "'");
       f << "policy,window,imbalance_mean,imbalance_worst,slots_changed_frac,remote_frac,"
-           "same_node_remote_frac,bytes_moved,plan_us\n";
+           "same_node_remote_frac,bytes_moved,plan_us,node_local_traffic\n";
       char buf[256];
       for (const auto& r : rows) {
-        std::snprintf(buf, sizeof buf, "%s,%d,%.6f,%.6f,%.6f,%.6f,%.6f,%.0f,%.2f\n",
+        std::snprintf(buf, sizeof buf, "%s,%d,%.6f,%.6f,%.6f,%.6f,%.6f,%.0f,%.2f,%.6f\n",
                       r.policy.c_str(), r.window, r.imbalance_mean, r.imbalance_worst,
                       r.slots_changed_frac, r.remote_frac, r.same_node_remote_frac,
-                      r.bytes_moved, r.plan_us);
+                      r.bytes_moved, r.plan_us, r.node_local_traffic);
         f << buf;
       }
       if (!f.flush()) throw std::runtime_error("error writing '" + csv_path + "'");
@@ -214,18 +217,19 @@ int main(int argc, char** argv) {
                        std::to_string(seed))
                           .c_str()
                     : "files");
-    std::printf("%-18s %9s %9s %9s %9s %9s %12s %9s %9s %10s\n", "policy", "imb_mean",
+    std::printf("%-18s %9s %9s %9s %9s %9s %12s %9s %9s %10s %10s\n", "policy", "imb_mean",
                 "imb_worst", "changed", "remote", "remote/ref", "bytes/rebal", "remote@0",
-                "plan_us", "plan_max");
+                "plan_us", "plan_max", "node_local");
     const bool steady = loads.size() > 1;
     double ref_remote = -1;
     for (const auto& n : names) {
-      double im = 0, iw = 0, ch = 0, rm = 0, by = 0, rm0 = 0, pmax = 0;
+      double im = 0, iw = 0, ch = 0, rm = 0, by = 0, rm0 = 0, pmax = 0, local = 0;
       int nw = 0, nm = 0;
       std::vector<double> plan;
       for (const auto& r : rows) {
         if (r.policy != n) continue;
         im += r.imbalance_mean;
+        local += r.node_local_traffic;
         iw = std::max(iw, r.imbalance_worst);
         ++nw;
         plan.push_back(r.plan_us);
@@ -240,16 +244,17 @@ int main(int argc, char** argv) {
       }
       rm /= nm;
       if (ref_remote < 0) ref_remote = rm;
-      std::printf("%-18s %9.4f %9.4f %9.4f %9.4f %9.3f %12.4g %9.4f %9.1f %10.1f\n", n.c_str(),
-                  im / nw, iw, ch / nm, rm, ref_remote > 0 ? rm / ref_remote : 0.0, by / nm, rm0,
-                  median(plan), pmax);
+      std::printf("%-18s %9.4f %9.4f %9.4f %9.4f %9.3f %12.4g %9.4f %9.1f %10.1f %10.4f\n",
+                  n.c_str(), im / nw, iw, ch / nm, rm, ref_remote > 0 ? rm / ref_remote : 0.0,
+                  by / nm, rm0, median(plan), pmax, local / nw);
     }
     std::printf(
         "imb = per-layer max/mean GPU load (mean over layers and windows; worst layer of any "
         "window); changed, remote = slots changed and remote transfers per rebalance as a "
         "fraction of L*R (mean over windows %s); remote/ref = remote relative to the first "
         "policy listed; remote@0 = window 0 from the contiguous start; plan_us = median "
-        "planning time (CPU time of the planning thread), plan_max = the largest.\n",
+        "planning time (CPU time of the planning thread), plan_max = the largest; node_local = "
+        "fraction of the load served on its group's home node (algo::node_local_traffic).\n",
         steady ? "1.." : "0");
     return 0;
   } catch (const std::invalid_argument& e) {
