@@ -216,6 +216,11 @@ bool StickyPolicy::improve(const Domain& d, int* row, double target, const int* 
   // Per-slot replica loads (contiguous: the pair loops below read them, not r[row[s]]).
   double* sr = sr_.data();
   for (int s = 0; s < d.nslots; ++s) sr[s] = r[base[s]];
+  // The pairs of two GPUs are pre-filtered into bit masks (k <= 64; else every pair is
+  // tested).
+  const bool sweep = k <= 64;
+  std::uint64_t* am = amask_.data();
+  std::uint64_t* amo_ = amask_.data() + k;
   for (int it = 0;; ++it) {
     int X = 0;
     for (int g = 1; g < d.ngpu; ++g)
@@ -232,15 +237,21 @@ bool StickyPolicy::improve(const Domain& d, int* row, double target, const int* 
     double best_delta = 0;
     // Partners from the least loaded up; stop after the first partner that admits a swap
     // reaching the target (further ones are more loaded: fewer such swaps).
-    for (int g = 0; g < d.ngpu; ++g) {
-      int j = g;
-      const double v = gl_[g];
-      for (; j > 0 && gl_[yorder_[j - 1]] > v; --j) yorder_[j] = yorder_[j - 1];
-      yorder_[j] = g;
-    }
+    // (Taken one at a time in ascending (load, index) order: usually one or two are needed.)
+    int Yprev = -1;
+    double Lprev = 0;
+    const double* sx = sr + X * k;
+    const double eps = LX * 1e-9;  // > the rounding of the rearranged bounds below
     for (int yi = 0; yi < d.ngpu; ++yi) {
-      const int Y = yorder_[yi];
       if (best_ok) break;
+      int Y = -1;
+      for (int g = 0; g < d.ngpu; ++g) {
+        const double v = gl_[g];
+        if (Yprev >= 0 && (v < Lprev || (v == Lprev && g <= Yprev))) continue;
+        if (Y < 0 || v < gl_[Y]) Y = g;
+      }
+      Yprev = Y;
+      Lprev = gl_[Y];
       const double LY = gl_[Y];
       const double gap = LX - LY;
       if (gap <= 0) break;  // includes Y == X and everything after it
@@ -249,43 +260,98 @@ bool StickyPolicy::improve(const Domain& d, int* row, double target, const int* 
       // end at most at the target, below best_max when no such swap was found yet).
       if (0.5 * (LX + LY) > best_max) break;
       const int* ys = base + Y * k;
-      const double* sx = sr + X * k;
       const double* sy = sr + Y * k;
-      for (int a = 0; a < k; ++a) {
-        const double ra = sx[a];
-        if (ra <= 0) continue;
-        for (int b = 0; b < k; ++b) {
-          const double delta = ra - sy[b];
-          if (delta <= 0 || delta >= gap) continue;
-          const int ea = xs[a], eb = ys[b];
-          const double nmax = std::max(LX - delta, LY + delta);
-          const bool ok = nmax <= target;
-          if (best_ok && !ok) continue;
-          int moves = 2;
-          if (prev) {
-            const int sa = X * k + a, sb = Y * k + b;
-            moves += (eb != prev[sa]) + (ea != prev[sb]) - (ea != prev[sa]) - (eb != prev[sb]);
-          }
-          if (ok == best_ok) {
-            if (ok ? (moves > best_moves || (moves == best_moves && nmax >= best_max))
-                   : (nmax > best_max || (nmax == best_max && moves >= best_moves)))
-              continue;
-          }
-          bool dup = false;
-          for (int t = 0; t < k; ++t)
-            if ((t != a && xs[t] == eb) || (t != b && ys[t] == ea)) {
-              dup = true;
-              break;
-            }
-          if (dup) continue;
-          best_sa = X * k + a;
-          best_sb = Y * k + b;
-          best_moves = moves;
-          best_max = nmax;
-          best_ok = ok;
-          best_delta = delta;
+      // A swap that creates no second copy of an expert on X or Y.
+      auto no_dup = [&](int a, int b, int ea, int eb) {
+        bool dup = false;
+        for (int t = 0; t < k; ++t) dup |= ((t != a) & (xs[t] == eb)) | ((t != b) & (ys[t] == ea));
+        return !dup;
+      };
+      auto moves_of = [&](int a, int b, int ea, int eb) {
+        int moves = 2;
+        if (prev) {
+          const int sa = X * k + a, sb = Y * k + b;
+          moves += (eb != prev[sa]) + (ea != prev[sb]) - (ea != prev[sa]) - (eb != prev[sb]);
         }
+        return moves;
+      };
+      // The exact test of one pair (X's slot a, Y's slot b), in the order (a, b).
+      auto consider = [&](int a, int b) {
+        const double delta = sx[a] - sy[b];
+        if (delta <= 0 || delta >= gap) return;
+        const int ea = xs[a], eb = ys[b];
+        const double nmax = std::max(LX - delta, LY + delta);
+        const bool ok = nmax <= target;
+        if (best_ok && !ok) return;
+        const int moves = moves_of(a, b, ea, eb);
+        if (ok == best_ok) {
+          if (ok ? (moves > best_moves || (moves == best_moves && nmax >= best_max))
+                 : (nmax > best_max || (nmax == best_max && moves >= best_moves)))
+            return;
+        }
+        if (!no_dup(a, b, ea, eb)) return;
+        best_sa = X * k + a;
+        best_sb = Y * k + b;
+        best_moves = moves;
+        best_max = nmax;
+        best_ok = ok;
+        best_delta = delta;
+      };
+      // The same test restricted to swaps reaching the target. Once one is found every later
+      // swap not reaching it loses, and any swap reaching it beats the best so far (which does
+      // not): so when Y admits one, the scan of Y in (a, b) order ends with the first best of
+      // them by (moves, new max), which this finds alone.
+      auto consider_ok = [&](int a, int b) {
+        const double delta = sx[a] - sy[b];
+        if (delta <= 0 || delta >= gap) return;
+        const double nmax = std::max(LX - delta, LY + delta);
+        if (!(nmax <= target)) return;
+        const int ea = xs[a], eb = ys[b];
+        const int moves = moves_of(a, b, ea, eb);
+        if (best_ok && (moves > best_moves || (moves == best_moves && nmax >= best_max))) return;
+        if (!no_dup(a, b, ea, eb)) return;
+        best_sa = X * k + a;
+        best_sb = Y * k + b;
+        best_moves = moves;
+        best_max = nmax;
+        best_ok = true;
+        best_delta = delta;
+      };
+      if (!sweep) {
+        for (int a = 0; a < k; ++a)
+          if (sx[a] > 0)
+            for (int b = 0; b < k; ++b) consider(a, b);
+        continue;
       }
+      // Candidate masks (branch-free; supersets, widened by eps): for the swaps reaching the
+      // target, delta in [LX - target, target - LY]; for all that can win, 0 < delta < gap
+      // and new max <= max(best so far, target) (best_ok is false here).
+      const double B = std::max(best_max, target);
+      const double alo = std::max(0.0, LX - B) - eps, ahi = std::min(gap, B - LY) + eps;
+      const double olo = std::max(0.0, LX - target) - eps, ohi = std::min(gap, target - LY) + eps;
+      auto masks = [&](double lo, double hi, std::uint64_t* out) {
+        std::uint64_t any = 0;
+        for (int a = 0; a < k; ++a) {
+          const double ra = sx[a];
+          std::uint64_t m = 0;
+          for (int b = 0; b < k; ++b) {
+            const double delta = ra - sy[b];
+            m |= static_cast<std::uint64_t>((delta > lo) & (delta < hi)) << b;
+          }
+          m &= ra > 0 ? ~std::uint64_t{0} : 0;
+          out[a] = m;
+          any |= m;
+        }
+        return any != 0;
+      };
+      if (olo < ohi && masks(olo, ohi, amo_)) {
+        for (int a = 0; a < k; ++a)
+          for (std::uint64_t m = amo_[a]; m; m &= m - 1) consider_ok(a, std::countr_zero(m));
+        if (best_ok) continue;
+      }
+      if (alo < ahi && masks(alo, ahi, am))
+        for (int a = 0; a < k; ++a)
+          for (std::uint64_t m = am[a]; m; m &= m - 1) consider(a, std::countr_zero(m));
     }
     if (best_sa < 0) return false;
     std::swap(base[best_sa], base[best_sb]);
@@ -398,10 +464,10 @@ bool StickyPolicy::dedup(const Domain& d, int* row, double target, const int* pr
   const int* prev = prev_row ? prev_row + d.slot0 : nullptr;
   double cap = target;
   for (int g = 0; g < d.ngpu; ++g) cap = std::max(cap, gl_[g]);
-  auto holds = [&](int g, int e, int except) {
-    for (int t = 0; t < k; ++t)
-      if (t != except && base[g * k + t] == e) return true;
-    return false;
+  auto holds = [&](int g, int e, int except) {  // branch-free: no early exit
+    bool h = false;
+    for (int t = 0; t < k; ++t) h |= (t != except) & (base[g * k + t] == e);
+    return h;
   };
   // Every swap removes one duplicate and creates none: repeat until none is possible (so
   // that a second pass over the result, as the next rebalance makes, changes nothing).
@@ -716,13 +782,13 @@ void StickyPolicy::rebalance_into(LoadView load, const Topology& topo, const Pla
   gl_.resize(static_cast<std::size_t>(P));
   fill_.resize(static_cast<std::size_t>(std::max(P, N)));
   gstamp_.assign(static_cast<std::size_t>(P), -1);
-  yorder_.resize(static_cast<std::size_t>(P));
   node_of_group_.resize(static_cast<std::size_t>(G));
   fresh_node_.resize(static_cast<std::size_t>(G));
   row_fresh_.resize(static_cast<std::size_t>(R));
   sr_.resize(static_cast<std::size_t>(R));
   gl_save_.resize(static_cast<std::size_t>(P));
   phy2log_.resize(static_cast<std::size_t>(L) * R);
+  amask_.resize(2 * static_cast<std::size_t>(k));
 
   if (opt_.refine_reference) {
     // The reference's placement, then swaps inside each node (groups stay on their node).

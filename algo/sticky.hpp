@@ -78,8 +78,8 @@ class StickyPolicy final : public Policy {
   // Scratch (sized per call, reused).
   std::vector<double> gl_save_, sr_, w_, r_, rs_, gl_, group_load_, node_load_;
   std::vector<int> cnt_, cstar_, have_, dom_of_, dom_experts_, dom_first_, row_fresh_, gstamp_;
-  std::vector<int> yorder_, node_of_group_, fresh_node_, fill_, free_, pack_, perm_;
-  std::vector<std::uint64_t> keys_;
+  std::vector<int> node_of_group_, fresh_node_, fill_, free_, pack_, perm_;
+  std::vector<std::uint64_t> keys_, amask_;  // amask_: improve's candidate pairs
   std::vector<long long> ov_, cost_, hu_u_, hu_v_, hu_minv_;
   std::vector<int> hu_p_, hu_way_, hu_ans_;
   std::vector<char> hu_used_;
