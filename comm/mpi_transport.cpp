@@ -22,23 +22,25 @@ void MpiHostTransport::begin_batch() {
   if (!requests_.empty()) throw Error("MpiHostTransport: begin_batch() with a batch open");
 }
 
-void MpiHostTransport::send(const std::byte* buf, std::size_t bytes, int peer) {
-  for (std::size_t off = 0; off < bytes || (bytes == 0 && off == 0); off += kMaxMessage) {
+void MpiHostTransport::post(bool is_send, std::byte* buf, std::size_t bytes, int peer) {
+  // Messages over kMaxMessage are split (MPI counts are int); a 0-byte message is still one.
+  std::size_t off = 0;
+  do {
     const int n = static_cast<int>(std::min(kMaxMessage, bytes - off));
     requests_.push_back(MPI_REQUEST_NULL);
-    EPLB_MPI_CHECK(MPI_Isend(buf + off, n, MPI_BYTE, peer, kTag, comm_.get(), &requests_.back()));
-    if (bytes == 0) break;
-  }
+    if (is_send)
+      EPLB_MPI_CHECK(MPI_Isend(buf + off, n, MPI_BYTE, peer, kTag, comm_.get(), &requests_.back()));
+    else
+      EPLB_MPI_CHECK(MPI_Irecv(buf + off, n, MPI_BYTE, peer, kTag, comm_.get(), &requests_.back()));
+    off += static_cast<std::size_t>(n);
+  } while (off < bytes);
 }
 
-void MpiHostTransport::recv(std::byte* buf, std::size_t bytes, int peer) {
-  for (std::size_t off = 0; off < bytes || (bytes == 0 && off == 0); off += kMaxMessage) {
-    const int n = static_cast<int>(std::min(kMaxMessage, bytes - off));
-    requests_.push_back(MPI_REQUEST_NULL);
-    EPLB_MPI_CHECK(MPI_Irecv(buf + off, n, MPI_BYTE, peer, kTag, comm_.get(), &requests_.back()));
-    if (bytes == 0) break;
-  }
+void MpiHostTransport::send(const std::byte* buf, std::size_t bytes, int peer) {
+  post(true, const_cast<std::byte*>(buf), bytes, peer);  // MPI_Isend takes const void*
 }
+
+void MpiHostTransport::recv(std::byte* buf, std::size_t bytes, int peer) { post(false, buf, bytes, peer); }
 
 void MpiHostTransport::end_batch() {
   std::vector<MPI_Request> reqs;

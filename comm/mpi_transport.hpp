@@ -26,6 +26,8 @@ class MpiHostTransport final : public Transport {
   Buffer allocate(std::size_t bytes) override;
 
  private:
+  void post(bool is_send, std::byte* buf, std::size_t bytes, int peer);
+
   const MpiComm& comm_;
   std::vector<MPI_Request> requests_;
 };
