@@ -30,7 +30,9 @@ struct HostWeights {
       for (std::size_t i = 0; i < tensor_bytes.size(); ++i) {
         const std::size_t stride = tensor_bytes[i] + pad;
         buffers.emplace_back(stride * k);
-        registry.add(l, "t" + std::to_string(i), buffers.back().data(), tensor_bytes[i], stride);
+        std::string name = "t";  // not "t" + to_string(i): GCC 12 -Wrestrict false positive
+        name += std::to_string(i);
+        registry.add(l, std::move(name), buffers.back().data(), tensor_bytes[i], stride);
       }
   }
 };
