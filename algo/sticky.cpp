@@ -8,6 +8,10 @@
 #include <stdexcept>
 #include <string>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 namespace eplb::algo {
 
 /// A set of GPUs that one layer's replicas are packed onto independently: one node in the
@@ -27,6 +31,12 @@ inline std::uint64_t desc_key(double v, int i) {
   const auto f = static_cast<float>(v);
   const std::uint32_t bits = std::bit_cast<std::uint32_t>(f + 0.0f);
   return (static_cast<std::uint64_t>(~bits) << 32) | static_cast<std::uint32_t>(i);
+}
+
+/// take ? a : b, by bit masks (the compiler keeps a branch for the plain conditional).
+inline double select_bits(bool take, double a, double b) {
+  const std::uint64_t ua = std::bit_cast<std::uint64_t>(a), ub = std::bit_cast<std::uint64_t>(b);
+  return std::bit_cast<double>(ub ^ ((ua ^ ub) & (std::uint64_t{0} - take)));
 }
 
 /// Min-cost perfect assignment on an n x n matrix (row-major), O(n^3) (Hungarian method with
@@ -111,6 +121,24 @@ void StickyPolicy::star_counts(const Domain& d) {
   if (extra > 0) {
     keys_.resize(static_cast<std::size_t>(d.nexperts));
     for (int i = 0; i < d.nexperts; ++i) keys_[i] = desc_key(w_[d.experts[i]], d.experts[i]);
+    if (extra <= 16) {
+      // Few extra replicas: a branch-free scan for the smallest key each time (the keys are
+      // distinct, so the same choices as the heap below).
+      std::uint64_t* kk = keys_.data();
+      const int n = d.nexperts;
+      for (int x = 0; x < extra; ++x) {
+        std::uint64_t mk = kk[0];
+        int mi = 0;
+        for (int i = 1; i < n; ++i) {
+          const bool take = kk[i] < mk;
+          mk = take ? kk[i] : mk;
+          mi = take ? i : mi;
+        }
+        const int e = static_cast<int>(mk & 0xffffffffu);
+        ++cstar_[e];
+        kk[mi] = desc_key(w_[e] / cstar_[e], e);
+      }
+    } else {
     auto cmp = [](std::uint64_t a, std::uint64_t b) { return a > b; };  // min-heap on keys
     std::make_heap(keys_.begin(), keys_.end(), cmp);
     for (int x = 0; x < extra; ++x) {
@@ -119,6 +147,7 @@ void StickyPolicy::star_counts(const Domain& d) {
       ++cstar_[e];
       keys_.back() = desc_key(w_[e] / cstar_[e], e);
       std::push_heap(keys_.begin(), keys_.end(), cmp);
+    }
     }
   }
   for (int i = 0; i < d.nexperts; ++i) {
@@ -221,11 +250,24 @@ bool StickyPolicy::improve(const Domain& d, int* row, double target, const int* 
   const bool sweep = k <= 64;
   std::uint64_t* am = amask_.data();
   std::uint64_t* amo_ = amask_.data() + k;
+  // Few GPUs (a node): the most / least loaded GPU is picked branch-free (the branches
+  // mispredict); with many GPUs the branchy scan is faster (mostly predicted).
+  const bool small = d.ngpu <= 16;
   for (int it = 0;; ++it) {
     int X = 0;
-    for (int g = 1; g < d.ngpu; ++g)
-      if (gl_[g] > gl_[X]) X = g;
-    const double LX = gl_[X];
+    double LX = gl_[0];
+    if (small) {
+      for (int g = 1; g < d.ngpu; ++g) {  // branch-free selection
+        const double v = gl_[g];
+        const bool take = v > LX;
+        X ^= (X ^ g) & -static_cast<int>(take);
+        LX = select_bits(take, v, LX);
+      }
+    } else {
+      for (int g = 1; g < d.ngpu; ++g)
+        if (gl_[g] > gl_[X]) X = g;
+      LX = gl_[X];
+    }
     if (LX <= target) return true;
     if (it >= max_swaps) return false;
     int* xs = base + X * k;
@@ -245,10 +287,21 @@ bool StickyPolicy::improve(const Domain& d, int* row, double target, const int* 
     for (int yi = 0; yi < d.ngpu; ++yi) {
       if (best_ok) break;
       int Y = -1;
-      for (int g = 0; g < d.ngpu; ++g) {
-        const double v = gl_[g];
-        if (Yprev >= 0 && (v < Lprev || (v == Lprev && g <= Yprev))) continue;
-        if (Y < 0 || v < gl_[Y]) Y = g;
+      double YL = 0;
+      if (small) {
+        for (int g = 0; g < d.ngpu; ++g) {  // branch-free selection
+          const double v = gl_[g];
+          const bool after = (Yprev < 0) | (v > Lprev) | ((v == Lprev) & (g > Yprev));
+          const bool take = after & ((Y < 0) | (v < YL));
+          Y ^= (Y ^ g) & -static_cast<int>(take);
+          YL = select_bits(take, v, YL);
+        }
+      } else {
+        for (int g = 0; g < d.ngpu; ++g) {
+          const double v = gl_[g];
+          if (Yprev >= 0 && (v < Lprev || (v == Lprev && g <= Yprev))) continue;
+          if (Y < 0 || v < gl_[Y]) Y = g;
+        }
       }
       Yprev = Y;
       Lprev = gl_[Y];
@@ -329,15 +382,31 @@ bool StickyPolicy::improve(const Domain& d, int* row, double target, const int* 
       const double B = std::max(best_max, target);
       const double alo = std::max(0.0, LX - B) - eps, ahi = std::min(gap, B - LY) + eps;
       const double olo = std::max(0.0, LX - target) - eps, ohi = std::min(gap, target - LY) + eps;
+      // (Two pairs at a time with SSE2: the same comparisons, so the same bits; sr_ has a
+      // padding entry so that the last GPU's odd slot count reads in bounds.)
+      const std::uint64_t kmask = k == 64 ? ~std::uint64_t{0} : (std::uint64_t{1} << k) - 1;
       auto masks = [&](double lo, double hi, std::uint64_t* out) {
         std::uint64_t any = 0;
+#if defined(__SSE2__)
+        const __m128d vlo = _mm_set1_pd(lo), vhi = _mm_set1_pd(hi);
+#endif
         for (int a = 0; a < k; ++a) {
           const double ra = sx[a];
           std::uint64_t m = 0;
+#if defined(__SSE2__)
+          const __m128d vra = _mm_set1_pd(ra);
+          for (int b = 0; b < k; b += 2) {
+            const __m128d dl = _mm_sub_pd(vra, _mm_loadu_pd(sy + b));
+            const __m128d in = _mm_and_pd(_mm_cmpgt_pd(dl, vlo), _mm_cmplt_pd(dl, vhi));
+            m |= static_cast<std::uint64_t>(_mm_movemask_pd(in)) << b;
+          }
+          m &= kmask;
+#else
           for (int b = 0; b < k; ++b) {
             const double delta = ra - sy[b];
             m |= static_cast<std::uint64_t>((delta > lo) & (delta < hi)) << b;
           }
+#endif
           m &= ra > 0 ? ~std::uint64_t{0} : 0;
           out[a] = m;
           any |= m;
@@ -426,7 +495,44 @@ void StickyPolicy::place(const Domain& d, const int* prev_row, int* row, const i
     const int e = d.experts[i];
     for (int c = have_[e]; c < cnt[e]; ++c) keys_.push_back(desc_key(r[e], e));
   }
+  if (keys_.empty()) return;
   std::sort(keys_.begin(), keys_.end());
+  if (k <= 64 && d.ngpu <= 64) {
+    // Bit masks: free slots per GPU, GPUs holding each expert (same choices as the scan below).
+    std::uint64_t* fm = fmask_.data();
+    std::uint64_t* hm = hmask_.data();
+    for (int i = 0; i < d.nexperts; ++i) hm[d.experts[i]] = 0;
+    for (int g = 0; g < d.ngpu; ++g) {
+      const int* gs = row + d.slot0 + g * k;
+      std::uint64_t m = 0;
+      for (int t = 0; t < k; ++t) {
+        const int e = gs[t];
+        m |= static_cast<std::uint64_t>(e < 0) << t;
+        if (e >= 0) hm[e] |= std::uint64_t{1} << g;
+      }
+      fm[g] = m;
+    }
+    for (const std::uint64_t key : keys_) {
+      const int e = static_cast<int>(key & 0xffffffffu);
+      const std::uint64_t he = hm[e];
+      int best = -1;
+      bool best_holds = true;
+      for (int g = 0; g < d.ngpu; ++g) {
+        if (fm[g] == 0) continue;
+        const bool holds = (he >> g) & 1;
+        if (best < 0 || (!holds && best_holds) || (holds == best_holds && gl_[g] < gl_[best])) {
+          best = g;
+          best_holds = holds;
+        }
+      }
+      const int t = std::countr_zero(fm[best]);
+      fm[best] &= fm[best] - 1;
+      hm[e] |= std::uint64_t{1} << best;
+      row[d.slot0 + best * k + t] = e;
+      gl_[best] += r[e];
+    }
+    return;
+  }
   for (const std::uint64_t key : keys_) {
     const int e = static_cast<int>(key & 0xffffffffu);
     int best = -1;
@@ -474,6 +580,17 @@ bool StickyPolicy::dedup(const Domain& d, int* row, double target, const int* pr
   for (bool again = true; again;) {
   again = false;
   for (int X = 0; X < d.ngpu; ++X) {
+    // Skip a GPU without a second copy (swaps here never create one): one stamp per GPU.
+    {
+      const std::uint32_t st = ++stamp_;
+      bool dup = false;
+      for (int t = 0; t < k; ++t) {
+        std::uint32_t& m = seen_[base[X * k + t]];
+        dup |= m == st;
+        m = st;
+      }
+      if (!dup) continue;
+    }
     for (int a = 0; a < k; ++a) {
       const int ea = base[X * k + a];
       if (!holds(X, ea, a)) continue;
@@ -671,7 +788,11 @@ void StickyPolicy::map_groups(const Topology& topo, const int* prev_row) {
   const int E = topo.num_logical, G = topo.num_groups, N = topo.num_nodes;
   const int gs = E / G, gpn = G / N, Rn = topo.num_slots / N;
   group_load_.assign(static_cast<std::size_t>(G), 0.0);
-  for (int e = 0; e < E; ++e) group_load_[e / gs] += w_[e];
+  for (int g = 0; g < G; ++g) {
+    double sum = 0;  // same order of additions as over e ascending
+    for (int i = 0; i < gs; ++i) sum += w_[g * gs + i];
+    group_load_[g] = sum;
+  }
   // Fresh: LPT of group loads, ties as the reference (lower group first, lowest node).
   keys_.resize(static_cast<std::size_t>(G));
   for (int g = 0; g < G; ++g) keys_[g] = desc_key(group_load_[g], g);
@@ -695,7 +816,9 @@ void StickyPolicy::map_groups(const Topology& topo, const int* prev_row) {
   // Overlap: slots of node n holding an expert of group g.
   std::vector<long long>& ov = ov_;
   ov.assign(static_cast<std::size_t>(G) * N, 0);
-  for (int s = 0; s < topo.num_slots; ++s) ++ov[static_cast<std::size_t>(prev_row[s] / gs) * N + s / Rn];
+  for (int n = 0; n < N; ++n)  // group_of_: expert -> group, without a division per slot
+    for (int s = n * Rn; s < (n + 1) * Rn; ++s)
+      ++ov[static_cast<std::size_t>(group_of_[prev_row[s]]) * N + n];
   cost_.assign(static_cast<std::size_t>(G) * G, 0);
   for (int g = 0; g < G; ++g)
     for (int c = 0; c < G; ++c) cost_[static_cast<std::size_t>(g) * G + c] = -ov[static_cast<std::size_t>(g) * N + c / gpn];
@@ -776,6 +899,8 @@ void StickyPolicy::rebalance_into(LoadView load, const Topology& topo, const Pla
   cnt_.resize(E_);
   cstar_.resize(E_);
   have_.assign(E_, 0);
+  seen_.assign(E_, 0);
+  stamp_ = 0;
   dom_of_.assign(E_, 0);
   dom_experts_.resize(E_);
   dom_first_.resize(static_cast<std::size_t>(N) + 1);
@@ -783,9 +908,14 @@ void StickyPolicy::rebalance_into(LoadView load, const Topology& topo, const Pla
   fill_.resize(static_cast<std::size_t>(std::max(P, N)));
   gstamp_.assign(static_cast<std::size_t>(P), -1);
   node_of_group_.resize(static_cast<std::size_t>(G));
+  group_of_.resize(E_);
+  fmask_.resize(static_cast<std::size_t>(P));
+  hmask_.resize(E_);
+  for (int g = 0, gsz = E / G; g < G; ++g)
+    for (int i = 0; i < gsz; ++i) group_of_[g * gsz + i] = g;
   fresh_node_.resize(static_cast<std::size_t>(G));
   row_fresh_.resize(static_cast<std::size_t>(R));
-  sr_.resize(static_cast<std::size_t>(R));
+  sr_.assign(static_cast<std::size_t>(R) + 1, 0.0);  // + 1: improve reads slot pairs
   gl_save_.resize(static_cast<std::size_t>(P));
   phy2log_.resize(static_cast<std::size_t>(L) * R);
   amask_.resize(2 * static_cast<std::size_t>(k));

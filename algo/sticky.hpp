@@ -80,9 +80,13 @@ class StickyPolicy final : public Policy {
   std::vector<int> cnt_, cstar_, have_, dom_of_, dom_experts_, dom_first_, row_fresh_, gstamp_;
   std::vector<int> node_of_group_, fresh_node_, fill_, free_, pack_, perm_;
   std::vector<std::uint64_t> keys_, amask_;  // amask_: improve's candidate pairs
+  std::vector<std::uint64_t> fmask_, hmask_;  // place: free slots per GPU, GPUs per expert
   std::vector<long long> ov_, cost_, hu_u_, hu_v_, hu_minv_;
   std::vector<int> hu_p_, hu_way_, hu_ans_;
   std::vector<char> hu_used_;
+  std::vector<int> group_of_;  // expert -> group (hierarchical)
+  std::vector<std::uint32_t> seen_;  // dedup: per-expert stamps
+  std::uint32_t stamp_ = 0;
   std::vector<int> phy2log_;
   double mean_gpu_load_ = 0;
   bool cstar_ready_ = false;
