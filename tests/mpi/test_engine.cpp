@@ -135,7 +135,11 @@ class EngineBadInput : public testing::Test {
     weights = std::make_unique<HostWeights>(t, std::vector<std::size_t>{64, 24});
     const auto initial = eplb::algo::Placement::contiguous(t);
     eplb::runtime::fill_slots(weights->registry, initial, world_rank());
-    engine = std::make_unique<Engine>(MPI_COMM_WORLD, config_for(t), std::move(weights->registry), initial);
+    // The reference policy: it re-sorts even a single rank's slots, so the first rebalance
+    // below changes the placement at every rank count (sticky would keep it at one rank).
+    auto cfg = config_for(t);
+    cfg.policy = "deepseek";
+    engine = std::make_unique<Engine>(MPI_COMM_WORLD, cfg, std::move(weights->registry), initial);
     std::mt19937_64 rng(7 + world_rank());
     add_random_loads(*engine, rng, 1.5);
     const auto st = engine->rebalance();  // a first real placement
@@ -198,6 +202,7 @@ TEST_F(EngineBadInput, SkipBelowMinGainKeepsPlacement) {
   HostWeights host(t, {64});
   auto cfg = config_for(t);
   cfg.min_gain = 2.0;
+  cfg.policy = "deepseek";  // changes the placement at every rank count (see the fixture)
   const auto initial = eplb::algo::Placement::contiguous(t);
   eplb::runtime::fill_slots(host.registry, initial, world_rank());
   Engine e(MPI_COMM_WORLD, cfg, std::move(host.registry), initial);
