@@ -22,6 +22,18 @@ struct StickyPolicy::Domain {
   int slot0 = 0, nslots = 0;
   const int* experts = nullptr;
   int nexperts = 0;
+
+  /// Node n's GPUs and slots (P GPUs on N nodes, k slots per GPU); experts are set by callers.
+  static Domain of_node(int n, int P, int N, int k) {
+    Domain d;
+    d.id = n;
+    d.ngpu = P / N;
+    d.gpu0 = n * d.ngpu;
+    d.k = k;
+    d.slot0 = d.gpu0 * k;
+    d.nslots = d.ngpu * k;
+    return d;
+  }
 };
 
 namespace {
@@ -930,13 +942,7 @@ void StickyPolicy::rebalance_into(LoadView load, const Topology& topo, const Pla
       for (int e = 0; e < E; ++e) r_[e] = wrow[e] / cnt[e];
       int* row = phy2log_.data() + static_cast<std::size_t>(l) * R;
       for (int n = 0; n < N; ++n) {
-        Domain d;
-        d.id = n;
-        d.ngpu = P / N;
-        d.gpu0 = n * d.ngpu;
-        d.k = k;
-        d.slot0 = d.gpu0 * k;
-        d.nslots = d.ngpu * k;
+        Domain d = Domain::of_node(n, P, N, k);
         for (int g = 0; g < d.ngpu; ++g) {
           double s = 0;
           for (int t = 0; t < k; ++t) s += r_[row[d.slot0 + g * k + t]];
@@ -976,13 +982,7 @@ void StickyPolicy::rebalance_into(LoadView load, const Topology& topo, const Pla
       for (int e = 0; e < E; ++e) dom_experts_[e] = e;
     }
     for (int n = 0; n < N; ++n) {
-      Domain d;
-      d.id = n;
-      d.ngpu = P / N;
-      d.gpu0 = n * d.ngpu;
-      d.k = k;
-      d.slot0 = d.gpu0 * k;
-      d.nslots = d.ngpu * k;
+      Domain d = Domain::of_node(n, P, N, k);
       d.experts = dom_experts_.data() + dom_first_[n];
       d.nexperts = dom_first_[n + 1] - dom_first_[n];
       plan_domain(d, prev_row, row);
