@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "cli_util.hpp"
 #include "algo/io.hpp"
 #include "algo/migration.hpp"
 #include "algo/policy.hpp"
@@ -21,8 +22,6 @@
 #include "eplb/config.hpp"
 
 namespace {
-
-constexpr int kExitBadInput = 2;
 
 using eplb::algo::LoadMatrix;
 using eplb::algo::Placement;
@@ -108,14 +107,9 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   app.add_option("--csv", csv_path, "write one row per (policy, window) to FILE");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    const int rc = app.exit(e);
-    return rc == 0 ? 0 : kExitBadInput;
-  }
+  if (const auto rc = eplb::tools::parse_or_exit(app, argc, argv)) return *rc;
 
-  try {
+  return eplb::tools::run_reporting_errors("eplb-eval", [&]() -> int {
     // Topology: a named shape, then explicit flags on top.
     Topology t;
     if (!shape_name.empty()) {
@@ -257,11 +251,5 @@ int main(int argc, char** argv) {
         "fraction of the load served on its group's home node (algo::node_local_traffic).\n",
         steady ? "1.." : "0");
     return 0;
-  } catch (const std::invalid_argument& e) {
-    std::fprintf(stderr, "eplb-eval: error: %s\n", e.what());
-    return kExitBadInput;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "eplb-eval: error: %s\n", e.what());
-    return 1;
-  }
+  });
 }

@@ -10,6 +10,7 @@
 #include <iostream>
 #include <vector>
 
+#include "cli_util.hpp"
 #include "algo/io.hpp"
 #include "algo/policy.hpp"
 #include "eplb/config.hpp"
@@ -18,8 +19,6 @@
 #endif
 
 namespace {
-
-constexpr int kExitBadInput = 2;
 
 bool has_hdf5_extension(const std::string& path) {
   for (const char* ext : {".h5", ".hdf5"}) {
@@ -109,14 +108,9 @@ int main(int argc, char** argv) {
   app.add_option("--repeat", repeat, "run the policy N times; report the median time")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    const int rc = app.exit(e);
-    return rc == 0 ? 0 : kExitBadInput;
-  }
+  if (const auto rc = eplb::tools::parse_or_exit(app, argc, argv)) return *rc;
 
-  try {
+  return eplb::tools::run_reporting_errors("eplb-plan", [&]() -> int {
     const auto load = is_hdf5_path(load_path) ? read_checkpoint_load(load_path)
                                               : eplb::algo::read_load_csv_file(load_path);
     topo.num_layers = load.num_layers;
@@ -149,11 +143,5 @@ int main(int argc, char** argv) {
                   eplb::algo::evaluate(load.view(), placement, topo), median_us);
     if (repeat > 1) std::fprintf(stderr, "time_us=%.3f\n", median_us);
     return 0;
-  } catch (const std::invalid_argument& e) {
-    std::fprintf(stderr, "eplb-plan: error: %s\n", e.what());
-    return kExitBadInput;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "eplb-plan: error: %s\n", e.what());
-    return 1;
-  }
+  });
 }

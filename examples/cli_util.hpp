@@ -1,0 +1,42 @@
+#pragma once
+// main() plumbing shared by the single-process tools (eplb-plan, eplb-eval).
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <exception>
+#include <optional>
+#include <stdexcept>
+
+namespace eplb::tools {
+
+/// Exit code for bad input: malformed files, impossible topologies, bad arguments.
+constexpr int kExitBadInput = 2;
+
+/// Parses the command line. Returns the exit code when the program must stop (0 after --help,
+/// kExitBadInput on bad arguments; CLI11 has printed why), nullopt when it should run.
+inline std::optional<int> parse_or_exit(CLI::App& app, int argc, char** argv) {
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int rc = app.exit(e);
+    return rc == 0 ? 0 : kExitBadInput;
+  }
+  return std::nullopt;
+}
+
+/// Runs body() (which returns the exit code); an exception becomes "<program>: error: <what>"
+/// on stderr and kExitBadInput for std::invalid_argument, 1 for anything else.
+template <class Body>
+int run_reporting_errors(const char* program, Body body) {
+  try {
+    return body();
+  } catch (const std::invalid_argument& e) {
+    std::fprintf(stderr, "%s: error: %s\n", program, e.what());
+    return kExitBadInput;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s: error: %s\n", program, e.what());
+    return 1;
+  }
+}
+
+}  // namespace eplb::tools
