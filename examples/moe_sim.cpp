@@ -17,7 +17,6 @@
 #include "algo/policy.hpp"
 #include "eplb/config.hpp"
 #include "runtime/engine.hpp"
-#include "runtime/pattern.hpp"
 #include "sim_backend.hpp"
 #if EPLB_HAVE_HDF5
 #include "runtime/engine_checkpoint.hpp"

@@ -22,6 +22,15 @@ struct StagingLayout {
   }
 };
 
+/// Whether destination q of unit u is written through staging. A slot is staged when a unit
+/// of the same round reads its old content; in coalesced mode only a local unit's first
+/// destination still needs it (received experts are unpacked and fan-out is copied after every
+/// read of old content in the round).
+bool through_staging(const algo::LayerPlan& lp, const algo::MoveUnit& u, int q, bool coalesce) {
+  if (!lp.staged[lp.dst_begin(u)[q]]) return false;
+  return !coalesce || (!u.remote() && q == 0);
+}
+
 /// What one layer needs on the busiest rank in its busiest round: staged slots, and with
 /// coalescing the bytes it packs to send and the bytes it receives.
 struct LayerNeed {
@@ -40,7 +49,7 @@ LayerNeed layer_need(const algo::LayerPlan& lp, const StagingLayout& layout, int
     for (int i = round.first_unit; i < round.first_unit + round.num_units; ++i) {
       const auto& u = lp.units[i];
       for (int q = 0; q < u.num_dst; ++q)
-        if (lp.staged[lp.dst_begin(u)[q]]) most = std::max(most, ++per[lp.dst_begin(u)[q] / k]);
+        if (through_staging(lp, u, q, coalesce)) most = std::max(most, ++per[lp.dst_begin(u)[q] / k]);
       if (coalesce && u.remote()) {
         most_sent = std::max(most_sent, ++sends[u.src_rank]);
         most_recv = std::max(most_recv, ++recvs[u.dst_rank]);
@@ -243,7 +252,7 @@ MigrationCounters execute_migration(const algo::MigrationPlan& plan, const Weigh
           items.push_back({l, &u});
           if (u.dst_rank != me) continue;
           for (int q = 0; q < u.num_dst; ++q)
-            if (lp.staged[lp.dst_begin(u)[q]])
+            if (through_staging(lp, u, q, options.coalesce))
               stage_idx[static_cast<std::size_t>(l) * R + lp.dst_begin(u)[q]] = next++;
         }
       }
