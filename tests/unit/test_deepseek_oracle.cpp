@@ -1,0 +1,145 @@
+// The optimised deepseek policy against a textbook port of the specification
+// (docs/POLICIES.md, "deepseek"): stable sorts, linear scans, float32 arithmetic. Random
+// topologies and loads, with many ties (small integers, zeros, constant rows), where any
+// difference in tie-breaking would show.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "algo/deepseek.hpp"
+
+namespace {
+using eplb::algo::Topology;
+
+/// pack[i], rank[i] for items w (n % m == 0): weight descending (stable), least loaded
+/// non-full pack (lowest index on ties).
+void oracle_packing(const std::vector<float>& w, int m, std::vector<int>& pack,
+                    std::vector<int>& rank) {
+  const int n = static_cast<int>(w.size()), cap = n / m;
+  pack.assign(n, -1);
+  rank.assign(n, -1);
+  if (cap == 1) {
+    std::iota(pack.begin(), pack.end(), 0);
+    std::fill(rank.begin(), rank.end(), 0);
+    return;
+  }
+  std::vector<int> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return w[a] > w[b]; });
+  std::vector<float> load(m, 0.0f);
+  std::vector<int> fill(m, 0);
+  for (const int i : order) {
+    int best = -1;
+    for (int p = 0; p < m; ++p)
+      if (fill[p] < cap && (best < 0 || load[p] < load[best])) best = p;
+    pack[i] = best;
+    rank[i] = fill[best]++;
+    load[best] = load[best] + w[i];
+  }
+}
+
+/// phy2log of one topology, straight from the specification.
+std::vector<int> oracle_rebalance(const std::vector<double>& load, const Topology& t) {
+  const bool hier = t.num_groups % t.num_nodes == 0;
+  const int E = t.num_logical, R = t.num_slots, P = t.num_ranks;
+  const int G = hier ? t.num_groups : 1, N = hier ? t.num_nodes : 1;
+  const int gs = E / G, gpn = G / N, En = E / N, Rn = R / N, Pn = P / N, k = R / P;
+  std::vector<int> out(static_cast<std::size_t>(t.num_layers) * R);
+  for (int l = 0; l < t.num_layers; ++l) {
+    std::vector<float> w(E);
+    for (int e = 0; e < E; ++e) w[e] = static_cast<float>(load[static_cast<std::size_t>(l) * E + e]);
+    // 1. groups to nodes (group sums as the implementation: double, then float)
+    std::vector<float> gl(G);
+    for (int g = 0; g < G; ++g) {
+      double s = 0;
+      for (int i = 0; i < gs; ++i) s += w[g * gs + i];
+      gl[g] = static_cast<float>(s);
+    }
+    std::vector<int> gpack, grank;
+    oracle_packing(gl, N, gpack, grank);
+    std::vector<int> m2l(E);
+    for (int g = 0; g < G; ++g)
+      for (int i = 0; i < gs; ++i) m2l[(gpack[g] * gpn + grank[g]) * gs + i] = g * gs + i;
+    for (int n = 0; n < N; ++n) {
+      // 2. replicate within the node
+      std::vector<float> row(En);
+      for (int j = 0; j < En; ++j) row[j] = w[m2l[n * En + j]];
+      std::vector<int> p2m(Rn), cnt(En, 1);
+      std::iota(p2m.begin(), p2m.begin() + En, 0);
+      for (int i = En; i < Rn; ++i) {
+        int best = 0;
+        for (int j = 1; j < En; ++j)
+          if (row[j] / static_cast<float>(cnt[j]) > row[best] / static_cast<float>(cnt[best]))
+            best = j;
+        p2m[i] = best;
+        ++cnt[best];
+      }
+      // 3. replicas to GPUs
+      std::vector<float> per(Rn);
+      for (int i = 0; i < Rn; ++i) per[i] = row[p2m[i]] / static_cast<float>(cnt[p2m[i]]);
+      std::vector<int> pack, rank;
+      oracle_packing(per, Pn, pack, rank);
+      for (int i = 0; i < Rn; ++i)
+        out[static_cast<std::size_t>(l) * R + (n * Pn + pack[i]) * k + rank[i]] =
+            m2l[n * En + p2m[i]];
+    }
+  }
+  return out;
+}
+
+struct Case {
+  Topology topo;
+  int kind;  // 0 lognormal floor, 1 small integers 0..3, 2 zeros, 3 constant, 4 one outlier
+};
+
+std::vector<double> make_load(const Case& c, std::mt19937_64& rng) {
+  const std::size_t n = static_cast<std::size_t>(c.topo.num_layers) * c.topo.num_logical;
+  std::vector<double> v(n);
+  std::lognormal_distribution<double> logn(std::log(1000.0), 1.5);
+  std::uniform_int_distribution<int> small(0, 3);
+  for (auto& x : v) {
+    switch (c.kind) {
+      case 0: x = std::floor(logn(rng)); break;
+      case 1: x = small(rng); break;
+      case 2: x = 0; break;
+      case 3: x = 7; break;
+      default: x = 100 + small(rng); break;
+    }
+  }
+  if (c.kind == 4)
+    for (int l = 0; l < c.topo.num_layers; ++l)
+      v[static_cast<std::size_t>(l) * c.topo.num_logical + rng() % c.topo.num_logical] = 1e9;
+  return v;
+}
+
+TEST(DeepseekOracle, MatchesTextbookPortOnRandomInputs) {
+  std::mt19937_64 rng(20261128);
+  // Shapes: global and hierarchical, k == 1, R == E, large pack counts (tree paths),
+  // large nodes (radix/bucket paths), many groups per node.
+  const std::vector<Topology> topos = {
+      {3, 12, 16, 8, 2, 4},     {4, 64, 72, 8, 1, 1},     {3, 256, 288, 32, 4, 8},
+      {2, 256, 320, 64, 8, 8},  {3, 128, 136, 8, 1, 1},   {2, 384, 448, 64, 8, 1},
+      {3, 16, 16, 4, 1, 1},     {3, 16, 32, 32, 2, 2},    {2, 1024, 1152, 16, 2, 16},
+      {2, 600, 640, 20, 1, 1},  {3, 48, 96, 12, 3, 6},    {2, 2048, 2176, 17, 1, 1},
+      {3, 40, 60, 10, 5, 5},    {2, 32, 64, 2, 2, 4},     {2, 9, 27, 3, 1, 3}};
+  int checked = 0;
+  for (const auto& t : topos)
+    for (int kind = 0; kind < 5; ++kind)
+      for (int rep = 0; rep < 3; ++rep) {
+        const Case c{t, kind};
+        const auto load = make_load(c, rng);
+        eplb::algo::DeepseekPolicy policy;
+        const auto p = policy.rebalance({load, t.num_layers, t.num_logical}, t);
+        const auto expect = oracle_rebalance(load, t);
+        ASSERT_TRUE(std::equal(expect.begin(), expect.end(), p.phy2log().begin()))
+            << t.describe() << " load kind " << kind << " rep " << rep;
+        ++checked;
+      }
+  EXPECT_EQ(checked, static_cast<int>(topos.size()) * 15);
+}
+
+}  // namespace
