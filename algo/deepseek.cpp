@@ -52,81 +52,57 @@ void insertion_sort(u64* a, int n) {
   }
 }
 
-template <int P>
-u64* radix_passes(u64* a, u64* tmp, int n, u32* c, int lb, int b, int w) {
-  const u32 B = 1u << b, mask = B - 1;
-  // Bits above the varying range are equal in all keys, not necessarily zero: mask them.
-  const u32 wmask = w >= 32 ? ~u32{0} : (u32{1} << w) - 1;
-  std::memset(c, 0, sizeof(u32) * P * B);
-  for (int i = 0; i < n; ++i) {
-    const u32 h = (hi(a[i]) >> lb) & wmask;
-    for (int q = 0; q < P; ++q) ++c[q * B + ((h >> (q * b)) & mask)];
-  }
-  u64* src = a;
-  u64* dst = tmp;
-  for (int q = 0; q < P; ++q) {
-    u32* cq = c + q * B;
-    const int sh = q * b;
-    if (cq[(((hi(src[0]) >> lb) & wmask) >> sh) & mask] == static_cast<u32>(n))
-      continue;  // one digit value
-    const int used = w - q * b < b ? w - q * b : b;
-    const u32 bins = 1u << used;
-    u32 sum = 0;
-    for (u32 d = 0; d < bins; ++d) {
-      const u32 t = cq[d];
-      cq[d] = sum;
-      sum += t;
-    }
-    for (int i = 0; i < n; ++i) {
-      const u64 k = src[i];
-      dst[cq[(((hi(k) >> lb) & wmask) >> sh) & mask]++] = k;
-    }
-    std::swap(src, dst);
-  }
-  return src;
-}
-
-/// Sorts n keys ascending by their high 32 bits, stably (keys with equal high words keep
-/// their input order). LSD radix sort over the bit range where the high words differ, with
-/// the digit width chosen for n. Returns the buffer that holds the result (a or tmp).
-u64* radix_sort_hi(u64* a, u64* tmp, int n, std::vector<u32>& counts) {
-  if (n <= 1) return a;
-  const u32 first = hi(a[0]);
-  u32 diff = 0;
-  for (int i = 0; i < n; ++i) diff |= hi(a[i]) ^ first;
-  if (diff == 0) return a;
-  const int lb = std::countr_zero(diff);
-  const int w = std::bit_width(diff) - lb;  // varying bits: [lb, lb + w)
-  // Cost model: a pass touches its bins about twice and every key about four times.
-  int best_p = 1, best_b = w;
-  long best_cost = -1;
-  for (int p = (w + 10) / 11; p <= 8 && p <= w; ++p) {
-    const int b = (w + p - 1) / p;
-    const long cost = static_cast<long>(p) * ((2L << b) + 4L * n);
-    if (best_cost < 0 || cost < best_cost) best_cost = cost, best_p = p, best_b = b;
-  }
-  u32* c = grow(counts, static_cast<std::size_t>(best_p) << best_b);
-  switch (best_p) {
-    case 1: return radix_passes<1>(a, tmp, n, c, lb, best_b, w);
-    case 2: return radix_passes<2>(a, tmp, n, c, lb, best_b, w);
-    case 3: return radix_passes<3>(a, tmp, n, c, lb, best_b, w);
-    case 4: return radix_passes<4>(a, tmp, n, c, lb, best_b, w);
-    case 5: return radix_passes<5>(a, tmp, n, c, lb, best_b, w);
-    case 6: return radix_passes<6>(a, tmp, n, c, lb, best_b, w);
-    case 7: return radix_passes<7>(a, tmp, n, c, lb, best_b, w);
-    default: return radix_passes<8>(a, tmp, n, c, lb, best_b, w);
-  }
-}
-
-/// Sorts keys with distinct low words in place: std::sort for small n (fastest measured up
-/// to a few hundred keys), the stable radix sort above for larger ones.
+/// Sorts keys with distinct low words whose input order is ascending in the low word (so
+/// sorting by the high word stably is sorting by the whole key), in place. A bucket sort
+/// over the high words' range, then insertion sort, which only moves keys within their
+/// bucket: every step is a short, mostly predictable loop, unlike a comparison sort's
+/// data-dependent branches (std::sort was 3-4x slower for 32-384 keys; BENCHMARKS.md).
+/// Buckets that collect many keys (a skewed range) are sorted on their own first.
 void sort_node(u64* a, u64* tmp, int n, PackScratch& s) {
-  if (n <= 512) {
-    std::sort(a, a + n);
+  if (n <= 16) {
+    insertion_sort(a, n);
     return;
   }
-  const u64* r = radix_sort_hi(a, tmp, n, s.counts);
-  if (r != a) std::copy_n(r, n, a);
+  u32 mn = ~u32{0}, mx = 0;
+  for (int i = 0; i < n; ++i) {
+    mn = std::min(mn, hi(a[i]));
+    mx = std::max(mx, hi(a[i]));
+  }
+  if (mn == mx) return;  // one high word: already in order
+  // Bucket of h: floor((h - mn) * nb / (mx - mn + 1)) < nb, by a 32.32 fixed-point scale.
+  const u32 nb = 2 * static_cast<u32>(n);
+  const u64 scale = (u64{nb} << 32) / (u64{mx - mn} + 1);
+  u32* c = grow(s.counts, nb);
+  std::memset(c, 0, sizeof(u32) * nb);
+  for (int i = 0; i < n; ++i) ++c[(u64{hi(a[i]) - mn} * scale) >> 32];
+  u32 sum = 0, widest = 0;
+  for (u32 b = 0; b < nb; ++b) {
+    const u32 t = c[b];
+    widest = std::max(widest, t);
+    c[b] = sum;
+    sum += t;
+  }
+  for (int i = 0; i < n; ++i) {
+    const u64 k = a[i];
+    tmp[c[(u64{hi(k) - mn} * scale) >> 32]++] = k;
+  }
+  if (widest > 32) {  // now c[b] is the end of bucket b
+    u32 begin = 0;
+    for (u32 b = 0; b < nb; ++b) {
+      if (c[b] - begin > 32) std::sort(tmp + begin, tmp + c[b]);
+      begin = c[b];
+    }
+  }
+  a[0] = tmp[0];
+  for (int i = 1; i < n; ++i) {
+    const u64 x = tmp[i];
+    int j = i;
+    while (j > 0 && a[j - 1] > x) {
+      a[j] = a[j - 1];
+      --j;
+    }
+    a[j] = x;
+  }
 }
 
 /// Sorts by the whole key (any input order).
@@ -276,11 +252,17 @@ void lpt_run(Q& q, const u64* a, const u64* b, int total, int cap, int* fill, Em
 /// (load bits, pack << 16 | fill). Packs are distinct, so the fill bits never decide an order,
 /// and the whole state stays in registers.
 template <int M, class Emit>
-void lpt_small(const u64* items, int total, int m, int cap, Emit&& emit) {
+void lpt_small(const u64* a, const u64* b, int total, int m, int cap, Emit&& emit) {
   SortedQueue<M> q;
   q.init(m, [](u32 p) { return u64{p} << 16; });
   for (int t = 0; t < total; ++t) {
-    const u64 item = items[t];
+    // The merge of the two item lists is a second dependency chain, independent of the
+    // queue's, so the two overlap.
+    const u64 ka = *a, kb = *b;
+    const bool take_a = ka < kb;
+    const u64 item = take_a ? ka : kb;
+    a += take_a;
+    b += !take_a;
     const u64 f = q.front();
     const u32 pk = lo(f) >> 16;
     const u32 r = lo(f) & 0xffffu;
@@ -291,32 +273,15 @@ void lpt_small(const u64* items, int total, int m, int cap, Emit&& emit) {
   }
 }
 
-/// Merges two ascending lists ended by kNone into out (total keys).
-void merge_lists(const u64* a, const u64* b, int total, u64* out) {
-  for (int t = 0; t < total; ++t) {
-    const u64 ka = *a, kb = *b;
-    const bool take_a = ka < kb;
-    out[t] = take_a ? ka : kb;
-    a += take_a;
-    b += !take_a;
-  }
-}
-
 /// m packs, cap items each, all empty.
 template <class Emit>
 void lpt(const u64* a, const u64* b, int total, int m, int cap, PackScratch& s, Emit&& emit) {
   if (m <= 8 && cap < 0xffff) {
-    const u64* items = a;
-    if (b[0] != kNone) {
-      u64* merged = grow(s.merged, static_cast<std::size_t>(total));
-      merge_lists(a, b, total, merged);
-      items = merged;
-    }
     switch (m) {
-      case 1: return lpt_small<1>(items, total, m, cap, emit);
-      case 2: return lpt_small<2>(items, total, m, cap, emit);
-      case 3: case 4: return lpt_small<4>(items, total, m, cap, emit);
-      default: return lpt_small<8>(items, total, m, cap, emit);
+      case 1: return lpt_small<1>(a, b, total, m, cap, emit);
+      case 2: return lpt_small<2>(a, b, total, m, cap, emit);
+      case 3: case 4: return lpt_small<4>(a, b, total, m, cap, emit);
+      default: return lpt_small<8>(a, b, total, m, cap, emit);
     }
   }
   int* fill = grow(s.fill, static_cast<std::size_t>(m));

@@ -15,8 +15,7 @@ namespace detail {
 struct PackScratch {
   std::vector<std::uint64_t> keys, keys2;  ///< sort keys and the radix sort's second buffer
   std::vector<std::uint64_t> tree;         ///< tournament tree
-  std::vector<std::uint64_t> merged;       ///< merged item lists
-  std::vector<std::uint32_t> counts;       ///< radix sort histograms
+  std::vector<std::uint32_t> counts;       ///< bucket sort counts
   std::vector<int> fill;                   ///< items per pack
   std::vector<int> leaf;                   ///< expert -> tree leaf (replication)
 };

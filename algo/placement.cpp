@@ -80,6 +80,7 @@ void Placement::derive() {
                                 " (need E >= 1, R >= E)");
   // Validity is checked with branch-free passes; on a failure the layer-by-layer walk in
   // throw_first_error_of() names the same first problem as a sequential check would.
+  // Two passes over phy2log in all: range check + counts, then the log2phy fill.
   unsigned out_of_range = 0;
   for (const int e : phy2log_)
     out_of_range |= static_cast<unsigned>(e) >= static_cast<unsigned>(logical_);
@@ -97,18 +98,21 @@ void Placement::derive() {
   }
   if (min_cnt == 0) throw_first_error_of(phy2log_, layers_, logical_, slots_);
   max_replicas_ = max_cnt;
-  log2phy_.assign(static_cast<std::size_t>(layers_) * logical_ * max_replicas_, -1);
-  // Slots are visited in ascending order, so each expert's list comes out ascending. The
-  // counts are rebuilt on the way (zeroed, then incremented per slot) and serve as fill
-  // positions.
-  std::fill(logcnt_.begin(), logcnt_.end(), 0);
+  const std::size_t X = static_cast<std::size_t>(max_replicas_);
+  log2phy_.resize(static_cast<std::size_t>(layers_) * logical_ * X);
+  // Slots are visited in ascending order, so each expert's list comes out ascending. A
+  // layer's block is padded with -1 right before it is filled (while it is in cache);
+  // fill positions live in a small per-layer array.
+  fill_.resize(static_cast<std::size_t>(logical_));
   for (int l = 0; l < layers_; ++l) {
     const int* row = phy2log_.data() + static_cast<std::size_t>(l) * slots_;
-    int* cnt = logcnt_.data() + static_cast<std::size_t>(l) * logical_;
-    int* base = log2phy_.data() + static_cast<std::size_t>(l) * logical_ * max_replicas_;
+    int* base = log2phy_.data() + static_cast<std::size_t>(l) * logical_ * X;
+    std::fill_n(base, logical_ * X, -1);
+    std::fill(fill_.begin(), fill_.end(), 0);
+    int* pos = fill_.data();
     for (int j = 0; j < slots_; ++j) {
       const int e = row[j];
-      base[static_cast<std::size_t>(e) * max_replicas_ + cnt[e]++] = j;
+      base[static_cast<std::size_t>(e) * X + pos[e]++] = j;
     }
   }
 }

@@ -62,6 +62,7 @@ class Placement {
 
   int layers_ = 0, logical_ = 0, slots_ = 0, max_replicas_ = 0;
   std::vector<int> phy2log_, logcnt_, log2phy_;
+  std::vector<int> fill_;  ///< derive(): per-expert fill positions (scratch)
 };
 
 }  // namespace eplb::algo
