@@ -9,16 +9,21 @@ namespace {
 /// Per-call scratch of the planner (one allocation set per plan, reused across layers).
 struct Scratch {
   std::vector<int> rank_of;         // [R] slot -> rank (no division in the hot loops)
+  std::vector<int> node_of;         // [P] rank -> node
   std::vector<int> unit_of_expert;  // [E] -> unit index on the current rank, -1 if none
   std::vector<MoveUnit> units;       // the layer's units before ordering by round
   std::vector<int> dst;
   std::vector<int> sends;                 // [P] units sent by each rank in this layer
   std::vector<int> reader_begin, reader_list;  // CSR: slot -> units reading its old content
   std::vector<int> adj_begin, adj_list;        // CSR: unit -> units that must not run earlier
-  std::vector<int> index, low, scc_of, stack, call, order;  // Tarjan
+  std::vector<int> index, low, scc_of, stack, order, scc_begin;  // Tarjan
+  std::vector<char> on_stack;
+  std::vector<std::pair<int, int>> call;  // (unit, next edge)
   std::vector<int> round_of;
   std::vector<int> staged_now;  // [P]
   std::vector<int> add;         // [P]
+  std::vector<int> fill;
+  std::vector<std::uint8_t> read;  // [R]: the slot's old content is read by a unit
 };
 
 struct Builder {
@@ -27,7 +32,7 @@ struct Builder {
   Scratch& s;
   int k, P, E, R;
 
-  int node(int rank) const { return t.node_of_rank(rank); }
+  int node(int rank) const { return s.node_of[rank]; }
 
   void build(const Placement& from, const Placement& to, int l, LayerPlan& lp,
              MigrationStats& st, std::vector<long long>& rank_sends,
@@ -116,6 +121,7 @@ struct Builder {
     }
 
     const int U = static_cast<int>(units.size());
+    if (single_round(units, dst, lp, st, rank_sends, rank_recvs, max_staged)) return;
     // 3. Readers of each slot's old content, and the "must not run earlier" edges: a unit
     // writing slot d comes after (or with, through staging) every unit reading d.
     s.reader_begin.assign(static_cast<std::size_t>(R) + 1, 0);
@@ -138,7 +144,8 @@ struct Builder {
     for (int u = 0; u < U; ++u) s.adj_begin[u + 1] += s.adj_begin[u];
     s.adj_list.assign(static_cast<std::size_t>(s.adj_begin[U]), 0);
     {
-      std::vector<int> fill(s.adj_begin.begin(), s.adj_begin.end() - 1);
+      std::vector<int>& fill = s.fill;
+      fill.assign(s.adj_begin.begin(), s.adj_begin.end() - 1);
       for (int u = 0; u < U; ++u)
         for (int i = 0; i < units[u].num_dst; ++i) {
           const int d = dst[units[u].first_dst + i];
@@ -154,9 +161,12 @@ struct Builder {
     s.scc_of.assign(static_cast<std::size_t>(U), -1);
     s.stack.clear();
     s.order.clear();  // units grouped by SCC, in emission order
-    std::vector<int> scc_begin;
-    std::vector<char> on_stack(static_cast<std::size_t>(U), 0);
-    std::vector<std::pair<int, int>> call;  // (unit, next edge)
+    std::vector<int>& scc_begin = s.scc_begin;
+    scc_begin.clear();
+    std::vector<char>& on_stack = s.on_stack;
+    on_stack.assign(static_cast<std::size_t>(U), 0);
+    std::vector<std::pair<int, int>>& call = s.call;  // (unit, next edge)
+    call.clear();
     int counter = 0;
     for (int root = 0; root < U; ++root) {
       if (s.index[root] >= 0) continue;
@@ -245,23 +255,56 @@ struct Builder {
     }
     const int num_rounds = U ? round + 1 : 0;
 
-    // 6. Emit units ordered by (round, original index).
+    // 6. Emit units ordered by (round, original index): a stable counting sort.
     lp.units.clear();
     lp.dst_slots.clear();
     lp.rounds.assign(static_cast<std::size_t>(num_rounds), Round{});
-    for (int rd = 0; rd < num_rounds; ++rd) {
-      lp.rounds[rd].first_unit = static_cast<int>(lp.units.size());
-      for (int u = 0; u < U; ++u) {
-        if (s.round_of[u] != rd) continue;
-        MoveUnit m = units[u];
-        m.first_dst = static_cast<int>(lp.dst_slots.size());
-        lp.dst_slots.insert(lp.dst_slots.end(), dst.begin() + units[u].first_dst,
-                            dst.begin() + units[u].first_dst + units[u].num_dst);
-        lp.units.push_back(m);
-      }
-      lp.rounds[rd].num_units = static_cast<int>(lp.units.size()) - lp.rounds[rd].first_unit;
+    for (int u = 0; u < U; ++u) ++lp.rounds[s.round_of[u]].num_units;
+    for (int rd = 1; rd < num_rounds; ++rd)
+      lp.rounds[rd].first_unit = lp.rounds[rd - 1].first_unit + lp.rounds[rd - 1].num_units;
+    lp.units.resize(static_cast<std::size_t>(U));
+    {
+      std::vector<int>& next = s.fill;
+      next.resize(static_cast<std::size_t>(num_rounds));
+      for (int rd = 0; rd < num_rounds; ++rd) next[rd] = lp.rounds[rd].first_unit;
+      for (int u = 0; u < U; ++u) lp.units[next[s.round_of[u]]++] = units[u];
     }
+    for (auto& m : lp.units) {
+      const int from_dst = m.first_dst;
+      m.first_dst = static_cast<int>(lp.dst_slots.size());
+      lp.dst_slots.insert(lp.dst_slots.end(), dst.begin() + from_dst,
+                          dst.begin() + from_dst + m.num_dst);
+    }
+    count(lp, num_rounds, st, rank_sends, rank_recvs);
+  }
 
+  /// When every rank's staged slots fit the limit, the general ordering below puts all units
+  /// in one round (no rank ever exceeds the limit) and stages exactly the destination slots
+  /// that some unit reads (every reader of a slot is ordered before or with its writer).
+  /// This computes that result directly, without the dependency graph. Returns false
+  /// (nothing written) when some rank's staged slots exceed the limit.
+  bool single_round(std::vector<MoveUnit>& units, std::vector<int>& dst, LayerPlan& lp, MigrationStats& st, std::vector<long long>& rank_sends,
+                    std::vector<long long>& rank_recvs, int& max_staged) {
+    std::vector<std::uint8_t>& read = s.read;
+    read.assign(static_cast<std::size_t>(R), 0);
+    for (const auto& u : units) read[u.src_slot] = 1;
+    s.staged_now.assign(static_cast<std::size_t>(P), 0);
+    for (const int d : dst) s.staged_now[s.rank_of[d]] += read[d];
+    const int most = units.empty() ? 0 : *std::max_element(s.staged_now.begin(), s.staged_now.end());
+    if (opt.max_staged_slots_per_rank > 0 && most > opt.max_staged_slots_per_rank) return false;
+    lp.staged.assign(static_cast<std::size_t>(R), 0);
+    for (const int d : dst) lp.staged[d] = read[d];
+    const int num_rounds = units.empty() ? 0 : 1;
+    lp.rounds.assign(static_cast<std::size_t>(num_rounds), Round{0, static_cast<int>(units.size())});
+    lp.units.swap(units);  // the scratch takes the plan's (empty) vectors
+    lp.dst_slots.swap(dst);
+    max_staged = std::max(max_staged, most);
+    count(lp, num_rounds, st, rank_sends, rank_recvs);
+    return true;
+  }
+
+  void count(const LayerPlan& lp, int num_rounds, MigrationStats& st,
+             std::vector<long long>& rank_sends, std::vector<long long>& rank_recvs) const {
     st.slots_changed += lp.slots_changed;
     st.max_rounds = std::max(st.max_rounds, num_rounds);
     for (const auto& u : lp.units) {
@@ -293,6 +336,8 @@ MigrationPlan plan_migration(const Placement& from, const Placement& to, const T
   Scratch scratch;
   scratch.rank_of.resize(static_cast<std::size_t>(topo.num_slots));
   for (int j = 0; j < topo.num_slots; ++j) scratch.rank_of[j] = topo.rank_of_slot(j);
+  scratch.node_of.resize(static_cast<std::size_t>(topo.num_ranks));
+  for (int r = 0; r < topo.num_ranks; ++r) scratch.node_of[r] = topo.node_of_rank(r);
   Builder b{topo, options, scratch, topo.slots_per_rank(), topo.num_ranks, topo.num_logical,
             topo.num_slots};
   std::vector<long long> sends(static_cast<std::size_t>(topo.num_ranks), 0);

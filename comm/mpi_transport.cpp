@@ -1,5 +1,6 @@
 #include "comm/mpi_transport.hpp"
 
+#include <algorithm>
 #include <cstring>
 #include <new>
 
@@ -49,8 +50,31 @@ void MpiHostTransport::end_batch() {
     EPLB_MPI_CHECK(MPI_Waitall(static_cast<int>(reqs.size()), reqs.data(), MPI_STATUSES_IGNORE));
 }
 
-void MpiHostTransport::copy(std::byte* dst, const std::byte* src, std::size_t bytes) {
-  std::memmove(dst, src, bytes);
+void MpiHostTransport::copy(std::byte* dst, const std::byte* src, std::size_t bytes, Lane lane) {
+  if (defer_ && lane == Lane::copy)
+    deferred_.push_back({dst, src, bytes});
+  else
+    std::memmove(dst, src, bytes);
+}
+
+Transport::Mark MpiHostTransport::mark(Lane lane) {
+  // Transfer-lane work is complete when issued (end_batch waits); a copy-lane mark is the
+  // number of copy-lane copies issued so far.
+  return lane == Lane::copy ? static_cast<Mark>(deferred_done_ + deferred_.size()) : 0;
+}
+
+void MpiHostTransport::wait(Lane lane, Mark m) {
+  if (lane == Lane::transfer) run_deferred(static_cast<std::size_t>(m));
+}
+
+void MpiHostTransport::synchronize() { run_deferred(deferred_done_ + deferred_.size()); }
+
+void MpiHostTransport::run_deferred(std::size_t upto) {
+  if (upto <= deferred_done_) return;
+  const std::size_t n = std::min(upto - deferred_done_, deferred_.size());
+  for (std::size_t i = 0; i < n; ++i) std::memmove(deferred_[i].dst, deferred_[i].src, deferred_[i].bytes);
+  deferred_.erase(deferred_.begin(), deferred_.begin() + static_cast<std::ptrdiff_t>(n));
+  deferred_done_ += n;
 }
 
 Buffer MpiHostTransport::allocate(std::size_t bytes) {

@@ -9,10 +9,14 @@ namespace eplb::comm {
 
 /// Isend/Irecv on the library's own communicator; end_batch() waits for all of them.
 /// Messages over 1 GiB are split. Receives match sends by order per peer (one tag).
+/// Copies run at once, on either lane.
 class MpiHostTransport final : public Transport {
  public:
-  /// Borrows comm (must outlive the transport).
-  explicit MpiHostTransport(const MpiComm& comm) : comm_(comm) {}
+  /// Borrows comm (must outlive the transport). defer_copy_lane (for tests): copy-lane copies
+  /// run as late as the lane ordering allows (when the transfer lane waits for them, or at
+  /// synchronize()), so that a missing mark()/wait() shows up as wrong bytes on the host.
+  explicit MpiHostTransport(const MpiComm& comm, bool defer_copy_lane = false)
+      : comm_(comm), defer_(defer_copy_lane) {}
   ~MpiHostTransport() override;
 
   std::string_view name() const override { return "mpi-host"; }
@@ -21,15 +25,28 @@ class MpiHostTransport final : public Transport {
   void send(const std::byte* buf, std::size_t bytes, int peer) override;
   void recv(std::byte* buf, std::size_t bytes, int peer) override;
   void end_batch() override;
-  void copy(std::byte* dst, const std::byte* src, std::size_t bytes) override;
-  void synchronize() override {}
+  using Transport::copy;
+  void copy(std::byte* dst, const std::byte* src, std::size_t bytes, Lane lane) override;
+  Mark mark(Lane lane) override;
+  void wait(Lane lane, Mark m) override;
+  void synchronize() override;
   Buffer allocate(std::size_t bytes) override;
 
  private:
   void post(bool is_send, std::byte* buf, std::size_t bytes, int peer);
 
+  void run_deferred(std::size_t upto);  // copy-lane copies issued before `upto`
+
+  struct Copy {
+    std::byte* dst;
+    const std::byte* src;
+    std::size_t bytes;
+  };
   const MpiComm& comm_;
   std::vector<MPI_Request> requests_;
+  bool defer_ = false;
+  std::vector<Copy> deferred_;  // copy-lane copies not run yet
+  std::size_t deferred_done_ = 0;  // copy-lane copies issued and run before deferred_[0]
 };
 
 }  // namespace eplb::comm

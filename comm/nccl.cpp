@@ -160,11 +160,25 @@ void NcclTransport::end_batch() {
   if (rc == ncclInProgress) comm_.wait_ready("ncclGroupEnd");
 }
 
-void NcclTransport::copy(std::byte* dst, const std::byte* src, std::size_t bytes) {
-  copy_async(dst, src, bytes, stream_);
+void NcclTransport::copy(std::byte* dst, const std::byte* src, std::size_t bytes, Lane lane) {
+  copy_async(dst, src, bytes, lane_stream(lane));
 }
 
-void NcclTransport::synchronize() { comm_.wait_stream(stream_, "migration"); }
+Transport::Mark NcclTransport::mark(Lane lane) {
+  if (next_event_ == static_cast<int>(events_.size())) events_.emplace_back(false);
+  events_[static_cast<std::size_t>(next_event_)].record(lane_stream(lane));
+  return next_event_++;
+}
+
+void NcclTransport::wait(Lane lane, Mark m) {
+  EPLB_CUDA_CHECK(cudaStreamWaitEvent(lane_stream(lane), events_.at(static_cast<std::size_t>(m)).get(), 0));
+}
+
+void NcclTransport::synchronize() {
+  comm_.wait_stream(copy_stream_.get(), "migration (copies)");
+  comm_.wait_stream(stream_, "migration");
+  next_event_ = 0;  // every recorded mark has completed: the events can be reused
+}
 
 Buffer NcclTransport::allocate(std::size_t bytes) {
   void* p = nullptr;

@@ -2,6 +2,7 @@
 /// \file NCCL: a communicator bootstrapped over MPI, and the device weight transport.
 /// Includes no CUDA or NCCL header.
 #include <string>
+#include <vector>
 
 #include "comm/cuda.hpp"
 #include "comm/mpi.hpp"
@@ -54,8 +55,10 @@ class NcclComm {
 };
 
 /// Device-memory transport: the sends and receives of a batch go into one NCCL group on the
-/// given stream; local copies are cudaMemcpyAsync on the same stream, so everything is
-/// ordered without host synchronisation. synchronize() is the only host wait (bounded).
+/// given stream (the transfer lane); copies are cudaMemcpyAsync on that stream or on the
+/// transport's second stream (the copy lane), ordered across lanes by CUDA events, so
+/// packing and unpacking overlap transfers without host synchronisation. synchronize() is
+/// the only host wait (bounded).
 class NcclTransport final : public Transport {
  public:
   /// Collective over `mpi` (creates the NCCL communicator). `stream` is borrowed: the
@@ -67,15 +70,25 @@ class NcclTransport final : public Transport {
   void send(const std::byte* buf, std::size_t bytes, int peer) override;
   void recv(std::byte* buf, std::size_t bytes, int peer) override;
   void end_batch() override;
-  void copy(std::byte* dst, const std::byte* src, std::size_t bytes) override;
+  using Transport::copy;
+  void copy(std::byte* dst, const std::byte* src, std::size_t bytes, Lane lane) override;
+  Mark mark(Lane lane) override;
+  void wait(Lane lane, Mark m) override;
   void synchronize() override;
   Buffer allocate(std::size_t bytes) override;
   cuda_stream stream() const { return stream_; }
   NcclComm& comm() { return comm_; }
 
  private:
+  cuda_stream lane_stream(Lane lane) const {
+    return lane == Lane::transfer ? stream_ : copy_stream_.get();
+  }
+
   NcclComm comm_;
   cuda_stream stream_;
+  CudaStream copy_stream_;
+  std::vector<CudaEvent> events_;  ///< marks; reused after synchronize()
+  int next_event_ = 0;
   bool in_group_ = false;
 };
 

@@ -8,6 +8,12 @@ namespace eplb::comm {
 
 enum class MemorySpace { host, device };
 
+/// Two queues of work on a rank. Work on one lane runs in issue order; the lanes may run
+/// concurrently (device transport: two CUDA streams) and are ordered only through
+/// mark()/wait(). Sends, receives and synchronize() belong to the transfer lane; copies name
+/// their lane. A host transport runs everything synchronously (one queue).
+enum class Lane { transfer, copy };
+
 /// Owned memory in a transport's space (staging); freed by the transport's deleter.
 using Buffer = std::unique_ptr<std::byte, void (*)(std::byte*)>;
 
@@ -27,9 +33,18 @@ class Transport {
   virtual void send(const std::byte* buf, std::size_t bytes, int peer) = 0;
   virtual void recv(std::byte* buf, std::size_t bytes, int peer) = 0;
   virtual void end_batch() = 0;
-  /// Copy within this rank's memory, ordered after earlier operations.
-  virtual void copy(std::byte* dst, const std::byte* src, std::size_t bytes) = 0;
-  /// Returns when every operation issued so far is complete.
+  /// Copy within this rank's memory on `lane`, ordered after earlier work of that lane.
+  virtual void copy(std::byte* dst, const std::byte* src, std::size_t bytes, Lane lane) = 0;
+  /// Copy on the transfer lane: ordered after earlier operations.
+  void copy(std::byte* dst, const std::byte* src, std::size_t bytes) {
+    copy(dst, src, bytes, Lane::transfer);
+  }
+  /// A point in the work issued so far on `lane`...
+  using Mark = int;
+  virtual Mark mark(Lane) { return 0; }
+  /// ...after which work issued later on `lane` starts (no host wait).
+  virtual void wait(Lane, Mark) {}
+  /// Returns when every operation issued so far, on both lanes, is complete.
   virtual void synchronize() = 0;
   /// Memory for staging, in this transport's memory space.
   virtual Buffer allocate(std::size_t bytes) = 0;

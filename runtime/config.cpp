@@ -19,6 +19,8 @@ void RuntimeConfig::validate() const {
     throw std::invalid_argument("runtime config: max_layers_per_window >= 0 violated");
   if (max_experts_per_batch < 0)
     throw std::invalid_argument("runtime config: max_experts_per_batch >= 0 violated");
+  if (pipeline_batches < 1)
+    throw std::invalid_argument("runtime config: pipeline_batches >= 1 violated");
   if (staging_bytes == 0) throw std::invalid_argument("runtime config: staging_bytes > 0 violated");
   (void)algo::make_policy(policy_name());  // throws listing the known names
 }

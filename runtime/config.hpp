@@ -37,6 +37,9 @@ struct RuntimeConfig {
   /// One message per peer and batch (packing through staging) instead of one per tensor per
   /// expert. See ExecOptions::coalesce.
   bool coalesce_messages = true;
+  /// With coalesce_messages: batches per round, pipelined so that packing and unpacking
+  /// overlap the transfers (>= 1). See ExecOptions::pipeline_batches.
+  int pipeline_batches = 4;
   /// With a device load source and a CUDA-aware MPI (comm::mpi_cuda_aware(), checked at run
   /// time), allreduce the device buffer directly instead of copying it to the host first.
   /// Off by default: the host path is the tested one.

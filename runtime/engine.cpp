@@ -68,6 +68,7 @@ Engine::Engine(MPI_Comm comm, RuntimeConfig config, WeightRegistry weights,
               {"max_experts_per_batch", static_cast<std::uint64_t>(config_.max_experts_per_batch)},
               {"max_layers_per_window", static_cast<std::uint64_t>(config_.max_layers_per_window)},
               {"coalesce_messages", static_cast<std::uint64_t>(config_.coalesce_messages)},
+              {"pipeline_batches", static_cast<std::uint64_t>(config_.pipeline_batches)},
               {"device_allreduce", static_cast<std::uint64_t>(config_.device_allreduce)},
               {"weight layout (hash)", weights_.layout_hash()},
               {"initial placement (hash)",
@@ -210,7 +211,8 @@ RebalanceStats Engine::rebalance() {
   const auto plan = algo::plan_migration(placement_, msg.placement, topo, migration_options_);
   st.plan = plan.stats();
   const ExecOptions exec{config_.max_experts_per_batch, config_.max_layers_per_window,
-                         config_.staging_bytes, config_.coalesce_messages};
+                         config_.staging_bytes, config_.coalesce_messages,
+                         config_.pipeline_batches};
   const std::size_t need = staging_bytes_needed(plan, weights_, exec);
   if (need > staging_size_) {
     staging_ = transport_->allocate(need);

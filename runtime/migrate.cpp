@@ -141,6 +141,7 @@ MigrationCounters execute_migration(const algo::MigrationPlan& plan, const Weigh
   };
   std::vector<Item> items;
   std::vector<std::size_t> item_off, peer_span;
+  std::vector<comm::Transport::Mark> arrived;  // per batch
 
   for (const auto& win : windows) {
     auto slot_ptr = [&](int l, int slot, std::size_t t) {
@@ -154,11 +155,16 @@ MigrationCounters execute_migration(const algo::MigrationPlan& plan, const Weigh
              layouts[l].offset[t];
     };
     auto move_bytes = [&](int l, std::size_t t) { return weights.tensors(l)[t].bytes_per_slot; };
-    // Coalesced round: one message per peer and batch. Sends are packed before the batch
-    // (so every read of old content by a send is done before anything is written), received
-    // experts land in the receive buffer and are unpacked after the round's local copies.
+    // Coalesced round: one message per peer and batch. Two lanes (docs/MIGRATION.md):
+    // the copy lane packs every batch's sends, then does the local copies and their staging
+    // commits (every read of old content), then unpacks each batch once it has arrived, then
+    // fans out; the transfer lane runs batch b as soon as batch b is packed. So packing
+    // overlaps the first transfers and unpacking the later ones. Received experts land in
+    // the receive buffer and nothing writes a weight slot before all packs and local copies
+    // of the round are done (same lane, issued earlier).
     std::byte* const send_buf = staging + win.staging;
     std::byte* const recv_buf = send_buf + win.send;
+    using comm::Lane;
     auto run_coalesced_round = [&](const std::vector<Item>& its, std::size_t per_batch) {
       const int P = topo.num_ranks;
       const std::size_t nb = (its.size() + per_batch - 1) / per_batch;
@@ -186,15 +192,20 @@ MigrationCounters execute_migration(const algo::MigrationPlan& plan, const Weigh
           span[3] = roff - span[2];
         }
       }
-      for (std::size_t i = 0; i < its.size(); ++i) {  // pack
-        const auto [l, u] = its[i];
-        if (!u->remote() || u->src_rank != me) continue;
-        for (std::size_t t = 0; t < weights.tensors(l).size(); ++t)
-          transport.copy(send_buf + item_off[i] + layouts[l].offset[t], slot_ptr(l, u->src_slot, t),
-                         move_bytes(l, t));
-        c.bytes_sent += weights.bytes_per_expert(l);
-      }
-      for (std::size_t b = 0; b < nb; ++b) {
+      transport.wait(Lane::copy, transport.mark(Lane::transfer));  // after earlier work
+      arrived.assign(nb, 0);
+      for (std::size_t b = 0; b < nb; ++b) {  // pack batch b, then send it (host issue order
+        // too: the first transfer is queued before the later packs are issued)
+        const std::size_t i0 = b * per_batch, i1 = std::min(its.size(), i0 + per_batch);
+        for (std::size_t i = i0; i < i1; ++i) {
+          const auto [l, u] = its[i];
+          if (!u->remote() || u->src_rank != me) continue;
+          for (std::size_t t = 0; t < weights.tensors(l).size(); ++t)
+            transport.copy(send_buf + item_off[i] + layouts[l].offset[t],
+                           slot_ptr(l, u->src_slot, t), move_bytes(l, t), Lane::copy);
+          c.bytes_sent += weights.bytes_per_expert(l);
+        }
+        transport.wait(Lane::transfer, transport.mark(Lane::copy));
         transport.begin_batch();
         for (int p = 0; p < P; ++p) {
           const std::size_t* span = peer_span.data() + (b * P + p) * 4;
@@ -202,12 +213,13 @@ MigrationCounters execute_migration(const algo::MigrationPlan& plan, const Weigh
           if (span[3]) transport.recv(recv_buf + span[2], span[3], p);
         }
         transport.end_batch();
+        arrived[b] = transport.mark(Lane::transfer);
       }
       for (const auto& [l, u] : its) {  // local units read old content: before any unpack
         if (u->dst_rank != me || u->remote()) continue;
         const int d0 = plan.layer(l).dst_begin(*u)[0];
         for (std::size_t t = 0; t < weights.tensors(l).size(); ++t)
-          transport.copy(loc(l, d0, t), slot_ptr(l, u->src_slot, t), move_bytes(l, t));
+          transport.copy(loc(l, d0, t), slot_ptr(l, u->src_slot, t), move_bytes(l, t), Lane::copy);
         c.bytes_copied_local += weights.bytes_per_expert(l);
       }
       for (const auto& [l, u] : its) {  // commit what local units wrote through staging
@@ -215,26 +227,32 @@ MigrationCounters execute_migration(const algo::MigrationPlan& plan, const Weigh
         const int d0 = plan.layer(l).dst_begin(*u)[0];
         if (!plan.layer(l).staged[d0]) continue;
         for (std::size_t t = 0; t < weights.tensors(l).size(); ++t)
-          transport.copy(slot_ptr(l, d0, t), loc(l, d0, t), move_bytes(l, t));
+          transport.copy(slot_ptr(l, d0, t), loc(l, d0, t), move_bytes(l, t), Lane::copy);
       }
-      for (std::size_t i = 0; i < its.size(); ++i) {  // unpack: every old content is read by now
-        const auto [l, u] = its[i];
-        if (!u->remote() || u->dst_rank != me) continue;
-        const int d0 = plan.layer(l).dst_begin(*u)[0];
-        for (std::size_t t = 0; t < weights.tensors(l).size(); ++t)
-          transport.copy(slot_ptr(l, d0, t), recv_buf + item_off[i] + layouts[l].offset[t],
-                         move_bytes(l, t));
-        c.bytes_received += weights.bytes_per_expert(l);
+      for (std::size_t b = 0; b < nb; ++b) {  // unpack each batch once it has arrived
+        transport.wait(Lane::copy, arrived[b]);
+        const std::size_t i0 = b * per_batch, i1 = std::min(its.size(), i0 + per_batch);
+        for (std::size_t i = i0; i < i1; ++i) {
+          const auto [l, u] = its[i];
+          if (!u->remote() || u->dst_rank != me) continue;
+          const int d0 = plan.layer(l).dst_begin(*u)[0];
+          for (std::size_t t = 0; t < weights.tensors(l).size(); ++t)
+            transport.copy(slot_ptr(l, d0, t), recv_buf + item_off[i] + layouts[l].offset[t],
+                           move_bytes(l, t), Lane::copy);
+          c.bytes_received += weights.bytes_per_expert(l);
+        }
       }
       for (const auto& [l, u] : its) {  // fan-out from the first destination
         if (u->dst_rank != me) continue;
         const int* dst = plan.layer(l).dst_begin(*u);
         for (int q = 1; q < u->num_dst; ++q) {
           for (std::size_t t = 0; t < weights.tensors(l).size(); ++t)
-            transport.copy(slot_ptr(l, dst[q], t), slot_ptr(l, dst[0], t), move_bytes(l, t));
+            transport.copy(slot_ptr(l, dst[q], t), slot_ptr(l, dst[0], t), move_bytes(l, t),
+                           Lane::copy);
           c.bytes_copied_local += weights.bytes_per_expert(l);
         }
       }
+      transport.wait(Lane::transfer, transport.mark(Lane::copy));  // join
     };
     std::size_t max_rounds = 0;
     for (int l = win.first; l < win.last; ++l)
@@ -256,10 +274,14 @@ MigrationCounters execute_migration(const algo::MigrationPlan& plan, const Weigh
               stage_idx[static_cast<std::size_t>(l) * R + lp.dst_begin(u)[q]] = next++;
         }
       }
-      const std::size_t per_batch =
+      std::size_t per_batch =
           options.max_units_per_batch > 0 ? static_cast<std::size_t>(options.max_units_per_batch)
                                           : std::max<std::size_t>(items.size(), 1);
       if (options.coalesce) {
+        // At least pipeline_batches batches, of equal unit counts, so that packing and
+        // unpacking overlap transfers.
+        const std::size_t parts = static_cast<std::size_t>(std::max(options.pipeline_batches, 1));
+        per_batch = std::min(per_batch, std::max<std::size_t>(1, (items.size() + parts - 1) / parts));
         run_coalesced_round(items, per_batch);
         ++c.rounds;
         continue;

@@ -37,6 +37,10 @@ struct ExecOptions {
   /// unpacks what it receives (HBM copies), instead of one message per tensor per expert.
   /// Costs send + receive buffers in staging; NCCL loses ~20 % to many messages per peer.
   bool coalesce = true;
+  /// Coalesced mode: each round is split into at least this many batches (equal unit
+  /// counts), packed, sent and unpacked as a pipeline on the transport's two lanes, so the
+  /// HBM copies overlap the transfers. 1 = pack all, send all, unpack all.
+  int pipeline_batches = 4;
 };
 
 /// Staging bytes a plan needs per rank with these weights and options (256-byte aligned

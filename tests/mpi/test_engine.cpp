@@ -6,6 +6,7 @@
 #include <random>
 
 #include "mpi_test_util.hpp"
+#include "comm/mpi_transport.hpp"
 #include "comm/placement_bcast.hpp"
 #include "runtime/engine.hpp"
 #include "runtime/pattern.hpp"
@@ -75,6 +76,8 @@ struct Shape {
   int max_experts_per_batch = 0;
   int max_layers_per_window = 1;
   bool coalesce = true;
+  bool defer_copy_lane = false;  ///< copy-lane work as late as the lane ordering allows
+  int pipeline_batches = 4;
 };
 
 class ConsecutiveRebalances : public testing::TestWithParam<Shape> {};
@@ -91,10 +94,16 @@ TEST_P(ConsecutiveRebalances, EveryByteLandsWhereThePlacementSays) {
   cfg.max_experts_per_batch = s.max_experts_per_batch;
   cfg.max_layers_per_window = s.max_layers_per_window;
   cfg.coalesce_messages = s.coalesce;
+  cfg.pipeline_batches = s.pipeline_batches;
   HostWeights w(t, s.tensors, 40);
   const auto initial = eplb::algo::Placement::contiguous(t);
   eplb::runtime::fill_slots(w.registry, initial, world_rank());
-  Engine engine(MPI_COMM_WORLD, cfg, std::move(w.registry), initial);
+  eplb::runtime::TransportFactory transport;
+  if (s.defer_copy_lane)
+    transport = [](const eplb::comm::MpiComm& c) {
+      return std::make_unique<eplb::comm::MpiHostTransport>(c, true);
+    };
+  Engine engine(MPI_COMM_WORLD, cfg, std::move(w.registry), initial, transport);
   std::mt19937_64 rng(1234 + world_rank());
   long long moved = 0;
   for (int r = 0; r < 15; ++r) {
@@ -124,7 +133,17 @@ INSTANTIATE_TEST_SUITE_P(
         Shape{"per_tensor_messages", 3, 12, 4, 1, 1, {1000, 37, 4099}, 1 << 20, "deepseek", 0, 1, false},
         Shape{"per_tensor_messages_batched_windows", 4, 16, 6, 1, 1, {512, 96}, 1 << 22, "deepseek", 3, 0, false},
         Shape{"two_nodes_hierarchical", 2, 16, 5, 2, 4, {256, 8}, 1 << 20, "deepseek"},
-        Shape{"default_policy", 3, 20, 6, 1, 1, {300, 301}, 2048, ""}),
+        Shape{"default_policy", 3, 20, 6, 1, 1, {300, 301}, 2048, ""},
+        Shape{"no_pipeline", 3, 12, 4, 1, 1, {1000, 37, 4099}, 1 << 20, "deepseek", 0, 1, true,
+              false, 1},
+        Shape{"deferred_copy_lane", 3, 12, 4, 1, 1, {1000, 37, 4099}, 1 << 20, "deepseek", 0, 1,
+              true, true},
+        Shape{"deferred_copy_lane_staging_smaller_than_layer", 2, 16, 6, 1, 4, {512, 96}, 700,
+              "deepseek", 0, 1, true, true},
+        Shape{"deferred_copy_lane_windows_in_batches", 5, 16, 6, 1, 1, {800}, 1 << 22, "deepseek",
+              3, 2, true, true, 3},
+        Shape{"deferred_copy_lane_many_pipeline_batches", 4, 16, 6, 1, 1, {512, 96}, 1 << 22,
+              "deepseek", 0, 0, true, true, 16}),
     [](const testing::TestParamInfo<Shape>& i) { return std::string(i.param.name); });
 
 class EngineBadInput : public testing::Test {
