@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # GPU validation on a machine with >= 2 NVIDIA GPUs: builds eplb, runs every test (GPU tests
 # included, also under compute-sanitizer), moe_sim on 2 and 4 GPUs, and the GPU benchmarks.
-# Logs go to $OUT when set (else ./gpu-logs). Usage: scripts/gpu-check.sh [quick]
+# Logs go to $OUT when set (else ./gpu-logs).
+# Usage: scripts/gpu-check.sh [full|quick|bench|mig]  (quick: no benchmarks; bench: tests and
+# the short benchmarks, no sanitizer/moe_sim; mig: only the migration benchmarks)
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 final=${OUT:-$root/gpu-logs}
@@ -21,6 +23,7 @@ step() {  # step NAME COMMAND...: run, log to $out/NAME.log, record status
   "$@" >"$out/$name.log" 2>&1
   local rc=$?
   printf '%-28s rc=%-3d %4ds\n' "$name" "$rc" $((SECONDS - t0)) | tee -a "$summary"
+  cp "$summary" "$final/" 2>/dev/null; tar czf "$final/logs.tgz" -C "$out" . 2>/dev/null  # survives a kill
   return $rc
 }
 {
@@ -34,33 +37,48 @@ build=$root/build-gpu
 step configure cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 || { tail -40 "$out/configure.log"; exit 1; }
 step build cmake --build "$build" -j "$(nproc)" || { grep -E 'error' "$out/build.log" | head -40; exit 1; }
 cd "$build"
-step ctest ctest --output-on-failure -j 4 --timeout 600
-step ctest_gpu_verbose ctest -L gpu -V --timeout 600
+mode=${1:-full}
+mig() {  # mig NAME NP ARGS...: bench_migration on NP GPUs
+  local name=$1 np=$2; shift 2
+  [[ $ngpu -ge $np ]] && step "$name" "${mpirun[@]}" -np "$np" ./bench/bench_migration --device cuda "$@"
+}
+if [[ $mode != mig ]]; then
+  step ctest ctest --output-on-failure -j 4 --timeout 600
+  [[ $mode == bench ]] || step ctest_gpu_verbose ctest -L gpu -V --timeout 600
+fi
 cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-step sanitizer_route "$cs" --tool memcheck --report-api-errors no --error-exitcode 9 ./tests/eplb_gpu_tests
-step sanitizer_nccl_np2 "${mpirun[@]}" -np 2 "$cs" --tool memcheck --report-api-errors no --error-exitcode 9 ./tests/eplb_gpu_mpi_tests \
-  --gtest_filter='-*TimesOut*'
-step moe_sim_cuda_np2 "${mpirun[@]}" -np 2 ./examples/moe_sim --device cuda --passes 600 --interval 30 --csv "$out/moe_sim_np2.csv"
-[[ $ngpu -ge 4 ]] && step moe_sim_cuda_np4 "${mpirun[@]}" -np 4 ./examples/moe_sim --device cuda --passes 1000 --interval 25 \
-  --tensors w13:1048576,w2:524288,scale:4096 --csv "$out/moe_sim_np4.csv"
-[[ ${1:-} == quick ]] && exit 0
+if [[ $mode == full || $mode == quick ]]; then
+  step sanitizer_route "$cs" --tool memcheck --report-api-errors no --error-exitcode 9 ./tests/eplb_gpu_tests
+  step sanitizer_nccl_np2 "${mpirun[@]}" -np 2 "$cs" --tool memcheck --report-api-errors no --error-exitcode 9 ./tests/eplb_gpu_mpi_tests \
+    --gtest_filter='-*TimesOut*'
+  step moe_sim_cuda_np2 "${mpirun[@]}" -np 2 ./examples/moe_sim --device cuda --passes 600 --interval 30 --csv "$out/moe_sim_np2.csv"
+  [[ $ngpu -ge 4 ]] && step moe_sim_cuda_np4 "${mpirun[@]}" -np 4 ./examples/moe_sim --device cuda --passes 1000 --interval 25 \
+    --tensors w13:1048576,w2:524288,scale:4096 --csv "$out/moe_sim_np4.csv"
+fi
+[[ $mode == quick ]] && exit 0
+if [[ $mode != mig ]]; then
+{ echo "# nproc=$(nproc)"; cat /sys/fs/cgroup/cpu.max 2>/dev/null; lscpu | grep -E 'Model name|^CPU\(s\)|Thread|Socket'; } >>"$summary" 2>&1
+step bench_algo ./bench/bench_algo --benchmark_filter='deepseek/|migration_plan' --benchmark_min_time=0.2
 step bench_route ./bench/bench_route --benchmark_repetitions=3 --benchmark_report_aggregates_only=true \
   --benchmark_out="$out/bench_route.json"
 for np in 2 4; do
   [[ $ngpu -ge $np ]] || continue
-  step bench_control_cuda_np$np "${mpirun[@]}" -np $np ./bench/bench_control --device cuda --iters 30
+  for th in 1 4; do
+    step bench_control_cuda_np${np}_t$th "${mpirun[@]}" -np $np ./bench/bench_control --device cuda --iters 30 \
+      --planning-threads $th
+  done
   step bench_control_cpu_np$np "${mpirun[@]}" -np $np ./bench/bench_control --device cpu --iters 30
-  step bench_migration_v2lite_np$np "${mpirun[@]}" -np $np ./bench/bench_migration --model v2lite --device cuda --iters 6
-  step bench_migration_v2lite_win_np$np "${mpirun[@]}" -np $np ./bench/bench_migration --model v2lite --device cuda --iters 6 \
-    --window-bytes 12000000000
 done
-if [[ $ngpu -ge 4 ]]; then
-  step bench_migration_v2lite_r72_win_np4 "${mpirun[@]}" -np 4 ./bench/bench_migration --model v2lite --slots 72 --device cuda \
-    --iters 6 --window-bytes 12000000000
-  step bench_migration_v3_np4 "${mpirun[@]}" -np 4 ./bench/bench_migration --model v3 --layers 20 --device cuda --iters 4
-  step bench_migration_v3_win_np4 "${mpirun[@]}" -np 4 ./bench/bench_migration --model v3 --layers 20 --device cuda --iters 4 \
-    --window-bytes 30000000000
-  step bench_migration_v2lite_sticky_np4 "${mpirun[@]}" -np 4 ./bench/bench_migration --model v2lite --policy sticky \
-    --device cuda --iters 6 --window-bytes 12000000000
 fi
+[[ $mode == bench ]] && exit 0
+w2=16000000000 w3=40000000000
+for pb in 1 4 8; do
+  mig mig_v2lite_win_pb${pb}_np4 4 --model v2lite --iters 6 --window-bytes $w2 --pipeline-batches $pb
+  mig mig_v3_win_pb${pb}_np4 4 --model v3 --layers 20 --iters 4 --window-bytes $w3 --pipeline-batches $pb
+done
+mig mig_v2lite_r72_win_pb8_np4 4 --model v2lite --slots 72 --iters 6 --window-bytes $w2 --pipeline-batches 8
+mig mig_v2lite_win_pb8_np2 2 --model v2lite --iters 6 --window-bytes $w2 --pipeline-batches 8
+mig mig_v2lite_layer_pb4_np4 4 --model v2lite --iters 6 --pipeline-batches 4
+mig mig_v2lite_sticky_win_np4 4 --model v2lite --policy sticky --iters 6 --window-bytes $w2
+mig mig_v2lite_per_tensor_win_np4 4 --model v2lite --iters 6 --window-bytes 12000000000 --per-tensor-messages
 cat "$summary"
