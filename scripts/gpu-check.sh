@@ -72,13 +72,14 @@ done
 fi
 [[ $mode == bench ]] && exit 0
 w2=16000000000 w3=40000000000
+np=$(( ngpu >= 4 ? 4 : 2 ))
+v3layers=$(( np == 4 ? 20 : 8 ))  # weights of 20 V3 layers on 2 GPUs would not fit with staging
 for pb in 1 4 8; do
-  mig mig_v2lite_win_pb${pb}_np4 4 --model v2lite --iters 6 --window-bytes $w2 --pipeline-batches $pb
-  mig mig_v3_win_pb${pb}_np4 4 --model v3 --layers 20 --iters 4 --window-bytes $w3 --pipeline-batches $pb
+  mig mig_v2lite_win_pb${pb}_np$np $np --model v2lite --iters 6 --window-bytes $w2 --pipeline-batches $pb
+  mig mig_v3_win_pb${pb}_np$np $np --model v3 --layers $v3layers --iters 4 --window-bytes $w3 --pipeline-batches $pb
 done
-mig mig_v2lite_r72_win_pb8_np4 4 --model v2lite --slots 72 --iters 6 --window-bytes $w2 --pipeline-batches 8
-mig mig_v2lite_win_pb8_np2 2 --model v2lite --iters 6 --window-bytes $w2 --pipeline-batches 8
-mig mig_v2lite_layer_pb4_np4 4 --model v2lite --iters 6 --pipeline-batches 4
-mig mig_v2lite_sticky_win_np4 4 --model v2lite --policy sticky --iters 6 --window-bytes $w2
-mig mig_v2lite_per_tensor_win_np4 4 --model v2lite --iters 6 --window-bytes 12000000000 --per-tensor-messages
+mig mig_v2lite_r72_win_pb8_np$np $np --model v2lite --slots 72 --iters 6 --window-bytes $w2 --pipeline-batches 8
+mig mig_v2lite_layer_pb4_np$np $np --model v2lite --iters 6 --pipeline-batches 4
+mig mig_v2lite_sticky_win_np$np $np --model v2lite --policy sticky --iters 6 --window-bytes $w2
+mig mig_v2lite_per_tensor_win_np$np $np --model v2lite --iters 6 --window-bytes 12000000000 --per-tensor-messages
 cat "$summary"
