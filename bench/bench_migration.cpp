@@ -157,6 +157,7 @@ int run(int argc, char** argv) {
   const double peak = pairwise_peak(*transport, rank, P, peak_bytes, 5);
   std::vector<double> times;
   double sent = 0, recvd = 0;
+  std::vector<double> issue;
   for (int it = 0; it < iters + 1; ++it) {
     const auto& plan = it % 2 == 0 ? AB : BA;
     MPI_Barrier(MPI_COMM_WORLD);
@@ -168,6 +169,7 @@ int run(int argc, char** argv) {
     times.push_back(s);
     sent = std::max(sent, eplb::bench::max_over_ranks(static_cast<double>(c.bytes_sent)));
     recvd = std::max(recvd, eplb::bench::max_over_ranks(static_cast<double>(c.bytes_received)));
+    issue.push_back(eplb::bench::max_over_ranks(c.issue_ms));
   }
   const double med = eplb::bench::median(times);
   const double busiest = std::max(sent, recvd);
@@ -189,6 +191,7 @@ int run(int argc, char** argv) {
     std::printf("%-10d %10.2f %10.2f %12.3f %12.3f %12.1f %10.1f %9.1f%%\n", P, med * 1e3,
                 *std::min_element(times.begin(), times.end()) * 1e3, sent / 1e9, recvd / 1e9, achieved, peak,
                 peak > 0 ? 100 * achieved / peak : 0.0);
+    std::printf("# host time issuing the work (median, max over ranks): %.2f ms\n", eplb::bench::median(issue));
     std::printf("# GiB/s_busiest = max over ranks of max(bytes sent, bytes received) / median time; "
                 "peak = all-pairs exchange of %zu B per peer in one batch, GiB/s each rank sends\n",
                 peak_bytes);

@@ -89,6 +89,26 @@ void memory::PinnedAlloc::release(void* p) noexcept {
 void copy_async(void* dst, const void* src, std::size_t bytes, cuda_stream s) {
   if (bytes) EPLB_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, s));
 }
+void copy_batch_async(void* const* dsts, const void* const* srcs, const std::size_t* sizes,
+                      std::size_t n, cuda_stream s) {
+  if (n == 0) return;
+#if CUDART_VERSION >= 12080
+  cudaMemcpyAttributes attr{};
+  attr.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
+  attr.flags = cudaMemcpyFlagPreferOverlapWithCompute;
+  std::size_t first = 0;
+#if CUDART_VERSION >= 13000
+  EPLB_CUDA_CHECK(cudaMemcpyBatchAsync(dsts, srcs, sizes, n, &attr, &first, 1, s));
+#else
+  std::size_t fail = 0;
+  EPLB_CUDA_CHECK(cudaMemcpyBatchAsync(const_cast<void**>(dsts), const_cast<void**>(srcs),
+                                       const_cast<std::size_t*>(sizes), n, &attr, &first, 1,
+                                       &fail, s));
+#endif
+#else
+  for (std::size_t i = 0; i < n; ++i) copy_async(dsts[i], srcs[i], sizes[i], s);
+#endif
+}
 void memset_async(void* dst, int value, std::size_t bytes, cuda_stream s) {
   if (bytes) EPLB_CUDA_CHECK(cudaMemsetAsync(dst, value, bytes, s));
 }

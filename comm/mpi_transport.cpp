@@ -57,6 +57,13 @@ void MpiHostTransport::copy(std::byte* dst, const std::byte* src, std::size_t by
     std::memmove(dst, src, bytes);
 }
 
+void MpiHostTransport::copy_all(std::span<const CopyOp> ops, Lane lane) {
+  if (defer_)
+    for (auto it = ops.rbegin(); it != ops.rend(); ++it) copy(it->dst, it->src, it->bytes, lane);
+  else
+    for (const auto& op : ops) copy(op.dst, op.src, op.bytes, lane);
+}
+
 Transport::Mark MpiHostTransport::mark(Lane lane) {
   // Transfer-lane work is complete when issued (end_batch waits); a copy-lane mark is the
   // number of copy-lane copies issued so far.

@@ -27,6 +27,9 @@ class MpiHostTransport final : public Transport {
   void end_batch() override;
   using Transport::copy;
   void copy(std::byte* dst, const std::byte* src, std::size_t bytes, Lane lane) override;
+  /// In defer_copy_lane mode the copies of one call run in reverse order (they are
+  /// independent), so a dependency inside a call shows up too.
+  void copy_all(std::span<const CopyOp> ops, Lane lane) override;
   Mark mark(Lane lane) override;
   void wait(Lane lane, Mark m) override;
   void synchronize() override;

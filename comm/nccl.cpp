@@ -164,6 +164,19 @@ void NcclTransport::copy(std::byte* dst, const std::byte* src, std::size_t bytes
   copy_async(dst, src, bytes, lane_stream(lane));
 }
 
+void NcclTransport::copy_all(std::span<const CopyOp> ops, Lane lane) {
+  dsts_.clear();
+  srcs_.clear();
+  sizes_.clear();
+  for (const auto& op : ops) {
+    if (!op.bytes) continue;
+    dsts_.push_back(op.dst);
+    srcs_.push_back(op.src);
+    sizes_.push_back(op.bytes);
+  }
+  copy_batch_async(dsts_.data(), srcs_.data(), sizes_.data(), dsts_.size(), lane_stream(lane));
+}
+
 Transport::Mark NcclTransport::mark(Lane lane) {
   if (next_event_ == static_cast<int>(events_.size())) events_.emplace_back(false);
   events_[static_cast<std::size_t>(next_event_)].record(lane_stream(lane));

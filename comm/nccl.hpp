@@ -72,6 +72,7 @@ class NcclTransport final : public Transport {
   void end_batch() override;
   using Transport::copy;
   void copy(std::byte* dst, const std::byte* src, std::size_t bytes, Lane lane) override;
+  void copy_all(std::span<const CopyOp> ops, Lane lane) override;
   Mark mark(Lane lane) override;
   void wait(Lane lane, Mark m) override;
   void synchronize() override;
@@ -88,6 +89,9 @@ class NcclTransport final : public Transport {
   cuda_stream stream_;
   CudaStream copy_stream_;
   std::vector<CudaEvent> events_;  ///< marks; reused after synchronize()
+  std::vector<void*> dsts_;  ///< copy_all() argument arrays (reused)
+  std::vector<const void*> srcs_;
+  std::vector<std::size_t> sizes_;
   int next_event_ = 0;
   bool in_group_ = false;
 };

@@ -2,6 +2,7 @@
 /// \file The weight transport: how expert bytes move between ranks during a migration.
 #include <cstddef>
 #include <memory>
+#include <span>
 #include <string_view>
 
 namespace eplb::comm {
@@ -38,6 +39,17 @@ class Transport {
   /// Copy on the transfer lane: ordered after earlier operations.
   void copy(std::byte* dst, const std::byte* src, std::size_t bytes) {
     copy(dst, src, bytes, Lane::transfer);
+  }
+  /// One copy of copy_all().
+  struct CopyOp {
+    std::byte* dst;
+    const std::byte* src;
+    std::size_t bytes;
+  };
+  /// Independent copies on `lane` (none reads or writes another's destination): they may
+  /// run in any order among themselves, after earlier work of the lane.
+  virtual void copy_all(std::span<const CopyOp> ops, Lane lane) {
+    for (const auto& op : ops) copy(op.dst, op.src, op.bytes, lane);
   }
   /// A point in the work issued so far on `lane`...
   using Mark = int;

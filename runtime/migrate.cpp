@@ -1,6 +1,7 @@
 #include "runtime/migrate.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <stdexcept>
 #include <vector>
 
@@ -116,6 +117,7 @@ MigrationCounters execute_migration(const algo::MigrationPlan& plan, const Weigh
                                 std::to_string(weights.slots_per_rank()) +
                                 " slots per rank) does not match the plan's topology " +
                                 topo.describe());
+  const auto t_issue = std::chrono::steady_clock::now();
   MigrationCounters c;
   const auto windows = make_windows(plan, weights, options);
   for (const auto& w : windows) c.staging_bytes = std::max(c.staging_bytes, w.bytes());
@@ -142,6 +144,7 @@ MigrationCounters execute_migration(const algo::MigrationPlan& plan, const Weigh
   std::vector<Item> items;
   std::vector<std::size_t> item_off, peer_span;
   std::vector<comm::Transport::Mark> arrived;  // per batch
+  std::vector<comm::Transport::CopyOp> ops;    // one phase's copies
 
   for (const auto& win : windows) {
     auto slot_ptr = [&](int l, int slot, std::size_t t) {
@@ -193,6 +196,15 @@ MigrationCounters execute_migration(const algo::MigrationPlan& plan, const Weigh
         }
       }
       transport.wait(Lane::copy, transport.mark(Lane::transfer));  // after earlier work
+      // Each phase's copies are independent of each other (distinct destinations, none of
+      // which is another's source), so they go to the transport as one batch.
+      auto add = [&](std::byte* dst, const std::byte* src, std::size_t bytes) {
+        ops.push_back({dst, src, bytes});
+      };
+      auto flush = [&] {
+        transport.copy_all(ops, Lane::copy);
+        ops.clear();
+      };
       arrived.assign(nb, 0);
       for (std::size_t b = 0; b < nb; ++b) {  // pack batch b, then send it (host issue order
         // too: the first transfer is queued before the later packs are issued)
@@ -201,10 +213,11 @@ MigrationCounters execute_migration(const algo::MigrationPlan& plan, const Weigh
           const auto [l, u] = its[i];
           if (!u->remote() || u->src_rank != me) continue;
           for (std::size_t t = 0; t < weights.tensors(l).size(); ++t)
-            transport.copy(send_buf + item_off[i] + layouts[l].offset[t],
-                           slot_ptr(l, u->src_slot, t), move_bytes(l, t), Lane::copy);
+            add(send_buf + item_off[i] + layouts[l].offset[t], slot_ptr(l, u->src_slot, t),
+                move_bytes(l, t));
           c.bytes_sent += weights.bytes_per_expert(l);
         }
+        flush();
         transport.wait(Lane::transfer, transport.mark(Lane::copy));
         transport.begin_batch();
         for (int p = 0; p < P; ++p) {
@@ -216,19 +229,23 @@ MigrationCounters execute_migration(const algo::MigrationPlan& plan, const Weigh
         arrived[b] = transport.mark(Lane::transfer);
       }
       for (const auto& [l, u] : its) {  // local units read old content: before any unpack
+        // (a first destination that another unit of the round reads is written through
+        // staging, so no destination here is another copy's source)
         if (u->dst_rank != me || u->remote()) continue;
         const int d0 = plan.layer(l).dst_begin(*u)[0];
         for (std::size_t t = 0; t < weights.tensors(l).size(); ++t)
-          transport.copy(loc(l, d0, t), slot_ptr(l, u->src_slot, t), move_bytes(l, t), Lane::copy);
+          add(loc(l, d0, t), slot_ptr(l, u->src_slot, t), move_bytes(l, t));
         c.bytes_copied_local += weights.bytes_per_expert(l);
       }
+      flush();
       for (const auto& [l, u] : its) {  // commit what local units wrote through staging
         if (u->dst_rank != me || u->remote()) continue;
         const int d0 = plan.layer(l).dst_begin(*u)[0];
         if (!plan.layer(l).staged[d0]) continue;
         for (std::size_t t = 0; t < weights.tensors(l).size(); ++t)
-          transport.copy(slot_ptr(l, d0, t), loc(l, d0, t), move_bytes(l, t), Lane::copy);
+          add(slot_ptr(l, d0, t), loc(l, d0, t), move_bytes(l, t));
       }
+      flush();
       for (std::size_t b = 0; b < nb; ++b) {  // unpack each batch once it has arrived
         transport.wait(Lane::copy, arrived[b]);
         const std::size_t i0 = b * per_batch, i1 = std::min(its.size(), i0 + per_batch);
@@ -237,21 +254,21 @@ MigrationCounters execute_migration(const algo::MigrationPlan& plan, const Weigh
           if (!u->remote() || u->dst_rank != me) continue;
           const int d0 = plan.layer(l).dst_begin(*u)[0];
           for (std::size_t t = 0; t < weights.tensors(l).size(); ++t)
-            transport.copy(slot_ptr(l, d0, t), recv_buf + item_off[i] + layouts[l].offset[t],
-                           move_bytes(l, t), Lane::copy);
+            add(slot_ptr(l, d0, t), recv_buf + item_off[i] + layouts[l].offset[t], move_bytes(l, t));
           c.bytes_received += weights.bytes_per_expert(l);
         }
+        flush();
       }
       for (const auto& [l, u] : its) {  // fan-out from the first destination
         if (u->dst_rank != me) continue;
         const int* dst = plan.layer(l).dst_begin(*u);
         for (int q = 1; q < u->num_dst; ++q) {
           for (std::size_t t = 0; t < weights.tensors(l).size(); ++t)
-            transport.copy(slot_ptr(l, dst[q], t), slot_ptr(l, dst[0], t), move_bytes(l, t),
-                           Lane::copy);
+            add(slot_ptr(l, dst[q], t), slot_ptr(l, dst[0], t), move_bytes(l, t));
           c.bytes_copied_local += weights.bytes_per_expert(l);
         }
       }
+      flush();
       transport.wait(Lane::transfer, transport.mark(Lane::copy));  // join
     };
     std::size_t max_rounds = 0;
@@ -339,6 +356,7 @@ MigrationCounters execute_migration(const algo::MigrationPlan& plan, const Weigh
     if (layer_done)
       for (int l = win.first; l < win.last; ++l) layer_done(l);
   }
+  c.issue_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t_issue).count();
   transport.synchronize();
   return c;
 }

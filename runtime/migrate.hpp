@@ -18,6 +18,7 @@ struct MigrationCounters {
   std::size_t total_local_bytes = 0;    ///< all ranks together (from the plan)
   std::size_t staging_bytes = 0;        ///< staging this migration needed on one rank
   int rounds = 0;                       ///< rounds over all layers
+  double issue_ms = 0;                  ///< host time issuing the work (before the final wait)
 };
 
 /// How the executor batches a round's transfers.

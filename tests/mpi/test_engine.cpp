@@ -79,6 +79,7 @@ struct Shape {
   bool defer_copy_lane = false;  ///< copy-lane work as late as the lane ordering allows
   int pipeline_batches = 4;
 };
+void PrintTo(const Shape& s, std::ostream* os) { *os << s.name; }
 
 class ConsecutiveRebalances : public testing::TestWithParam<Shape> {};
 
