@@ -215,9 +215,24 @@ int run(int argc, char** argv, int rank, int size) {
   if (o.topk < 1 || o.topk > o.experts || o.tokens < 1 || o.passes < 0)
     throw std::invalid_argument("need 1 <= topk <= experts, tokens >= 1, passes >= 0");
 
-  if (o.device == "cuda" && eplb::sim::cuda_devices() < 1) {
-    if (rank == 0) std::fprintf(stderr, "moe_sim: SKIPPED: --device cuda but no CUDA device is visible\n");
-    return kExitSkipped;
+  if (o.device == "cuda") {
+    // One GPU per rank: every node needs at least as many devices as it has ranks. Decided
+    // together (MIN over ranks), so that no rank goes on alone.
+    MPI_Comm node;
+    MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node);
+    int local_ranks = 1, local_rank = 0;
+    MPI_Comm_size(node, &local_ranks);
+    MPI_Comm_rank(node, &local_rank);
+    MPI_Comm_free(&node);
+    const int devices = eplb::sim::cuda_devices();
+    int enough = devices >= local_ranks ? 1 : 0, all_enough = 0;
+    MPI_Allreduce(&enough, &all_enough, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+    if (!all_enough) {
+      if (!enough && local_rank == 0)
+        std::fprintf(stderr, "moe_sim: SKIPPED: --device cuda needs one GPU per rank; rank %d sees %d "
+                     "CUDA device(s) for %d rank(s) on its node\n", rank, devices, local_ranks);
+      return kExitSkipped;
+    }
   }
   // Weights: one buffer per (layer, tensor) holding this rank's k slots, on the host or GPU.
   auto backend = o.device == "cuda" ? eplb::sim::make_cuda_backend(t, specs, o.window, rank)
