@@ -41,6 +41,7 @@ class DeepseekPolicy final : public Policy {
   /// Layers are independent: with threads > 1 they are split over that many threads (same
   /// output, bit for bit). Default 1.
   void set_threads(int threads) override { threads_ = threads < 1 ? 1 : threads; }
+  bool layers_independent() const override { return true; }
 
  private:
   /// Scratch of one planning thread.

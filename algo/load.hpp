@@ -23,6 +23,12 @@ struct LoadView {
   void validate() const;
   /// validate(), and the shape equals topo's (L, E).
   void validate(const Topology& topo) const;
+  /// Layers [first, last) as a view of their own (layer 0 = `first`).
+  LoadView layers(int first, int last) const {
+    return {values.subspan(static_cast<std::size_t>(first) * num_logical,
+                           static_cast<std::size_t>(last - first) * num_logical),
+            last - first, num_logical};
+  }
 };
 
 /// An owning [L][E] load matrix.

@@ -23,6 +23,12 @@ class Placement {
 
   /// Replaces the content, reusing storage (no allocation when the shape is unchanged).
   void assign(int num_layers, int num_logical, int num_slots, std::span<const int> phy2log);
+  /// Replaces the content with layers [first, last) of `from` (storage reused).
+  void assign_layers(const Placement& from, int first, int last) {
+    assign(last - first, from.logical_, from.slots_,
+           from.phy2log().subspan(static_cast<std::size_t>(first) * from.slots_,
+                                  static_cast<std::size_t>(last - first) * from.slots_));
+  }
 
   int num_layers() const { return layers_; }
   int num_logical() const { return logical_; }

@@ -32,6 +32,12 @@ class Policy {
   /// Threads a policy may use for one call (policies that cannot use more ignore it).
   virtual void set_threads(int /*threads*/) {}
 
+  /// Whether each layer's placement depends only on that layer's load and previous
+  /// placement: then layers [a, b) planned as a problem of their own (LoadView::layers,
+  /// Placement::assign_layers, a topology of b - a layers) give exactly those layers of the
+  /// whole plan, and the runtime may split the layers over the ranks (docs/DESIGN.md).
+  virtual bool layers_independent() const { return false; }
+
   Placement rebalance(LoadView load, const Topology& topo, const Placement* previous = nullptr) {
     Placement p;
     rebalance_into(load, topo, previous, p);

@@ -17,6 +17,7 @@ class SpillPolicy final : public Policy {
   void rebalance_into(LoadView load, const Topology& topo, const Placement* previous,
                       Placement& out) override;
   bool keeps_groups_on_nodes() const override { return false; }
+  bool layers_independent() const override { return true; }
 
  private:
   std::vector<int> phy2log_;

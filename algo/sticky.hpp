@@ -52,6 +52,7 @@ class StickyPolicy final : public Policy {
   ~StickyPolicy() override;
   std::string_view name() const override { return name_; }
   const StickyOptions& options() const { return opt_; }
+  bool layers_independent() const override { return true; }
   void rebalance_into(LoadView load, const Topology& topo, const Placement* previous,
                       Placement& out) override;
 

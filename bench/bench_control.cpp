@@ -40,6 +40,8 @@ int run(int argc, char** argv) {
   app.add_option("--json", json);
   int threads = 0;
   app.add_option("--planning-threads", threads, "threads for the policy on rank 0 (0: runtime default)");
+  bool rank0 = false;
+  app.add_flag("--rank0-planning", rank0, "rank 0 plans every layer and broadcasts (default: the ranks split the layers)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -53,6 +55,7 @@ int run(int argc, char** argv) {
   cfg.rebalance_interval = 0;
   cfg.min_gain = -1;
   cfg.planning_threads = threads;
+  cfg.distributed_planning = !rank0;
   const auto& t = cfg.topology;
   t.validate();
   const auto initial = eplb::algo::Placement::contiguous(t);
@@ -122,9 +125,10 @@ int run(int argc, char** argv) {
   }
   if (rank == 0) {
     char cfgs[256];
-    std::snprintf(cfgs, sizeof cfgs, "%s (%s) device=%s policy=%s window=%d iters=%d planning_threads=%d",
+    std::snprintf(cfgs, sizeof cfgs, "%s (%s) device=%s policy=%s window=%d iters=%d planning_threads=%d planning=%s",
                   t.describe().c_str(), t.hierarchical() ? "hierarchical" : "global", device.c_str(),
-                  cfg.policy_name().c_str(), window, iters, threads);
+                  cfg.policy_name().c_str(), window, iters, threads,
+                  rank0 ? "rank0+broadcast" : "split over ranks+allgather");
     eplb::bench::print_header("bench_control", cfgs);
     std::printf("%-6s %11s %11s %11s %10s %10s %10s %15s\n", "ranks", "control_ms", "control_min",
                 "collect_ms", "policy_ms", "bcast_ms", "plan_ms", "migrate_tiny_ms");

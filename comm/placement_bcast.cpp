@@ -1,5 +1,6 @@
 #include "comm/placement_bcast.hpp"
 
+#include <climits>
 #include <cstring>
 #include <vector>
 
@@ -24,7 +25,7 @@ void pack(std::span<const int> src, unsigned char* dst) {
 }
 
 template <class T>
-void unpack(const unsigned char* src, std::vector<int>& dst) {
+void unpack(const unsigned char* src, std::span<int> dst) {
   for (std::size_t i = 0; i < dst.size(); ++i) {
     T v;
     std::memcpy(&v, src + i * sizeof(T), sizeof(T));
@@ -97,6 +98,66 @@ void broadcast_placement(const MpiComm& comm, int root, const algo::Topology& to
   if (comm.rank() != root) msg = std::move(got);
   if (msg.status == PlanStatus::error) throw InvalidInput("[rank " + std::to_string(root) +
                                                          "] rebalance planning failed: " + msg.note);
+}
+
+LayerShare layer_share(int num_layers, int rank, int size) {
+  const auto L = static_cast<long long>(num_layers);
+  return {static_cast<int>(L * rank / size), static_cast<int>(L * (rank + 1) / size)};
+}
+
+void allgather_placement(const MpiComm& comm, const algo::Topology& topo,
+                         std::span<const int> slice, const std::optional<std::string>& error,
+                         algo::Placement& out) {
+  struct SliceHeader {
+    std::int32_t failed;
+    char note[508];
+  };
+  const int P = comm.size(), me = comm.rank(), ib = placement_index_bytes(topo.num_logical);
+  const auto R = static_cast<std::size_t>(topo.num_slots);
+  std::vector<int> counts(static_cast<std::size_t>(P)), displs(static_cast<std::size_t>(P));
+  std::size_t total = 0;
+  for (int r = 0; r < P; ++r) {
+    const auto s = layer_share(topo.num_layers, r, P);
+    const std::size_t bytes = sizeof(SliceHeader) + static_cast<std::size_t>(s.last - s.first) * R * ib;
+    if (total + bytes > static_cast<std::size_t>(INT_MAX))
+      throw InvalidInput("allgather_placement: placement too large for one MPI_Allgatherv");
+    counts[r] = static_cast<int>(bytes);
+    displs[r] = static_cast<int>(total);
+    total += bytes;
+  }
+  const auto mine = layer_share(topo.num_layers, me, P);
+  const std::size_t my_count = static_cast<std::size_t>(mine.last - mine.first) * R;
+  std::vector<unsigned char> send(static_cast<std::size_t>(counts[me]), 0), recv(total);
+  SliceHeader h{};
+  h.failed = error ? 1 : 0;
+  if (error) std::snprintf(h.note, sizeof h.note, "%s", error->c_str());
+  else if (slice.size() != my_count)
+    throw InvalidInput("allgather_placement: rank " + std::to_string(me) + " has " +
+                       std::to_string(slice.size()) + " indices, its layers need " +
+                       std::to_string(my_count));
+  std::memcpy(send.data(), &h, sizeof h);
+  if (!error) {
+    if (ib == 2) pack<std::int16_t>(slice, send.data() + sizeof h);
+    else pack<std::int32_t>(slice, send.data() + sizeof h);
+  }
+  EPLB_MPI_CHECK(MPI_Allgatherv(send.data(), counts[me], MPI_BYTE, recv.data(), counts.data(),
+                                displs.data(), MPI_BYTE, comm.get()));
+  std::vector<int> all(static_cast<std::size_t>(topo.num_layers) * R);
+  std::size_t at = 0;
+  for (int r = 0; r < P; ++r) {
+    SliceHeader hr;
+    std::memcpy(&hr, recv.data() + displs[r], sizeof hr);
+    hr.note[sizeof hr.note - 1] = '\0';
+    if (hr.failed)
+      throw InvalidInput("[rank " + std::to_string(r) + "] rebalance planning failed: " + hr.note);
+    const auto s = layer_share(topo.num_layers, r, P);
+    const std::span<int> part(all.data() + at, static_cast<std::size_t>(s.last - s.first) * R);
+    const unsigned char* payload = recv.data() + displs[r] + sizeof hr;
+    if (ib == 2) unpack<std::int16_t>(payload, part);
+    else unpack<std::int32_t>(payload, part);
+    at += part.size();
+  }
+  out.assign(topo.num_layers, topo.num_logical, topo.num_slots, all);
 }
 
 }  // namespace eplb::comm

@@ -1,6 +1,8 @@
 #pragma once
 /// \file Broadcast of a placement from the rank that planned it, as a compact index array.
 #include <cstdint>
+#include <optional>
+#include <span>
 #include <string>
 
 #include "algo/placement.hpp"
@@ -33,5 +35,22 @@ int placement_index_bytes(int num_logical);
 /// InvalidInput with root's note when status == error. The caller's state is untouched then.
 void broadcast_placement(const MpiComm& comm, int root, const algo::Topology& topo,
                          std::int64_t expected_epoch, PlacementMessage& msg);
+
+/// The layers rank `rank` of `size` plans when the layers are split over the ranks:
+/// [first, last) = [L * rank / size, L * (rank + 1) / size).
+struct LayerShare {
+  int first = 0, last = 0;
+};
+LayerShare layer_share(int num_layers, int rank, int size);
+
+/// Collective over comm, for planning split over the ranks: every rank contributes phy2log of
+/// its layer_share() (`slice`, L_share * R entries) or the text of its planning error. One
+/// MPI_Allgatherv of fixed-size headers and the slices packed as int16/int32 (sizes follow
+/// from the topology, so no size exchange); then, on every rank alike: InvalidInput naming
+/// the lowest failing rank's error if any rank failed, else `out` = the whole placement
+/// (std::invalid_argument if it is not a valid placement: the same on every rank).
+void allgather_placement(const MpiComm& comm, const algo::Topology& topo,
+                         std::span<const int> slice, const std::optional<std::string>& error,
+                         algo::Placement& out);
 
 }  // namespace eplb::comm

@@ -40,6 +40,10 @@ struct RuntimeConfig {
   /// With coalesce_messages: batches per round, pipelined so that packing and unpacking
   /// overlap the transfers (>= 1). See ExecOptions::pipeline_batches.
   int pipeline_batches = 4;
+  /// When the policy plans each layer on its own (algo::Policy::layers_independent), every
+  /// rank plans its share of the layers and one allgather assembles the placement, instead
+  /// of rank 0 planning all layers and broadcasting (docs/DESIGN.md). Same placement.
+  bool distributed_planning = true;
   /// With a device load source and a CUDA-aware MPI (comm::mpi_cuda_aware(), checked at run
   /// time), allreduce the device buffer directly instead of copying it to the host first.
   /// Off by default: the host path is the tested one.

@@ -69,6 +69,7 @@ Engine::Engine(MPI_Comm comm, RuntimeConfig config, WeightRegistry weights,
               {"max_layers_per_window", static_cast<std::uint64_t>(config_.max_layers_per_window)},
               {"coalesce_messages", static_cast<std::uint64_t>(config_.coalesce_messages)},
               {"pipeline_batches", static_cast<std::uint64_t>(config_.pipeline_batches)},
+              {"distributed_planning", static_cast<std::uint64_t>(config_.distributed_planning)},
               {"device_allreduce", static_cast<std::uint64_t>(config_.device_allreduce)},
               {"weight layout (hash)", weights_.layout_hash()},
               {"initial placement (hash)",
@@ -157,40 +158,79 @@ RebalanceStats Engine::rebalance() {
   const algo::LoadView load{load_f64_, topo.num_layers, topo.num_logical};
   st.t_collect_ms = ms_since(t);
 
-  // 2. Plan on rank 0.
+  // 2. Plan, 3. distribute. Split over the ranks (each plans its share of the layers, one
+  // allgather; docs/DESIGN.md) when the policy plans layers independently, else rank 0 plans
+  // and broadcasts. Either way every rank ends with the same placement or the same error.
   const auto before = algo::evaluate(load, placement_, topo);
   st.balancedness_before = before.balancedness();
   st.imbalance_before = before.imbalance_mean();
+  std::optional<algo::BalanceReport> after;
   comm::PlacementMessage msg;
-  if (comm_.rank() == 0) {
+  // Whether to keep the current placement (status skip + note) or move to msg.placement.
+  auto decide = [&] {
+    after = algo::evaluate(load, msg.placement, topo);
+    const double gain = after->balancedness() - st.balancedness_before;
+    msg.status = comm::PlanStatus::ok;
+    char why[160];
+    if (msg.placement == placement_) {
+      msg.status = comm::PlanStatus::skip;
+      msg.note = "placement unchanged";
+    } else if (config_.min_gain >= 0 && (gain < config_.min_gain || gain <= 0)) {
+      msg.status = comm::PlanStatus::skip;
+      std::snprintf(why, sizeof why, "predicted balancedness gain %.4g below min_gain %.4g", gain,
+                    config_.min_gain);
+      msg.note = why;
+    }
+  };
+  const bool split = config_.distributed_planning && policy_->layers_independent() && comm_.size() > 1;
+  if (split) {
     t = Clock::now();
-    msg.epoch = epoch_ + 1;
-    try {
-      policy_->rebalance_into(load, topo, &placement_, msg.placement);
-      const double gain =
-          algo::evaluate(load, msg.placement, topo).balancedness() - st.balancedness_before;
-      msg.status = comm::PlanStatus::ok;
-      char why[160];
-      if (msg.placement == placement_) {
-        msg.status = comm::PlanStatus::skip;
-        msg.note = "placement unchanged";
-      } else if (config_.min_gain >= 0 && (gain < config_.min_gain || gain <= 0)) {
-        msg.status = comm::PlanStatus::skip;
-        std::snprintf(why, sizeof why, "predicted balancedness gain %.4g below min_gain %.4g",
-                      gain, config_.min_gain);
-        msg.note = why;
+    const auto share = comm::layer_share(topo.num_layers, comm_.rank(), comm_.size());
+    std::optional<std::string> plan_error;
+    std::span<const int> slice;
+    if (share.last > share.first) {
+      try {
+        algo::Topology ts = topo;
+        ts.num_layers = share.last - share.first;
+        share_prev_.assign_layers(placement_, share.first, share.last);
+        policy_->rebalance_into(load.layers(share.first, share.last), ts, &share_prev_, share_out_);
+        slice = share_out_.phy2log();
+      } catch (const std::exception& e) {
+        plan_error = e.what();
       }
-    } catch (const std::exception& e) {
-      msg.status = comm::PlanStatus::error;
-      msg.note = e.what();
     }
     st.t_policy_ms = ms_since(t);
+    t = Clock::now();
+    comm::allgather_placement(comm_, topo, slice, plan_error, msg.placement);
+    msg.epoch = epoch_ + 1;
+    decide();
+    // Every rank computed the same decision from the same numbers; rank 0's is the one all
+    // follow, so that even a rank whose floating point differed cannot go its own way.
+    std::int32_t status = static_cast<std::int32_t>(msg.status);
+    EPLB_MPI_CHECK(MPI_Bcast(&status, 1, MPI_INT32_T, 0, comm_.get()));
+    if (status != static_cast<std::int32_t>(msg.status)) {
+      msg.status = static_cast<comm::PlanStatus>(status);
+      msg.note = "rank 0 decided to " + std::string(status == 0 ? "move" : "skip");
+    }
+    st.t_broadcast_ms = ms_since(t);
+  } else {
+    if (comm_.rank() == 0) {
+      t = Clock::now();
+      msg.epoch = epoch_ + 1;
+      try {
+        policy_->rebalance_into(load, topo, &placement_, msg.placement);
+        decide();
+      } catch (const std::exception& e) {
+        msg.status = comm::PlanStatus::error;
+        msg.note = e.what();
+      }
+      st.t_policy_ms = ms_since(t);
+    }
+    // Every rank throws on a planning error or a message that fails to verify.
+    t = Clock::now();
+    comm::broadcast_placement(comm_, 0, topo, epoch_ + 1, msg);
+    st.t_broadcast_ms = ms_since(t);
   }
-
-  // 3. Broadcast (every rank throws on a planning error or a message that fails to verify).
-  t = Clock::now();
-  comm::broadcast_placement(comm_, 0, topo, epoch_ + 1, msg);
-  st.t_broadcast_ms = ms_since(t);
   st.epoch = msg.epoch;
   if (msg.status == comm::PlanStatus::skip) {
     epoch_ = msg.epoch;
@@ -205,9 +245,9 @@ RebalanceStats Engine::rebalance() {
 
   // 4. Every rank derives the same migration plan.
   t = Clock::now();
-  const auto after = algo::evaluate(load, msg.placement, topo);
-  st.balancedness_after = after.balancedness();
-  st.imbalance_after = after.imbalance_mean();
+  if (!after) after = algo::evaluate(load, msg.placement, topo);
+  st.balancedness_after = after->balancedness();
+  st.imbalance_after = after->imbalance_mean();
   const auto plan = algo::plan_migration(placement_, msg.placement, topo, migration_options_);
   st.plan = plan.stats();
   const ExecOptions exec{config_.max_experts_per_batch, config_.max_layers_per_window,

@@ -33,8 +33,9 @@ struct RebalanceStats {
   algo::MigrationStats plan;     ///< slots changed, transfers (all ranks)
   MigrationCounters moved;       ///< bytes (this rank, and all ranks)
   double t_collect_ms = 0;       ///< window sum, error agreement, allreduce
-  double t_policy_ms = 0;        ///< policy on the planning rank (0 elsewhere)
-  double t_broadcast_ms = 0;     ///< placement broadcast and verification
+  double t_policy_ms = 0;        ///< policy: this rank's layer share (split planning), else
+                                 ///< all layers on rank 0 (0 elsewhere)
+  double t_broadcast_ms = 0;     ///< placement allgather / broadcast and verification
   double t_plan_ms = 0;          ///< derive maps and the migration plan
   double t_migrate_ms = 0;       ///< weight movement
   double t_total_ms = 0;
@@ -110,6 +111,7 @@ class Engine {
   MapListener* listener_ = nullptr;
   std::vector<std::int64_t> local_load_, global_load_;
   std::vector<double> load_f64_;
+  algo::Placement share_prev_, share_out_;  ///< this rank's layers (split planning)
   std::int64_t epoch_ = 0, pass_ = 0;
   std::vector<RebalanceStats> history_;
 };

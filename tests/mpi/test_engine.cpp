@@ -78,6 +78,7 @@ struct Shape {
   bool coalesce = true;
   bool defer_copy_lane = false;  ///< copy-lane work as late as the lane ordering allows
   int pipeline_batches = 4;
+  bool distributed_planning = true;
 };
 void PrintTo(const Shape& s, std::ostream* os) { *os << s.name; }
 
@@ -96,6 +97,7 @@ TEST_P(ConsecutiveRebalances, EveryByteLandsWhereThePlacementSays) {
   cfg.max_layers_per_window = s.max_layers_per_window;
   cfg.coalesce_messages = s.coalesce;
   cfg.pipeline_batches = s.pipeline_batches;
+  cfg.distributed_planning = s.distributed_planning;
   HostWeights w(t, s.tensors, 40);
   const auto initial = eplb::algo::Placement::contiguous(t);
   eplb::runtime::fill_slots(w.registry, initial, world_rank());
@@ -144,7 +146,11 @@ INSTANTIATE_TEST_SUITE_P(
         Shape{"deferred_copy_lane_windows_in_batches", 5, 16, 6, 1, 1, {800}, 1 << 22, "deepseek",
               3, 2, true, true, 3},
         Shape{"deferred_copy_lane_many_pipeline_batches", 4, 16, 6, 1, 1, {512, 96}, 1 << 22,
-              "deepseek", 0, 0, true, true, 16}),
+              "deepseek", 0, 0, true, true, 16},
+        Shape{"rank0_plans_and_broadcasts", 3, 12, 4, 1, 1, {1000, 37, 4099}, 1 << 20, "deepseek",
+              0, 1, true, false, 4, false},
+        Shape{"rank0_plans_and_broadcasts_sticky", 5, 20, 6, 2, 4, {300, 301}, 2048, "sticky", 0,
+              1, true, false, 4, false}),
     [](const testing::TestParamInfo<Shape>& i) { return std::string(i.param.name); });
 
 class EngineBadInput : public testing::Test {
@@ -308,6 +314,41 @@ TEST(Collectives, AllreduceAndErrorAgreement) {
   const auto e = eplb::comm::agree_on_error(comm, mine);
   ASSERT_TRUE(e);
   EXPECT_EQ(*e, "[rank " + std::to_string(P - 1) + "] boom");
+}
+
+TEST(Collectives, PlacementAllgatherAssemblesTheSharesOrFailsEverywhere) {
+  eplb::comm::MpiComm comm(MPI_COMM_WORLD);
+  const int P = comm.size();
+  // Layer counts below, equal to and above the rank count; int16 and int32 indices.
+  for (const Topology t : {Topology{1, 3, 4 * P, P, 1, 1}, Topology{P, 2, 2 * P, P, 1, 1},
+                           Topology{2 * P + 1, 3, 3 * P, P, 1, 1},
+                           Topology{2, 40000, 40000 * P, P, 1, 1}}) {
+    SCOPED_TRACE(t.describe());
+    // A valid placement with distinct layers: slot j of layer l holds (j + l) % E.
+    std::vector<int> full(static_cast<std::size_t>(t.num_layers) * t.num_slots);
+    for (int l = 0; l < t.num_layers; ++l)
+      for (int j = 0; j < t.num_slots; ++j)
+        full[static_cast<std::size_t>(l) * t.num_slots + j] = (j + l) % t.num_logical;
+    const auto share = eplb::comm::layer_share(t.num_layers, comm.rank(), P);
+    const std::span<const int> mine(full.data() + static_cast<std::size_t>(share.first) * t.num_slots,
+                                    static_cast<std::size_t>(share.last - share.first) * t.num_slots);
+    eplb::algo::Placement out;
+    eplb::comm::allgather_placement(comm, t, mine, std::nullopt, out);
+    EXPECT_TRUE(std::equal(full.begin(), full.end(), out.phy2log().begin(), out.phy2log().end()));
+    // The last rank's planning failed: every rank throws its message, `out` is unchanged.
+    std::optional<std::string> err;
+    if (comm.rank() == P - 1) err = "policy exploded";
+    const auto kept = out;
+    try {
+      eplb::comm::allgather_placement(comm, t, err ? std::span<const int>{} : mine, err, out);
+      ADD_FAILURE() << "no error";
+    } catch (const eplb::InvalidInput& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find("[rank " + std::to_string(P - 1) + "]"), std::string::npos) << what;
+      EXPECT_NE(what.find("policy exploded"), std::string::npos) << what;
+    }
+    EXPECT_EQ(out, kept);
+  }
 }
 
 TEST(Collectives, PlacementBroadcastVerifiesEpoch) {

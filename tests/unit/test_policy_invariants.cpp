@@ -121,6 +121,42 @@ TEST_P(PolicyInvariants, RandomTopologiesAndLoads) {
   }
 }
 
+// A policy that says its layers are independent gives the same placement when the layers are
+// planned in slices (as the runtime does over ranks), with and without a previous placement.
+TEST_P(PolicyInvariants, LayerSlicesPlanLikeTheWhole) {
+  std::mt19937 rng(GetParam().seed + 1000);
+  auto policy = eplb::algo::make_policy(GetParam().policy);
+  if (!policy->layers_independent()) GTEST_SKIP() << "policy plans layers together";
+  for (int trial = 0; trial < 25; ++trial) {
+    Topology t = random_topology(rng);
+    t.num_layers += 3;
+    SCOPED_TRACE(t.describe());
+    const LoadMatrix load = random_load(t, rng), load2 = random_load(t, rng);
+    const Placement prev = policy->rebalance(load.view(), t, nullptr);
+    const Placement whole = policy->rebalance(load2.view(), t, &prev);
+    const Placement whole_fresh = policy->rebalance(load2.view(), t, nullptr);
+    // Cut points: 0 < a <= b < L (b == a: an empty middle slice is skipped).
+    const int a = std::uniform_int_distribution<int>(1, t.num_layers - 1)(rng);
+    const int b = std::uniform_int_distribution<int>(a, t.num_layers - 1)(rng);
+    std::vector<int> joined, joined_fresh;
+    Placement prev_slice, out;
+    for (const auto& [first, last] : {std::pair{0, a}, std::pair{a, b}, std::pair{b, t.num_layers}}) {
+      if (first == last) continue;
+      Topology ts = t;
+      ts.num_layers = last - first;
+      prev_slice.assign_layers(prev, first, last);
+      policy->rebalance_into(load2.view().layers(first, last), ts, &prev_slice, out);
+      joined.insert(joined.end(), out.phy2log().begin(), out.phy2log().end());
+      policy->rebalance_into(load2.view().layers(first, last), ts, nullptr, out);
+      joined_fresh.insert(joined_fresh.end(), out.phy2log().begin(), out.phy2log().end());
+    }
+    EXPECT_TRUE(std::equal(joined.begin(), joined.end(), whole.phy2log().begin(), whole.phy2log().end()))
+        << "slices [0," << a << ") [" << a << "," << b << ") [" << b << "," << t.num_layers << ")";
+    EXPECT_TRUE(std::equal(joined_fresh.begin(), joined_fresh.end(), whole_fresh.phy2log().begin(),
+                           whole_fresh.phy2log().end()));
+  }
+}
+
 TEST_P(PolicyInvariants, RejectsBadLoadsAndLeavesOutputUntouched) {
   auto policy = eplb::algo::make_policy(GetParam().policy);
   const Topology t{2, 8, 12, 4, 2, 4};
