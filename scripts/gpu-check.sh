@@ -63,9 +63,11 @@ step bench_route ./bench/bench_route --benchmark_repetitions=3 --benchmark_repor
   --benchmark_out="$out/bench_route.json"
 for np in 2 4; do
   [[ $ngpu -ge $np ]] || continue
-  for th in 1 4; do
-    step bench_control_cuda_np${np}_t$th "${mpirun[@]}" -np $np ./bench/bench_control --device cuda --iters 30 \
-      --planning-threads $th
+  for pol in sticky deepseek; do
+    step bench_control_cuda_np${np}_$pol "${mpirun[@]}" -np $np ./bench/bench_control --device cuda --iters 30 \
+      --policy $pol --planning-threads 1
+    step bench_control_cuda_np${np}_${pol}_rank0 "${mpirun[@]}" -np $np ./bench/bench_control --device cuda \
+      --iters 30 --policy $pol --planning-threads 1 --rank0-planning
   done
   step bench_control_cpu_np$np "${mpirun[@]}" -np $np ./bench/bench_control --device cpu --iters 30
 done
