@@ -43,6 +43,8 @@ struct Builder {
     std::vector<int>& dst = s.dst;
     units.clear();
     dst.clear();
+    units.reserve(static_cast<std::size_t>(R));  // at most one unit / destination per slot
+    dst.reserve(static_cast<std::size_t>(R));
     lp.slots_changed = 0;
 
     // 1. Units: one per (destination rank, expert), destinations ascending. Two passes per
@@ -81,13 +83,17 @@ struct Builder {
 
     // 2. Sources.
     s.sends.assign(static_cast<std::size_t>(P), 0);
+    const auto cnt_old = from.logcnt(l);
     for (auto& u : units) {
-      const auto holders = from.log2phy(l, u.expert);
+      // The expert's old slots, ascending (so their ranks are ascending too).
+      const std::span<const int> holders = from.log2phy(l, u.expert).first(
+          static_cast<std::size_t>(cnt_old[u.expert]));
       auto slot_on = [&](int rank) {  // a slot of `rank` holding the expert: a kept one first
         int first = -1;
-        for (int j : holders) {
-          if (j < 0) break;
-          if (s.rank_of[j] != rank) continue;
+        for (const int j : holders) {
+          const int r = s.rank_of[j];
+          if (r > rank) break;
+          if (r < rank) continue;
           if (n[j] == u.expert) return j;
           if (first < 0) first = j;
         }
@@ -97,8 +103,7 @@ struct Builder {
       int src_rank = u.dst_rank;
       if (src < 0) {
         int best = -1;
-        for (int j : holders) {
-          if (j < 0) break;
+        for (const int j : holders) {
           const int h = s.rank_of[j];
           if (h == best) continue;
           if (best < 0) {

@@ -159,9 +159,10 @@ MigrationCounters execute_migration(const algo::MigrationPlan& plan, const Weigh
     };
     auto move_bytes = [&](int l, std::size_t t) { return weights.tensors(l)[t].bytes_per_slot; };
     // Coalesced round: one message per peer and batch. Two lanes (docs/MIGRATION.md):
-    // the copy lane packs every batch's sends, then does the local copies and their staging
-    // commits (every read of old content), then unpacks each batch once it has arrived, then
-    // fans out; the transfer lane runs batch b as soon as batch b is packed. So packing
+    // the copy lane packs every batch's sends, then does the local copies, their staging
+    // commits and fan-out (every read of old content is done by then), then unpacks and fans
+    // out each batch once it has arrived; the transfer lane runs batch b as soon as batch b
+    // is packed. So packing
     // overlaps the first transfers and unpacking the later ones. Received experts land in
     // the receive buffer and nothing writes a weight slot before all packs and local copies
     // of the round are done (same lane, issued earlier).
@@ -246,8 +247,22 @@ MigrationCounters execute_migration(const algo::MigrationPlan& plan, const Weigh
           add(slot_ptr(l, d0, t), loc(l, d0, t), move_bytes(l, t));
       }
       flush();
-      for (std::size_t b = 0; b < nb; ++b) {  // unpack each batch once it has arrived
-        transport.wait(Lane::copy, arrived[b]);
+      // Fan-out from a unit's first destination: its further destinations are read by no
+      // copy of the round (pack and local copies only read old content, all issued above).
+      auto fan_out = [&](std::size_t i) {
+        const auto [l, u] = its[i];
+        const int* dst = plan.layer(l).dst_begin(*u);
+        for (int q = 1; q < u->num_dst; ++q) {
+          for (std::size_t t = 0; t < weights.tensors(l).size(); ++t)
+            add(slot_ptr(l, dst[q], t), slot_ptr(l, dst[0], t), move_bytes(l, t));
+          c.bytes_copied_local += weights.bytes_per_expert(l);
+        }
+      };
+      for (std::size_t i = 0; i < its.size(); ++i)  // local units' fan-out: now
+        if (its[i].unit->dst_rank == me && !its[i].unit->remote()) fan_out(i);
+      flush();
+      for (std::size_t b = 0; b < nb; ++b) {  // unpack each batch once it has arrived,
+        transport.wait(Lane::copy, arrived[b]);  // then fan it out
         const std::size_t i0 = b * per_batch, i1 = std::min(its.size(), i0 + per_batch);
         for (std::size_t i = i0; i < i1; ++i) {
           const auto [l, u] = its[i];
@@ -258,17 +273,10 @@ MigrationCounters execute_migration(const algo::MigrationPlan& plan, const Weigh
           c.bytes_received += weights.bytes_per_expert(l);
         }
         flush();
+        for (std::size_t i = i0; i < i1; ++i)
+          if (its[i].unit->dst_rank == me && its[i].unit->remote()) fan_out(i);
+        flush();
       }
-      for (const auto& [l, u] : its) {  // fan-out from the first destination
-        if (u->dst_rank != me) continue;
-        const int* dst = plan.layer(l).dst_begin(*u);
-        for (int q = 1; q < u->num_dst; ++q) {
-          for (std::size_t t = 0; t < weights.tensors(l).size(); ++t)
-            add(slot_ptr(l, dst[q], t), slot_ptr(l, dst[0], t), move_bytes(l, t));
-          c.bytes_copied_local += weights.bytes_per_expert(l);
-        }
-      }
-      flush();
       transport.wait(Lane::transfer, transport.mark(Lane::copy));  // join
     };
     std::size_t max_rounds = 0;
