@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
 #include <stdexcept>
 #include <vector>
 
@@ -118,6 +121,21 @@ MigrationCounters execute_migration(const algo::MigrationPlan& plan, const Weigh
                                 " slots per rank) does not match the plan's topology " +
                                 topo.describe());
   const auto t_issue = std::chrono::steady_clock::now();
+  // EPLB_MIGRATION_TRACE=1: rank 0 prints when each step was issued (host time), to see
+  // whether issuing keeps ahead of the device (docs/ENVIRONMENT.md).
+  static const bool tracing = [] {
+    const char* v = std::getenv("EPLB_MIGRATION_TRACE");
+    return v && *v && std::string(v) != "0";
+  }();
+  auto trace = [&](const char* what, std::size_t batch = 0, std::size_t batches = 0) {
+    if (!tracing || me != 0) return;
+    const double ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t_issue).count();
+    if (batches)
+      std::fprintf(stderr, "[eplb migrate rank 0] %9.3f ms  batch %zu/%zu: %s\n", ms, batch + 1, batches, what);
+    else
+      std::fprintf(stderr, "[eplb migrate rank 0] %9.3f ms  %s\n", ms, what);
+  };
   MigrationCounters c;
   const auto windows = make_windows(plan, weights, options);
   for (const auto& w : windows) c.staging_bytes = std::max(c.staging_bytes, w.bytes());
@@ -226,8 +244,10 @@ MigrationCounters execute_migration(const algo::MigrationPlan& plan, const Weigh
           if (span[1]) transport.send(send_buf + span[0], span[1], p);
           if (span[3]) transport.recv(recv_buf + span[2], span[3], p);
         }
+        trace("packs issued", b, nb);
         transport.end_batch();
         arrived[b] = transport.mark(Lane::transfer);
+        trace("transfers issued", b, nb);
       }
       for (const auto& [l, u] : its) {  // local units read old content: before any unpack
         // (a first destination that another unit of the round reads is written through
@@ -276,6 +296,7 @@ MigrationCounters execute_migration(const algo::MigrationPlan& plan, const Weigh
         for (std::size_t i = i0; i < i1; ++i)
           if (its[i].unit->dst_rank == me && its[i].unit->remote()) fan_out(i);
         flush();
+        trace("unpack and fan-out issued", b, nb);
       }
       transport.wait(Lane::transfer, transport.mark(Lane::copy));  // join
     };
@@ -366,6 +387,7 @@ MigrationCounters execute_migration(const algo::MigrationPlan& plan, const Weigh
   }
   c.issue_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t_issue).count();
   transport.synchronize();
+  trace("all done (synchronized)");
   return c;
 }
 
