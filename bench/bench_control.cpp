@@ -15,6 +15,7 @@
 #include "runtime/engine.hpp"
 #if EPLB_HAVE_NCCL
 #include "comm/nccl.hpp"
+#include "runtime/cuda/transport.hpp"
 #include "runtime/cuda/device_state.hpp"
 #include "runtime/cuda/device_weights.hpp"
 #endif
@@ -100,7 +101,7 @@ int run(int argc, char** argv) {
     eplb::runtime::cuda::DeviceWeightSet weights(t.num_layers, t.slots_per_rank(), {{"w", 256}});
     eplb::runtime::Engine engine(MPI_COMM_WORLD, cfg, weights.registry(), initial,
                                  [&](const eplb::comm::MpiComm& c) {
-                                   return std::make_unique<eplb::comm::NcclTransport>(c, stream.get());
+                                   return eplb::runtime::cuda::make_nccl_transport(c, stream.get());
                                  });
     eplb::runtime::cuda::DeviceLoadWindow win(t.num_layers, t.num_logical, window, stream.get());
     eplb::runtime::cuda::DeviceMaps maps(t, initial, stream.get());

@@ -21,6 +21,7 @@
 #include "runtime/migrate.hpp"
 #if EPLB_HAVE_NCCL
 #include "comm/nccl.hpp"
+#include "runtime/cuda/transport.hpp"
 #endif
 
 namespace {
@@ -134,7 +135,7 @@ int run(int argc, char** argv) {
   if (device == "cuda") {
     eplb::comm::select_device_for_rank(rank);
     stream = std::make_unique<eplb::comm::CudaStream>();
-    transport = std::make_unique<eplb::comm::NcclTransport>(comm, stream->get());
+    transport = eplb::runtime::cuda::make_nccl_transport(comm, stream->get());
   }
 #endif
   if (!transport) {

@@ -136,7 +136,8 @@ void NcclComm::wait_stream(cuda_stream stream, const char* what) {
   });
 }
 
-NcclTransport::NcclTransport(const MpiComm& mpi, cuda_stream stream) : comm_(mpi), stream_(stream) {}
+NcclTransport::NcclTransport(const MpiComm& mpi, cuda_stream stream, CopyBatchFn copy_batch)
+    : comm_(mpi), stream_(stream), copy_batch_(copy_batch) {}
 
 void NcclTransport::begin_batch() {
   EPLB_NCCL_CHECK(ncclGroupStart());
@@ -165,6 +166,10 @@ void NcclTransport::copy(std::byte* dst, const std::byte* src, std::size_t bytes
 }
 
 void NcclTransport::copy_all(std::span<const CopyOp> ops, Lane lane) {
+  if (copy_batch_) {
+    EPLB_CUDA_CHECK(copy_batch_(ops, lane_stream(lane)));
+    return;
+  }
   dsts_.clear();
   srcs_.clear();
   sizes_.clear();

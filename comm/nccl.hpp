@@ -61,9 +61,14 @@ class NcclComm {
 /// the only host wait (bounded).
 class NcclTransport final : public Transport {
  public:
+  /// Runs independent device copies on a stream (cudaError_t as int). The runtime supplies a
+  /// kernel (runtime/cuda/transport.hpp) that uses few SMs, so copies overlap transfers.
+  using CopyBatchFn = int (*)(std::span<const CopyOp> ops, cuda_stream stream);
+
   /// Collective over `mpi` (creates the NCCL communicator). `stream` is borrowed: the
-  /// engine's stream, on which routing reads the maps.
-  NcclTransport(const MpiComm& mpi, cuda_stream stream);
+  /// engine's stream, on which routing reads the maps. copy_all() uses `copy_batch` when
+  /// given, else cudaMemcpyBatchAsync.
+  NcclTransport(const MpiComm& mpi, cuda_stream stream, CopyBatchFn copy_batch = nullptr);
   std::string_view name() const override { return "nccl"; }
   MemorySpace memory_space() const override { return MemorySpace::device; }
   void begin_batch() override;
@@ -88,6 +93,7 @@ class NcclTransport final : public Transport {
   NcclComm comm_;
   cuda_stream stream_;
   CudaStream copy_stream_;
+  CopyBatchFn copy_batch_ = nullptr;
   std::vector<CudaEvent> events_;  ///< marks; reused after synchronize()
   std::vector<void*> dsts_;  ///< copy_all() argument arrays (reused)
   std::vector<const void*> srcs_;

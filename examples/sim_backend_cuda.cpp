@@ -1,6 +1,7 @@
 // moe_sim's CUDA backend: device weights, the routing kernel into the device window, device
 // maps switched per layer, NCCL migration. Built only with CUDA and NCCL.
 #include "comm/nccl.hpp"
+#include "runtime/cuda/transport.hpp"
 #include "runtime/cuda/device_state.hpp"
 #include "runtime/cuda/device_weights.hpp"
 #include "sim_backend.hpp"
@@ -32,7 +33,7 @@ class CudaBackend final : public Backend {
     return weights_.verify(p, rank);
   }
   runtime::TransportFactory transport() override {
-    return [this](const comm::MpiComm& c) { return std::make_unique<comm::NcclTransport>(c, stream_.get()); };
+    return [this](const comm::MpiComm& c) { return runtime::cuda::make_nccl_transport(c, stream_.get()); };
   }
   void attach(runtime::Engine& engine) override {
     engine.set_load_source(&window_);

@@ -87,7 +87,67 @@ int launch_typed(const Id* ids, long long n, const DeviceLayerMaps& m, int lb, i
   return cudaGetLastError();
 }
 
+constexpr int kCopyOpsPerLaunch = 1024;  // 24 KiB of parameters (limit: 32 KiB, CUDA >= 12.1)
+constexpr int kCopyThreads = 512;
+
+struct CopyList {
+  CopySpec op[kCopyOpsPerLaunch];
+  int n;
+};
+
+/// Every block takes part in every copy: thread t of the grid moves elements t, t + stride,
+/// ... of each op in turn (4 in flight per thread), with the widest access all three of
+/// dst, src and size allow.
+template <class T>
+__device__ void copy_strided(char* dst, const char* src, unsigned long long bytes,
+                             unsigned long long first, unsigned long long stride) {
+  T* d = reinterpret_cast<T*>(dst);
+  const T* s = reinterpret_cast<const T*>(src);
+  const unsigned long long n = bytes / sizeof(T);
+  unsigned long long i = first;
+  for (; i + 3 * stride < n; i += 4 * stride) {
+    const T a = s[i], b = s[i + stride], c = s[i + 2 * stride], e = s[i + 3 * stride];
+    d[i] = a;
+    d[i + stride] = b;
+    d[i + 2 * stride] = c;
+    d[i + 3 * stride] = e;
+  }
+  for (; i < n; i += stride) d[i] = s[i];
+}
+
+__global__ void __launch_bounds__(kCopyThreads) copy_batch_kernel(const __grid_constant__ CopyList list) {
+  const unsigned long long first = blockIdx.x * static_cast<unsigned long long>(blockDim.x) + threadIdx.x;
+  const unsigned long long stride = static_cast<unsigned long long>(gridDim.x) * blockDim.x;
+  for (int k = 0; k < list.n; ++k) {
+    char* dst = static_cast<char*>(list.op[k].dst);
+    const char* src = static_cast<const char*>(list.op[k].src);
+    const unsigned long long bytes = list.op[k].bytes;
+    const unsigned long long align =
+        reinterpret_cast<unsigned long long>(dst) | reinterpret_cast<unsigned long long>(src) | bytes;
+    if ((align & 15) == 0)
+      copy_strided<int4>(dst, src, bytes, first, stride);
+    else if ((align & 3) == 0)
+      copy_strided<int>(dst, src, bytes, first, stride);
+    else
+      copy_strided<char>(dst, src, bytes, first, stride);
+  }
+}
+
 }  // namespace
+
+int launch_copy_batch(const CopySpec* ops, unsigned long long n, int blocks, CUstream_st* stream) {
+  if (blocks < 1) blocks = 1;
+  CopyList list;
+  for (unsigned long long i = 0; i < n; i += kCopyOpsPerLaunch) {
+    const unsigned long long m = n - i < kCopyOpsPerLaunch ? n - i : kCopyOpsPerLaunch;
+    for (unsigned long long j = 0; j < m; ++j) list.op[j] = ops[i + j];
+    list.n = static_cast<int>(m);
+    copy_batch_kernel<<<blocks, kCopyThreads, 0, stream>>>(list);
+    const cudaError_t rc = cudaGetLastError();
+    if (rc != cudaSuccess) return rc;
+  }
+  return cudaSuccess;
+}
 
 int launch_route_and_count(const void* ids, bool ids_are_int64, long long n,
                             const DeviceLayerMaps& maps, int local_begin, int local_end,

@@ -26,6 +26,20 @@ int launch_route_and_count(const void* topk_ids, bool ids_are_int64, long long n
                             int* slots_out, unsigned long long* counts,
                             unsigned long long* errors, CUstream_st* stream);
 
+/// One device-to-device copy of launch_copy_batch.
+struct CopySpec {
+  void* dst;
+  const void* src;
+  unsigned long long bytes;
+};
+
+/// Copies ops[0..n) (device memory, independent: no op reads or writes another's
+/// destination) with kernels of at most `blocks` thread blocks each, so that the copies
+/// leave the rest of the GPU to work that runs beside them (NCCL transfers). 16-byte
+/// accesses where dst, src and size allow, bytes otherwise. One launch per 1024 ops (the
+/// descriptors travel as kernel parameters: no device memory, no host synchronisation).
+int launch_copy_batch(const CopySpec* ops, unsigned long long n, int blocks, CUstream_st* stream);
+
 /// out[i] = sum over w < window of ring[w * n + i], for i < n (device arrays).
 int launch_window_sum(const unsigned long long* ring, int window, long long n,
                        long long* out, CUstream_st* stream);

@@ -6,6 +6,7 @@
 #include <random>
 
 #include "comm/nccl.hpp"
+#include "runtime/cuda/transport.hpp"
 #include "runtime/cuda/device_state.hpp"
 #include "runtime/cuda/device_weights.hpp"
 #include "runtime/engine.hpp"
@@ -51,7 +52,7 @@ TEST(NcclMigration, ConsecutiveRebalancesKeepEveryByte) {
   weights.fill(initial, rank);
   eplb::runtime::Engine engine(MPI_COMM_WORLD, cfg, weights.registry(), initial,
                                [&](const eplb::comm::MpiComm& c) {
-                                 return std::make_unique<eplb::comm::NcclTransport>(c, stream.get());
+                                 return eplb::runtime::cuda::make_nccl_transport(c, stream.get());
                                });
   eplb::runtime::cuda::DeviceLoadWindow window(t.num_layers, t.num_logical, cfg.window_passes, stream.get());
   eplb::runtime::cuda::DeviceMaps maps(t, initial, stream.get());
@@ -109,7 +110,7 @@ TEST(NcclMigration, OutOfRangeIdsAreReportedOnEveryRank) {
   weights.fill(initial, rank);
   eplb::runtime::Engine engine(MPI_COMM_WORLD, cfg, weights.registry(), initial,
                                [&](const eplb::comm::MpiComm& c) {
-                                 return std::make_unique<eplb::comm::NcclTransport>(c, stream.get());
+                                 return eplb::runtime::cuda::make_nccl_transport(c, stream.get());
                                });
   eplb::runtime::cuda::DeviceLoadWindow window(2, 8, 1, stream.get());
   eplb::runtime::cuda::DeviceMaps maps(tt, initial, stream.get());

@@ -1,0 +1,38 @@
+#include "runtime/cuda/transport.hpp"
+
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "runtime/cuda/kernels.hpp"
+
+namespace eplb::runtime::cuda {
+namespace {
+
+int copy_with_kernel(std::span<const comm::Transport::CopyOp> ops, comm::cuda_stream stream) {
+  thread_local std::vector<CopySpec> specs;
+  specs.clear();
+  for (const auto& op : ops)
+    if (op.bytes) specs.push_back({op.dst, op.src, op.bytes});
+  return launch_copy_batch(specs.data(), specs.size(), copy_kernel_blocks(), stream);
+}
+
+}  // namespace
+
+int copy_kernel_blocks() {
+  static const int blocks = [] {
+    const char* v = std::getenv("EPLB_COPY_KERNEL_BLOCKS");
+    if (!v || !*v) return 32;
+    const int b = std::atoi(v);
+    return b < 0 ? 0 : b;
+  }();
+  return blocks;
+}
+
+std::unique_ptr<comm::NcclTransport> make_nccl_transport(const comm::MpiComm& mpi,
+                                                         comm::cuda_stream stream) {
+  return std::make_unique<comm::NcclTransport>(mpi, stream,
+                                               copy_kernel_blocks() > 0 ? &copy_with_kernel : nullptr);
+}
+
+}  // namespace eplb::runtime::cuda

@@ -1,0 +1,19 @@
+#pragma once
+/// \file The NCCL weight transport with eplb's batched-copy kernel for its copies.
+#include <memory>
+
+#include "comm/nccl.hpp"
+
+namespace eplb::runtime::cuda {
+
+/// Thread blocks of each batched-copy kernel: EPLB_COPY_KERNEL_BLOCKS (default 32 of the
+/// GPU's SMs, leaving the others to NCCL; 0 = use cudaMemcpyBatchAsync instead).
+int copy_kernel_blocks();
+
+/// comm::NcclTransport (collective over `mpi`) whose copies run as kernels of
+/// copy_kernel_blocks() blocks: one launch per phase instead of one copy call per tensor
+/// per expert, whose host cost held back migration (docs/MIGRATION.md).
+std::unique_ptr<comm::NcclTransport> make_nccl_transport(const comm::MpiComm& mpi,
+                                                         comm::cuda_stream stream);
+
+}  // namespace eplb::runtime::cuda
