@@ -22,7 +22,7 @@ int copy_with_kernel(std::span<const comm::Transport::CopyOp> ops, comm::cuda_st
 int copy_kernel_blocks() {
   static const int blocks = [] {
     const char* v = std::getenv("EPLB_COPY_KERNEL_BLOCKS");
-    if (!v || !*v) return 32;
+    if (!v || !*v) return 64;
     const int b = std::atoi(v);
     return b < 0 ? 0 : b;
   }();
