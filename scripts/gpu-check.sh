@@ -14,7 +14,7 @@ trap 'cp "$out/summary.txt" "$final/" 2>/dev/null; cp "$out"/*.csv "$out"/*.json
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 ngpu=$(nvidia-smi -L 2>/dev/null | wc -l)
-mpirun=(mpirun --allow-run-as-root --oversubscribe --bind-to none -x NCCL_NVLS_ENABLE -x LD_LIBRARY_PATH)
+mpirun=(mpirun --allow-run-as-root --oversubscribe --bind-to none -x NCCL_NVLS_ENABLE -x LD_LIBRARY_PATH -x EPLB_COPY_KERNEL_BLOCKS)
 summary="$out/summary.txt"
 : >"$summary"
 step() {  # step NAME COMMAND...: run, log to $out/NAME.log, record status
@@ -73,15 +73,17 @@ for np in 2 4; do
 done
 fi
 [[ $mode == bench ]] && exit 0
-w2=16000000000 w3=40000000000
+w2=16000000000 w3=40000000000 gib=1073741824
 np=$(( ngpu >= 4 ? 4 : 2 ))
 v3layers=$(( np == 4 ? 20 : 8 ))  # weights of 20 V3 layers on 2 GPUs would not fit with staging
-for pb in 1 4 8; do
-  mig mig_v2lite_win_pb${pb}_np$np $np --model v2lite --iters 6 --window-bytes $w2 --pipeline-batches $pb
-  mig mig_v3_win_pb${pb}_np$np $np --model v3 --layers $v3layers --iters 4 --window-bytes $w3 --pipeline-batches $pb
-done
-mig mig_v2lite_r72_win_pb8_np$np $np --model v2lite --slots 72 --iters 6 --window-bytes $w2 --pipeline-batches 8
-mig mig_v2lite_layer_pb4_np$np $np --model v2lite --iters 6 --pipeline-batches 4
+mig mig_v2lite_win_np$np $np --model v2lite --iters 6 --window-bytes $w2
+mig mig_v3_win_np$np $np --model v3 --layers $v3layers --iters 4 --window-bytes $w3
+mig mig_v2lite_win_peak1g_np$np $np --model v2lite --iters 6 --window-bytes $w2 --peak-bytes $gib
+mig mig_v3_win_peak1g_np$np $np --model v3 --layers $v3layers --iters 4 --window-bytes $w3 --peak-bytes $gib
+mig mig_v2lite_win_pb1_np$np $np --model v2lite --iters 6 --window-bytes $w2 --pipeline-batches 1
+mig mig_v2lite_r72_win_np$np $np --model v2lite --slots 72 --iters 6 --window-bytes $w2
+mig mig_v2lite_layer_np$np $np --model v2lite --iters 6
 mig mig_v2lite_sticky_win_np$np $np --model v2lite --policy sticky --iters 6 --window-bytes $w2
 mig mig_v2lite_per_tensor_win_np$np $np --model v2lite --iters 6 --window-bytes 12000000000 --per-tensor-messages
+EPLB_COPY_KERNEL_BLOCKS=0 mig mig_v2lite_win_memcpybatch_np$np $np --model v2lite --iters 6 --window-bytes $w2
 cat "$summary"
