@@ -14,7 +14,7 @@ trap 'cp "$out/summary.txt" "$final/" 2>/dev/null; cp "$out"/*.csv "$out"/*.json
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 ngpu=$(nvidia-smi -L 2>/dev/null | wc -l)
-mpirun=(mpirun --allow-run-as-root --oversubscribe --bind-to none -x NCCL_NVLS_ENABLE -x LD_LIBRARY_PATH -x EPLB_COPY_KERNEL_BLOCKS)
+mpirun=(mpirun --allow-run-as-root --oversubscribe --bind-to none -x NCCL_NVLS_ENABLE -x LD_LIBRARY_PATH)
 summary="$out/summary.txt"
 : >"$summary"
 step() {  # step NAME COMMAND...: run, log to $out/NAME.log, record status
@@ -85,5 +85,7 @@ mig mig_v2lite_r72_win_np$np $np --model v2lite --slots 72 --iters 6 --window-by
 mig mig_v2lite_layer_np$np $np --model v2lite --iters 6
 mig mig_v2lite_sticky_win_np$np $np --model v2lite --policy sticky --iters 6 --window-bytes $w2
 mig mig_v2lite_per_tensor_win_np$np $np --model v2lite --iters 6 --window-bytes 12000000000 --per-tensor-messages
-EPLB_COPY_KERNEL_BLOCKS=0 mig mig_v2lite_win_memcpybatch_np$np $np --model v2lite --iters 6 --window-bytes $w2
+(export EPLB_COPY_KERNEL_BLOCKS=0  # copies through cudaMemcpyBatchAsync instead of the kernel
+ step mig_v2lite_win_memcpybatch_np$np "${mpirun[@]}" -x EPLB_COPY_KERNEL_BLOCKS -np $np ./bench/bench_migration \
+   --device cuda --model v2lite --iters 6 --window-bytes $w2)
 cat "$summary"
