@@ -4,6 +4,8 @@
 
 #include <chrono>
 #include <random>
+#include <string>
+#include <vector>
 
 #include "comm/nccl.hpp"
 #include "runtime/cuda/transport.hpp"
@@ -33,21 +35,46 @@ std::size_t total_bad(std::size_t local) {
   return t;
 }
 
-TEST(NcclMigration, ConsecutiveRebalancesKeepEveryByte) {
+struct Case {
+  const char* name;
+  int layers;
+  std::vector<eplb::runtime::cuda::TensorSpec> tensors;
+  std::size_t staging;
+  const char* policy;
+  friend void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
+};
+
+class NcclMigrationBytes : public testing::TestWithParam<Case> {};
+
+// The copy kernel's three access widths (16-byte, 4-byte, byte: tensor sizes that are not
+// multiples of 16 or 4 make slot addresses unaligned), several rounds per layer, and phases
+// of more than one launch's 1024 copies.
+INSTANTIATE_TEST_SUITE_P(
+    Tensors, NcclMigrationBytes,
+    testing::Values(Case{"aligned_several_rounds", 6, {{"w13", 40960}, {"w2", 20480}, {"scale", 80}},
+                         3 * 70000, ""},
+                    Case{"odd_sizes", 6, {{"w", 4099}, {"v", 1000}, {"s", 37}}, 1 << 22, "deepseek"},
+                    Case{"over_1024_copies_per_phase", 60, {{"a", 256}, {"b", 48}, {"c", 32}},
+                         std::size_t{64} << 20, "deepseek"}),
+    [](const testing::TestParamInfo<Case>& i) { return std::string(i.param.name); });
+
+TEST_P(NcclMigrationBytes, ConsecutiveRebalancesKeepEveryByte) {
+  const Case& tc = GetParam();
   int rank = 0;
   const int P = world(&rank);
   SKIP_WITHOUT_GPUS(P);
   eplb::comm::select_device_for_rank(rank);
   eplb::comm::CudaStream stream;
-  const Topology t{6, 32, std::max(10, (40 + P - 1) / P) * P, P, 1, 4};
+  const Topology t{tc.layers, 32, std::max(10, (40 + P - 1) / P) * P, P, 1, 4};
   eplb::runtime::RuntimeConfig cfg;
   cfg.topology = t;
+  cfg.policy = tc.policy;
   cfg.window_passes = 3;
   cfg.rebalance_interval = 0;
   cfg.min_gain = -1;
-  cfg.staging_bytes = 3 * 70000;  // a few experts: several rounds per layer
-  eplb::runtime::cuda::DeviceWeightSet weights(t.num_layers, t.slots_per_rank(),
-                                               {{"w13", 40960}, {"w2", 20480}, {"scale", 80}});
+  cfg.staging_bytes = tc.staging;
+  cfg.max_layers_per_window = 0;
+  eplb::runtime::cuda::DeviceWeightSet weights(t.num_layers, t.slots_per_rank(), tc.tensors);
   const auto initial = eplb::algo::Placement::contiguous(t);
   weights.fill(initial, rank);
   eplb::runtime::Engine engine(MPI_COMM_WORLD, cfg, weights.registry(), initial,
