@@ -41,21 +41,25 @@ struct Case {
   std::vector<eplb::runtime::cuda::TensorSpec> tensors;
   std::size_t staging;
   const char* policy;
+  int pipeline_batches = 4;
   friend void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 };
 
 class NcclMigrationBytes : public testing::TestWithParam<Case> {};
 
 // The copy kernel's three access widths (16-byte, 4-byte, byte: tensor sizes that are not
-// multiples of 16 or 4 make slot addresses unaligned), several rounds per layer, and phases
-// of more than one launch's 1024 copies.
+// multiples of 16 or 4 make slot addresses unaligned), several rounds per layer, all layers in
+// one window, and (one batch per round) phases of more than one launch's 1024 copies: 60
+// layers x ~380 sends per rank x 3 tensors at 4 ranks.
 INSTANTIATE_TEST_SUITE_P(
     Tensors, NcclMigrationBytes,
     testing::Values(Case{"aligned_several_rounds", 6, {{"w13", 40960}, {"w2", 20480}, {"scale", 80}},
                          3 * 70000, ""},
                     Case{"odd_sizes", 6, {{"w", 4099}, {"v", 1000}, {"s", 37}}, 1 << 22, "deepseek"},
+                    Case{"sixty_layers_one_window", 60, {{"a", 256}, {"b", 48}, {"c", 32}},
+                         std::size_t{64} << 20, "deepseek"},
                     Case{"over_1024_copies_per_phase", 60, {{"a", 256}, {"b", 48}, {"c", 32}},
-                         std::size_t{64} << 20, "deepseek"}),
+                         std::size_t{64} << 20, "deepseek", 1}),
     [](const testing::TestParamInfo<Case>& i) { return std::string(i.param.name); });
 
 TEST_P(NcclMigrationBytes, ConsecutiveRebalancesKeepEveryByte) {
@@ -74,6 +78,7 @@ TEST_P(NcclMigrationBytes, ConsecutiveRebalancesKeepEveryByte) {
   cfg.min_gain = -1;
   cfg.staging_bytes = tc.staging;
   cfg.max_layers_per_window = 0;
+  cfg.pipeline_batches = tc.pipeline_batches;
   eplb::runtime::cuda::DeviceWeightSet weights(t.num_layers, t.slots_per_rank(), tc.tensors);
   const auto initial = eplb::algo::Placement::contiguous(t);
   weights.fill(initial, rank);
