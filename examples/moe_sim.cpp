@@ -36,6 +36,8 @@ struct Options {
   std::size_t staging_bytes = std::size_t{64} << 20;
   std::string checkpoint, resume;
   int max_experts_per_batch = 0;
+  int pipeline_batches = 4;
+  bool rank0_planning = false;
   bool device_allreduce = false;
   int checkpoint_every = 1;
 };
@@ -179,6 +181,12 @@ int run(int argc, char** argv, int rank, int size) {
   app.add_option("--max-experts-per-batch", o.max_experts_per_batch,
                  "experts per NCCL group / MPI batch during migration (0: a whole round)")
       ->capture_default_str();
+  app.add_option("--pipeline-batches", o.pipeline_batches,
+                 "batches per migration round, pipelined with packing and unpacking (1: none)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_flag("--rank0-planning", o.rank0_planning,
+               "rank 0 plans every layer and broadcasts (default: the ranks split the layers)");
   app.add_option("--csv", o.csv, "write one row per rebalance to this CSV file (rank 0)");
   app.add_option("--checkpoint", o.checkpoint,
                  "HDF5 checkpoint written after every K-th rebalance and at the end");
@@ -210,6 +218,8 @@ int run(int argc, char** argv, int rank, int size) {
   cfg.min_gain = o.min_gain;
   cfg.staging_bytes = o.staging_bytes;
   cfg.max_experts_per_batch = o.max_experts_per_batch;
+  cfg.pipeline_batches = o.pipeline_batches;
+  cfg.distributed_planning = !o.rank0_planning;
   cfg.device_allreduce = o.device_allreduce;
   t.validate();
   if (o.topk < 1 || o.topk > o.experts || o.tokens < 1 || o.passes < 0)
