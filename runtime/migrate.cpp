@@ -178,12 +178,11 @@ MigrationCounters execute_migration(const algo::MigrationPlan& plan, const Weigh
     auto move_bytes = [&](int l, std::size_t t) { return weights.tensors(l)[t].bytes_per_slot; };
     // Coalesced round: one message per peer and batch. Two lanes (docs/MIGRATION.md):
     // the copy lane packs every batch's sends, then does the local copies, their staging
-    // commits and fan-out (every read of old content is done by then), then unpacks and fans
-    // out each batch once it has arrived; the transfer lane runs batch b as soon as batch b
-    // is packed. So packing
-    // overlaps the first transfers and unpacking the later ones. Received experts land in
-    // the receive buffer and nothing writes a weight slot before all packs and local copies
-    // of the round are done (same lane, issued earlier).
+    // commits and fan-out, then unpacks and fans out each batch once it has arrived; the
+    // transfer lane runs batch b as soon as batch b is packed. So packing overlaps the first
+    // transfers and unpacking the later ones. Received experts land in the receive buffer,
+    // and no weight slot is written before all packs and local copies of the round, which
+    // read old content, are issued on the same lane.
     std::byte* const send_buf = staging + win.staging;
     std::byte* const recv_buf = send_buf + win.send;
     using comm::Lane;
@@ -237,6 +236,7 @@ MigrationCounters execute_migration(const algo::MigrationPlan& plan, const Weigh
           c.bytes_sent += weights.bytes_per_expert(l);
         }
         flush();
+        trace("packs issued", b, nb);
         transport.wait(Lane::transfer, transport.mark(Lane::copy));
         transport.begin_batch();
         for (int p = 0; p < P; ++p) {
@@ -244,7 +244,6 @@ MigrationCounters execute_migration(const algo::MigrationPlan& plan, const Weigh
           if (span[1]) transport.send(send_buf + span[0], span[1], p);
           if (span[3]) transport.recv(recv_buf + span[2], span[3], p);
         }
-        trace("packs issued", b, nb);
         transport.end_batch();
         arrived[b] = transport.mark(Lane::transfer);
         trace("transfers issued", b, nb);
