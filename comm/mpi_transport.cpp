@@ -58,10 +58,8 @@ void MpiHostTransport::copy(std::byte* dst, const std::byte* src, std::size_t by
 }
 
 void MpiHostTransport::copy_all(std::span<const CopyOp> ops, Lane lane) {
-  if (defer_)
-    for (auto it = ops.rbegin(); it != ops.rend(); ++it) copy(it->dst, it->src, it->bytes, lane);
-  else
-    for (const auto& op : ops) copy(op.dst, op.src, op.bytes, lane);
+  if (!defer_) return Transport::copy_all(ops, lane);
+  for (auto it = ops.rbegin(); it != ops.rend(); ++it) copy(it->dst, it->src, it->bytes, lane);
 }
 
 Transport::Mark MpiHostTransport::mark(Lane lane) {
