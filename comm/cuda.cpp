@@ -25,6 +25,13 @@ int cuda_device_count() noexcept {
   return n;
 }
 
+int cuda_sm_count() {
+  int device = 0, sms = 0;
+  EPLB_CUDA_CHECK(cudaGetDevice(&device));
+  EPLB_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return sms;
+}
+
 int select_device_for_rank(int world_rank) {
   const int n = cuda_device_count();
   if (n == 0) throw CudaError("no CUDA device visible to rank " + std::to_string(world_rank));

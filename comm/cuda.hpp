@@ -23,6 +23,9 @@ void check_cuda(int rc, const char* call, const char* file, int line);
 /// (never throws).
 int cuda_device_count() noexcept;
 
+/// Streaming multiprocessors of the current device.
+int cuda_sm_count();
+
 /// A device for this rank: local rank (OMPI_COMM_WORLD_LOCAL_RANK, else world rank) modulo
 /// the device count. Calls cudaSetDevice and returns the device.
 int select_device_for_rank(int world_rank);

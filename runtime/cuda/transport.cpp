@@ -1,5 +1,6 @@
 #include "runtime/cuda/transport.hpp"
 
+#include <algorithm>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -22,7 +23,7 @@ int copy_with_kernel(std::span<const comm::Transport::CopyOp> ops, comm::cuda_st
 int copy_kernel_blocks() {
   static const int blocks = [] {
     const char* v = std::getenv("EPLB_COPY_KERNEL_BLOCKS");
-    if (!v || !*v) return 64;
+    if (!v || !*v) return std::max(1, comm::cuda_sm_count() / 2);
     const int b = std::atoi(v);
     return b < 0 ? 0 : b;
   }();

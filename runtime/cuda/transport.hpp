@@ -6,9 +6,9 @@
 
 namespace eplb::runtime::cuda {
 
-/// Thread blocks of each batched-copy kernel: EPLB_COPY_KERNEL_BLOCKS (default 64 of the
-/// H200's 132 SMs, leaving the others to NCCL: 64 beat 16 and 32 on H200x4, see
-/// docs/BENCHMARKS.md; 0 = use cudaMemcpyBatchAsync instead).
+/// Thread blocks of each batched-copy kernel: EPLB_COPY_KERNEL_BLOCKS, default half the
+/// device's SMs (66 on an H200; 64 of its 132 measured best against 16 and 32 on H200x4,
+/// docs/BENCHMARKS.md), leaving the other half to NCCL; 0 = use cudaMemcpyBatchAsync.
 int copy_kernel_blocks();
 
 /// comm::NcclTransport (collective over `mpi`) whose copies run as kernels of
