@@ -40,17 +40,20 @@ inline int ceil_log2(int m) { return std::bit_width(static_cast<u32>(m > 1 ? m -
 // ---------------------------------------------------------------------------------------
 // Sorting
 
-void insertion_sort(u64* a, int n) {
-  for (int i = 1; i < n; ++i) {
-    const u64 x = a[i];
+/// Insertion sort of src[0..n) into dst (src == dst sorts in place: src[i] is read before
+/// anything at index >= i is written).
+void insertion_sort(const u64* src, u64* dst, int n) {
+  for (int i = 0; i < n; ++i) {
+    const u64 x = src[i];
     int j = i;
-    while (j > 0 && a[j - 1] > x) {
-      a[j] = a[j - 1];
+    while (j > 0 && dst[j - 1] > x) {
+      dst[j] = dst[j - 1];
       --j;
     }
-    a[j] = x;
+    dst[j] = x;
   }
 }
+void insertion_sort(u64* a, int n) { insertion_sort(a, a, n); }
 
 /// Sorts keys with distinct low words whose input order is ascending in the low word (so
 /// sorting by the high word stably is sorting by the whole key), in place. A bucket sort
@@ -93,16 +96,7 @@ void sort_node(u64* a, u64* tmp, int n, PackScratch& s) {
       begin = c[b];
     }
   }
-  a[0] = tmp[0];
-  for (int i = 1; i < n; ++i) {
-    const u64 x = tmp[i];
-    int j = i;
-    while (j > 0 && a[j - 1] > x) {
-      a[j] = a[j - 1];
-      --j;
-    }
-    a[j] = x;
-  }
+  insertion_sort(tmp, a, n);  // keys move only within their bucket
 }
 
 /// Sorts by the whole key (any input order).
