@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <string>
 #include <stdexcept>
+#include <utility>
 #include <vector>
 
 namespace eplb::runtime {
@@ -189,11 +190,14 @@ MigrationCounters execute_migration(const algo::MigrationPlan& plan, const Weigh
     auto run_coalesced_round = [&](const std::vector<Item>& its, std::size_t per_batch) {
       const int P = topo.num_ranks;
       const std::size_t nb = (its.size() + per_batch - 1) / per_batch;
+      auto batch_items = [&](std::size_t b) {  // items [i0, i1) of batch b
+        return std::pair{b * per_batch, std::min(its.size(), (b + 1) * per_batch)};
+      };
       item_off.assign(its.size(), 0);
       peer_span.assign(nb * P * 4, 0);  // per (batch, peer): send begin, len, recv begin, len
       std::size_t soff = 0, roff = 0;
       for (std::size_t b = 0; b < nb; ++b) {
-        const std::size_t i0 = b * per_batch, i1 = std::min(its.size(), i0 + per_batch);
+        const auto [i0, i1] = batch_items(b);
         for (int p = 0; p < P; ++p) {
           std::size_t* span = peer_span.data() + (b * P + p) * 4;
           span[0] = soff;
@@ -226,7 +230,7 @@ MigrationCounters execute_migration(const algo::MigrationPlan& plan, const Weigh
       arrived.assign(nb, 0);
       for (std::size_t b = 0; b < nb; ++b) {  // pack batch b, then send it (host issue order
         // too: the first transfer is queued before the later packs are issued)
-        const std::size_t i0 = b * per_batch, i1 = std::min(its.size(), i0 + per_batch);
+        const auto [i0, i1] = batch_items(b);
         for (std::size_t i = i0; i < i1; ++i) {
           const auto [l, u] = its[i];
           if (!u->remote() || u->src_rank != me) continue;
@@ -282,7 +286,7 @@ MigrationCounters execute_migration(const algo::MigrationPlan& plan, const Weigh
       flush();
       for (std::size_t b = 0; b < nb; ++b) {  // unpack each batch once it has arrived,
         transport.wait(Lane::copy, arrived[b]);  // then fan it out
-        const std::size_t i0 = b * per_batch, i1 = std::min(its.size(), i0 + per_batch);
+        const auto [i0, i1] = batch_items(b);
         for (std::size_t i = i0; i < i1; ++i) {
           const auto [l, u] = its[i];
           if (!u->remote() || u->dst_rank != me) continue;
