@@ -69,6 +69,7 @@ int run(int argc, char** argv) {
   MPI_Comm_size(MPI_COMM_WORLD, &P);
   std::string model = "v2lite", device = "cpu", policy_name = "deepseek", json;
   int layers = 0, experts = 0, slots = 0, iters = 5, batch = 0, pipeline = 4;
+  bool no_overlap = false;
   double noise = 0.2;
   std::size_t peak_bytes = std::size_t{256} << 20, staging_bytes = 0, window_bytes = 0;
   std::vector<std::size_t> tensors;
@@ -86,6 +87,8 @@ int run(int argc, char** argv) {
   app.add_option("--peak-bytes", peak_bytes, "bytes per peer in the pairwise peak measurement");
   app.add_option("--staging-bytes", staging_bytes, "staging budget per rank (0: unlimited, one round per layer)");
   app.add_option("--max-experts-per-batch", batch, "experts per NCCL group (0: whole round)");
+  app.add_flag("--no-overlap", no_overlap,
+               "coalesced mode: finish each window before the next one packs (one staging region)");
   app.add_option("--pipeline-batches", pipeline,
                  "coalesced mode: batches per round, pipelined with packing/unpacking (1: none)")
       ->check(CLI::PositiveNumber);
@@ -150,7 +153,8 @@ int run(int argc, char** argv) {
       mem.buffers.push_back(transport->allocate(tensors[i] * k));
       reg.add(l, "t" + std::to_string(i), mem.buffers.back().get(), tensors[i]);
     }
-  const eplb::runtime::ExecOptions exec{batch, window_bytes ? 0 : 1, window_bytes, !per_tensor, pipeline};
+  const eplb::runtime::ExecOptions exec{batch, window_bytes ? 0 : 1, window_bytes, !per_tensor, pipeline,
+                                              !no_overlap};
   const std::size_t stage = std::max(eplb::runtime::staging_bytes_needed(AB, reg, exec),
                                      eplb::runtime::staging_bytes_needed(BA, reg, exec));
   mem.staging = transport->allocate(stage);
@@ -179,9 +183,9 @@ int run(int argc, char** argv) {
     char cfg[512];
     std::snprintf(cfg, sizeof cfg,
                   "model=%s %s device=%s transport=%s policy=%s noise=%.2f expert_bytes=%zu tensors=%zu "
-                  "staging=%zu B batch=%d window_bytes=%zu coalesce=%d pipeline=%d NCCL_NVLS_ENABLE=%s",
+                  "staging=%zu B batch=%d window_bytes=%zu coalesce=%d pipeline=%d overlap=%d NCCL_NVLS_ENABLE=%s",
                   model.c_str(), t.describe().c_str(), device.c_str(), std::string(transport->name()).c_str(),
-                  policy_name.c_str(), noise, expert_bytes, tensors.size(), stage, batch, window_bytes, !per_tensor, pipeline,
+                  policy_name.c_str(), noise, expert_bytes, tensors.size(), stage, batch, window_bytes, !per_tensor, pipeline, !no_overlap,
                   std::getenv("NCCL_NVLS_ENABLE") ? std::getenv("NCCL_NVLS_ENABLE") : "unset");
     eplb::bench::print_header("bench_migration", cfg);
     std::printf("# plan A->B: %lld slots changed, %lld remote transfers, %lld local copies, %d max rounds/layer\n",

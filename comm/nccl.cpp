@@ -183,13 +183,20 @@ void NcclTransport::copy_all(std::span<const CopyOp> ops, Lane lane) {
 }
 
 Transport::Mark NcclTransport::mark(Lane lane) {
-  if (next_event_ == static_cast<int>(events_.size())) events_.emplace_back(false);
+  // Timing-capable events only when tracing reads them (cheaper to wait on otherwise).
+  if (next_event_ == static_cast<int>(events_.size())) events_.emplace_back(migration_tracing());
   events_[static_cast<std::size_t>(next_event_)].record(lane_stream(lane));
   return next_event_++;
 }
 
 void NcclTransport::wait(Lane lane, Mark m) {
   EPLB_CUDA_CHECK(cudaStreamWaitEvent(lane_stream(lane), events_.at(static_cast<std::size_t>(m)).get(), 0));
+}
+
+double NcclTransport::elapsed_ms(Mark from, Mark to) {
+  if (!migration_tracing()) return -1;
+  return CudaEvent::elapsed_ms(events_.at(static_cast<std::size_t>(from)),
+                               events_.at(static_cast<std::size_t>(to)));
 }
 
 void NcclTransport::synchronize() {

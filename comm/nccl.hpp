@@ -79,6 +79,7 @@ class NcclTransport final : public Transport {
   void copy(std::byte* dst, const std::byte* src, std::size_t bytes, Lane lane) override;
   void copy_all(std::span<const CopyOp> ops, Lane lane) override;
   Mark mark(Lane lane) override;
+  double elapsed_ms(Mark from, Mark to) override;
   void wait(Lane lane, Mark m) override;
   void synchronize() override;
   Buffer allocate(std::size_t bytes) override;

@@ -1,6 +1,7 @@
 #pragma once
 /// \file The weight transport: how expert bytes move between ranks during a migration.
 #include <cstddef>
+#include <cstdlib>
 #include <memory>
 #include <span>
 #include <string_view>
@@ -14,6 +15,16 @@ enum class MemorySpace { host, device };
 /// mark()/wait(). Sends, receives and synchronize() belong to the transfer lane; copies name
 /// their lane. A host transport runs everything synchronously (one queue).
 enum class Lane { transfer, copy };
+
+/// EPLB_MIGRATION_TRACE set and not "0" (docs/ENVIRONMENT.md): a migration prints on rank 0
+/// when each step was issued and, where the transport can time its marks, when it ran.
+inline bool migration_tracing() {
+  static const bool on = [] {
+    const char* v = std::getenv("EPLB_MIGRATION_TRACE");
+    return v && *v && std::string_view(v) != "0";
+  }();
+  return on;
+}
 
 /// Owned memory in a transport's space (staging); freed by the transport's deleter.
 using Buffer = std::unique_ptr<std::byte, void (*)(std::byte*)>;
@@ -56,6 +67,10 @@ class Transport {
   virtual Mark mark(Lane) { return 0; }
   /// ...after which work issued later on `lane` starts (no host wait).
   virtual void wait(Lane, Mark) {}
+  /// Milliseconds from mark `from` to mark `to` on the device clock, for tracing; valid
+  /// after synchronize() and before the next mark(). Negative where marks cannot be timed
+  /// (host transports).
+  virtual double elapsed_ms(Mark /*from*/, Mark /*to*/) { return -1; }
   /// Returns when every operation issued so far, on both lanes, is complete.
   virtual void synchronize() = 0;
   /// Memory for staging, in this transport's memory space.

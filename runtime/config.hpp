@@ -40,6 +40,10 @@ struct RuntimeConfig {
   /// With coalesce_messages: batches per round, pipelined so that packing and unpacking
   /// overlap the transfers (>= 1). See ExecOptions::pipeline_batches.
   int pipeline_batches = 4;
+  /// With coalesce_messages: the next window's (or round's) packs and transfers are issued
+  /// before this one's unpacks, on a second staging region within staging_bytes. See
+  /// ExecOptions::overlap_steps.
+  bool overlap_steps = true;
   /// When the policy plans each layer on its own (algo::Policy::layers_independent), every
   /// rank plans its share of the layers and one allgather assembles the placement, instead
   /// of rank 0 planning all layers and broadcasting (docs/DESIGN.md). Same placement.

@@ -69,6 +69,7 @@ Engine::Engine(MPI_Comm comm, RuntimeConfig config, WeightRegistry weights,
               {"max_layers_per_window", static_cast<std::uint64_t>(config_.max_layers_per_window)},
               {"coalesce_messages", static_cast<std::uint64_t>(config_.coalesce_messages)},
               {"pipeline_batches", static_cast<std::uint64_t>(config_.pipeline_batches)},
+              {"overlap_steps", static_cast<std::uint64_t>(config_.overlap_steps)},
               {"distributed_planning", static_cast<std::uint64_t>(config_.distributed_planning)},
               {"device_allreduce", static_cast<std::uint64_t>(config_.device_allreduce)},
               {"weight layout (hash)", weights_.layout_hash()},
@@ -252,7 +253,7 @@ RebalanceStats Engine::rebalance() {
   st.plan = plan.stats();
   const ExecOptions exec{config_.max_experts_per_batch, config_.max_layers_per_window,
                          config_.staging_bytes, config_.coalesce_messages,
-                         config_.pipeline_batches};
+                         config_.pipeline_batches, config_.overlap_steps};
   const std::size_t need = staging_bytes_needed(plan, weights_, exec);
   if (need > staging_size_) {
     staging_ = transport_->allocate(need);

@@ -100,298 +100,457 @@ std::vector<Window> make_windows(const algo::MigrationPlan& plan, const WeightRe
   return out;
 }
 
+/// The windows of a migration and the staging they use: one region, or two that
+/// consecutive steps alternate between when steps overlap (docs/MIGRATION.md).
+struct Regions {
+  std::vector<Window> windows;
+  std::size_t region = 0;  // bytes of one region: the largest window
+  std::size_t count = 1;
+  std::size_t total() const { return region * count; }
+};
+
+/// Overlapping steps (coalesced mode, more than one step) needs two regions: windows are
+/// formed within half the budget, and used only if two regions fit the whole budget (or
+/// there is no budget); otherwise one region, as without overlap.
+Regions staging_regions(const algo::MigrationPlan& plan, const WeightRegistry& weights,
+                        const ExecOptions& options) {
+  auto form = [&](std::size_t budget) {
+    ExecOptions o = options;
+    o.staging_budget = budget;
+    Regions r;
+    r.windows = make_windows(plan, weights, o);
+    for (const auto& w : r.windows) r.region = std::max(r.region, w.bytes());
+    return r;
+  };
+  if (options.coalesce && options.overlap_steps) {
+    Regions r = form(options.staging_budget / 2);
+    std::size_t steps = 0;
+    for (const auto& w : r.windows) {
+      std::size_t rounds = 0;
+      for (int l = w.first; l < w.last; ++l) rounds = std::max(rounds, plan.layer(l).rounds.size());
+      steps += rounds;
+    }
+    if (steps <= 1) return r;
+    r.count = 2;
+    if (options.staging_budget == 0 || r.total() <= options.staging_budget) return r;
+  }
+  return form(options.staging_budget);
+}
+
 }  // namespace
 
 std::size_t staging_bytes_needed(const algo::MigrationPlan& plan, const WeightRegistry& weights,
                                  const ExecOptions& options) {
-  std::size_t need = 0;
-  for (const auto& w : make_windows(plan, weights, options)) need = std::max(need, w.bytes());
-  return need;
+  return staging_regions(plan, weights, options).total();
 }
+
+namespace {
+
+struct Item {
+  int layer;
+  const algo::MoveUnit* unit;
+};
+
+/// One step of a migration: round `round` of every layer of one window, with its staging
+/// region and, in coalesced mode, the layout of its pack and receive buffers.
+struct Step {
+  const Window* win = nullptr;
+  std::size_t round = 0;
+  bool last_of_window = false;
+  std::byte* base = nullptr;  // region: [staged slots | send buffer | receive buffer]
+  std::vector<Item> items;
+  std::vector<std::size_t> item_off, peer_span;  // per item; per (batch, peer): 4 numbers
+  std::vector<comm::Transport::Mark> arrived;    // per batch
+  std::size_t per_batch = 1, nb = 0;
+  std::pair<std::size_t, std::size_t> batch_items(std::size_t b) const {  // [i0, i1) of batch b
+    return {b * per_batch, std::min(items.size(), (b + 1) * per_batch)};
+  }
+  std::byte* send_buf() const { return base + win->staging; }
+  std::byte* recv_buf() const { return base + win->staging + win->send; }
+};
+
+class Executor {
+ public:
+  Executor(const algo::MigrationPlan& plan, const WeightRegistry& weights, comm::Transport& tr,
+           int me, const ExecOptions& options)
+      : plan_(plan), topo_(plan.topology()), weights_(weights), tr_(tr), me_(me), opt_(options),
+        k_(topo_.slots_per_rank()), R_(topo_.num_slots),
+        stage_idx_(static_cast<std::size_t>(topo_.num_layers) * R_, -1) {
+    for (int l = 0; l < topo_.num_layers; ++l) layouts_.emplace_back(weights.tensors(l));
+  }
+
+  MigrationCounters run(std::byte* staging, const std::function<void(int)>& layer_done);
+
+ private:
+  using Lane = comm::Lane;
+  using Mark = comm::Transport::Mark;
+
+  std::byte* slot_ptr(int l, int slot, std::size_t t) const {
+    return weights_.tensors(l)[t].slot(slot - me_ * k_);
+  }
+  std::size_t move_bytes(int l, std::size_t t) const { return weights_.tensors(l)[t].bytes_per_slot; }
+  std::size_t num_tensors(int l) const { return weights_.tensors(l).size(); }
+  /// Where destination `slot` of layer l is written in this step: the slot, or its staging.
+  std::byte* loc(const Step& st, int l, int slot, std::size_t t) const {
+    if (!plan_.layer(l).staged[slot]) return slot_ptr(l, slot, t);
+    return st.base + st.win->offset[l - st.win->first] +
+           static_cast<std::size_t>(stage_idx_[static_cast<std::size_t>(l) * R_ + slot]) *
+               layouts_[l].stride +
+           layouts_[l].offset[t];
+  }
+  void collect(Step& st);
+  void front(Step& st, bool first);
+  void back(Step& st);
+  void per_tensor(Step& st);
+  void add(std::byte* dst, const std::byte* src, std::size_t bytes) { ops_.push_back({dst, src, bytes}); }
+  void flush(Lane lane = Lane::copy) {
+    tr_.copy_all(ops_, lane);
+    ops_.clear();
+  }
+  void fan_out(const Step& st, std::size_t i);
+  void trace(const char* what, std::size_t batch = 0, std::size_t batches = 0);
+  /// Tracing: a point of the device timeline (a mark on `lane` now).
+  void device_point(Lane lane, const char* what, std::size_t batch = 0, std::size_t batches = 0) {
+    if (tracing()) points_.push_back({what, step_, batch, batches, tr_.mark(lane)});
+  }
+  void print_device_timeline();
+  static bool tracing();
+
+  const algo::MigrationPlan& plan_;
+  const algo::Topology& topo_;
+  const WeightRegistry& weights_;
+  comm::Transport& tr_;
+  const int me_;
+  const ExecOptions& opt_;
+  const int k_, R_;
+  std::vector<StagingLayout> layouts_;
+  std::vector<int> stage_idx_;  // (layer, slot) -> index among the layer's staged slots
+  std::vector<comm::Transport::CopyOp> ops_;  // one phase's copies
+  MigrationCounters c_;
+  std::chrono::steady_clock::time_point t_issue_ = std::chrono::steady_clock::now();
+  std::size_t step_ = 0;
+  bool overlap_ = false;  // steps overlap, on two staging regions
+  struct Point {
+    const char* what;
+    std::size_t step, batch, batches;
+    Mark mark;
+  };
+  std::vector<Point> points_;
+};
+
+bool Executor::tracing() { return comm::migration_tracing(); }
+
+void Executor::trace(const char* what, std::size_t batch, std::size_t batches) {
+  if (!tracing() || me_ != 0) return;
+  const double ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t_issue_).count();
+  if (batches)
+    std::fprintf(stderr, "[eplb migrate rank 0] %9.3f ms  step %zu batch %zu/%zu: %s\n", ms, step_,
+                 batch + 1, batches, what);
+  else
+    std::fprintf(stderr, "[eplb migrate rank 0] %9.3f ms  step %zu: %s\n", ms, step_, what);
+}
+
+void Executor::print_device_timeline() {
+  if (!tracing() || me_ != 0 || points_.empty()) return;
+  if (tr_.elapsed_ms(points_[0].mark, points_[0].mark) < 0) return;  // cannot time marks
+  for (const auto& p : points_) {
+    const double ms = tr_.elapsed_ms(points_[0].mark, p.mark);
+    if (p.batches)
+      std::fprintf(stderr, "[eplb migrate rank 0] device %9.3f ms  step %zu batch %zu/%zu: %s\n", ms,
+                   p.step, p.batch + 1, p.batches, p.what);
+    else
+      std::fprintf(stderr, "[eplb migrate rank 0] device %9.3f ms  step %zu: %s\n", ms, p.step, p.what);
+  }
+}
+
+/// The step's units (round `st.round` of every layer of its window) and the staging index
+/// of each destination this rank writes through staging.
+void Executor::collect(Step& st) {
+  st.items.clear();
+  for (int l = st.win->first; l < st.win->last; ++l) {
+    const auto& lp = plan_.layer(l);
+    if (st.round >= lp.rounds.size()) continue;
+    const auto& round = lp.rounds[st.round];
+    int next = 0;
+    for (int i = round.first_unit; i < round.first_unit + round.num_units; ++i) {
+      const auto& u = lp.units[i];
+      st.items.push_back({l, &u});
+      if (u.dst_rank != me_) continue;
+      for (int q = 0; q < u.num_dst; ++q)
+        if (through_staging(lp, u, q, opt_.coalesce))
+          stage_idx_[static_cast<std::size_t>(l) * R_ + lp.dst_begin(u)[q]] = next++;
+    }
+  }
+  st.per_batch = opt_.max_units_per_batch > 0 ? static_cast<std::size_t>(opt_.max_units_per_batch)
+                                              : std::max<std::size_t>(st.items.size(), 1);
+  if (opt_.coalesce) {
+    // At least pipeline_batches batches, of equal unit counts, so that packing and
+    // unpacking overlap transfers.
+    const std::size_t parts = static_cast<std::size_t>(std::max(opt_.pipeline_batches, 1));
+    st.per_batch = std::min(st.per_batch, std::max<std::size_t>(1, (st.items.size() + parts - 1) / parts));
+  }
+  st.nb = (st.items.size() + st.per_batch - 1) / st.per_batch;
+}
+
+/// Fan-out from a unit's first destination: its further destinations are read by no copy of
+/// the round (packs and local copies only read old content, all issued before).
+void Executor::fan_out(const Step& st, std::size_t i) {
+  const auto [l, u] = st.items[i];
+  const int* dst = plan_.layer(l).dst_begin(*u);
+  for (int q = 1; q < u->num_dst; ++q) {
+    for (std::size_t t = 0; t < num_tensors(l); ++t)
+      add(slot_ptr(l, dst[q], t), slot_ptr(l, dst[0], t), move_bytes(l, t));
+    c_.bytes_copied_local += weights_.bytes_per_expert(l);
+  }
+}
+
+// Coalesced step, first half (docs/MIGRATION.md): on the copy lane, pack batch b, then the
+// transfer lane sends it (host issue order too: the first transfer is queued before the later
+// packs are issued); then the local copies, their staging commits and fan-out. Every read of
+// old content of the step is issued here.
+void Executor::front(Step& st, bool first) {
+  const int P = topo_.num_ranks;
+  const auto& its = st.items;
+  st.item_off.assign(its.size(), 0);
+  st.peer_span.assign(st.nb * P * 4, 0);  // per (batch, peer): send begin, len, recv begin, len
+  std::size_t soff = 0, roff = 0;
+  for (std::size_t b = 0; b < st.nb; ++b) {
+    const auto [i0, i1] = st.batch_items(b);
+    for (int p = 0; p < P; ++p) {
+      std::size_t* span = st.peer_span.data() + (b * P + p) * 4;
+      span[0] = soff;
+      span[2] = roff;
+      for (std::size_t i = i0; i < i1; ++i) {
+        const auto [l, u] = its[i];
+        if (!u->remote()) continue;
+        if (u->src_rank == me_ && u->dst_rank == p) {
+          st.item_off[i] = soff;
+          soff += layouts_[l].stride;
+        } else if (u->dst_rank == me_ && u->src_rank == p) {
+          st.item_off[i] = roff;
+          roff += layouts_[l].stride;
+        }
+      }
+      span[1] = soff - span[0];
+      span[3] = roff - span[2];
+    }
+  }
+  // Overlapping steps: only the first waits for what the caller issued before; a later step
+  // uses the other staging region, which the step before last has released (its unpacks,
+  // which waited for all its transfers, precede this on the copy lane). Otherwise every
+  // step starts after all earlier work.
+  if (first || !overlap_) tr_.wait(Lane::copy, tr_.mark(Lane::transfer));
+  device_point(Lane::copy, "start of packing");
+  st.arrived.assign(st.nb, 0);
+  for (std::size_t b = 0; b < st.nb; ++b) {
+    const auto [i0, i1] = st.batch_items(b);
+    for (std::size_t i = i0; i < i1; ++i) {
+      const auto [l, u] = its[i];
+      if (!u->remote() || u->src_rank != me_) continue;
+      for (std::size_t t = 0; t < num_tensors(l); ++t)
+        add(st.send_buf() + st.item_off[i] + layouts_[l].offset[t], slot_ptr(l, u->src_slot, t),
+            move_bytes(l, t));
+      c_.bytes_sent += weights_.bytes_per_expert(l);
+    }
+    flush();
+    trace("packs issued", b, st.nb);
+    const Mark packed = tr_.mark(Lane::copy);
+    if (tracing()) points_.push_back({"packed", step_, b, st.nb, packed});
+    tr_.wait(Lane::transfer, packed);
+    tr_.begin_batch();
+    for (int p = 0; p < P; ++p) {
+      const std::size_t* span = st.peer_span.data() + (b * P + p) * 4;
+      if (span[1]) tr_.send(st.send_buf() + span[0], span[1], p);
+      if (span[3]) tr_.recv(st.recv_buf() + span[2], span[3], p);
+    }
+    tr_.end_batch();
+    st.arrived[b] = tr_.mark(Lane::transfer);
+    if (tracing()) points_.push_back({"transferred", step_, b, st.nb, st.arrived[b]});
+    trace("transfers issued", b, st.nb);
+  }
+  for (const auto& [l, u] : its) {  // local units read old content: before any unpack (a
+    // first destination that another unit of the round reads is written through staging,
+    // so no destination here is another copy's source)
+    if (u->dst_rank != me_ || u->remote()) continue;
+    const int d0 = plan_.layer(l).dst_begin(*u)[0];
+    for (std::size_t t = 0; t < num_tensors(l); ++t)
+      add(loc(st, l, d0, t), slot_ptr(l, u->src_slot, t), move_bytes(l, t));
+    c_.bytes_copied_local += weights_.bytes_per_expert(l);
+  }
+  flush();
+  for (const auto& [l, u] : its) {  // commit what local units wrote through staging
+    if (u->dst_rank != me_ || u->remote()) continue;
+    const int d0 = plan_.layer(l).dst_begin(*u)[0];
+    if (!plan_.layer(l).staged[d0]) continue;
+    for (std::size_t t = 0; t < num_tensors(l); ++t)
+      add(slot_ptr(l, d0, t), loc(st, l, d0, t), move_bytes(l, t));
+  }
+  flush();
+  for (std::size_t i = 0; i < its.size(); ++i)  // local units' fan-out: now
+    if (its[i].unit->dst_rank == me_ && !its[i].unit->remote()) fan_out(st, i);
+  flush();
+  device_point(Lane::copy, "local copies done");
+}
+
+// Coalesced step, second half: unpack and fan out each batch once it has arrived, then join
+// the lanes (later map commits on the transfer lane come after the step's copies).
+void Executor::back(Step& st) {
+  const auto& its = st.items;
+  for (std::size_t b = 0; b < st.nb; ++b) {
+    tr_.wait(Lane::copy, st.arrived[b]);
+    const auto [i0, i1] = st.batch_items(b);
+    for (std::size_t i = i0; i < i1; ++i) {
+      const auto [l, u] = its[i];
+      if (!u->remote() || u->dst_rank != me_) continue;
+      const int d0 = plan_.layer(l).dst_begin(*u)[0];
+      for (std::size_t t = 0; t < num_tensors(l); ++t)
+        add(slot_ptr(l, d0, t), st.recv_buf() + st.item_off[i] + layouts_[l].offset[t], move_bytes(l, t));
+      c_.bytes_received += weights_.bytes_per_expert(l);
+    }
+    flush();
+    for (std::size_t i = i0; i < i1; ++i)
+      if (its[i].unit->dst_rank == me_ && its[i].unit->remote()) fan_out(st, i);
+    flush();
+    device_point(Lane::copy, "unpacked", b, st.nb);
+    trace("unpack and fan-out issued", b, st.nb);
+  }
+  tr_.wait(Lane::transfer, tr_.mark(Lane::copy));  // join
+}
+
+// Per-tensor step: per batch, one message per tensor per expert, received in place or in
+// staging; the batch's local copies and fan-out; staged slots committed at the end.
+void Executor::per_tensor(Step& st) {
+  const auto& items = st.items;
+  for (std::size_t b0 = 0; b0 < items.size(); b0 += st.per_batch) {
+    const std::size_t b1 = std::min(items.size(), b0 + st.per_batch);
+    tr_.begin_batch();
+    for (std::size_t i = b0; i < b1; ++i) {
+      const auto [l, u] = items[i];
+      if (!u->remote()) continue;
+      if (u->src_rank == me_) {
+        for (std::size_t t = 0; t < num_tensors(l); ++t)
+          tr_.send(slot_ptr(l, u->src_slot, t), move_bytes(l, t), u->dst_rank);
+        c_.bytes_sent += weights_.bytes_per_expert(l);
+      } else if (u->dst_rank == me_) {
+        for (std::size_t t = 0; t < num_tensors(l); ++t)
+          tr_.recv(loc(st, l, plan_.layer(l).dst_begin(*u)[0], t), move_bytes(l, t), u->src_rank);
+        c_.bytes_received += weights_.bytes_per_expert(l);
+      }
+    }
+    tr_.end_batch();
+    for (std::size_t i = b0; i < b1; ++i) {
+      const auto [l, u] = items[i];
+      if (u->dst_rank != me_) continue;
+      const auto& lp = plan_.layer(l);
+      const int d0 = lp.dst_begin(*u)[0];
+      if (!u->remote()) {
+        for (std::size_t t = 0; t < num_tensors(l); ++t)
+          tr_.copy(loc(st, l, d0, t), slot_ptr(l, u->src_slot, t), move_bytes(l, t));
+        c_.bytes_copied_local += weights_.bytes_per_expert(l);
+      }
+      for (int q = 1; q < u->num_dst; ++q) {
+        for (std::size_t t = 0; t < num_tensors(l); ++t)
+          tr_.copy(loc(st, l, lp.dst_begin(*u)[q], t), loc(st, l, d0, t), move_bytes(l, t));
+        c_.bytes_copied_local += weights_.bytes_per_expert(l);
+      }
+    }
+  }
+  // Commit: staged slots get their new content once every read of the old one is done.
+  for (const auto& [l, u] : items) {
+    if (u->dst_rank != me_) continue;
+    const auto& lp = plan_.layer(l);
+    for (int q = 0; q < u->num_dst; ++q) {
+      const int d = lp.dst_begin(*u)[q];
+      if (!lp.staged[d]) continue;
+      for (std::size_t t = 0; t < num_tensors(l); ++t)
+        tr_.copy(slot_ptr(l, d, t), loc(st, l, d, t), move_bytes(l, t));
+      stage_idx_[static_cast<std::size_t>(l) * R_ + d] = -1;
+    }
+  }
+}
+
+MigrationCounters Executor::run(std::byte* staging, const std::function<void(int)>& layer_done) {
+  const auto regions = staging_regions(plan_, weights_, opt_);
+  c_.staging_bytes = regions.total();
+  if (c_.staging_bytes > 0 && !staging)
+    throw std::invalid_argument("execute_migration: the plan needs staging but none was given");
+  for (int l = 0; l < topo_.num_layers; ++l) {
+    const std::size_t expert_bytes = weights_.bytes_per_expert(l);
+    for (const auto& u : plan_.layer(l).units) {
+      if (u.remote()) c_.total_remote_bytes += expert_bytes;
+      else c_.total_local_bytes += expert_bytes;
+      c_.total_local_bytes += expert_bytes * static_cast<std::size_t>(u.num_dst - 1);
+    }
+  }
+  auto finish = [&](const Step& st) {
+    if (st.last_of_window && layer_done)
+      for (int l = st.win->first; l < st.win->last; ++l) layer_done(l);
+  };
+  // Steps alternate between the two staging regions. Overlapping (coalesced mode): step s's
+  // packs and transfers are issued before step s-1's unpacks, so the links go on from one
+  // step's last batch to the next step's first (docs/MIGRATION.md).
+  overlap_ = regions.count > 1;
+  Step steps[2];
+  Step* prev = nullptr;
+  std::size_t s = 0;
+  for (const auto& w : regions.windows) {
+    std::size_t rounds = 0;
+    for (int l = w.first; l < w.last; ++l) rounds = std::max(rounds, plan_.layer(l).rounds.size());
+    for (std::size_t r = 0; r < rounds; ++r, ++s) {
+      step_ = s;
+      Step& st = steps[s % 2];
+      st.win = &w;
+      st.round = r;
+      st.last_of_window = r + 1 == rounds;
+      st.base = staging + (overlap_ ? (s % 2) * regions.region : 0);
+      collect(st);
+      ++c_.rounds;
+      if (!opt_.coalesce) {
+        per_tensor(st);
+        finish(st);
+        continue;
+      }
+      front(st, s == 0);
+      if (overlap_) {
+        if (prev) {
+          step_ = s - 1;
+          back(*prev);
+          finish(*prev);
+        }
+        prev = &st;
+      } else {
+        back(st);
+        finish(st);
+      }
+    }
+  }
+  if (prev) {
+    step_ = s - 1;
+    back(*prev);
+    finish(*prev);
+  }
+  c_.issue_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t_issue_).count();
+  tr_.synchronize();
+  trace("all done (synchronized)");
+  print_device_timeline();
+  return c_;
+}
+
+}  // namespace
 
 MigrationCounters execute_migration(const algo::MigrationPlan& plan, const WeightRegistry& weights,
                                     comm::Transport& transport, int me, std::byte* staging,
                                     const std::function<void(int)>& layer_done,
                                     const ExecOptions& options) {
   const auto& topo = plan.topology();
-  const int k = topo.slots_per_rank(), R = topo.num_slots;
-  if (weights.num_layers() != topo.num_layers || weights.slots_per_rank() != k)
+  if (weights.num_layers() != topo.num_layers || weights.slots_per_rank() != topo.slots_per_rank())
     throw std::invalid_argument("execute_migration: weight registry shape (" +
                                 std::to_string(weights.num_layers()) + " layers, " +
                                 std::to_string(weights.slots_per_rank()) +
                                 " slots per rank) does not match the plan's topology " +
                                 topo.describe());
-  const auto t_issue = std::chrono::steady_clock::now();
-  // EPLB_MIGRATION_TRACE=1: rank 0 prints when each step was issued (host time), to see
-  // whether issuing keeps ahead of the device (docs/ENVIRONMENT.md).
-  static const bool tracing = [] {
-    const char* v = std::getenv("EPLB_MIGRATION_TRACE");
-    return v && *v && std::string(v) != "0";
-  }();
-  auto trace = [&](const char* what, std::size_t batch = 0, std::size_t batches = 0) {
-    if (!tracing || me != 0) return;
-    const double ms =
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t_issue).count();
-    if (batches)
-      std::fprintf(stderr, "[eplb migrate rank 0] %9.3f ms  batch %zu/%zu: %s\n", ms, batch + 1, batches, what);
-    else
-      std::fprintf(stderr, "[eplb migrate rank 0] %9.3f ms  %s\n", ms, what);
-  };
-  MigrationCounters c;
-  const auto windows = make_windows(plan, weights, options);
-  for (const auto& w : windows) c.staging_bytes = std::max(c.staging_bytes, w.bytes());
-  if (c.staging_bytes > 0 && !staging)
-    throw std::invalid_argument("execute_migration: the plan needs staging but none was given");
-
-  std::vector<StagingLayout> layouts;
-  for (int l = 0; l < topo.num_layers; ++l) {
-    layouts.emplace_back(weights.tensors(l));
-    const std::size_t expert_bytes = weights.bytes_per_expert(l);
-    for (const auto& u : plan.layer(l).units) {
-      if (u.remote()) c.total_remote_bytes += expert_bytes;
-      else c.total_local_bytes += expert_bytes;
-      c.total_local_bytes += expert_bytes * static_cast<std::size_t>(u.num_dst - 1);
-    }
-  }
-  // Staging position of a staged slot of this rank: (layer, slot) -> index within the
-  // layer's staging region in the current round.
-  std::vector<int> stage_idx(static_cast<std::size_t>(topo.num_layers) * R, -1);
-  struct Item {
-    int layer;
-    const algo::MoveUnit* unit;
-  };
-  std::vector<Item> items;
-  std::vector<std::size_t> item_off, peer_span;
-  std::vector<comm::Transport::Mark> arrived;  // per batch
-  std::vector<comm::Transport::CopyOp> ops;    // one phase's copies
-
-  for (const auto& win : windows) {
-    auto slot_ptr = [&](int l, int slot, std::size_t t) {
-      return weights.tensors(l)[t].slot(slot - me * k);
-    };
-    auto loc = [&](int l, int slot, std::size_t t) {
-      if (!plan.layer(l).staged[slot]) return slot_ptr(l, slot, t);
-      return staging + win.offset[l - win.first] +
-             static_cast<std::size_t>(stage_idx[static_cast<std::size_t>(l) * R + slot]) *
-                 layouts[l].stride +
-             layouts[l].offset[t];
-    };
-    auto move_bytes = [&](int l, std::size_t t) { return weights.tensors(l)[t].bytes_per_slot; };
-    // Coalesced round: one message per peer and batch. Two lanes (docs/MIGRATION.md):
-    // the copy lane packs every batch's sends, then does the local copies, their staging
-    // commits and fan-out, then unpacks and fans out each batch once it has arrived; the
-    // transfer lane runs batch b as soon as batch b is packed. So packing overlaps the first
-    // transfers and unpacking the later ones. Received experts land in the receive buffer,
-    // and no weight slot is written before all packs and local copies of the round, which
-    // read old content, are issued on the same lane.
-    std::byte* const send_buf = staging + win.staging;
-    std::byte* const recv_buf = send_buf + win.send;
-    using comm::Lane;
-    auto run_coalesced_round = [&](const std::vector<Item>& its, std::size_t per_batch) {
-      const int P = topo.num_ranks;
-      const std::size_t nb = (its.size() + per_batch - 1) / per_batch;
-      auto batch_items = [&](std::size_t b) {  // items [i0, i1) of batch b
-        return std::pair{b * per_batch, std::min(its.size(), (b + 1) * per_batch)};
-      };
-      item_off.assign(its.size(), 0);
-      peer_span.assign(nb * P * 4, 0);  // per (batch, peer): send begin, len, recv begin, len
-      std::size_t soff = 0, roff = 0;
-      for (std::size_t b = 0; b < nb; ++b) {
-        const auto [i0, i1] = batch_items(b);
-        for (int p = 0; p < P; ++p) {
-          std::size_t* span = peer_span.data() + (b * P + p) * 4;
-          span[0] = soff;
-          span[2] = roff;
-          for (std::size_t i = i0; i < i1; ++i) {
-            const auto [l, u] = its[i];
-            if (!u->remote()) continue;
-            if (u->src_rank == me && u->dst_rank == p) {
-              item_off[i] = soff;
-              soff += layouts[l].stride;
-            } else if (u->dst_rank == me && u->src_rank == p) {
-              item_off[i] = roff;
-              roff += layouts[l].stride;
-            }
-          }
-          span[1] = soff - span[0];
-          span[3] = roff - span[2];
-        }
-      }
-      transport.wait(Lane::copy, transport.mark(Lane::transfer));  // after earlier work
-      // Each phase's copies are independent of each other (distinct destinations, none of
-      // which is another's source), so they go to the transport as one batch.
-      auto add = [&](std::byte* dst, const std::byte* src, std::size_t bytes) {
-        ops.push_back({dst, src, bytes});
-      };
-      auto flush = [&] {
-        transport.copy_all(ops, Lane::copy);
-        ops.clear();
-      };
-      arrived.assign(nb, 0);
-      for (std::size_t b = 0; b < nb; ++b) {  // pack batch b, then send it (host issue order
-        // too: the first transfer is queued before the later packs are issued)
-        const auto [i0, i1] = batch_items(b);
-        for (std::size_t i = i0; i < i1; ++i) {
-          const auto [l, u] = its[i];
-          if (!u->remote() || u->src_rank != me) continue;
-          for (std::size_t t = 0; t < weights.tensors(l).size(); ++t)
-            add(send_buf + item_off[i] + layouts[l].offset[t], slot_ptr(l, u->src_slot, t),
-                move_bytes(l, t));
-          c.bytes_sent += weights.bytes_per_expert(l);
-        }
-        flush();
-        trace("packs issued", b, nb);
-        transport.wait(Lane::transfer, transport.mark(Lane::copy));
-        transport.begin_batch();
-        for (int p = 0; p < P; ++p) {
-          const std::size_t* span = peer_span.data() + (b * P + p) * 4;
-          if (span[1]) transport.send(send_buf + span[0], span[1], p);
-          if (span[3]) transport.recv(recv_buf + span[2], span[3], p);
-        }
-        transport.end_batch();
-        arrived[b] = transport.mark(Lane::transfer);
-        trace("transfers issued", b, nb);
-      }
-      for (const auto& [l, u] : its) {  // local units read old content: before any unpack
-        // (a first destination that another unit of the round reads is written through
-        // staging, so no destination here is another copy's source)
-        if (u->dst_rank != me || u->remote()) continue;
-        const int d0 = plan.layer(l).dst_begin(*u)[0];
-        for (std::size_t t = 0; t < weights.tensors(l).size(); ++t)
-          add(loc(l, d0, t), slot_ptr(l, u->src_slot, t), move_bytes(l, t));
-        c.bytes_copied_local += weights.bytes_per_expert(l);
-      }
-      flush();
-      for (const auto& [l, u] : its) {  // commit what local units wrote through staging
-        if (u->dst_rank != me || u->remote()) continue;
-        const int d0 = plan.layer(l).dst_begin(*u)[0];
-        if (!plan.layer(l).staged[d0]) continue;
-        for (std::size_t t = 0; t < weights.tensors(l).size(); ++t)
-          add(slot_ptr(l, d0, t), loc(l, d0, t), move_bytes(l, t));
-      }
-      flush();
-      // Fan-out from a unit's first destination: its further destinations are read by no
-      // copy of the round (pack and local copies only read old content, all issued above).
-      auto fan_out = [&](std::size_t i) {
-        const auto [l, u] = its[i];
-        const int* dst = plan.layer(l).dst_begin(*u);
-        for (int q = 1; q < u->num_dst; ++q) {
-          for (std::size_t t = 0; t < weights.tensors(l).size(); ++t)
-            add(slot_ptr(l, dst[q], t), slot_ptr(l, dst[0], t), move_bytes(l, t));
-          c.bytes_copied_local += weights.bytes_per_expert(l);
-        }
-      };
-      for (std::size_t i = 0; i < its.size(); ++i)  // local units' fan-out: now
-        if (its[i].unit->dst_rank == me && !its[i].unit->remote()) fan_out(i);
-      flush();
-      for (std::size_t b = 0; b < nb; ++b) {  // unpack each batch once it has arrived,
-        transport.wait(Lane::copy, arrived[b]);  // then fan it out
-        const auto [i0, i1] = batch_items(b);
-        for (std::size_t i = i0; i < i1; ++i) {
-          const auto [l, u] = its[i];
-          if (!u->remote() || u->dst_rank != me) continue;
-          const int d0 = plan.layer(l).dst_begin(*u)[0];
-          for (std::size_t t = 0; t < weights.tensors(l).size(); ++t)
-            add(slot_ptr(l, d0, t), recv_buf + item_off[i] + layouts[l].offset[t], move_bytes(l, t));
-          c.bytes_received += weights.bytes_per_expert(l);
-        }
-        flush();
-        for (std::size_t i = i0; i < i1; ++i)
-          if (its[i].unit->dst_rank == me && its[i].unit->remote()) fan_out(i);
-        flush();
-        trace("unpack and fan-out issued", b, nb);
-      }
-      transport.wait(Lane::transfer, transport.mark(Lane::copy));  // join
-    };
-    std::size_t max_rounds = 0;
-    for (int l = win.first; l < win.last; ++l)
-      max_rounds = std::max(max_rounds, plan.layer(l).rounds.size());
-
-    for (std::size_t r = 0; r < max_rounds; ++r) {
-      // Round r of every layer of the window runs together.
-      items.clear();
-      for (int l = win.first; l < win.last; ++l) {
-        const auto& lp = plan.layer(l);
-        if (r >= lp.rounds.size()) continue;
-        int next = 0;
-        for (int i = lp.rounds[r].first_unit; i < lp.rounds[r].first_unit + lp.rounds[r].num_units; ++i) {
-          const auto& u = lp.units[i];
-          items.push_back({l, &u});
-          if (u.dst_rank != me) continue;
-          for (int q = 0; q < u.num_dst; ++q)
-            if (through_staging(lp, u, q, options.coalesce))
-              stage_idx[static_cast<std::size_t>(l) * R + lp.dst_begin(u)[q]] = next++;
-        }
-      }
-      std::size_t per_batch =
-          options.max_units_per_batch > 0 ? static_cast<std::size_t>(options.max_units_per_batch)
-                                          : std::max<std::size_t>(items.size(), 1);
-      if (options.coalesce) {
-        // At least pipeline_batches batches, of equal unit counts, so that packing and
-        // unpacking overlap transfers.
-        const std::size_t parts = static_cast<std::size_t>(std::max(options.pipeline_batches, 1));
-        per_batch = std::min(per_batch, std::max<std::size_t>(1, (items.size() + parts - 1) / parts));
-        run_coalesced_round(items, per_batch);
-        ++c.rounds;
-        continue;
-      }
-      for (std::size_t b0 = 0; b0 < items.size(); b0 += per_batch) {
-        const std::size_t b1 = std::min(items.size(), b0 + per_batch);
-        transport.begin_batch();
-        for (std::size_t i = b0; i < b1; ++i) {
-          const auto [l, u] = items[i];
-          if (!u->remote()) continue;
-          const auto tensors = weights.tensors(l);
-          if (u->src_rank == me) {
-            for (std::size_t t = 0; t < tensors.size(); ++t)
-              transport.send(slot_ptr(l, u->src_slot, t), move_bytes(l, t), u->dst_rank);
-            c.bytes_sent += weights.bytes_per_expert(l);
-          } else if (u->dst_rank == me) {
-            for (std::size_t t = 0; t < tensors.size(); ++t)
-              transport.recv(loc(l, plan.layer(l).dst_begin(*u)[0], t), move_bytes(l, t), u->src_rank);
-            c.bytes_received += weights.bytes_per_expert(l);
-          }
-        }
-        transport.end_batch();
-        for (std::size_t i = b0; i < b1; ++i) {
-          const auto [l, u] = items[i];
-          if (u->dst_rank != me) continue;
-          const auto& lp = plan.layer(l);
-          const std::size_t nt = weights.tensors(l).size();
-          const int d0 = lp.dst_begin(*u)[0];
-          if (!u->remote()) {
-            for (std::size_t t = 0; t < nt; ++t)
-              transport.copy(loc(l, d0, t), slot_ptr(l, u->src_slot, t), move_bytes(l, t));
-            c.bytes_copied_local += weights.bytes_per_expert(l);
-          }
-          for (int q = 1; q < u->num_dst; ++q) {
-            for (std::size_t t = 0; t < nt; ++t)
-              transport.copy(loc(l, lp.dst_begin(*u)[q], t), loc(l, d0, t), move_bytes(l, t));
-            c.bytes_copied_local += weights.bytes_per_expert(l);
-          }
-        }
-      }
-      // Commit: staged slots get their new content once every read of the old one is done.
-      for (const auto& [l, u] : items) {
-        if (u->dst_rank != me) continue;
-        const auto& lp = plan.layer(l);
-        for (int q = 0; q < u->num_dst; ++q) {
-          const int d = lp.dst_begin(*u)[q];
-          if (!lp.staged[d]) continue;
-          for (std::size_t t = 0; t < weights.tensors(l).size(); ++t)
-            transport.copy(slot_ptr(l, d, t), loc(l, d, t), move_bytes(l, t));
-          stage_idx[static_cast<std::size_t>(l) * R + d] = -1;
-        }
-      }
-      ++c.rounds;
-    }
-    if (layer_done)
-      for (int l = win.first; l < win.last; ++l) layer_done(l);
-  }
-  c.issue_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t_issue).count();
-  transport.synchronize();
-  trace("all done (synchronized)");
-  return c;
+  return Executor(plan, weights, transport, me, options).run(staging, layer_done);
 }
 
 }  // namespace eplb::runtime

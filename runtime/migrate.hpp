@@ -42,10 +42,15 @@ struct ExecOptions {
   /// counts), packed, sent and unpacked as a pipeline on the transport's two lanes, so the
   /// HBM copies overlap the transfers. 1 = pack all, send all, unpack all.
   int pipeline_batches = 4;
+  /// Coalesced mode: step s+1 (the next round or window) packs and sends before step s
+  /// unpacks, on a second staging region, so the links run on from one step's last batch
+  /// to the next step's first. Windows are then formed within half of staging_budget, and
+  /// overlap is used only when both regions fit the budget (docs/MIGRATION.md).
+  bool overlap_steps = true;
 };
 
 /// Staging bytes a plan needs per rank with these weights and options (256-byte aligned
-/// pieces; the largest window).
+/// pieces; the largest window, twice when steps overlap).
 std::size_t staging_bytes_needed(const algo::MigrationPlan& plan, const WeightRegistry& weights,
                                  const ExecOptions& options = {});
 

@@ -2,8 +2,10 @@
 # GPU validation on a machine with >= 2 NVIDIA GPUs: builds eplb, runs every test (GPU tests
 # included, also under compute-sanitizer), moe_sim on 2 and 4 GPUs, and the GPU benchmarks.
 # Logs go to $OUT when set (else ./gpu-logs).
-# Usage: scripts/gpu-check.sh [full|quick|bench|mig]  (quick: no benchmarks; bench: tests and
-# the short benchmarks, no sanitizer/moe_sim; mig: only the migration benchmarks)
+# Usage: scripts/gpu-check.sh [full|quick|bench|mig|overlap]  (quick: no benchmarks; bench:
+# tests and the short benchmarks, no sanitizer/moe_sim; mig: only the migration benchmarks;
+# overlap: the GPU tests, the migration tests under the sanitizer, and the migration
+# benchmarks with and without overlapped steps, one device trace)
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 final=${OUT:-$root/gpu-logs}
@@ -42,6 +44,29 @@ mig() {  # mig NAME NP ARGS...: bench_migration on NP GPUs
   local name=$1 np=$2; shift 2
   [[ $ngpu -ge $np ]] && step "$name" "${mpirun[@]}" -np "$np" ./bench/bench_migration --device cuda "$@"
 }
+if [[ $mode == overlap ]]; then
+  step ctest_gpu ctest -L gpu --output-on-failure --timeout 300
+  cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+  step sanitizer_nccl_np2 "${mpirun[@]}" -np 2 "$cs" --tool memcheck --report-api-errors no --error-exitcode 9 \
+    ./tests/eplb_gpu_mpi_tests --gtest_filter='*overlapped*:*odd_sizes*'
+  np=$(( ngpu >= 4 ? 4 : 2 )); gib=1073741824
+  v3layers=$(( np == 4 ? 20 : 8 ))
+  for w in 40000000000 60000000000; do
+    mig mig_v3_w${w:0:2}_overlap_np$np $np --model v3 --layers $v3layers --iters 4 --window-bytes $w --peak-bytes $gib
+    mig mig_v3_w${w:0:2}_plain_np$np $np --model v3 --layers $v3layers --iters 4 --window-bytes $w --peak-bytes $gib --no-overlap
+  done
+  mig mig_v2lite_w16_overlap_np$np $np --model v2lite --iters 6 --window-bytes 16000000000 --peak-bytes $gib
+  mig mig_v2lite_w16_plain_np$np $np --model v2lite --iters 6 --window-bytes 16000000000 --peak-bytes $gib --no-overlap
+  mig mig_v2lite_w16_overlap_peak256_np$np $np --model v2lite --iters 6 --window-bytes 16000000000
+  (export EPLB_MIGRATION_TRACE=1
+   for o in "" --no-overlap; do
+     step mig_v3_w40_trace${o:+_plain}_np$np "${mpirun[@]}" -x EPLB_MIGRATION_TRACE -np $np ./bench/bench_migration \
+       --device cuda --model v3 --layers $v3layers --iters 1 --window-bytes 40000000000 $o
+   done)
+  step ctest_rest ctest -LE gpu -j 8 --timeout 300
+  cat "$summary"
+  exit 0
+fi
 if [[ $mode != mig ]]; then
   step ctest ctest --output-on-failure -j 4 --timeout 600
   [[ $mode == bench ]] || step ctest_gpu_verbose ctest -L gpu -V --timeout 600

@@ -42,6 +42,7 @@ struct Case {
   std::size_t staging;
   const char* policy;
   int pipeline_batches = 4;
+  int max_layers_per_window = 0;
   friend void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 };
 
@@ -49,17 +50,23 @@ class NcclMigrationBytes : public testing::TestWithParam<Case> {};
 
 // The copy kernel's three access widths (16-byte, 4-byte, byte: tensor sizes that are not
 // multiples of 16 or 4 make slot addresses unaligned), several rounds per layer, all layers in
-// one window, and (one batch per round) phases of more than one launch's 1024 copies: 60
+// large windows, overlapped windows (the next window packs and sends before this one
+// unpacks, on a second staging region), and (one batch per round) phases of more than one launch's 1024 copies: 60
 // layers x ~380 sends per rank x 3 tensors at 4 ranks.
 INSTANTIATE_TEST_SUITE_P(
     Tensors, NcclMigrationBytes,
     testing::Values(Case{"aligned_several_rounds", 6, {{"w13", 40960}, {"w2", 20480}, {"scale", 80}},
                          3 * 70000, ""},
                     Case{"odd_sizes", 6, {{"w", 4099}, {"v", 1000}, {"s", 37}}, 1 << 22, "deepseek"},
-                    Case{"sixty_layers_one_window", 60, {{"a", 256}, {"b", 48}, {"c", 32}},
+                    Case{"sixty_layers_large_windows", 60, {{"a", 256}, {"b", 48}, {"c", 32}},
                          std::size_t{64} << 20, "deepseek"},
                     Case{"over_1024_copies_per_phase", 60, {{"a", 256}, {"b", 48}, {"c", 32}},
-                         std::size_t{64} << 20, "deepseek", 1}),
+                         std::size_t{64} << 20, "deepseek", 1},
+                    Case{"overlapped_windows_of_two_layers", 12,
+                         {{"w13", 40960}, {"w2", 20480}, {"scale", 80}}, std::size_t{64} << 20,
+                         "deepseek", 4, 2},
+                    Case{"overlapped_windows_odd_sizes_unpipelined", 12,
+                         {{"w", 4099}, {"v", 1000}, {"s", 37}}, std::size_t{3} << 20, "deepseek", 1}),
     [](const testing::TestParamInfo<Case>& i) { return std::string(i.param.name); });
 
 TEST_P(NcclMigrationBytes, ConsecutiveRebalancesKeepEveryByte) {
@@ -77,7 +84,7 @@ TEST_P(NcclMigrationBytes, ConsecutiveRebalancesKeepEveryByte) {
   cfg.rebalance_interval = 0;
   cfg.min_gain = -1;
   cfg.staging_bytes = tc.staging;
-  cfg.max_layers_per_window = 0;
+  cfg.max_layers_per_window = tc.max_layers_per_window;
   cfg.pipeline_batches = tc.pipeline_batches;
   eplb::runtime::cuda::DeviceWeightSet weights(t.num_layers, t.slots_per_rank(), tc.tensors);
   const auto initial = eplb::algo::Placement::contiguous(t);

@@ -9,6 +9,8 @@
 #include "comm/mpi_transport.hpp"
 #include "comm/placement_bcast.hpp"
 #include "runtime/engine.hpp"
+#include "runtime/migrate.hpp"
+#include "algo/policy.hpp"
 #include "runtime/pattern.hpp"
 
 namespace {
@@ -372,5 +374,94 @@ TEST(Collectives, PlacementBroadcastVerifiesEpoch) {
                  eplb::Error);
   }
 }
+
+/// execute_migration directly, steps overlapping (the next step packs and sends before this
+/// one unpacks, on the other staging region): several rounds per layer (a staging bound in
+/// the plan, no budget for the executor), several windows, through the synchronous and the
+/// deferred host transport. Every slot is checked after every migration, and each layer's
+/// slots when layer_done(layer) reports it (the synchronous transport has run everything
+/// issued by then).
+struct OverlapCase {
+  const char* name;
+  int staged_slots;           // plan bound (0: one round per layer)
+  int max_layers_per_window;  // 1: layer by layer
+  std::size_t budget;         // executor staging budget (0: none)
+  bool defer;
+  int pipeline_batches;
+};
+void PrintTo(const OverlapCase& c, std::ostream* os) { *os << c.name; }
+
+class OverlappedSteps : public testing::TestWithParam<OverlapCase> {};
+
+TEST_P(OverlappedSteps, EveryByteLandsAndLayersCompleteInOrder) {
+  const auto& c = GetParam();
+  const int P = world_size(), me = world_rank();
+  Topology t{6, 16, 6 * P, P, 1, 1};
+  if (t.num_slots < t.num_logical) t.num_logical = t.num_slots;
+  HostWeights w(t, {512, 96, 40}, 24);
+  auto policy = eplb::algo::make_policy("deepseek");
+  auto a = eplb::algo::Placement::contiguous(t);
+  eplb::runtime::fill_slots(w.registry, a, me);
+  eplb::comm::MpiComm comm(MPI_COMM_WORLD);
+  eplb::comm::MpiHostTransport transport(comm, c.defer);
+  std::mt19937_64 rng(99);  // same loads on every rank
+  std::lognormal_distribution<double> d(0.0, 1.5);
+  const eplb::runtime::ExecOptions opt{0, c.max_layers_per_window, c.budget, true, c.pipeline_batches,
+                                       true};
+  auto plain = opt;
+  plain.overlap_steps = false;
+  int overlapped = 0;
+  for (int it = 0; it < 6; ++it) {
+    eplb::algo::LoadMatrix load{t.num_layers, t.num_logical, {}};
+    for (int i = 0; i < t.num_layers * t.num_logical; ++i) load.values.push_back(std::floor(100 * d(rng)));
+    const auto b = policy->rebalance(load.view(), t, &a);
+    eplb::algo::MigrationOptions mo;
+    mo.max_staged_slots_per_rank = c.staged_slots;
+    const auto plan = eplb::algo::plan_migration(a, b, t, mo);
+    const std::size_t need = eplb::runtime::staging_bytes_needed(plan, w.registry, opt);
+    const std::size_t need_plain = eplb::runtime::staging_bytes_needed(plan, w.registry, plain);
+    if (need > need_plain) ++overlapped;  // two regions in use
+    auto staging = transport.allocate(need);
+    std::vector<int> done;
+    const auto counters = eplb::runtime::execute_migration(
+        plan, w.registry, transport, me, staging.get(),
+        [&](int l) {
+          done.push_back(l);
+          if (c.defer) return;  // deferred copies may still be pending here
+          eplb::algo::Placement layer_view = a;  // layer l as in b, the rest as before
+          std::vector<int> p2l(a.phy2log().begin(), a.phy2log().end());
+          const auto bl = b.phy2log(l);
+          std::copy(bl.begin(), bl.end(), p2l.begin() + static_cast<std::ptrdiff_t>(l) * t.num_slots);
+          layer_view.assign(t.num_layers, t.num_logical, t.num_slots, p2l);
+          for (const auto& bad : eplb::runtime::verify_slots(w.registry, layer_view, me))
+            if (bad.find("layer " + std::to_string(l) + " ") != std::string::npos)
+              ADD_FAILURE() << "at layer_done(" << l << "): " << bad;
+        },
+        opt);
+    EXPECT_EQ(counters.staging_bytes, need);
+    std::vector<int> all(static_cast<std::size_t>(t.num_layers));
+    for (int l = 0; l < t.num_layers; ++l) all[static_cast<std::size_t>(l)] = l;
+    EXPECT_EQ(done, all);
+    const auto bad = eplb::runtime::verify_slots(w.registry, b, me);
+    for (std::size_t i = 0; i < bad.size() && i < 3; ++i) ADD_FAILURE() << bad[i];
+    unsigned long long n = bad.size(), total = 0;
+    MPI_Allreduce(&n, &total, 1, MPI_UNSIGNED_LONG_LONG, MPI_SUM, MPI_COMM_WORLD);
+    ASSERT_EQ(total, 0u) << "migration " << it;
+    a = b;
+  }
+  if (P > 1) {
+    EXPECT_GT(overlapped, 0) << "no migration used two staging regions";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, OverlappedSteps,
+    testing::Values(OverlapCase{"rounds", 1, 1, 0, false, 4},
+                    OverlapCase{"rounds_deferred", 1, 1, 0, true, 4},
+                    OverlapCase{"rounds_deferred_unpipelined", 2, 1, 0, true, 1},
+                    OverlapCase{"windows", 0, 2, 0, false, 3},
+                    OverlapCase{"windows_deferred", 0, 2, 0, true, 3},
+                    OverlapCase{"windows_by_budget_deferred", 0, 0, 40000, true, 2}),
+    [](const testing::TestParamInfo<OverlapCase>& i) { return std::string(i.param.name); });
 
 }  // namespace
