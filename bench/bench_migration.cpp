@@ -133,12 +133,15 @@ int run(int argc, char** argv) {
 
   eplb::comm::MpiComm comm(MPI_COMM_WORLD);
   std::unique_ptr<eplb::comm::Transport> transport;
+  double create_s = 0, first_s = 0;  // transport creation, first (untimed) migration
 #if EPLB_HAVE_NCCL
   std::unique_ptr<eplb::comm::CudaStream> stream;
   if (device == "cuda") {
     eplb::comm::select_device_for_rank(rank);
     stream = std::make_unique<eplb::comm::CudaStream>();
+    const auto tc = Clock::now();
     transport = eplb::runtime::cuda::make_nccl_transport(comm, stream->get());
+    create_s = eplb::bench::max_over_ranks(std::chrono::duration<double>(Clock::now() - tc).count());
   }
 #endif
   if (!transport) {
@@ -170,7 +173,10 @@ int run(int argc, char** argv) {
     const auto c = eplb::runtime::execute_migration(plan, reg, *transport, rank, mem.staging.get(), {},
                                                     exec);
     const double s = eplb::bench::max_over_ranks(std::chrono::duration<double>(Clock::now() - t0).count());
-    if (it == 0) continue;  // warm-up
+    if (it == 0) {  // warm-up
+      first_s = s;
+      continue;
+    }
     times.push_back(s);
     sent = std::max(sent, eplb::bench::max_over_ranks(static_cast<double>(c.bytes_sent)));
     recvd = std::max(recvd, eplb::bench::max_over_ranks(static_cast<double>(c.bytes_received)));
@@ -197,6 +203,8 @@ int run(int argc, char** argv) {
                 *std::min_element(times.begin(), times.end()) * 1e3, sent / 1e9, recvd / 1e9, achieved, peak,
                 peak > 0 ? 100 * achieved / peak : 0.0);
     std::printf("# host time issuing the work (median, max over ranks): %.2f ms\n", eplb::bench::median(issue));
+    std::printf("# transport creation %.1f ms (EPLB_NCCL_CONNECT=%s), first migration %.1f ms\n", create_s * 1e3,
+                std::getenv("EPLB_NCCL_CONNECT") ? std::getenv("EPLB_NCCL_CONNECT") : "unset", first_s * 1e3);
     std::printf("# GiB/s_busiest = max over ranks of max(bytes sent, bytes received) / median time; "
                 "peak = all-pairs exchange of %zu B per peer in one batch, GiB/s each rank sends\n",
                 peak_bytes);

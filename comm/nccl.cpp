@@ -137,7 +137,7 @@ void NcclComm::wait_stream(cuda_stream stream, const char* what) {
 }
 
 NcclTransport::NcclTransport(const MpiComm& mpi, cuda_stream stream, CopyBatchFn copy_batch)
-    : comm_(mpi), stream_(stream), copy_batch_(copy_batch) {}
+    : comm_(mpi), stream_(stream), copy_batch_(copy_batch), rank_(mpi.rank()), size_(mpi.size()) {}
 
 void NcclTransport::begin_batch() {
   EPLB_NCCL_CHECK(ncclGroupStart());
@@ -203,6 +203,22 @@ void NcclTransport::synchronize() {
   comm_.wait_stream(copy_stream_.get(), "migration (copies)");
   comm_.wait_stream(stream_, "migration");
   next_event_ = 0;  // every recorded mark has completed: the events can be reused
+}
+
+void NcclTransport::connect_peers(std::size_t bytes) {
+  const int P = size_, me = rank_;
+  if (P < 2) return;
+  Buffer send = allocate(bytes);
+  Buffer recv = allocate(bytes * static_cast<std::size_t>(P));
+  EPLB_CUDA_CHECK(cudaMemsetAsync(send.get(), 0, bytes, stream_));
+  begin_batch();
+  for (int p = 0; p < P; ++p) {
+    if (p == me) continue;
+    this->send(send.get(), bytes, p);
+    this->recv(recv.get() + static_cast<std::size_t>(p) * bytes, bytes, p);
+  }
+  end_batch();
+  synchronize();
 }
 
 Buffer NcclTransport::allocate(std::size_t bytes) {

@@ -63,6 +63,9 @@ if [[ $mode == overlap ]]; then
      step mig_v3_w40_trace${o:+_plain}_np$np "${mpirun[@]}" -x EPLB_MIGRATION_TRACE -np $np ./bench/bench_migration \
        --device cuda --model v3 --layers $v3layers --iters 1 --window-bytes 40000000000 $o
    done)
+  step moe_sim_connect_np$np "${mpirun[@]}" -np $np ./examples/moe_sim --device cuda --passes 100 --interval 25
+  (export EPLB_NCCL_CONNECT=0
+   step moe_sim_lazy_np$np "${mpirun[@]}" -x EPLB_NCCL_CONNECT -np $np ./examples/moe_sim --device cuda --passes 100 --interval 25)
   step ctest_rest ctest -LE gpu -j 8 --timeout 300
   cat "$summary"
   exit 0

@@ -32,8 +32,13 @@ int copy_kernel_blocks() {
 
 std::unique_ptr<comm::NcclTransport> make_nccl_transport(const comm::MpiComm& mpi,
                                                          comm::cuda_stream stream) {
-  return std::make_unique<comm::NcclTransport>(mpi, stream,
-                                               copy_kernel_blocks() > 0 ? &copy_with_kernel : nullptr);
+  auto t = std::make_unique<comm::NcclTransport>(mpi, stream,
+                                                 copy_kernel_blocks() > 0 ? &copy_with_kernel : nullptr);
+  // Point-to-point connections now rather than in the first migration (EPLB_NCCL_CONNECT=0:
+  // lazily, as NCCL does by itself; docs/ENVIRONMENT.md).
+  const char* v = std::getenv("EPLB_NCCL_CONNECT");
+  if (!v || std::string(v) != "0") t->connect_peers();
+  return t;
 }
 
 }  // namespace eplb::runtime::cuda

@@ -13,7 +13,8 @@ int copy_kernel_blocks();
 
 /// comm::NcclTransport (collective over `mpi`) whose copies run as kernels of
 /// copy_kernel_blocks() blocks: one launch per phase instead of one copy call per tensor
-/// per expert, whose host cost held back migration (docs/MIGRATION.md).
+/// per expert, whose host cost held back migration (docs/MIGRATION.md). Connects every
+/// peer before returning (NcclTransport::connect_peers) unless EPLB_NCCL_CONNECT=0.
 std::unique_ptr<comm::NcclTransport> make_nccl_transport(const comm::MpiComm& mpi,
                                                          comm::cuda_stream stream);
 
