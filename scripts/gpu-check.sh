@@ -51,11 +51,15 @@ if [[ $mode == overlap ]]; then  # most important first: a 600 s device call may
   for w in 40000000000 60000000000; do
     mig mig_v3_w${w:0:2}_overlap_np$np $np --model v3 --layers $v3layers --iters 4 --window-bytes $w --peak-bytes $gib
     mig mig_v3_w${w:0:2}_plain_np$np $np --model v3 --layers $v3layers --iters 4 --window-bytes $w --peak-bytes $gib --no-overlap
+    mig mig_v3_w${w:0:2}_overlap_pb2_np$np $np --model v3 --layers $v3layers --iters 4 --window-bytes $w --peak-bytes $gib \
+      --pipeline-batches 2
   done
   mig mig_v2lite_w16_overlap_np$np $np --model v2lite --iters 6 --window-bytes 16000000000 --peak-bytes $gib
   mig mig_v2lite_w16_plain_np$np $np --model v2lite --iters 6 --window-bytes 16000000000 --peak-bytes $gib --no-overlap
   mig mig_v2lite_w16_overlap_peak256_np$np $np --model v2lite --iters 6 --window-bytes 16000000000
   step moe_sim_connect_np$np "${mpirun[@]}" -np $np ./examples/moe_sim --device cuda --passes 100 --interval 25
+  step moe_sim_device_allreduce_np$np "${mpirun[@]}" -np $np ./examples/moe_sim --device cuda --passes 100 \
+    --interval 25 --device-allreduce
   (export EPLB_NCCL_CONNECT=0
    step moe_sim_lazy_np$np "${mpirun[@]}" -x EPLB_NCCL_CONNECT -np $np ./examples/moe_sim --device cuda --passes 100 --interval 25)
   (export EPLB_MIGRATION_TRACE=1
