@@ -164,7 +164,7 @@ int run(int argc, char** argv) {
 
   const double peak = pairwise_peak(*transport, rank, P, peak_bytes, 5);
   std::vector<double> times;
-  double sent = 0, recvd = 0;
+  double sent = 0, recvd = 0, local = 0;
   std::vector<double> issue;
   for (int it = 0; it < iters + 1; ++it) {
     const auto& plan = it % 2 == 0 ? AB : BA;
@@ -180,6 +180,7 @@ int run(int argc, char** argv) {
     times.push_back(s);
     sent = std::max(sent, eplb::bench::max_over_ranks(static_cast<double>(c.bytes_sent)));
     recvd = std::max(recvd, eplb::bench::max_over_ranks(static_cast<double>(c.bytes_received)));
+    local = std::max(local, eplb::bench::max_over_ranks(static_cast<double>(c.bytes_copied_local)));
     issue.push_back(eplb::bench::max_over_ranks(c.issue_ms));
   }
   const double med = eplb::bench::median(times);
@@ -203,6 +204,8 @@ int run(int argc, char** argv) {
                 *std::min_element(times.begin(), times.end()) * 1e3, sent / 1e9, recvd / 1e9, achieved, peak,
                 peak > 0 ? 100 * achieved / peak : 0.0);
     std::printf("# host time issuing the work (median, max over ranks): %.2f ms\n", eplb::bench::median(issue));
+    std::printf("# local copies and fan-out (max over ranks): %.3f GB, %.1f GB/s over the median time\n",
+                local / 1e9, local / med / 1e9);
     std::printf("# transport creation %.1f ms (EPLB_NCCL_CONNECT=%s), first migration %.1f ms\n", create_s * 1e3,
                 std::getenv("EPLB_NCCL_CONNECT") ? std::getenv("EPLB_NCCL_CONNECT") : "unset", first_s * 1e3);
     std::printf("# GiB/s_busiest = max over ranks of max(bytes sent, bytes received) / median time; "

@@ -5,7 +5,7 @@
 # Usage: scripts/gpu-check.sh [full|quick|bench|mig|overlap]  (quick: no benchmarks; bench:
 # tests and the short benchmarks, no sanitizer/moe_sim; mig: only the migration benchmarks;
 # overlap: the GPU tests, the migration tests under the sanitizer, and the migration
-# benchmarks with and without overlapped steps, one device trace)
+# benchmarks with and without overlapped steps, one device trace; single: one GPU only)
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 final=${OUT:-$root/gpu-logs}
@@ -44,6 +44,24 @@ mig() {  # mig NAME NP ARGS...: bench_migration on NP GPUs
   local name=$1 np=$2; shift 2
   [[ $ngpu -ge $np ]] && step "$name" "${mpirun[@]}" -np "$np" ./bench/bench_migration --device cuda "$@"
 }
+if [[ $mode == single ]]; then  # one GPU: kernel tests, local-only migration (copy-kernel rate)
+  step ctest_gpu ctest -L gpu --output-on-failure --timeout 300
+  for o in "" --no-overlap; do
+    mig mig_v3_l4_np1${o:+_plain} 1 --model v3 --layers 4 --iters 4 --window-bytes 20000000000 $o
+  done
+  (export EPLB_COPY_KERNEL_BLOCKS=132
+   step mig_v3_l4_np1_blocks132 "${mpirun[@]}" -x EPLB_COPY_KERNEL_BLOCKS -np 1 ./bench/bench_migration --device cuda \
+     --model v3 --layers 4 --iters 4 --window-bytes 20000000000)
+  (export EPLB_COPY_KERNEL_BLOCKS=0
+   step mig_v3_l4_np1_memcpybatch "${mpirun[@]}" -x EPLB_COPY_KERNEL_BLOCKS -np 1 ./bench/bench_migration --device cuda \
+     --model v3 --layers 4 --iters 4 --window-bytes 20000000000)
+  (export EPLB_MIGRATION_TRACE=1
+   step mig_v3_l4_np1_trace "${mpirun[@]}" -x EPLB_MIGRATION_TRACE -np 1 ./bench/bench_migration --device cuda \
+     --model v3 --layers 4 --iters 1 --window-bytes 20000000000)
+  step moe_sim_np1 "${mpirun[@]}" -np 1 ./examples/moe_sim --device cuda --passes 100 --interval 25 --device-allreduce
+  cat "$summary"
+  exit 0
+fi
 if [[ $mode == overlap ]]; then  # most important first: a 600 s device call may end early
   step ctest_gpu ctest -L gpu --output-on-failure --timeout 300
   np=$(( ngpu >= 4 ? 4 : 2 )); gib=1073741824
