@@ -88,7 +88,7 @@ int launch_typed(const Id* ids, long long n, const DeviceLayerMaps& m, int lb, i
 }
 
 constexpr int kCopyOpsPerLaunch = 1024;  // 24 KiB of parameters (limit: 32 KiB, CUDA >= 12.1)
-constexpr int kCopyThreads = 512;
+constexpr int kCopyThreads = 1024;  // 1024 x 66 blocks copied 16 % faster than 512 on an H200 (BENCHMARKS.md)
 
 struct CopyList {
   CopySpec op[kCopyOpsPerLaunch];
