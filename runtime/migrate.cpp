@@ -492,11 +492,24 @@ MigrationCounters Executor::run(std::byte* staging, const std::function<void(int
   // step's last batch to the next step's first (docs/MIGRATION.md).
   overlap_ = regions.count > 1;
   Step steps[2];
-  Step* prev = nullptr;
+  Step* prev = nullptr;  // overlapping: the step whose back half is still to be issued
   std::size_t s = 0;
+  auto drain = [&] {
+    if (!prev) return;
+    step_ = s - 1;
+    back(*prev);
+    finish(*prev);
+    prev = nullptr;
+  };
   for (const auto& w : regions.windows) {
     std::size_t rounds = 0;
     for (int l = w.first; l < w.last; ++l) rounds = std::max(rounds, plan_.layer(l).rounds.size());
+    if (rounds == 0) {  // nothing moves in these layers: report them, in layer order
+      drain();
+      if (layer_done)
+        for (int l = w.first; l < w.last; ++l) layer_done(l);
+      continue;
+    }
     for (std::size_t r = 0; r < rounds; ++r, ++s) {
       step_ = s;
       Step& st = steps[s % 2];
@@ -513,11 +526,7 @@ MigrationCounters Executor::run(std::byte* staging, const std::function<void(int
       }
       front(st, s == 0);
       if (overlap_) {
-        if (prev) {
-          step_ = s - 1;
-          back(*prev);
-          finish(*prev);
-        }
+        drain();  // step s-1's unpacks, after step s's packs and transfers
         prev = &st;
       } else {
         back(st);
@@ -525,11 +534,7 @@ MigrationCounters Executor::run(std::byte* staging, const std::function<void(int
       }
     }
   }
-  if (prev) {
-    step_ = s - 1;
-    back(*prev);
-    finish(*prev);
-  }
+  drain();
   c_.issue_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t_issue_).count();
   tr_.synchronize();
   trace("all done (synchronized)");

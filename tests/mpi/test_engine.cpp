@@ -388,6 +388,8 @@ struct OverlapCase {
   std::size_t budget;         // executor staging budget (0: none)
   bool defer;
   int pipeline_batches;
+  bool windows = false;       // expect windows of several layers
+  int unchanged_layer = -1;   // a layer whose placement never changes (no step)
 };
 void PrintTo(const OverlapCase& c, std::ostream* os) { *os << c.name; }
 
@@ -410,24 +412,32 @@ TEST_P(OverlappedSteps, EveryByteLandsAndLayersCompleteInOrder) {
                                        true};
   auto plain = opt;
   plain.overlap_steps = false;
-  int overlapped = 0;
+  int overlapped = 0, shared_steps = 0;
   for (int it = 0; it < 6; ++it) {
     eplb::algo::LoadMatrix load{t.num_layers, t.num_logical, {}};
     for (int i = 0; i < t.num_layers * t.num_logical; ++i) load.values.push_back(std::floor(100 * d(rng)));
-    const auto b = policy->rebalance(load.view(), t, &a);
+    auto b = policy->rebalance(load.view(), t, &a);
+    if (c.unchanged_layer >= 0) {
+      std::vector<int> p2l(b.phy2log().begin(), b.phy2log().end());
+      const auto al = a.phy2log(c.unchanged_layer);
+      std::copy(al.begin(), al.end(), p2l.begin() + static_cast<std::ptrdiff_t>(c.unchanged_layer) * t.num_slots);
+      b.assign(t.num_layers, t.num_logical, t.num_slots, p2l);
+    }
     eplb::algo::MigrationOptions mo;
     mo.max_staged_slots_per_rank = c.staged_slots;
     const auto plan = eplb::algo::plan_migration(a, b, t, mo);
     const std::size_t need = eplb::runtime::staging_bytes_needed(plan, w.registry, opt);
     const std::size_t need_plain = eplb::runtime::staging_bytes_needed(plan, w.registry, plain);
     if (need > need_plain) ++overlapped;  // two regions in use
+    std::size_t layer_rounds = 0;
+    for (int l = 0; l < t.num_layers; ++l) layer_rounds += plan.layer(l).rounds.size();
     auto staging = transport.allocate(need);
     std::vector<int> done;
     const auto counters = eplb::runtime::execute_migration(
         plan, w.registry, transport, me, staging.get(),
         [&](int l) {
           done.push_back(l);
-          if (c.defer) return;  // deferred copies may still be pending here
+          // The lanes have joined (deferred copies included): layer l is complete.
           eplb::algo::Placement layer_view = a;  // layer l as in b, the rest as before
           std::vector<int> p2l(a.phy2log().begin(), a.phy2log().end());
           const auto bl = b.phy2log(l);
@@ -439,6 +449,7 @@ TEST_P(OverlappedSteps, EveryByteLandsAndLayersCompleteInOrder) {
         },
         opt);
     EXPECT_EQ(counters.staging_bytes, need);
+    if (counters.rounds < static_cast<int>(layer_rounds)) ++shared_steps;  // layers sharing steps
     std::vector<int> all(static_cast<std::size_t>(t.num_layers));
     for (int l = 0; l < t.num_layers; ++l) all[static_cast<std::size_t>(l)] = l;
     EXPECT_EQ(done, all);
@@ -451,6 +462,9 @@ TEST_P(OverlappedSteps, EveryByteLandsAndLayersCompleteInOrder) {
   }
   if (P > 1) {
     EXPECT_GT(overlapped, 0) << "no migration used two staging regions";
+    if (c.windows) {
+      EXPECT_GT(shared_steps, 0) << "no window of several layers";
+    }
   }
 }
 
@@ -459,9 +473,12 @@ INSTANTIATE_TEST_SUITE_P(
     testing::Values(OverlapCase{"rounds", 1, 1, 0, false, 4},
                     OverlapCase{"rounds_deferred", 1, 1, 0, true, 4},
                     OverlapCase{"rounds_deferred_unpipelined", 2, 1, 0, true, 1},
-                    OverlapCase{"windows", 0, 2, 0, false, 3},
-                    OverlapCase{"windows_deferred", 0, 2, 0, true, 3},
-                    OverlapCase{"windows_by_budget_deferred", 0, 0, 40000, true, 2}),
+                    OverlapCase{"windows", 0, 2, 400000, false, 3, true},
+                    OverlapCase{"windows_deferred", 0, 2, 400000, true, 3, true},
+                    OverlapCase{"windows_by_budget_deferred", 0, 0, 100000, true, 2, true},
+                    OverlapCase{"windows_of_several_rounds_deferred", 1, 0, 400000, true, 3, true},
+                    OverlapCase{"unchanged_layer", 0, 1, 0, false, 4, false, 2},
+                    OverlapCase{"unchanged_layer_in_windows_deferred", 1, 2, 400000, true, 2, true, 0}),
     [](const testing::TestParamInfo<OverlapCase>& i) { return std::string(i.param.name); });
 
 }  // namespace
