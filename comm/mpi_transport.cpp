@@ -38,23 +38,40 @@ void MpiHostTransport::post(bool is_send, std::byte* buf, std::size_t bytes, int
 }
 
 void MpiHostTransport::send(const std::byte* buf, std::size_t bytes, int peer) {
+  deliver(delivered_ + undelivered_.size());  // earlier batches' receives come first
   post(true, const_cast<std::byte*>(buf), bytes, peer);  // MPI_Isend takes const void*
 }
 
-void MpiHostTransport::recv(std::byte* buf, std::size_t bytes, int peer) { post(false, buf, bytes, peer); }
+void MpiHostTransport::recv(std::byte* buf, std::size_t bytes, int peer) {
+  if (!late_delivery_) return post(false, buf, bytes, peer);
+  receiving_.push_back({buf, std::vector<std::byte>(bytes)});
+  post(false, receiving_.back().bytes.data(), bytes, peer);
+}
 
 void MpiHostTransport::end_batch() {
   std::vector<MPI_Request> reqs;
   reqs.swap(requests_);
   if (!reqs.empty())
     EPLB_MPI_CHECK(MPI_Waitall(static_cast<int>(reqs.size()), reqs.data(), MPI_STATUSES_IGNORE));
+  if (late_delivery_) undelivered_.push_back(std::move(receiving_));
+  receiving_.clear();
+}
+
+void MpiHostTransport::deliver(std::size_t upto) {
+  while (delivered_ < upto && !undelivered_.empty()) {
+    for (auto& d : undelivered_.front()) std::memcpy(d.dst, d.bytes.data(), d.bytes.size());
+    undelivered_.erase(undelivered_.begin());
+    ++delivered_;
+  }
 }
 
 void MpiHostTransport::copy(std::byte* dst, const std::byte* src, std::size_t bytes, Lane lane) {
-  if (defer_ && lane == Lane::copy)
+  if (defer_ && lane == Lane::copy) {
     deferred_.push_back({dst, src, bytes});
-  else
-    std::memmove(dst, src, bytes);
+    return;
+  }
+  if (lane == Lane::transfer) deliver(delivered_ + undelivered_.size());  // lane order
+  std::memmove(dst, src, bytes);
 }
 
 void MpiHostTransport::copy_all(std::span<const CopyOp> ops, Lane lane) {
@@ -63,16 +80,23 @@ void MpiHostTransport::copy_all(std::span<const CopyOp> ops, Lane lane) {
 }
 
 Transport::Mark MpiHostTransport::mark(Lane lane) {
-  // Transfer-lane work is complete when issued (end_batch waits); a copy-lane mark is the
-  // number of copy-lane copies issued so far.
-  return lane == Lane::copy ? static_cast<Mark>(deferred_done_ + deferred_.size()) : 0;
+  // A copy-lane mark is the number of copy-lane copies issued so far; a transfer-lane mark
+  // the number of batches ended so far (complete at once unless delivered late).
+  if (lane == Lane::copy) return static_cast<Mark>(deferred_done_ + deferred_.size());
+  return static_cast<Mark>(delivered_ + undelivered_.size());
 }
 
 void MpiHostTransport::wait(Lane lane, Mark m) {
-  if (lane == Lane::transfer) run_deferred(static_cast<std::size_t>(m));
+  if (lane == Lane::transfer)
+    run_deferred(static_cast<std::size_t>(m));
+  else
+    deliver(static_cast<std::size_t>(m));
 }
 
-void MpiHostTransport::synchronize() { run_deferred(deferred_done_ + deferred_.size()); }
+void MpiHostTransport::synchronize() {
+  deliver(delivered_ + undelivered_.size());
+  run_deferred(deferred_done_ + deferred_.size());
+}
 
 void MpiHostTransport::run_deferred(std::size_t upto) {
   if (upto <= deferred_done_) return;

@@ -7,16 +7,30 @@
 
 namespace eplb::comm {
 
+/// How MpiHostTransport runs its two lanes. Tests use the late modes so that a missing
+/// mark()/wait() shows up as wrong bytes on the host, as it would on a GPU.
+enum class HostLanes {
+  /// Everything at once, in issue order: end_batch() waits for its messages.
+  synchronous,
+  /// Copy-lane copies run as late as the lane ordering allows (when the transfer lane waits
+  /// for them, or at synchronize()); the copies of one copy_all() in reverse order.
+  late_copy_lane,
+  /// Received bytes land as late as the ordering allows: a batch's receives go to private
+  /// buffers and reach their destinations only when the copy lane waits for that batch,
+  /// before a later send or transfer-lane copy (lane order), or at synchronize(). Copies
+  /// run at once. So a copy that reads received bytes without waiting reads stale ones.
+  late_transfer_lane,
+};
+
 /// Isend/Irecv on the library's own communicator; end_batch() waits for all of them.
 /// Messages over 1 GiB are split. Receives match sends by order per peer (one tag).
-/// Copies run at once, on either lane.
+/// Copies run at once, on either lane (synchronous mode).
 class MpiHostTransport final : public Transport {
  public:
-  /// Borrows comm (must outlive the transport). defer_copy_lane (for tests): copy-lane copies
-  /// run as late as the lane ordering allows (when the transfer lane waits for them, or at
-  /// synchronize()), so that a missing mark()/wait() shows up as wrong bytes on the host.
-  explicit MpiHostTransport(const MpiComm& comm, bool defer_copy_lane = false)
-      : comm_(comm), defer_(defer_copy_lane) {}
+  /// Borrows comm (must outlive the transport).
+  explicit MpiHostTransport(const MpiComm& comm, HostLanes lanes = HostLanes::synchronous)
+      : comm_(comm), defer_(lanes == HostLanes::late_copy_lane),
+        late_delivery_(lanes == HostLanes::late_transfer_lane) {}
   ~MpiHostTransport() override;
 
   std::string_view name() const override { return "mpi-host"; }
@@ -27,7 +41,7 @@ class MpiHostTransport final : public Transport {
   void end_batch() override;
   using Transport::copy;
   void copy(std::byte* dst, const std::byte* src, std::size_t bytes, Lane lane) override;
-  /// In defer_copy_lane mode the copies of one call run in reverse order (they are
+  /// In late_copy_lane mode the copies of one call run in reverse order (they are
   /// independent), so a dependency inside a call shows up too.
   void copy_all(std::span<const CopyOp> ops, Lane lane) override;
   Mark mark(Lane lane) override;
@@ -39,6 +53,7 @@ class MpiHostTransport final : public Transport {
   void post(bool is_send, std::byte* buf, std::size_t bytes, int peer);
 
   void run_deferred(std::size_t upto);  // copy-lane copies issued before `upto`
+  void deliver(std::size_t upto);       // late_transfer_lane: receives of batches before `upto`
 
   struct Copy {
     std::byte* dst;
@@ -50,6 +65,14 @@ class MpiHostTransport final : public Transport {
   bool defer_ = false;
   std::vector<Copy> deferred_;  // copy-lane copies not run yet
   std::size_t deferred_done_ = 0;  // copy-lane copies issued and run before deferred_[0]
+  bool late_delivery_ = false;
+  struct Delivery {
+    std::byte* dst;
+    std::vector<std::byte> bytes;
+  };
+  std::vector<Delivery> receiving_;               // this batch's receives (late delivery)
+  std::vector<std::vector<Delivery>> undelivered_;  // ended batches, not delivered yet
+  std::size_t delivered_ = 0;  // batches delivered before undelivered_[0]
 };
 
 }  // namespace eplb::comm

@@ -78,11 +78,14 @@ struct Shape {
   int max_experts_per_batch = 0;
   int max_layers_per_window = 1;
   bool coalesce = true;
-  bool defer_copy_lane = false;  ///< copy-lane work as late as the lane ordering allows
+  eplb::comm::HostLanes lanes = eplb::comm::HostLanes::synchronous;  ///< late modes: ordering checks
   int pipeline_batches = 4;
   bool distributed_planning = true;
 };
 void PrintTo(const Shape& s, std::ostream* os) { *os << s.name; }
+constexpr auto kSync = eplb::comm::HostLanes::synchronous;
+constexpr auto kLateCopy = eplb::comm::HostLanes::late_copy_lane;
+constexpr auto kLateTransfer = eplb::comm::HostLanes::late_transfer_lane;
 
 class ConsecutiveRebalances : public testing::TestWithParam<Shape> {};
 
@@ -104,9 +107,9 @@ TEST_P(ConsecutiveRebalances, EveryByteLandsWhereThePlacementSays) {
   const auto initial = eplb::algo::Placement::contiguous(t);
   eplb::runtime::fill_slots(w.registry, initial, world_rank());
   eplb::runtime::TransportFactory transport;
-  if (s.defer_copy_lane)
-    transport = [](const eplb::comm::MpiComm& c) {
-      return std::make_unique<eplb::comm::MpiHostTransport>(c, true);
+  if (s.lanes != eplb::comm::HostLanes::synchronous)
+    transport = [lanes = s.lanes](const eplb::comm::MpiComm& c) {
+      return std::make_unique<eplb::comm::MpiHostTransport>(c, lanes);
     };
   Engine engine(MPI_COMM_WORLD, cfg, std::move(w.registry), initial, transport);
   std::mt19937_64 rng(1234 + world_rank());
@@ -140,19 +143,23 @@ INSTANTIATE_TEST_SUITE_P(
         Shape{"two_nodes_hierarchical", 2, 16, 5, 2, 4, {256, 8}, 1 << 20, "deepseek"},
         Shape{"default_policy", 3, 20, 6, 1, 1, {300, 301}, 2048, ""},
         Shape{"no_pipeline", 3, 12, 4, 1, 1, {1000, 37, 4099}, 1 << 20, "deepseek", 0, 1, true,
-              false, 1},
+              kSync, 1},
         Shape{"deferred_copy_lane", 3, 12, 4, 1, 1, {1000, 37, 4099}, 1 << 20, "deepseek", 0, 1,
-              true, true},
+              true, kLateCopy},
+        Shape{"late_transfer_lane", 3, 12, 4, 1, 1, {1000, 37, 4099}, 1 << 20, "deepseek", 0, 1,
+              true, kLateTransfer},
+        Shape{"late_transfer_lane_per_tensor_messages", 4, 16, 6, 1, 1, {512, 96}, 700,
+              "deepseek", 3, 0, false, kLateTransfer},
         Shape{"deferred_copy_lane_staging_smaller_than_layer", 2, 16, 6, 1, 4, {512, 96}, 700,
-              "deepseek", 0, 1, true, true},
+              "deepseek", 0, 1, true, kLateCopy},
         Shape{"deferred_copy_lane_windows_in_batches", 5, 16, 6, 1, 1, {800}, 1 << 22, "deepseek",
-              3, 2, true, true, 3},
+              3, 2, true, kLateCopy, 3},
         Shape{"deferred_copy_lane_many_pipeline_batches", 4, 16, 6, 1, 1, {512, 96}, 1 << 22,
-              "deepseek", 0, 0, true, true, 16},
+              "deepseek", 0, 0, true, kLateCopy, 16},
         Shape{"rank0_plans_and_broadcasts", 3, 12, 4, 1, 1, {1000, 37, 4099}, 1 << 20, "deepseek",
-              0, 1, true, false, 4, false},
+              0, 1, true, kSync, 4, false},
         Shape{"rank0_plans_and_broadcasts_sticky", 5, 20, 6, 2, 4, {300, 301}, 2048, "sticky", 0,
-              1, true, false, 4, false}),
+              1, true, kSync, 4, false}),
     [](const testing::TestParamInfo<Shape>& i) { return std::string(i.param.name); });
 
 class EngineBadInput : public testing::Test {
@@ -386,7 +393,7 @@ struct OverlapCase {
   int staged_slots;           // plan bound (0: one round per layer)
   int max_layers_per_window;  // 1: layer by layer
   std::size_t budget;         // executor staging budget (0: none)
-  bool defer;
+  eplb::comm::HostLanes lanes;
   int pipeline_batches;
   bool windows = false;       // expect windows of several layers
   int unchanged_layer = -1;   // a layer whose placement never changes (no step)
@@ -405,7 +412,7 @@ TEST_P(OverlappedSteps, EveryByteLandsAndLayersCompleteInOrder) {
   auto a = eplb::algo::Placement::contiguous(t);
   eplb::runtime::fill_slots(w.registry, a, me);
   eplb::comm::MpiComm comm(MPI_COMM_WORLD);
-  eplb::comm::MpiHostTransport transport(comm, c.defer);
+  eplb::comm::MpiHostTransport transport(comm, c.lanes);
   std::mt19937_64 rng(99);  // same loads on every rank
   std::lognormal_distribution<double> d(0.0, 1.5);
   const eplb::runtime::ExecOptions opt{0, c.max_layers_per_window, c.budget, true, c.pipeline_batches,
@@ -470,15 +477,18 @@ TEST_P(OverlappedSteps, EveryByteLandsAndLayersCompleteInOrder) {
 
 INSTANTIATE_TEST_SUITE_P(
     Cases, OverlappedSteps,
-    testing::Values(OverlapCase{"rounds", 1, 1, 0, false, 4},
-                    OverlapCase{"rounds_deferred", 1, 1, 0, true, 4},
-                    OverlapCase{"rounds_deferred_unpipelined", 2, 1, 0, true, 1},
-                    OverlapCase{"windows", 0, 2, 400000, false, 3, true},
-                    OverlapCase{"windows_deferred", 0, 2, 400000, true, 3, true},
-                    OverlapCase{"windows_by_budget_deferred", 0, 0, 100000, true, 2, true},
-                    OverlapCase{"windows_of_several_rounds_deferred", 1, 0, 400000, true, 3, true},
-                    OverlapCase{"unchanged_layer", 0, 1, 0, false, 4, false, 2},
-                    OverlapCase{"unchanged_layer_in_windows_deferred", 1, 2, 400000, true, 2, true, 0}),
+    testing::Values(OverlapCase{"rounds", 1, 1, 0, kSync, 4},
+                    OverlapCase{"rounds_deferred", 1, 1, 0, kLateCopy, 4},
+                    OverlapCase{"rounds_late_transfers", 1, 1, 0, kLateTransfer, 4},
+                    OverlapCase{"rounds_deferred_unpipelined", 2, 1, 0, kLateCopy, 1},
+                    OverlapCase{"windows", 0, 2, 400000, kSync, 3, true},
+                    OverlapCase{"windows_deferred", 0, 2, 400000, kLateCopy, 3, true},
+                    OverlapCase{"windows_late_transfers", 0, 2, 400000, kLateTransfer, 3, true},
+                    OverlapCase{"windows_by_budget_deferred", 0, 0, 100000, kLateCopy, 2, true},
+                    OverlapCase{"windows_of_several_rounds_deferred", 1, 0, 400000, kLateCopy, 3, true},
+                    OverlapCase{"windows_of_several_rounds_late_transfers", 1, 0, 400000, kLateTransfer, 3, true},
+                    OverlapCase{"unchanged_layer", 0, 1, 0, kSync, 4, false, 2},
+                    OverlapCase{"unchanged_layer_in_windows_deferred", 1, 2, 400000, kLateCopy, 2, true, 0}),
     [](const testing::TestParamInfo<OverlapCase>& i) { return std::string(i.param.name); });
 
 }  // namespace
