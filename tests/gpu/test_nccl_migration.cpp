@@ -12,6 +12,8 @@
 #include "runtime/cuda/device_state.hpp"
 #include "runtime/cuda/device_weights.hpp"
 #include "runtime/engine.hpp"
+#include "runtime/migrate.hpp"
+#include "algo/policy.hpp"
 
 namespace {
 using eplb::algo::Topology;
@@ -129,6 +131,56 @@ TEST_P(NcclMigrationBytes, ConsecutiveRebalancesKeepEveryByte) {
       EXPECT_EQ(cnt, std::vector<int>(engine.placement().logcnt(l).begin(), engine.placement().logcnt(l).end()));
     }
   }
+}
+
+// execute_migration directly with overlapped steps across several rounds per layer and
+// windows of several layers (the engine's staging bound makes such plans one round per layer
+// whenever two regions fit its budget): round r+1's packs and transfers are issued before
+// round r's unpacks, on the two CUDA streams.
+TEST(NcclMigration, OverlappedRoundsAndWindowsKeepEveryByte) {
+  int rank = 0;
+  const int P = world(&rank);
+  SKIP_WITHOUT_GPUS(P);
+  eplb::comm::select_device_for_rank(rank);
+  eplb::comm::CudaStream stream;
+  const Topology t{8, 32, std::max(10, (40 + P - 1) / P) * P, P, 1, 4};
+  eplb::runtime::cuda::DeviceWeightSet weights(t.num_layers, t.slots_per_rank(),
+                                               {{"w13", 40960}, {"w2", 20480}, {"scale", 80}});
+  const auto reg = weights.registry();
+  auto a = eplb::algo::Placement::contiguous(t);
+  weights.fill(a, rank);
+  eplb::comm::MpiComm comm(MPI_COMM_WORLD);
+  auto transport = eplb::runtime::cuda::make_nccl_transport(comm, stream.get());
+  auto policy = eplb::algo::make_policy("deepseek");
+  std::mt19937_64 rng(5);  // same loads on every rank
+  std::lognormal_distribution<double> d(0.0, 1.5);
+  const eplb::runtime::ExecOptions opt{0, 0, std::size_t{64} << 20, true, 3, true};
+  auto plain = opt;
+  plain.overlap_steps = false;
+  int overlapped = 0, multi_round = 0;
+  for (int it = 0; it < 6; ++it) {
+    eplb::algo::LoadMatrix load{t.num_layers, t.num_logical, {}};
+    for (int i = 0; i < t.num_layers * t.num_logical; ++i) load.values.push_back(std::floor(100 * d(rng)));
+    const auto b = policy->rebalance(load.view(), t, &a);
+    eplb::algo::MigrationOptions mo;
+    mo.max_staged_slots_per_rank = 1;
+    const auto plan = eplb::algo::plan_migration(a, b, t, mo);
+    const std::size_t need = eplb::runtime::staging_bytes_needed(plan, reg, opt);
+    if (need > eplb::runtime::staging_bytes_needed(plan, reg, plain)) ++overlapped;
+    if (plan.stats().max_rounds > 1) ++multi_round;
+    auto staging = transport->allocate(need);
+    std::vector<int> done;
+    const auto c = eplb::runtime::execute_migration(plan, reg, *transport, rank, staging.get(),
+                                                    [&](int l) { done.push_back(l); }, opt);
+    EXPECT_EQ(static_cast<int>(done.size()), t.num_layers);
+    EXPECT_GT(c.rounds, 0);
+    const auto bad = weights.verify(b, rank);
+    for (std::size_t i = 0; i < bad.size() && i < 3; ++i) ADD_FAILURE() << bad[i];
+    ASSERT_EQ(total_bad(bad.size()), 0u) << "migration " << it;
+    a = b;
+  }
+  EXPECT_GT(overlapped, 0) << "no migration used two staging regions";
+  EXPECT_GT(multi_round, 0) << "no plan had several rounds";
 }
 
 TEST(NcclMigration, OutOfRangeIdsAreReportedOnEveryRank) {
