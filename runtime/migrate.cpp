@@ -203,15 +203,19 @@ class Executor {
   void back(Step& st);
   void per_tensor(Step& st);
   void add(std::byte* dst, const std::byte* src, std::size_t bytes) { ops_.push_back({dst, src, bytes}); }
-  void flush(Lane lane = Lane::copy) {
-    tr_.copy_all(ops_, lane);
+  void flush() {  // the phase's copies, on the copy lane
+    tr_.copy_all(ops_, Lane::copy);
     ops_.clear();
   }
   void fan_out(const Step& st, std::size_t i);
   void trace(const char* what, std::size_t batch = 0, std::size_t batches = 0);
-  /// Tracing: a point of the device timeline (a mark on `lane` now).
-  void device_point(Lane lane, const char* what, std::size_t batch = 0, std::size_t batches = 0) {
-    if (tracing()) points_.push_back({what, step_, batch, batches, tr_.mark(lane)});
+  /// Tracing: `m` is a point of the device timeline.
+  void point(Mark m, const char* what, std::size_t batch = 0, std::size_t batches = 0) {
+    if (tracing()) points_.push_back({what, step_, batch, batches, m});
+  }
+  /// Tracing: a point of the device timeline at the end of what `lane` has so far.
+  void point(Lane lane, const char* what, std::size_t batch = 0, std::size_t batches = 0) {
+    if (tracing()) point(tr_.mark(lane), what, batch, batches);
   }
   void print_device_timeline();
   static bool tracing();
@@ -240,28 +244,28 @@ class Executor {
 
 bool Executor::tracing() { return comm::migration_tracing(); }
 
+/// One line of the trace: "[eplb migrate rank 0] <clock> <ms> step <s>[ batch <b>/<n>]: <what>".
+void print_trace_line(const char* clock, double ms, std::size_t step, std::size_t batch,
+                      std::size_t batches, const char* what) {
+  if (batches)
+    std::fprintf(stderr, "[eplb migrate rank 0] %s %9.3f ms  step %zu batch %zu/%zu: %s\n", clock, ms,
+                 step, batch + 1, batches, what);
+  else
+    std::fprintf(stderr, "[eplb migrate rank 0] %s %9.3f ms  step %zu: %s\n", clock, ms, step, what);
+}
+
 void Executor::trace(const char* what, std::size_t batch, std::size_t batches) {
   if (!tracing() || me_ != 0) return;
   const double ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t_issue_).count();
-  if (batches)
-    std::fprintf(stderr, "[eplb migrate rank 0] %9.3f ms  step %zu batch %zu/%zu: %s\n", ms, step_,
-                 batch + 1, batches, what);
-  else
-    std::fprintf(stderr, "[eplb migrate rank 0] %9.3f ms  step %zu: %s\n", ms, step_, what);
+  print_trace_line("host  ", ms, step_, batch, batches, what);
 }
 
 void Executor::print_device_timeline() {
   if (!tracing() || me_ != 0 || points_.empty()) return;
   if (tr_.elapsed_ms(points_[0].mark, points_[0].mark) < 0) return;  // cannot time marks
-  for (const auto& p : points_) {
-    const double ms = tr_.elapsed_ms(points_[0].mark, p.mark);
-    if (p.batches)
-      std::fprintf(stderr, "[eplb migrate rank 0] device %9.3f ms  step %zu batch %zu/%zu: %s\n", ms,
-                   p.step, p.batch + 1, p.batches, p.what);
-    else
-      std::fprintf(stderr, "[eplb migrate rank 0] device %9.3f ms  step %zu: %s\n", ms, p.step, p.what);
-  }
+  for (const auto& p : points_)
+    print_trace_line("device", tr_.elapsed_ms(points_[0].mark, p.mark), p.step, p.batch, p.batches, p.what);
 }
 
 /// The step's units (round `st.round` of every layer of its window) and the staging index
@@ -341,7 +345,7 @@ void Executor::front(Step& st, bool first) {
   // which waited for all its transfers, precede this on the copy lane). Otherwise every
   // step starts after all earlier work.
   if (first || !overlap_) tr_.wait(Lane::copy, tr_.mark(Lane::transfer));
-  device_point(Lane::copy, "start of packing");
+  point(Lane::copy, "start of packing");
   st.arrived.assign(st.nb, 0);
   for (std::size_t b = 0; b < st.nb; ++b) {
     const auto [i0, i1] = st.batch_items(b);
@@ -356,7 +360,7 @@ void Executor::front(Step& st, bool first) {
     flush();
     trace("packs issued", b, st.nb);
     const Mark packed = tr_.mark(Lane::copy);
-    if (tracing()) points_.push_back({"packed", step_, b, st.nb, packed});
+    point(packed, "packed", b, st.nb);
     tr_.wait(Lane::transfer, packed);
     tr_.begin_batch();
     for (int p = 0; p < P; ++p) {
@@ -366,7 +370,7 @@ void Executor::front(Step& st, bool first) {
     }
     tr_.end_batch();
     st.arrived[b] = tr_.mark(Lane::transfer);
-    if (tracing()) points_.push_back({"transferred", step_, b, st.nb, st.arrived[b]});
+    point(st.arrived[b], "transferred", b, st.nb);
     trace("transfers issued", b, st.nb);
   }
   for (const auto& [l, u] : its) {  // local units read old content: before any unpack (a
@@ -390,7 +394,7 @@ void Executor::front(Step& st, bool first) {
   for (std::size_t i = 0; i < its.size(); ++i)  // local units' fan-out: now
     if (its[i].unit->dst_rank == me_ && !its[i].unit->remote()) fan_out(st, i);
   flush();
-  device_point(Lane::copy, "local copies done");
+  point(Lane::copy, "local copies done");
 }
 
 // Coalesced step, second half: unpack and fan out each batch once it has arrived, then join
@@ -412,7 +416,7 @@ void Executor::back(Step& st) {
     for (std::size_t i = i0; i < i1; ++i)
       if (its[i].unit->dst_rank == me_ && its[i].unit->remote()) fan_out(st, i);
     flush();
-    device_point(Lane::copy, "unpacked", b, st.nb);
+    point(Lane::copy, "unpacked", b, st.nb);
     trace("unpack and fan-out issued", b, st.nb);
   }
   tr_.wait(Lane::transfer, tr_.mark(Lane::copy));  // join
