@@ -111,7 +111,9 @@ struct Regions {
 
 /// Overlapping steps (coalesced mode, more than one step) needs two regions: windows are
 /// formed within half the budget, and used only if two regions fit the whole budget (or
-/// there is no budget); otherwise one region, as without overlap.
+/// there is no budget: 0, with which make_windows joins no layers, so each window is one
+/// layer and the caller allocates what the plan needs); otherwise one region, as without
+/// overlap.
 Regions staging_regions(const algo::MigrationPlan& plan, const WeightRegistry& weights,
                         const ExecOptions& options) {
   auto form = [&](std::size_t budget) {
