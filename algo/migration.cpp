@@ -85,44 +85,48 @@ struct Builder {
     s.sends.assign(static_cast<std::size_t>(P), 0);
     const auto cnt_old = from.logcnt(l);
     for (auto& u : units) {
-      // The expert's old slots, ascending (so their ranks are ascending too).
+      // One pass over the expert's old slots, ascending (so their ranks are ascending too):
+      // a slot on the destination rank (a kept one first, else the lowest) makes a local
+      // copy; otherwise the best holder rank (same node, then fewest sends so far, then the
+      // lowest rank) sends from its slot chosen the same way.
       const std::span<const int> holders = from.log2phy(l, u.expert).first(
           static_cast<std::size_t>(cnt_old[u.expert]));
-      auto slot_on = [&](int rank) {  // a slot of `rank` holding the expert: a kept one first
-        int first = -1;
-        for (const int j : holders) {
-          const int r = s.rank_of[j];
-          if (r > rank) break;
-          if (r < rank) continue;
-          if (n[j] == u.expert) return j;
-          if (first < 0) first = j;
-        }
-        return first;
-      };
-      int src = slot_on(u.dst_rank);
-      int src_rank = u.dst_rank;
-      if (src < 0) {
-        int best = -1;
-        for (const int j : holders) {
-          const int h = s.rank_of[j];
-          if (h == best) continue;
-          if (best < 0) {
-            best = h;
-            continue;
+      const int dnode = node(u.dst_rank);
+      int local = -1, best = -1, best_slot = -1;
+      bool local_kept = false, best_kept = false;
+      for (const int j : holders) {
+        const int h = s.rank_of[j];
+        const bool kept = n[j] == u.expert;
+        if (h == u.dst_rank) {
+          if (local < 0 || (kept && !local_kept)) {
+            local = j;
+            local_kept = kept;
           }
-          const bool h_near = node(h) == node(u.dst_rank);
-          const bool b_near = node(best) == node(u.dst_rank);
-          if (h_near != b_near ? h_near
-                               : (s.sends[h] != s.sends[best] ? s.sends[h] < s.sends[best]
-                                                              : h < best))
-            best = h;
+          continue;
         }
-        src_rank = best;
-        src = slot_on(best);
+        if (h == best) {
+          if (kept && !best_kept) {
+            best_slot = j;
+            best_kept = true;
+          }
+          continue;
+        }
+        // A later holder has a higher rank, so on a tie the current best stays.
+        const bool h_near = node(h) == dnode;
+        if (best < 0 || (h_near != (node(best) == dnode) ? h_near : s.sends[h] < s.sends[best])) {
+          best = h;
+          best_slot = j;
+          best_kept = kept;
+        }
+      }
+      if (local >= 0) {
+        u.src_rank = u.dst_rank;
+        u.src_slot = local;
+      } else {
+        u.src_rank = best;
+        u.src_slot = best_slot;
         ++s.sends[best];
       }
-      u.src_rank = src_rank;
-      u.src_slot = src;
     }
 
     const int U = static_cast<int>(units.size());
