@@ -72,6 +72,7 @@ struct Window {
   std::vector<std::size_t> offset;  // per layer of the window: its staged slots
   std::size_t staging = 0;          // staged slots of all layers
   std::size_t send = 0, recv = 0;   // pack buffers (coalescing), after the staged slots
+  std::size_t rounds = 0;           // of its layers, the most rounds (its steps)
   std::size_t bytes() const { return staging + send + recv; }
 };
 
@@ -89,8 +90,9 @@ std::vector<Window> make_windows(const algo::MigrationPlan& plan, const WeightRe
                       (options.max_layers_per_window == 0 ||
                        out.back().last - out.back().first < options.max_layers_per_window) &&
                       out.back().bytes() + need.total() <= options.staging_budget;
-    if (!join) out.push_back(Window{l, l, {}, 0, 0, 0});
+    if (!join) out.push_back(Window{l, l, {}, 0, 0, 0, 0});
     auto& w = out.back();
+    w.rounds = std::max(w.rounds, plan.layer(l).rounds.size());
     w.offset.push_back(w.staging);
     w.staging += need.staging;
     w.send += need.send;
@@ -127,11 +129,7 @@ Regions staging_regions(const algo::MigrationPlan& plan, const WeightRegistry& w
   if (options.coalesce && options.overlap_steps) {
     Regions r = form(options.staging_budget / 2);
     std::size_t steps = 0;
-    for (const auto& w : r.windows) {
-      std::size_t rounds = 0;
-      for (int l = w.first; l < w.last; ++l) rounds = std::max(rounds, plan.layer(l).rounds.size());
-      steps += rounds;
-    }
+    for (const auto& w : r.windows) steps += w.rounds;
     if (steps <= 1) return r;
     r.count = 2;
     if (options.staging_budget == 0 || r.total() <= options.staging_budget) return r;
@@ -508,20 +506,18 @@ MigrationCounters Executor::run(std::byte* staging, const std::function<void(int
     prev = nullptr;
   };
   for (const auto& w : regions.windows) {
-    std::size_t rounds = 0;
-    for (int l = w.first; l < w.last; ++l) rounds = std::max(rounds, plan_.layer(l).rounds.size());
-    if (rounds == 0) {  // nothing moves in these layers: report them, in layer order
+    if (w.rounds == 0) {  // nothing moves in these layers: report them, in layer order
       drain();
       if (layer_done)
         for (int l = w.first; l < w.last; ++l) layer_done(l);
       continue;
     }
-    for (std::size_t r = 0; r < rounds; ++r, ++s) {
+    for (std::size_t r = 0; r < w.rounds; ++r, ++s) {
       step_ = s;
       Step& st = steps[s % 2];
       st.win = &w;
       st.round = r;
-      st.last_of_window = r + 1 == rounds;
+      st.last_of_window = r + 1 == w.rounds;
       st.base = staging + (overlap_ ? (s % 2) * regions.region : 0);
       collect(st);
       ++c_.rounds;
