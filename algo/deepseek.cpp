@@ -376,10 +376,12 @@ void DeepseekPolicy::rebalance_into(LoadView load, const Topology& topo,
   if (previous) previous->check_shape(topo, "deepseek policy: previous placement");
   const int L = topo.num_layers, R = topo.num_slots;
   int* out_all = detail::grow(phy2log_, static_cast<std::size_t>(L) * R);
+  const bool batched = batched_for(topo);
+  int* cnt_all = batched ? detail::grow(logcnt_, static_cast<std::size_t>(L) * topo.num_logical) : nullptr;
   const int T = std::max(1, std::min(threads_, L));
   if (ws_.size() < static_cast<std::size_t>(T)) ws_.resize(static_cast<std::size_t>(T));
   if (T == 1) {
-    plan_layers(0, L, load, topo, ws_[0], out_all);
+    plan_layers(0, L, load, topo, ws_[0], out_all, cnt_all);
   } else {
     std::vector<std::thread> pool;
     std::exception_ptr error;
@@ -387,7 +389,7 @@ void DeepseekPolicy::rebalance_into(LoadView load, const Topology& topo,
     for (int t = 0; t < T; ++t)
       pool.emplace_back([&, t] {
         try {
-          plan_layers(L * t / T, L * (t + 1) / T, load, topo, ws_[t], out_all);
+          plan_layers(L * t / T, L * (t + 1) / T, load, topo, ws_[t], out_all, cnt_all);
         } catch (...) {
           std::lock_guard<std::mutex> lock(error_mutex);
           if (!error) error = std::current_exception();
@@ -396,11 +398,16 @@ void DeepseekPolicy::rebalance_into(LoadView load, const Topology& topo,
     for (auto& th : pool) th.join();
     if (error) std::rethrow_exception(error);
   }
-  out.assign(L, topo.num_logical, R, std::span<const int>(out_all, static_cast<std::size_t>(L) * R));
+  const std::span<const int> p2l(out_all, static_cast<std::size_t>(L) * R);
+  if (batched)
+    out.assign_counted(L, topo.num_logical, R, p2l,
+                       std::span<const int>(cnt_all, static_cast<std::size_t>(L) * topo.num_logical));
+  else
+    out.assign(L, topo.num_logical, R, p2l);
 }
 
 void DeepseekPolicy::plan_layers(int first, int last, LoadView load, const Topology& topo,
-                                 Workspace& ws, int* out_all) const {
+                                 Workspace& ws, int* out_all, int* cnt_all) const {
   using detail::grow;
   using detail::u32;
   using detail::u64;
@@ -430,29 +437,85 @@ void DeepseekPolicy::plan_layers(int first, int last, LoadView load, const Topol
   u64* keys2 = grow(s.keys2, static_cast<std::size_t>(std::max(E, G)) + 1);
   u64* items_u = grow(ws.items_u, static_cast<std::size_t>(En) + 1);
   u64* items_v = grow(ws.items_v, static_cast<std::size_t>(K + Kc) + 1);
+  const detail::RowShape shape{En, Rn, Pn};
+  const bool simd = cnt_all != nullptr;  // batched_for(topo): the caller decided
+  if (simd) {
+    grow(ws.simd.w, static_cast<std::size_t>(En) * detail::SimdScratch::kLanes);
+    grow(ws.lane_lid, static_cast<std::size_t>(En) * detail::SimdScratch::kLanes);
+    ws.pending = 0;
+  }
+  constexpr int kLanes = detail::SimdScratch::kLanes;
+  // Queues row (layer l, node n) with loads wl and local-to-logical ids lid_l filled by the
+  // caller; every 8 rows run together.
+  auto queued = [&](int l, int n) {
+    ws.lane_out[ws.pending] = out_all + static_cast<std::size_t>(l) * R + static_cast<std::size_t>(n) * Pn * k;
+    ws.lane_cnt[ws.pending] = cnt_all + static_cast<std::size_t>(l) * E;
+    if (++ws.pending == kLanes) flush_rows(ws, En, shape);
+  };
+  auto lane_w = [&] { return ws.simd.w.data() + static_cast<std::size_t>(ws.pending) * En; };
+  auto lane_lid = [&] { return ws.lane_lid.data() + static_cast<std::size_t>(ws.pending) * En; };
+  auto iota = [](int* d, int count, int first_value) {
+    for (int i = 0; i < count; ++i) d[i] = first_value + i;
+  };
+  int* group_at = grow(ws.gdest, G);
+
   for (int l = first; l < last; ++l) {
     const double* w = load.values.data() + static_cast<std::size_t>(l) * E;
-    for (int e = 0; e < E; ++e) wf[e] = static_cast<float>(w[e]);
+    if (simd && identity) {  // no group step: the rows are slices of the layer
+      for (int n = 0; n < N; ++n) {
+        detail::to_float(w + static_cast<std::size_t>(n) * En, lane_w(), En);
+        iota(lane_lid(), En, n * En);
+        queued(l, n);
+      }
+      continue;
+    }
+    if (simd)
+      detail::to_float(w, wf, E);
+    else
+      for (int e = 0; e < E; ++e) wf[e] = static_cast<float>(w[e]);
 
     // 1. Groups to nodes; node-major ("mlog") numbering of experts.
     if (!identity) {
-      for (int g = 0; g < G; ++g) {
-        double sum = 0;
-        for (int i = 0; i < gs; ++i) sum += wf[g * gs + i];
-        gload[g] = static_cast<float>(sum);
+      // Group sums in double, each group's experts added in index order.
+      double* gsum = grow(ws.gsum, G);
+      if (simd) {
+        detail::group_sums(wf, G, gs, gsum);
+      } else {
+        for (int g = 0; g < G; ++g) {
+          double sum = 0;
+          for (int i = 0; i < gs; ++i) sum += wf[g * gs + i];
+          gsum[g] = sum;
+        }
       }
+      for (int g = 0; g < G; ++g) gload[g] = static_cast<float>(gsum[g]);
       for (int g = 0; g < G; ++g) keys[g] = detail::desc_key(gload[g], static_cast<u32>(g));
       detail::sort_keys(keys, G);
       keys[G] = detail::kNone;
-      detail::lpt(keys, detail::kNoneList, G, N, gpn, s, [&](u32 pk, int r, u32 g) {
-        const int base = (static_cast<int>(pk) * gpn + r) * gs;
-        for (int i = 0; i < gs; ++i) m2l[base + i] = static_cast<int>(g) * gs + i;
-      });
-      for (int i = 0; i < E; ++i) row[i] = wf[m2l[i]];
+      detail::lpt(keys, detail::kNoneList, G, N, gpn, s,
+                  [&](u32 pk, int r, u32 g) { group_at[static_cast<int>(pk) * gpn + r] = static_cast<int>(g); });
+      if (simd) {  // node n's row: its groups' loads, in node-major order
+        for (int n = 0; n < N; ++n) {
+          float* wl = lane_w();
+          int* lid_l = lane_lid();
+          for (int r = 0; r < gpn; ++r) {
+            const int g = group_at[n * gpn + r];
+            std::copy_n(wf + static_cast<std::size_t>(g) * gs, gs, wl + r * gs);
+            iota(lid_l + r * gs, gs, g * gs);
+          }
+          queued(l, n);
+        }
+        continue;
+      }
+      for (int slot = 0; slot < G; ++slot) {
+        const int g = group_at[slot];
+        std::copy_n(wf + static_cast<std::size_t>(g) * gs, gs, row + slot * gs);
+        iota(m2l + slot * gs, gs, g * gs);
+      }
     } else {
       std::copy_n(wf, E, row);
     }
 
+    int* out_row = out_all + static_cast<std::size_t>(l) * R;
     // Every node's experts by weight descending (ties: lower index).
     for (int n = 0; n < N; ++n)
       for (int j = 0; j < En; ++j)
@@ -460,7 +523,6 @@ void DeepseekPolicy::plan_layers(int first, int last, LoadView load, const Topol
     for (int n = 0; n < N; ++n) detail::sort_node(keys + static_cast<std::size_t>(n) * En, keys2, En, s);
     const u64* sorted = keys;
 
-    int* out_row = out_all + static_cast<std::size_t>(l) * R;
     for (int n = 0; n < N; ++n) {
       const u64* S = sorted + static_cast<std::size_t>(n) * En;
       const float* rw = row + static_cast<std::size_t>(n) * En;
@@ -516,6 +578,35 @@ void DeepseekPolicy::plan_layers(int first, int last, LoadView load, const Topol
       }
     }
   }
+  if (simd && ws.pending > 0) flush_rows(ws, En, shape);
+}
+
+bool DeepseekPolicy::batched_for(const Topology& topo) const {
+  const bool hier = topo.hierarchical();
+  const int N = hier ? topo.num_nodes : 1;
+  return batched_ && detail::simd_rows_available() &&
+         detail::simd_rows_supported({topo.num_logical / N, topo.num_slots / N, topo.num_ranks / N});
+}
+
+void DeepseekPolicy::flush_rows(Workspace& ws, int En, const detail::RowShape& shape) const {
+  constexpr int kLanes = detail::SimdScratch::kLanes;
+  const int filled = ws.pending;
+  for (int lane = filled; lane < kLanes; ++lane)  // padding lanes: copies, output unused
+    std::copy_n(ws.simd.w.data(), En, ws.simd.w.data() + static_cast<std::size_t>(lane) * En);
+  detail::plan_rows_simd(shape, ws.simd);
+  const int slots = shape.slots;
+  for (int lane = 0; lane < filled; ++lane) {
+    const int* item = ws.simd.slot_item.data() + static_cast<std::size_t>(lane) * slots;
+    const int* lid = ws.lane_lid.data() + static_cast<std::size_t>(lane) * En;
+    int* out = ws.lane_out[lane];
+    detail::map_slots(item, lid, out, slots);
+    int* cnt = ws.lane_cnt[lane];
+    if (slots == En)
+      for (int e = 0; e < En; ++e) cnt[lid[e]] = 1;
+    else
+      for (int e = 0; e < En; ++e) cnt[lid[e]] = ws.simd.cnt[static_cast<std::size_t>(e) * kLanes + lane];
+  }
+  ws.pending = 0;
 }
 
 }  // namespace eplb::algo

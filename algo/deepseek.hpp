@@ -6,6 +6,7 @@
 #include <span>
 #include <vector>
 
+#include "algo/simd.hpp"
 #include "algo/policy.hpp"
 
 namespace eplb::algo {
@@ -42,6 +43,12 @@ class DeepseekPolicy final : public Policy {
   /// output, bit for bit). Default 1.
   void set_threads(int threads) override { threads_ = threads < 1 ? 1 : threads; }
   bool layers_independent() const override { return true; }
+  /// Rows (one per layer and node) are planned eight at a time in AVX-512 lanes where the
+  /// CPU has AVX-512 (same output, bit for bit; see docs/POLICIES.md). Default on; off runs
+  /// the scalar code everywhere. EPLB_DEEPSEEK_SCALAR=1 turns it off for a whole process.
+  void set_batched(bool on) { batched_ = on; }
+  /// Whether rebalances of this topology take the batched path.
+  bool batched_for(const Topology& topo) const;
 
  private:
   /// Scratch of one planning thread.
@@ -50,14 +57,24 @@ class DeepseekPolicy final : public Policy {
     std::vector<float> wf, row, gload;
     std::vector<std::uint32_t> tokb;
     std::vector<std::uint64_t> items_u, items_v;
-    std::vector<int> mlog2log, cnt, picks, lid;
+    std::vector<int> mlog2log, cnt, picks, lid, gdest;
+    std::vector<double> gsum;
+    detail::SimdScratch simd;     ///< batched rows
+    std::vector<int> lane_lid;    ///< [8][En] logical id of each row's local experts
+    int* lane_out[detail::SimdScratch::kLanes] = {};  ///< where each row's slots go
+    int* lane_cnt[detail::SimdScratch::kLanes] = {};  ///< its layer's logcnt row
+    int pending = 0;              ///< rows filled in the batch
   };
+  void flush_rows(Workspace& ws, int En, const detail::RowShape& shape) const;
+  /// Writes phy2log of layers [first, last) into out_all and, on the batched path, their
+  /// replica counts into cnt_all.
   void plan_layers(int first, int last, LoadView load, const Topology& topo, Workspace& w,
-                   int* out_all) const;
+                   int* out_all, int* cnt_all) const;
 
   std::vector<Workspace> ws_;
-  std::vector<int> phy2log_;
+  std::vector<int> phy2log_, logcnt_;
   int threads_ = 1;
+  bool batched_ = true;
 };
 
 }  // namespace eplb::algo

@@ -1,5 +1,7 @@
 #include "algo/load.hpp"
 
+#include "algo/simd.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -16,9 +18,7 @@ void LoadView::validate() const {
                                 std::to_string(num_logical) + "] matrix");
   // Fast path: one branch-free pass (NaN fails both comparisons); the error message is
   // looked for only when some value is bad.
-  unsigned ok = 1;
-  for (const double v : values) ok &= static_cast<unsigned>(v >= 0.0) & static_cast<unsigned>(v <= std::numeric_limits<double>::max());
-  if (ok) return;
+  if (detail::all_nonneg_finite(values.data(), values.size())) return;
   for (std::size_t i = 0; i < values.size(); ++i) {
     const double v = values[i];
     if (std::isfinite(v) && v >= 0) continue;

@@ -1,5 +1,7 @@
 #include "algo/placement.hpp"
 
+#include "algo/simd.hpp"
+
 #include <algorithm>
 #include <stdexcept>
 #include <string>
@@ -15,7 +17,7 @@ Placement::Placement(int num_layers, int num_logical, int num_slots, std::vector
   logical_ = num_logical;
   slots_ = num_slots;
   phy2log_ = std::move(phy2log);
-  derive();
+  derive(false);
 }
 
 Placement Placement::contiguous(const Topology& topo) {
@@ -36,7 +38,7 @@ void Placement::assign(int num_layers, int num_logical, int num_slots,
   logical_ = num_logical;
   slots_ = num_slots;
   phy2log_.assign(phy2log.begin(), phy2log.end());
-  derive();
+  derive(false);
 }
 
 void Placement::check_shape(const Topology& topo, const char* what) const {
@@ -73,48 +75,59 @@ namespace {
 }
 }  // namespace
 
-void Placement::derive() {
+void Placement::derive(bool counted) {
   if (layers_ < 0 || logical_ < 1 || slots_ < logical_)
     throw std::invalid_argument("placement: bad shape L=" + std::to_string(layers_) +
                                 " E=" + std::to_string(logical_) + " R=" + std::to_string(slots_) +
                                 " (need E >= 1, R >= E)");
   // Validity is checked with branch-free passes; on a failure the layer-by-layer walk in
   // throw_first_error_of() names the same first problem as a sequential check would.
-  // Two passes over phy2log in all: range check + counts, then the log2phy fill.
   unsigned out_of_range = 0;
   for (const int e : phy2log_)
     out_of_range |= static_cast<unsigned>(e) >= static_cast<unsigned>(logical_);
   if (out_of_range) throw_first_error_of(phy2log_, layers_, logical_, slots_);
-  logcnt_.assign(static_cast<std::size_t>(layers_) * logical_, 0);
-  for (int l = 0; l < layers_; ++l) {
-    int* cnt = logcnt_.data() + static_cast<std::size_t>(l) * logical_;
-    const int* row = phy2log_.data() + static_cast<std::size_t>(l) * slots_;
-    for (int j = 0; j < slots_; ++j) ++cnt[row[j]];
+  if (!counted) {
+    logcnt_.assign(static_cast<std::size_t>(layers_) * logical_, 0);
+    for (int l = 0; l < layers_; ++l) {
+      int* cnt = logcnt_.data() + static_cast<std::size_t>(l) * logical_;
+      const int* row = phy2log_.data() + static_cast<std::size_t>(l) * slots_;
+      for (int j = 0; j < slots_; ++j) ++cnt[row[j]];
+    }
   }
-  int min_cnt = layers_ ? logcnt_[0] : 1, max_cnt = 0;
-  for (const int c : logcnt_) {
-    min_cnt = std::min(min_cnt, c);
-    max_cnt = std::max(max_cnt, c);
+  int min_cnt = 1, max_cnt = 0;
+  if (layers_ > 0) detail::min_max(logcnt_.data(), logcnt_.size(), min_cnt, max_cnt);
+  if (min_cnt <= 0) {
+    if (counted) throw std::logic_error("placement: a given replica count is < 1");
+    throw_first_error_of(phy2log_, layers_, logical_, slots_);
   }
-  if (min_cnt == 0) throw_first_error_of(phy2log_, layers_, logical_, slots_);
   max_replicas_ = max_cnt;
   const std::size_t X = static_cast<std::size_t>(max_replicas_);
   log2phy_.resize(static_cast<std::size_t>(layers_) * logical_ * X);
   // Slots are visited in ascending order, so each expert's list comes out ascending. A
-  // layer's block is padded with -1 right before it is filled (while it is in cache);
-  // fill positions live in a small per-layer array.
-  fill_.resize(static_cast<std::size_t>(logical_));
+  // layer's block is padded with -1 right before it is filled (while it is in cache); the
+  // fill positions end equal to the counts (checked: given counts may be wrong).
+  scratch_.resize(static_cast<std::size_t>(logical_));
   for (int l = 0; l < layers_; ++l) {
     const int* row = phy2log_.data() + static_cast<std::size_t>(l) * slots_;
+    const int* cnt = logcnt_.data() + static_cast<std::size_t>(l) * logical_;
     int* base = log2phy_.data() + static_cast<std::size_t>(l) * logical_ * X;
-    std::fill_n(base, logical_ * X, -1);
-    std::fill(fill_.begin(), fill_.end(), 0);
-    int* pos = fill_.data();
-    for (int j = 0; j < slots_; ++j) {
-      const int e = row[j];
-      base[static_cast<std::size_t>(e) * X + pos[e]++] = j;
-    }
+    if (!detail::fill_log2phy(row, slots_, cnt, logical_, static_cast<int>(X), base, scratch_.data()))
+      throw std::logic_error("placement: layer " + std::to_string(l) +
+                             ": replica counts disagree with phy2log");
   }
+}
+
+void Placement::assign_counted(int num_layers, int num_logical, int num_slots,
+                               std::span<const int> phy2log, std::span<const int> logcnt) {
+  if (phy2log.size() != static_cast<std::size_t>(num_layers) * std::max(num_slots, 0) ||
+      logcnt.size() != static_cast<std::size_t>(num_layers) * std::max(num_logical, 0))
+    throw std::invalid_argument("placement: phy2log or logcnt has the wrong size");
+  layers_ = num_layers;
+  logical_ = num_logical;
+  slots_ = num_slots;
+  phy2log_.assign(phy2log.begin(), phy2log.end());
+  logcnt_.assign(logcnt.begin(), logcnt.end());
+  derive(true);
 }
 
 }  // namespace eplb::algo

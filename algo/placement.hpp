@@ -23,6 +23,11 @@ class Placement {
 
   /// Replaces the content, reusing storage (no allocation when the shape is unchanged).
   void assign(int num_layers, int num_logical, int num_slots, std::span<const int> phy2log);
+  /// As assign(), for producers that already know the replica counts (the deepseek policy):
+  /// skips counting. The counts are still checked against phy2log (std::logic_error if they
+  /// disagree: a bug in the producer).
+  void assign_counted(int num_layers, int num_logical, int num_slots, std::span<const int> phy2log,
+                      std::span<const int> logcnt);
   /// Replaces the content with layers [first, last) of `from` (storage reused).
   void assign_layers(const Placement& from, int first, int last) {
     assign(last - first, from.logical_, from.slots_,
@@ -64,11 +69,12 @@ class Placement {
   }
 
  private:
-  void derive();
+  /// Checks phy2log and derives log2phy (and logcnt unless `counted`).
+  void derive(bool counted);
 
   int layers_ = 0, logical_ = 0, slots_ = 0, max_replicas_ = 0;
   std::vector<int> phy2log_, logcnt_, log2phy_;
-  std::vector<int> fill_;  ///< derive(): per-expert fill positions (scratch)
+  std::vector<int> scratch_;  ///< derive(): counting-sort positions and slot list
 };
 
 }  // namespace eplb::algo

@@ -1,0 +1,408 @@
+// The deepseek policy's per-row work for eight rows at once (see simd.hpp). Compiled
+// with AVX-512 flags when the compiler has them (EPLB_HAVE_AVX512_KERNEL); the CPU is checked
+// at run time, so the library still runs on machines without AVX-512 (scalar path).
+//
+// Why lanes across rows: the policy's steps are short dependent chains (a priority queue
+// updated once per item, an insertion into a sorted list); one row alone leaves the core
+// waiting on latencies. Eight independent rows advance together in one register, so each
+// step costs about what one row's step costs alone. Sorting is a fixed comparator network,
+// the same for every lane.
+#include "algo/simd.hpp"
+
+#include <algorithm>
+#include <cstdlib>
+#include <limits>
+#include <string_view>
+
+#if defined(EPLB_HAVE_AVX512_KERNEL)
+#include <immintrin.h>
+#endif
+
+namespace eplb::algo::detail {
+namespace {
+
+constexpr int kLanes = SimdScratch::kLanes;
+
+/// Batcher's odd-even merge sort for the next power of two >= n, without the comparators
+/// that touch an index >= n: padding there would hold the largest key, which a comparator
+/// (min to the lower index) never moves, so those comparators never change anything.
+void batcher_network(int n, std::vector<std::pair<short, short>>& c) {
+  c.clear();
+  int N = 1;
+  while (N < n) N <<= 1;
+  for (int p = 1; p < N; p <<= 1)
+    for (int k = p; k >= 1; k >>= 1)
+      for (int j = k % p; j <= N - 1 - k; j += 2 * k)
+        for (int i = 0; i < std::min(k, N - j - k); ++i)
+          if ((i + j) / (2 * p) == (i + j + k) / (2 * p) && i + j + k < n)
+            c.emplace_back(static_cast<short>(i + j), static_cast<short>(i + j + k));
+}
+
+bool all_nonneg_finite_scalar(const double* v, std::size_t n) {
+  // Branch-free (NaN fails both comparisons).
+  unsigned ok = 1;
+  for (std::size_t i = 0; i < n; ++i)
+    ok &= static_cast<unsigned>(v[i] >= 0.0) & static_cast<unsigned>(v[i] <= std::numeric_limits<double>::max());
+  return ok != 0;
+}
+
+/// Slots ascending: out[e * X + pos[e]++] = j (clamped to the expert's row, so wrong counts
+/// cannot write outside it; the caller then compares pos with cnt).
+void scatter_slots(const int* row, int R, int E, int X, int* out, int* pos) {
+  std::fill_n(pos, E, 0);
+  std::fill_n(out, static_cast<std::size_t>(E) * X, -1);
+  for (int j = 0; j < R; ++j) {
+    const int e = row[j];
+    const int c = pos[e];
+    out[static_cast<std::size_t>(e) * X + std::min(c, X - 1)] = j;
+    pos[e] = c + 1;
+  }
+}
+
+bool fill_log2phy_scalar(const int* row, int R, const int* cnt, int E, int X, int* out, int* scratch) {
+  scatter_slots(row, R, E, X, out, scratch);
+  unsigned bad = 0;
+  for (int e = 0; e < E; ++e) bad |= static_cast<unsigned>(scratch[e] != cnt[e]);
+  return bad == 0;
+}
+
+void min_max_scalar(const int* v, std::size_t n, int& mn, int& mx) {
+  int a = v[0], b = v[0];
+  for (std::size_t i = 1; i < n; ++i) {
+    a = std::min(a, v[i]);
+    b = std::max(b, v[i]);
+  }
+  mn = a;
+  mx = b;
+}
+
+int pow2_at_least(int x) {
+  int m = 1;
+  while (m < x) m <<= 1;
+  return m;
+}
+
+}  // namespace
+
+bool simd_rows_supported(const RowShape& s) {
+  const int K = s.slots - s.n;
+  const int Kc = std::min(K, s.n);
+  // Item ids (position << 16 | expert) and the networks' short indices need slots < 2^15.
+  return s.n >= 1 && s.slots < 0x8000 && s.packs >= 1 && s.packs <= 64 && Kc <= 64 &&
+         s.slots % s.packs == 0 && s.slots / s.packs < 0xffff && K >= 0;
+}
+
+#if defined(EPLB_HAVE_AVX512_KERNEL)
+
+bool simd_rows_available() {
+  static const bool ok = [] {
+    const char* e = std::getenv("EPLB_DEEPSEEK_SCALAR");
+    if (e && *e && std::string_view(e) != "0") return false;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw");
+  }();
+  return ok;
+}
+
+namespace {
+
+using u64 = std::uint64_t;
+constexpr long long kNone = -1;  // all bits set: larger than every key, as unsigned
+
+inline __m512i lane64() { return _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0); }
+inline __m256i lane32() { return _mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0); }
+
+/// Lane-major element i of every lane: [i * 8 + lane].
+inline __m512i load_row(const u64* a, int i) { return _mm512_loadu_si512(a + i * kLanes); }
+inline void store_row(u64* a, int i, __m512i v) { _mm512_storeu_si512(a + i * kLanes, v); }
+/// Element idx[lane] of each lane.
+inline __m512i gather_at(const u64* a, __m512i idx) {
+  return _mm512_i64gather_epi64(_mm512_add_epi64(_mm512_slli_epi64(idx, 3), lane64()), a, 8);
+}
+inline __m256i index32(__m256i elem) {  // lane-major index of int32 element elem[lane]
+  return _mm256_add_epi32(_mm256_slli_epi32(elem, 3), lane32());
+}
+
+/// Keys "larger value first, then lower index" (as the scalar desc_key): (~bits(v + 0), idx).
+inline __m512i desc_keys(__m256 v, __m512i idx) {
+  __m256i b = _mm256_castps_si256(_mm256_add_ps(v, _mm256_setzero_ps()));
+  b = _mm256_xor_si256(b, _mm256_set1_epi32(-1));
+  return _mm512_or_si512(_mm512_slli_epi64(_mm512_cvtepu32_epi64(b), 32), idx);
+}
+inline __m512i low32(__m512i k) { return _mm512_and_si512(k, _mm512_set1_epi64(0xffffffffLL)); }
+/// Item keys carry (position p << 16 | expert e) in their low word: p orders ties (positions
+/// are distinct, so e never decides), e is what the slot gets.
+inline __m512i expert_of(__m512i k) { return _mm512_and_si512(k, _mm512_set1_epi64(0xffff)); }
+inline __m512i item_id(int p, __m512i e) {
+  return _mm512_or_si512(_mm512_set1_epi64(static_cast<long long>(p) << 16), e);
+}
+
+void sort_network(u64* a, const std::vector<std::pair<short, short>>& net) {
+  for (const auto& [i, j] : net) {
+    const __m512i x = load_row(a, i), y = load_row(a, j);
+    store_row(a, i, _mm512_min_epu64(x, y));
+    store_row(a, j, _mm512_max_epu64(x, y));
+  }
+}
+
+/// A sorted list of M keys per lane in registers, minimum first; replace_front(x) with
+/// x >= front is a branch-free insertion (the scalar SortedQueue, lane-wise).
+template <int M>
+struct VQueue {
+  __m512i a[M];
+  void replace_front(__m512i x) {
+    if constexpr (M == 1) {
+      a[0] = x;
+    } else {
+      __m512i b[M];
+      b[0] = _mm512_min_epu64(x, a[1]);
+      for (int i = 1; i + 1 < M; ++i) b[i] = _mm512_min_epu64(_mm512_max_epu64(x, a[i]), a[i + 1]);
+      b[M - 1] = _mm512_max_epu64(x, a[M - 1]);
+      for (int i = 0; i < M; ++i) a[i] = b[i];
+    }
+  }
+};
+
+/// Adds K replicas per lane, one at a time, to the expert with the largest w / count
+/// (ties: lowest index); only the Kc heaviest experts (the first Kc sorted keys) can win.
+template <int M>
+void replicate(const RowShape& sh, int K, int Kc, SimdScratch& s) {
+  const int n = sh.n;
+  VQueue<M> q;
+  for (int i = 0; i < M; ++i) q.a[i] = i < Kc ? load_row(s.keys.data(), i) : _mm512_set1_epi64(kNone);
+  const __m256i wbase = _mm256_mullo_epi32(lane32(), _mm256_set1_epi32(n));
+  for (int t = 0; t < K; ++t) {
+    const __m512i f = q.a[0];
+    const __m256i e = _mm512_cvtepi64_epi32(expert_of(f));
+    const __m256i ci = index32(e);
+    const __m256i c = _mm256_add_epi32(_mm256_i32gather_epi32(s.cnt.data(), ci, 4), _mm256_set1_epi32(1));
+    _mm256_i32scatter_epi32(s.cnt.data(), ci, c, 4);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(s.picks.data() + t * kLanes), e);
+    const __m256 w = _mm256_i32gather_ps(s.w.data(), _mm256_add_epi32(wbase, e), 4);
+    q.replace_front(desc_keys(_mm256_div_ps(w, _mm256_cvtepi32_ps(c)), low32(f)));
+  }
+}
+
+/// Greedy LPT per lane over the merge of the A list (s.keys from ia) and the B list
+/// (s.extra): each item to the least loaded pack with room (ties: lowest pack). Pack keys
+/// are (load bits, pack << 16 | fill), as in the scalar lpt_small.
+template <int M>
+void pack(const RowShape& sh, __m512i ia, SimdScratch& s) {
+  const int cap = sh.slots / sh.packs;
+  VQueue<M> q;
+  for (int i = 0; i < M; ++i)
+    q.a[i] = i < sh.packs ? _mm512_set1_epi64(static_cast<long long>(i) << 16) : _mm512_set1_epi64(kNone);
+  const __m512i one = _mm512_set1_epi64(1), capv = _mm512_set1_epi64(cap);
+  const __m512i obase = _mm512_mullo_epi64(lane64(), _mm512_set1_epi64(sh.slots));
+  __m512i ib = _mm512_setzero_si512();
+  int* out = s.slot_item.data();
+  for (int t = 0; t < sh.slots; ++t) {
+    const __m512i ka = gather_at(s.keys.data(), ia), kb = gather_at(s.extra.data(), ib);
+    const __mmask8 take_a = _mm512_cmplt_epu64_mask(ka, kb);
+    const __m512i item = _mm512_mask_blend_epi64(take_a, kb, ka);
+    ia = _mm512_mask_add_epi64(ia, take_a, ia, one);
+    ib = _mm512_mask_add_epi64(ib, static_cast<__mmask8>(~take_a), ib, one);
+
+    const __m512i f = q.a[0];
+    const __m512i low = low32(f);
+    const __m512i pk = _mm512_srli_epi64(low, 16);
+    const __m512i r1 = _mm512_add_epi64(_mm512_and_si512(low, _mm512_set1_epi64(0xffff)), one);
+    const __m512i slot = _mm512_add_epi64(_mm512_mul_epu32(pk, capv), _mm512_sub_epi64(r1, one));
+    _mm512_i64scatter_epi32(out, _mm512_add_epi64(obase, slot), _mm512_cvtepi64_epi32(expert_of(item)), 4);
+    // load(pack) + load(item): float lanes 2i hold the values, lanes 2i+1 add 0 + 0.
+    const __m512 sum = _mm512_add_ps(
+        _mm512_castsi512_ps(_mm512_srli_epi64(f, 32)),
+        _mm512_castsi512_ps(_mm512_srli_epi64(_mm512_xor_si512(item, _mm512_set1_epi64(kNone)), 32)));
+    const __m512i key = _mm512_or_si512(_mm512_slli_epi64(_mm512_castps_si512(sum), 32),
+                                        _mm512_add_epi64(low, one));
+    const __mmask8 full = _mm512_cmpeq_epu64_mask(r1, capv);
+    q.replace_front(_mm512_mask_blend_epi64(full, key, _mm512_set1_epi64(kNone)));
+  }
+}
+
+template <template <int> class F, class... Args>
+void with_queue(int m, Args&&... args) {
+  switch (pow2_at_least(m)) {
+    case 1: return F<1>::run(args...);
+    case 2: return F<2>::run(args...);
+    case 4: return F<4>::run(args...);
+    case 8: return F<8>::run(args...);
+    case 16: return F<16>::run(args...);
+    case 32: return F<32>::run(args...);
+    default: return F<64>::run(args...);
+  }
+}
+template <int M>
+struct Replicate {
+  static void run(const RowShape& sh, int K, int Kc, SimdScratch& s) { replicate<M>(sh, K, Kc, s); }
+};
+template <int M>
+struct Pack {
+  static void run(const RowShape& sh, __m512i ia, SimdScratch& s) { pack<M>(sh, ia, s); }
+};
+
+}  // namespace
+
+void plan_rows_simd(const RowShape& sh, SimdScratch& s) {
+  const int n = sh.n, K = sh.slots - sh.n, Kc = std::min(K, n);
+  auto grow = [](auto& v, std::size_t size) {
+    if (v.size() < size) v.resize(size);
+  };
+  grow(s.keys, static_cast<std::size_t>(n + 1) * kLanes);
+  grow(s.extra, static_cast<std::size_t>(K + Kc + 1) * kLanes);
+  grow(s.cnt, static_cast<std::size_t>(n) * kLanes);
+  grow(s.picks, static_cast<std::size_t>(std::max(K, 1)) * kLanes);
+  grow(s.slot_item, static_cast<std::size_t>(sh.slots) * kLanes);
+  if (s.net_keys_n != n) {
+    batcher_network(n, s.net_keys);
+    s.net_keys_n = n;
+  }
+  if (s.net_extra_n != K + Kc) {
+    batcher_network(K + Kc, s.net_extra);
+    s.net_extra_n = K + Kc;
+  }
+  u64* keys = s.keys.data();
+  u64* extra = s.extra.data();
+  const __m256i wbase = _mm256_mullo_epi32(lane32(), _mm256_set1_epi32(n));
+
+  // Every lane's experts by weight descending, ties by lower index.
+  for (int j = 0; j < n; ++j) {
+    const __m256 w = _mm256_i32gather_ps(s.w.data(), _mm256_add_epi32(wbase, _mm256_set1_epi32(j)), 4);
+    store_row(keys, j, desc_keys(w, _mm512_set1_epi64((static_cast<long long>(j) << 16) | j)));
+  }
+  store_row(keys, n, _mm512_set1_epi64(kNone));
+  sort_network(keys, s.net_keys);
+
+  __m512i ia = _mm512_setzero_si512();
+  store_row(extra, 0, _mm512_set1_epi64(kNone));
+  if (K > 0) {
+    for (int e = 0; e < n; ++e)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(s.cnt.data() + e * kLanes), _mm256_set1_epi32(1));
+    with_queue<Replicate>(Kc, sh, K, Kc, s);
+    // Items: experts still at one replica keep their sorted order (the A list); the
+    // replicated experts and the added replicas get their per-replica load and are sorted
+    // apart (the B list); the packing merges the two.
+    const __m256i one = _mm256_set1_epi32(1);
+    for (int t = 0; t < Kc; ++t) {
+      const __m512i k = load_row(keys, t);
+      const __m256i e = _mm512_cvtepi64_epi32(expert_of(k));
+      const __m256i c = _mm256_i32gather_epi32(s.cnt.data(), index32(e), 4);
+      const __m256 w = _mm256_i32gather_ps(s.w.data(), _mm256_add_epi32(wbase, e), 4);
+      const __m512i key = desc_keys(_mm256_div_ps(w, _mm256_cvtepi32_ps(c)), low32(k));
+      const __mmask8 repl = _mm256_cmpgt_epi32_mask(c, one);
+      store_row(extra, t, _mm512_mask_blend_epi64(repl, _mm512_set1_epi64(kNone), key));
+    }
+    for (int t = 0; t < K; ++t) {
+      const __m256i e = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s.picks.data() + t * kLanes));
+      const __m256i c = _mm256_i32gather_epi32(s.cnt.data(), index32(e), 4);
+      const __m256 w = _mm256_i32gather_ps(s.w.data(), _mm256_add_epi32(wbase, e), 4);
+      store_row(extra, Kc + t,
+                desc_keys(_mm256_div_ps(w, _mm256_cvtepi32_ps(c)), item_id(n + t, _mm512_cvtepu32_epi64(e))));
+    }
+    sort_network(extra, s.net_extra);
+    store_row(extra, K + Kc, _mm512_set1_epi64(kNone));
+    // A list: the first Kc sorted keys without the replicated experts, moved right so that
+    // the list runs on into keys[Kc..n) (in place: position pos >= t was already read).
+    __m512i pos = _mm512_set1_epi64(Kc - 1);
+    for (int t = Kc - 1; t >= 0; --t) {
+      const __m512i k = load_row(keys, t);
+      const __m256i e = _mm512_cvtepi64_epi32(expert_of(k));
+      const __m256i c = _mm256_i32gather_epi32(s.cnt.data(), index32(e), 4);
+      const __mmask8 single = _mm256_cmpeq_epi32_mask(c, one);
+      _mm512_mask_i64scatter_epi64(keys, single, _mm512_add_epi64(_mm512_slli_epi64(pos, 3), lane64()), k, 8);
+      pos = _mm512_mask_sub_epi64(pos, single, pos, _mm512_set1_epi64(1));
+    }
+    ia = _mm512_add_epi64(pos, _mm512_set1_epi64(1));
+  }
+
+  if (sh.slots == sh.packs) {  // one slot per pack: the reference puts item p on pack p
+    for (int l = 0; l < kLanes; ++l)
+      for (int j = 0; j < sh.slots; ++j)
+        s.slot_item[static_cast<std::size_t>(l) * sh.slots + j] = j < n ? j : s.picks[(j - n) * kLanes + l];
+    return;
+  }
+  with_queue<Pack>(sh.packs, sh, ia, s);
+}
+
+void to_float(const double* src, float* dst, int n) {
+  int i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm512_cvtpd_ps(_mm512_loadu_pd(src + i)));
+  for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+}
+
+void group_sums(const float* w, int groups, int gs, double* out) {
+  for (int g0 = 0; g0 < groups; g0 += kLanes) {
+    const int m = std::min(kLanes, groups - g0);
+    const __mmask8 live = static_cast<__mmask8>((1u << m) - 1);
+    const __m256i idx = _mm256_mullo_epi32(lane32(), _mm256_set1_epi32(gs));
+    const float* base = w + static_cast<std::size_t>(g0) * gs;
+    __m512d sum = _mm512_setzero_pd();
+    for (int i = 0; i < gs; ++i) {
+      const __m256 v = _mm256_mmask_i32gather_ps(_mm256_setzero_ps(), live, idx, base + i, 4);
+      sum = _mm512_add_pd(sum, _mm512_cvtps_pd(v));
+    }
+    _mm512_mask_storeu_pd(out + g0, live, sum);
+  }
+}
+
+void map_slots(const int* item, const int* lid, int* out, int n) {
+  int j = 0;
+  for (; j + 16 <= n; j += 16)
+    _mm512_storeu_si512(out + j, _mm512_i32gather_epi32(_mm512_loadu_si512(item + j), lid, 4));
+  for (; j < n; ++j) out[j] = lid[item[j]];
+}
+
+bool all_nonneg_finite(const double* v, std::size_t n) {
+  if (!simd_rows_available()) return all_nonneg_finite_scalar(v, n);
+  const __m512d zero = _mm512_setzero_pd(), mx = _mm512_set1_pd(std::numeric_limits<double>::max());
+  __mmask8 ok = 0xff;
+  std::size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m512d x = _mm512_loadu_pd(v + i);
+    ok &= _mm512_cmp_pd_mask(x, zero, _CMP_GE_OQ) & _mm512_cmp_pd_mask(x, mx, _CMP_LE_OQ);
+  }
+  return ok == 0xff && all_nonneg_finite_scalar(v + i, n - i);
+}
+
+bool fill_log2phy(const int* row, int R, const int* cnt, int E, int X, int* out, int* scratch) {
+  if (!simd_rows_available()) return fill_log2phy_scalar(row, R, cnt, E, X, out, scratch);
+  scatter_slots(row, R, E, X, out, scratch);
+  __mmask16 bad = 0;
+  int e = 0;
+  for (; e + 16 <= E; e += 16)
+    bad |= _mm512_cmpneq_epi32_mask(_mm512_loadu_si512(scratch + e), _mm512_loadu_si512(cnt + e));
+  for (; e < E; ++e) bad |= scratch[e] != cnt[e];
+  return bad == 0;
+}
+
+void min_max(const int* v, std::size_t n, int& mn, int& mx) {
+  if (n < 16 || !simd_rows_available()) return min_max_scalar(v, n, mn, mx);
+  __m512i a = _mm512_loadu_si512(v), b = a;
+  std::size_t i = 16;
+  for (; i + 16 <= n; i += 16) {
+    const __m512i x = _mm512_loadu_si512(v + i);
+    a = _mm512_min_epi32(a, x);
+    b = _mm512_max_epi32(b, x);
+  }
+  const __m512i x = _mm512_loadu_si512(v + n - 16);  // the tail, overlapping
+  mn = _mm512_reduce_min_epi32(_mm512_min_epi32(a, x));
+  mx = _mm512_reduce_max_epi32(_mm512_max_epi32(b, x));
+}
+
+#else  // no AVX-512 kernel in this build
+
+bool simd_rows_available() { return false; }
+void plan_rows_simd(const RowShape&, SimdScratch&) {}
+void to_float(const double*, float*, int) {}
+void group_sums(const float*, int, int, double*) {}
+void map_slots(const int*, const int*, int*, int) {}
+bool all_nonneg_finite(const double* v, std::size_t n) { return all_nonneg_finite_scalar(v, n); }
+bool fill_log2phy(const int* row, int R, const int* cnt, int E, int X, int* out, int* scratch) {
+  return fill_log2phy_scalar(row, R, cnt, E, X, out, scratch);
+}
+void min_max(const int* v, std::size_t n, int& mn, int& mx) { min_max_scalar(v, n, mn, mx); }
+
+#endif
+
+}  // namespace eplb::algo::detail

@@ -1,0 +1,68 @@
+#pragma once
+/// \file Internal: AVX-512 kernels of the algo layer, used where the CPU has AVX-512 (checked
+/// at run time; scalar code elsewhere). Mainly the deepseek policy's per-row work (sort, replicate, pack) for eight rows at
+/// once, one row per 64-bit lane of an AVX-512 register (docs/POLICIES.md, "Speed"). A row is
+/// one (layer, node) of the hierarchical routine, or one layer of the global policy. Same
+/// output as the scalar code, bit for bit; tests run both.
+#include <cstddef>
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+namespace eplb::algo::detail {
+
+/// Shape shared by the rows of a batch.
+struct RowShape {
+  int n = 0;    ///< experts per row (En)
+  int slots = 0;  ///< replicas per row (Rn >= n)
+  int packs = 0;  ///< GPUs per row (Pn); slots % packs == 0
+};
+
+/// Buffers of the batched kernel, reused across calls (lane-major: element i of lane l at
+/// [i * 8 + l]).
+struct SimdScratch {
+  static constexpr int kLanes = 8;
+  std::vector<float> w;                 ///< [lane][n] the rows' loads (caller fills)
+  std::vector<std::uint64_t> keys;      ///< [n + 1][8] sorted expert keys, then the A list
+  std::vector<std::uint64_t> extra;     ///< [K + Kc + 1][8] replicated items (the B list)
+  std::vector<std::int32_t> cnt;        ///< [n][8] replica counts
+  std::vector<std::int32_t> picks;      ///< [K][8] expert of each added replica
+  std::vector<std::int32_t> slot_item;  ///< [lane][slots] expert in each slot
+  std::vector<std::pair<short, short>> net_keys, net_extra;  ///< comparator lists
+  int net_keys_n = -1, net_extra_n = -1;
+};
+
+/// Whether the batched kernel handles this shape (queues of at most 64 packs/experts).
+bool simd_rows_supported(const RowShape& shape);
+
+/// True when this build has the batched kernel and the CPU runs it (AVX-512F), and
+/// EPLB_DEEPSEEK_SCALAR is not set to a non-zero value.
+bool simd_rows_available();
+
+/// Runs the rows whose loads are in s.w ([8][shape.n], every lane filled: callers pad with
+/// copies). Afterwards s.slot_item[l * slots + j] is the expert (row-local index) in slot j
+/// of lane l.
+/// Requires simd_rows_available().
+void plan_rows_simd(const RowShape& shape, SimdScratch& s);
+
+/// The small loops around the rows, vectorised (require simd_rows_available()).
+/// dst[i] = float(src[i]).
+void to_float(const double* src, float* dst, int n);
+/// out[g] = sum over i in [0, gs) of double(w[g * gs + i]), added in order of i.
+void group_sums(const float* w, int groups, int gs, double* out);
+/// out[j] = lid[item[j]] for j < n.
+void map_slots(const int* item, const int* lid, int* out, int n);
+
+/// One layer of log2phy from phy2log `row` (R slots) and the replica counts `cnt` (E experts,
+/// each in [1, X]): out[e * X + i] = the i-th slot of e in ascending order, -1 past cnt[e].
+/// Returns false (out partly written, never outside its E * X entries) when the counts are
+/// not those of `row`. Values of row must be in [0, E). scratch: >= E ints.
+bool fill_log2phy(const int* row, int R, const int* cnt, int E, int X, int* out, int* scratch);
+/// Minimum and maximum of v[0..n) (n >= 1), vectorised where the CPU has AVX-512.
+void min_max(const int* v, std::size_t n, int& mn, int& mx);
+
+/// Whether every value is >= 0 and finite (-0.0 counts as 0). Uses AVX-512 where the CPU has
+/// it, a scalar loop elsewhere.
+bool all_nonneg_finite(const double* v, std::size_t n);
+
+}  // namespace eplb::algo::detail
