@@ -23,21 +23,6 @@ namespace {
 
 constexpr int kLanes = SimdScratch::kLanes;
 
-/// Batcher's odd-even merge sort for the next power of two >= n, without the comparators
-/// that touch an index >= n: padding there would hold the largest key, which a comparator
-/// (min to the lower index) never moves, so those comparators never change anything.
-void batcher_network(int n, std::vector<std::pair<short, short>>& c) {
-  c.clear();
-  int N = 1;
-  while (N < n) N <<= 1;
-  for (int p = 1; p < N; p <<= 1)
-    for (int k = p; k >= 1; k >>= 1)
-      for (int j = k % p; j <= N - 1 - k; j += 2 * k)
-        for (int i = 0; i < std::min(k, N - j - k); ++i)
-          if ((i + j) / (2 * p) == (i + j + k) / (2 * p) && i + j + k < n)
-            c.emplace_back(static_cast<short>(i + j), static_cast<short>(i + j + k));
-}
-
 bool all_nonneg_finite_scalar(const double* v, std::size_t n) {
   // Branch-free (NaN fails both comparisons).
   unsigned ok = 1;
@@ -87,7 +72,7 @@ int pow2_at_least(int x) {
 bool simd_rows_supported(const RowShape& s) {
   const int K = s.slots - s.n;
   const int Kc = std::min(K, s.n);
-  // Item ids (position << 16 | expert) and the networks' short indices need slots < 2^15.
+  // Item ids (position << 16 | expert) need slots < 2^15.
   return s.n >= 1 && s.slots < 0x8000 && s.packs >= 1 && s.packs <= 64 && Kc <= 64 &&
          s.slots % s.packs == 0 && s.slots / s.packs < 0xffff && K >= 0;
 }
@@ -138,11 +123,71 @@ inline __m512i item_id(int p, __m512i e) {
   return _mm512_or_si512(_mm512_set1_epi64(static_cast<long long>(p) << 16), e);
 }
 
-void sort_network(u64* a, const std::vector<std::pair<short, short>>& net) {
-  for (const auto& [i, j] : net) {
-    const __m512i x = load_row(a, i), y = load_row(a, j);
-    store_row(a, i, _mm512_min_epu64(x, y));
-    store_row(a, j, _mm512_max_epu64(x, y));
+inline void cmpx(__m512i& a, __m512i& b) {
+  const __m512i lo = _mm512_min_epu64(a, b);
+  b = _mm512_max_epu64(a, b);
+  a = lo;
+}
+
+// Bitonic sort, every comparator "minimum to the lower index": phase p turns sorted blocks of
+// p into sorted blocks of 2p with a flip (i against 2p - 1 - i) and then half-cleaners at
+// distances p/2, ..., 1. Distances below 16 stay inside aligned blocks of 16, which are run in
+// registers; only the longer distances go through memory (Batcher's odd-even network, used
+// first, has fewer comparators but sends every one of them through memory: slower here).
+
+/// Half-cleaners at distances 8, 4, 2, 1 on 16 rows in registers.
+inline void clean16(__m512i* v) {
+#pragma GCC unroll 4
+  for (int k = 8; k >= 1; k >>= 1)
+#pragma GCC unroll 16
+    for (int x = 0; x < 16; ++x)
+      if (!(x & k)) cmpx(v[x], v[x + k]);
+}
+
+/// Sorts 16 rows in registers (phases p = 1, 2, 4, 8).
+inline void sort16(__m512i* v) {
+#pragma GCC unroll 4
+  for (int p = 1; p <= 8; p <<= 1) {
+#pragma GCC unroll 16
+    for (int b = 0; b < 16; b += 2 * p)
+#pragma GCC unroll 8
+      for (int i = 0; i < p; ++i) cmpx(v[b + i], v[b + 2 * p - 1 - i]);
+#pragma GCC unroll 4
+    for (int k = p / 2; k >= 1; k >>= 1)
+#pragma GCC unroll 16
+      for (int x = 0; x < 16; ++x)
+        if (!(x & k)) cmpx(v[x], v[x + k]);
+  }
+}
+
+inline void cmpx_at(u64* a, int i, int j) {
+  __m512i x = load_row(a, i), y = load_row(a, j);
+  cmpx(x, y);
+  store_row(a, i, x);
+  store_row(a, j, y);
+}
+
+/// Rows a[0..n) sorted per lane; rows [n, sort_rows(n)] must hold kNone (they stay there).
+int sort_rows(int n) { return std::max(16, pow2_at_least(n)); }
+void sort_lanes(u64* a, int n) {
+  const int m = sort_rows(n);
+  __m512i v[16];
+  for (int b = 0; b < m; b += 16) {
+    for (int x = 0; x < 16; ++x) v[x] = load_row(a, b + x);
+    sort16(v);
+    for (int x = 0; x < 16; ++x) store_row(a, b + x, v[x]);
+  }
+  for (int p = 16; p < m; p <<= 1) {
+    for (int blk = 0; blk < m; blk += 2 * p)
+      for (int i = 0; i < p; ++i) cmpx_at(a, blk + i, blk + 2 * p - 1 - i);
+    for (int k = p / 2; k >= 16; k >>= 1)
+      for (int x = 0; x < m; ++x)
+        if (!(x & k)) cmpx_at(a, x, x + k);
+    for (int b = 0; b < m; b += 16) {
+      for (int x = 0; x < 16; ++x) v[x] = load_row(a, b + x);
+      clean16(v);
+      for (int x = 0; x < 16; ++x) store_row(a, b + x, v[x]);
+    }
   }
 }
 
@@ -249,19 +294,11 @@ void plan_rows_simd(const RowShape& sh, SimdScratch& s) {
   auto grow = [](auto& v, std::size_t size) {
     if (v.size() < size) v.resize(size);
   };
-  grow(s.keys, static_cast<std::size_t>(n + 1) * kLanes);
-  grow(s.extra, static_cast<std::size_t>(K + Kc + 1) * kLanes);
+  grow(s.keys, static_cast<std::size_t>(sort_rows(n) + 1) * kLanes);
+  grow(s.extra, static_cast<std::size_t>(sort_rows(K + Kc) + 1) * kLanes);
   grow(s.cnt, static_cast<std::size_t>(n) * kLanes);
   grow(s.picks, static_cast<std::size_t>(std::max(K, 1)) * kLanes);
   grow(s.slot_item, static_cast<std::size_t>(sh.slots) * kLanes);
-  if (s.net_keys_n != n) {
-    batcher_network(n, s.net_keys);
-    s.net_keys_n = n;
-  }
-  if (s.net_extra_n != K + Kc) {
-    batcher_network(K + Kc, s.net_extra);
-    s.net_extra_n = K + Kc;
-  }
   u64* keys = s.keys.data();
   u64* extra = s.extra.data();
   const __m256i wbase = _mm256_mullo_epi32(lane32(), _mm256_set1_epi32(n));
@@ -271,8 +308,8 @@ void plan_rows_simd(const RowShape& sh, SimdScratch& s) {
     const __m256 w = _mm256_i32gather_ps(s.w.data(), _mm256_add_epi32(wbase, _mm256_set1_epi32(j)), 4);
     store_row(keys, j, desc_keys(w, _mm512_set1_epi64((static_cast<long long>(j) << 16) | j)));
   }
-  store_row(keys, n, _mm512_set1_epi64(kNone));
-  sort_network(keys, s.net_keys);
+  for (int j = n; j <= sort_rows(n); ++j) store_row(keys, j, _mm512_set1_epi64(kNone));
+  sort_lanes(keys, n);
 
   __m512i ia = _mm512_setzero_si512();
   store_row(extra, 0, _mm512_set1_epi64(kNone));
@@ -300,8 +337,8 @@ void plan_rows_simd(const RowShape& sh, SimdScratch& s) {
       store_row(extra, Kc + t,
                 desc_keys(_mm256_div_ps(w, _mm256_cvtepi32_ps(c)), item_id(n + t, _mm512_cvtepu32_epi64(e))));
     }
-    sort_network(extra, s.net_extra);
-    store_row(extra, K + Kc, _mm512_set1_epi64(kNone));
+    for (int j = K + Kc; j <= sort_rows(K + Kc); ++j) store_row(extra, j, _mm512_set1_epi64(kNone));
+    sort_lanes(extra, K + Kc);
     // A list: the first Kc sorted keys without the replicated experts, moved right so that
     // the list runs on into keys[Kc..n) (in place: position pos >= t was already read).
     __m512i pos = _mm512_set1_epi64(Kc - 1);

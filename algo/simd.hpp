@@ -6,7 +6,6 @@
 /// output as the scalar code, bit for bit; tests run both.
 #include <cstddef>
 #include <cstdint>
-#include <utility>
 #include <vector>
 
 namespace eplb::algo::detail {
@@ -28,8 +27,6 @@ struct SimdScratch {
   std::vector<std::int32_t> cnt;        ///< [n][8] replica counts
   std::vector<std::int32_t> picks;      ///< [K][8] expert of each added replica
   std::vector<std::int32_t> slot_item;  ///< [lane][slots] expert in each slot
-  std::vector<std::pair<short, short>> net_keys, net_extra;  ///< comparator lists
-  int net_keys_n = -1, net_extra_n = -1;
 };
 
 /// Whether the batched kernel handles this shape (queues of at most 64 packs/experts).

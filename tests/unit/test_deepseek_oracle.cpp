@@ -8,9 +8,11 @@
 #include <cmath>
 #include <numeric>
 #include <random>
+#include <stdexcept>
 #include <vector>
 
 #include "algo/deepseek.hpp"
+#include "algo/simd.hpp"
 
 namespace {
 using eplb::algo::Topology;
@@ -116,7 +118,13 @@ std::vector<double> make_load(const Case& c, std::mt19937_64& rng) {
   return v;
 }
 
-TEST(DeepseekOracle, MatchesTextbookPortOnRandomInputs) {
+/// Both implementations: the batched AVX-512 kernel (where the CPU has it) and the scalar code.
+class DeepseekOracle : public ::testing::TestWithParam<bool> {};
+
+TEST_P(DeepseekOracle, MatchesTextbookPortOnRandomInputs) {
+  const bool batched = GetParam();
+  if (batched && !eplb::algo::detail::simd_rows_available())
+    GTEST_SKIP() << "no AVX-512 on this CPU (or EPLB_DEEPSEEK_SCALAR set): batched kernel not run";
   std::mt19937_64 rng(20261128);
   // Shapes: global and hierarchical, k == 1, R == E, large pack counts (tree paths),
   // large nodes (radix/bucket paths), many groups per node.
@@ -126,20 +134,86 @@ TEST(DeepseekOracle, MatchesTextbookPortOnRandomInputs) {
       {3, 16, 16, 4, 1, 1},     {3, 16, 32, 32, 2, 2},    {2, 1024, 1152, 16, 2, 16},
       {2, 600, 640, 20, 1, 1},  {3, 48, 96, 12, 3, 6},    {2, 2048, 2176, 17, 1, 1},
       {3, 40, 60, 10, 5, 5},    {2, 32, 64, 2, 2, 4},     {2, 9, 27, 3, 1, 3}};
-  int checked = 0;
+  int checked = 0, took_batched = 0;
   for (const auto& t : topos)
     for (int kind = 0; kind < 5; ++kind)
       for (int rep = 0; rep < 3; ++rep) {
         const Case c{t, kind};
         const auto load = make_load(c, rng);
         eplb::algo::DeepseekPolicy policy;
+        policy.set_batched(batched);
+        took_batched += policy.batched_for(t);
         const auto p = policy.rebalance({load, t.num_layers, t.num_logical}, t);
         const auto expect = oracle_rebalance(load, t);
         ASSERT_TRUE(std::equal(expect.begin(), expect.end(), p.phy2log().begin()))
             << t.describe() << " load kind " << kind << " rep " << rep;
+        // The derived maps too (the batched path hands its counts to Placement).
+        const eplb::algo::Placement derived(t.num_layers, t.num_logical, t.num_slots, expect);
+        ASSERT_TRUE(std::equal(derived.logcnt().begin(), derived.logcnt().end(), p.logcnt().begin(),
+                               p.logcnt().end()));
+        ASSERT_EQ(derived.max_replicas(), p.max_replicas());
+        ASSERT_TRUE(std::equal(derived.log2phy().begin(), derived.log2phy().end(),
+                               p.log2phy().begin(), p.log2phy().end()));
         ++checked;
       }
   EXPECT_EQ(checked, static_cast<int>(topos.size()) * 15);
+  // Batched: every shape but E2048/R2176 (128 replicas to add: more than the kernel's queue
+  // of 64, so the scalar code runs) has at most 64 GPUs per node and 64 candidate experts.
+  EXPECT_EQ(took_batched, batched ? checked - 15 : 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Paths, DeepseekOracle, ::testing::Values(true, false),
+                         [](const auto& p) { return p.param ? "batched" : "scalar"; });
+
+// Batched and scalar agree on many random small topologies (odd sizes, rows that do not
+// fill the last batch of 8, one slot per GPU, R == E), placement and derived maps alike.
+TEST(DeepseekBatched, AgreesWithScalarOnRandomTopologies) {
+  if (!eplb::algo::detail::simd_rows_available())
+    GTEST_SKIP() << "no AVX-512 on this CPU (or EPLB_DEEPSEEK_SCALAR set): batched kernel not run";
+  std::mt19937 rng(7);
+  int compared = 0;
+  for (int trial = 0; trial < 600; ++trial) {
+    const int N = 1 << (rng() % 3), G = N * static_cast<int>(1 + rng() % 3), gs = 1 + rng() % 9;
+    const int E = G * gs;
+    const int P = N * static_cast<int>(1 + rng() % 9);
+    int R = P * static_cast<int>(1 + rng() % 4);
+    if (R < E) R = P * ((E + P - 1) / P);
+    const Topology t{static_cast<int>(1 + rng() % 13), E, R, P, N, rng() % 3 == 0 ? 1 : G};
+    try {
+      t.validate();
+    } catch (const std::invalid_argument&) {
+      continue;
+    }
+    const Case c{t, static_cast<int>(rng() % 5)};
+    std::mt19937_64 lrng(trial);
+    const auto load = make_load(c, lrng);
+    eplb::algo::DeepseekPolicy batched, scalar;
+    scalar.set_batched(false);
+    if (!batched.batched_for(t)) continue;
+    const auto a = batched.rebalance({load, t.num_layers, t.num_logical}, t);
+    const auto b = scalar.rebalance({load, t.num_layers, t.num_logical}, t);
+    ASSERT_TRUE(a == b) << t.describe() << " kind " << c.kind;
+    ASSERT_TRUE(std::equal(a.logcnt().begin(), a.logcnt().end(), b.logcnt().begin(), b.logcnt().end()));
+    ASSERT_TRUE(std::equal(a.log2phy().begin(), a.log2phy().end(), b.log2phy().begin(), b.log2phy().end()));
+    ++compared;
+  }
+  EXPECT_GT(compared, 300);
+}
+
+// Placement::assign_counted checks the counts it is given against phy2log.
+TEST(PlacementCounted, RejectsCountsThatDisagreeWithPhy2log) {
+  const std::vector<int> p2l = {0, 1, 2, 0, 3, 0};  // E = 4, R = 6
+  const std::vector<int> good = {3, 1, 1, 1};
+  eplb::algo::Placement a, b;
+  a.assign_counted(1, 4, 6, p2l, good);
+  b.assign(1, 4, 6, p2l);
+  EXPECT_TRUE(std::equal(a.log2phy().begin(), a.log2phy().end(), b.log2phy().begin(), b.log2phy().end()));
+  EXPECT_EQ(a.max_replicas(), 3);
+  for (const auto& bad : {std::vector<int>{2, 2, 1, 1}, std::vector<int>{3, 2, 1, 0},
+                          std::vector<int>{4, 1, 1, 1}, std::vector<int>{3, 1, 2, 0}})
+    EXPECT_THROW(a.assign_counted(1, 4, 6, p2l, bad), std::logic_error);
+  // Out-of-range slots are named as by assign().
+  EXPECT_THROW(a.assign_counted(1, 4, 6, std::vector<int>{0, 1, 2, 9, 3, 0}, good), std::invalid_argument);
 }
 
 }  // namespace
