@@ -398,12 +398,13 @@ void DeepseekPolicy::rebalance_into(LoadView load, const Topology& topo,
     for (auto& th : pool) th.join();
     if (error) std::rethrow_exception(error);
   }
-  const std::span<const int> p2l(out_all, static_cast<std::size_t>(L) * R);
-  if (batched)
-    out.assign_counted(L, topo.num_logical, R, p2l,
-                       std::span<const int>(cnt_all, static_cast<std::size_t>(L) * topo.num_logical));
-  else
-    out.assign(L, topo.num_logical, R, p2l);
+  if (batched) {  // hand the buffers over (the previous placement's come back for reuse)
+    phy2log_.resize(static_cast<std::size_t>(L) * R);
+    logcnt_.resize(static_cast<std::size_t>(L) * topo.num_logical);
+    out.adopt_counted(L, topo.num_logical, R, phy2log_, logcnt_);
+  } else {
+    out.assign(L, topo.num_logical, R, std::span<const int>(out_all, static_cast<std::size_t>(L) * R));
+  }
 }
 
 void DeepseekPolicy::plan_layers(int first, int last, LoadView load, const Topology& topo,
@@ -604,7 +605,7 @@ void DeepseekPolicy::flush_rows(Workspace& ws, int En, const detail::RowShape& s
     if (slots == En)
       for (int e = 0; e < En; ++e) cnt[lid[e]] = 1;
     else
-      for (int e = 0; e < En; ++e) cnt[lid[e]] = ws.simd.cnt[static_cast<std::size_t>(e) * kLanes + lane];
+      detail::map_counts(ws.simd.cnt.data(), lane, lid, cnt, En);
   }
   ws.pending = 0;
 }

@@ -117,6 +117,19 @@ void Placement::derive(bool counted) {
   }
 }
 
+void Placement::adopt_counted(int num_layers, int num_logical, int num_slots,
+                              std::vector<int>& phy2log, std::vector<int>& logcnt) {
+  if (phy2log.size() != static_cast<std::size_t>(num_layers) * std::max(num_slots, 0) ||
+      logcnt.size() != static_cast<std::size_t>(num_layers) * std::max(num_logical, 0))
+    throw std::invalid_argument("placement: phy2log or logcnt has the wrong size");
+  layers_ = num_layers;
+  logical_ = num_logical;
+  slots_ = num_slots;
+  phy2log_.swap(phy2log);
+  logcnt_.swap(logcnt);
+  derive(true);
+}
+
 void Placement::assign_counted(int num_layers, int num_logical, int num_slots,
                                std::span<const int> phy2log, std::span<const int> logcnt) {
   if (phy2log.size() != static_cast<std::size_t>(num_layers) * std::max(num_slots, 0) ||

@@ -28,6 +28,11 @@ class Placement {
   /// disagree: a bug in the producer).
   void assign_counted(int num_layers, int num_logical, int num_slots, std::span<const int> phy2log,
                       std::span<const int> logcnt);
+  /// As assign_counted(), taking the arrays' storage instead of copying it: phy2log (exactly
+  /// L*R values) and logcnt (exactly L*E) are swapped in, and the caller gets the previous
+  /// storage back for reuse.
+  void adopt_counted(int num_layers, int num_logical, int num_slots, std::vector<int>& phy2log,
+                     std::vector<int>& logcnt);
   /// Replaces the content with layers [first, last) of `from` (storage reused).
   void assign_layers(const Placement& from, int first, int last) {
     assign(last - first, from.logical_, from.slots_,
