@@ -105,6 +105,9 @@ inline void store_row(u64* a, int i, __m512i v) { _mm512_storeu_si512(a + i * kL
 inline __m512i gather_at(const u64* a, __m512i idx) {
   return _mm512_i64gather_epi64(_mm512_add_epi64(_mm512_slli_epi64(idx, 3), lane64()), a, 8);
 }
+inline void scatter_at(u64* a, __m512i idx, __m512i v) {
+  _mm512_i64scatter_epi64(a, _mm512_add_epi64(_mm512_slli_epi64(idx, 3), lane64()), v, 8);
+}
 inline __m256i index32(__m256i elem) {  // lane-major index of int32 element elem[lane]
   return _mm256_add_epi32(_mm256_slli_epi32(elem, 3), lane32());
 }
@@ -196,6 +199,8 @@ void sort_lanes(u64* a, int n) {
 template <int M>
 struct VQueue {
   __m512i a[M];
+  __m512i front() const { return a[0]; }
+  void replace_front(__m512i x, __m512i /*leaf*/) { replace_front(x); }
   void replace_front(__m512i x) {
     if constexpr (M == 1) {
       a[0] = x;
@@ -206,6 +211,41 @@ struct VQueue {
       b[M - 1] = _mm512_max_epu64(x, a[M - 1]);
       for (int i = 0; i < M; ++i) a[i] = b[i];
     }
+  }
+};
+
+/// A tournament tree per lane over 2^LOG leaves in memory (node i of lane l at [i * 8 + l]),
+/// for many packs, where VQueue's insertion (2M min/max per step) costs more than the tree's
+/// walk: the siblings on the leaf's path are gathered at once (none of them changes in the
+/// step), the path is recomputed with LOG minimums and scattered back.
+template <int LOG>
+struct VTree {
+  static constexpr int kLeaves = 1 << LOG;
+  u64* t;
+  __m512i root;
+  __m512i front() const { return root; }
+  /// Leaves i < n get key(i) (a vector), the rest kNone.
+  template <class KeyOf>
+  void init(u64* storage, int n, KeyOf&& key_of) {
+    t = storage;
+    for (int i = 0; i < kLeaves; ++i) store_row(t, kLeaves + i, i < n ? key_of(i) : _mm512_set1_epi64(kNone));
+    for (int i = kLeaves - 1; i >= 1; --i)
+      store_row(t, i, _mm512_min_epu64(load_row(t, 2 * i), load_row(t, 2 * i + 1)));
+    root = load_row(t, 1);
+  }
+  /// Replaces the key at `leaf` (per lane; the current minimum's leaf) by x.
+  void replace_front(__m512i x, __m512i leaf) {
+    __m512i node = _mm512_add_epi64(leaf, _mm512_set1_epi64(kLeaves));
+    __m512i sib[LOG];
+    for (int d = 0; d < LOG; ++d)
+      sib[d] = gather_at(t, _mm512_xor_si512(_mm512_srli_epi64(node, d), _mm512_set1_epi64(1)));
+    __m512i v = x;
+    scatter_at(t, node, v);
+    for (int d = 0; d + 1 < LOG; ++d) {
+      v = _mm512_min_epu64(v, sib[d]);
+      scatter_at(t, _mm512_srli_epi64(node, d + 1), v);
+    }
+    root = _mm512_min_epu64(v, sib[LOG - 1]);  // the root row itself is never read
   }
 };
 
@@ -232,12 +272,9 @@ void replicate(const RowShape& sh, int K, int Kc, SimdScratch& s) {
 /// Greedy LPT per lane over the merge of the A list (s.keys from ia) and the B list
 /// (s.extra): each item to the least loaded pack with room (ties: lowest pack). Pack keys
 /// are (load bits, pack << 16 | fill), as in the scalar lpt_small.
-template <int M>
-void pack(const RowShape& sh, __m512i ia, SimdScratch& s) {
+template <class Q>
+void pack(Q& q, const RowShape& sh, __m512i ia, SimdScratch& s) {
   const int cap = sh.slots / sh.packs;
-  VQueue<M> q;
-  for (int i = 0; i < M; ++i)
-    q.a[i] = i < sh.packs ? _mm512_set1_epi64(static_cast<long long>(i) << 16) : _mm512_set1_epi64(kNone);
   const __m512i one = _mm512_set1_epi64(1), capv = _mm512_set1_epi64(cap);
   const __m512i obase = _mm512_mullo_epi64(lane64(), _mm512_set1_epi64(sh.slots));
   __m512i ib = _mm512_setzero_si512();
@@ -249,7 +286,7 @@ void pack(const RowShape& sh, __m512i ia, SimdScratch& s) {
     ia = _mm512_mask_add_epi64(ia, take_a, ia, one);
     ib = _mm512_mask_add_epi64(ib, static_cast<__mmask8>(~take_a), ib, one);
 
-    const __m512i f = q.a[0];
+    const __m512i f = q.front();
     const __m512i low = low32(f);
     const __m512i pk = _mm512_srli_epi64(low, 16);
     const __m512i r1 = _mm512_add_epi64(_mm512_and_si512(low, _mm512_set1_epi64(0xffff)), one);
@@ -262,7 +299,7 @@ void pack(const RowShape& sh, __m512i ia, SimdScratch& s) {
     const __m512i key = _mm512_or_si512(_mm512_slli_epi64(_mm512_castps_si512(sum), 32),
                                         _mm512_add_epi64(low, one));
     const __mmask8 full = _mm512_cmpeq_epu64_mask(r1, capv);
-    q.replace_front(_mm512_mask_blend_epi64(full, key, _mm512_set1_epi64(kNone)));
+    q.replace_front(_mm512_mask_blend_epi64(full, key, _mm512_set1_epi64(kNone)), pk);
   }
 }
 
@@ -282,9 +319,26 @@ template <int M>
 struct Replicate {
   static void run(const RowShape& sh, int K, int Kc, SimdScratch& s) { replicate<M>(sh, K, Kc, s); }
 };
+inline __m512i empty_pack(int i, int packs) {
+  return i < packs ? _mm512_set1_epi64(static_cast<long long>(i) << 16) : _mm512_set1_epi64(kNone);
+}
+/// Up to 16 packs: the sorted queue in registers; more: the tree (measured: Kimi-K2's 64
+/// packs per row took 2.x times longer with the queue).
 template <int M>
 struct Pack {
-  static void run(const RowShape& sh, __m512i ia, SimdScratch& s) { pack<M>(sh, ia, s); }
+  static void run(const RowShape& sh, __m512i ia, SimdScratch& s) {
+    if constexpr (M <= 16) {
+      VQueue<M> q;
+      for (int i = 0; i < M; ++i) q.a[i] = empty_pack(i, sh.packs);
+      pack(q, sh, ia, s);
+    } else {
+      constexpr int LOG = M == 32 ? 5 : 6;
+      if (s.tree.size() < 2 * M * kLanes) s.tree.resize(2 * M * kLanes);
+      VTree<LOG> q;
+      q.init(s.tree.data(), sh.packs, [&](int i) { return empty_pack(i, sh.packs); });
+      pack(q, sh, ia, s);
+    }
+  }
 };
 
 }  // namespace

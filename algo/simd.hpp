@@ -27,6 +27,7 @@ struct SimdScratch {
   std::vector<std::int32_t> cnt;        ///< [n][8] replica counts
   std::vector<std::int32_t> picks;      ///< [K][8] expert of each added replica
   std::vector<std::int32_t> slot_item;  ///< [lane][slots] expert in each slot
+  std::vector<std::uint64_t> tree;      ///< [2M][8] tournament tree (many packs)
 };
 
 /// Whether the batched kernel handles this shape (queues of at most 64 packs/experts).

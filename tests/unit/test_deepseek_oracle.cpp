@@ -175,7 +175,8 @@ TEST(DeepseekBatched, AgreesWithScalarOnRandomTopologies) {
   for (int trial = 0; trial < 600; ++trial) {
     const int N = 1 << (rng() % 3), G = N * static_cast<int>(1 + rng() % 3), gs = 1 + rng() % 9;
     const int E = G * gs;
-    const int P = N * static_cast<int>(1 + rng() % 9);
+    // GPUs per node: mostly <= 9 (queue in registers), sometimes 17..64 (tournament tree).
+    const int P = N * static_cast<int>(rng() % 4 == 0 ? 17 + rng() % 48 : 1 + rng() % 9);
     int R = P * static_cast<int>(1 + rng() % 4);
     if (R < E) R = P * ((E + P - 1) / P);
     const Topology t{static_cast<int>(1 + rng() % 13), E, R, P, N, rng() % 3 == 0 ? 1 : G};
