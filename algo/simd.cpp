@@ -170,23 +170,26 @@ inline void cmpx_at(u64* a, int i, int j) {
   store_row(a, j, y);
 }
 
-/// Rows a[0..n) sorted per lane; rows [n, sort_rows(n)] must hold kNone (they stay there).
+/// Rows a[0..n) sorted per lane; rows [n, sort_rows(n)] must hold kNone. They stay there: a
+/// comparator (i, j), i < j, with j >= n keeps both rows (min to i, and j holds the
+/// maximum), so those comparators and the blocks of 16 beyond n are skipped.
 int sort_rows(int n) { return std::max(16, pow2_at_least(n)); }
 void sort_lanes(u64* a, int n) {
   const int m = sort_rows(n);
+  const int blocks_end = (n + 15) / 16 * 16;  // blocks holding a row < n
   __m512i v[16];
-  for (int b = 0; b < m; b += 16) {
+  for (int b = 0; b < blocks_end; b += 16) {
     for (int x = 0; x < 16; ++x) v[x] = load_row(a, b + x);
     sort16(v);
     for (int x = 0; x < 16; ++x) store_row(a, b + x, v[x]);
   }
   for (int p = 16; p < m; p <<= 1) {
-    for (int blk = 0; blk < m; blk += 2 * p)
-      for (int i = 0; i < p; ++i) cmpx_at(a, blk + i, blk + 2 * p - 1 - i);
+    for (int blk = 0; blk < n; blk += 2 * p)
+      for (int i = std::max(0, blk + 2 * p - n); i < p; ++i) cmpx_at(a, blk + i, blk + 2 * p - 1 - i);
     for (int k = p / 2; k >= 16; k >>= 1)
-      for (int x = 0; x < m; ++x)
+      for (int x = 0; x + k < n; ++x)
         if (!(x & k)) cmpx_at(a, x, x + k);
-    for (int b = 0; b < m; b += 16) {
+    for (int b = 0; b < blocks_end; b += 16) {
       for (int x = 0; x < 16; ++x) v[x] = load_row(a, b + x);
       clean16(v);
       for (int x = 0; x < 16; ++x) store_row(a, b + x, v[x]);
@@ -251,21 +254,22 @@ struct VTree {
 
 /// Adds K replicas per lane, one at a time, to the expert with the largest w / count
 /// (ties: lowest index); only the Kc heaviest experts (the first Kc sorted keys) can win.
-template <int M>
-void replicate(const RowShape& sh, int K, int Kc, SimdScratch& s) {
-  const int n = sh.n;
-  VQueue<M> q;
-  for (int i = 0; i < M; ++i) q.a[i] = i < Kc ? load_row(s.keys.data(), i) : _mm512_set1_epi64(kNone);
-  const __m256i wbase = _mm256_mullo_epi32(lane32(), _mm256_set1_epi32(n));
+/// Queue keys carry (expert << 16 | t) in their low word, t the expert's sorted position (its
+/// tree leaf); the expert decides ties, as in the sort.
+template <class Q>
+void replicate(Q& q, const RowShape& sh, int K, SimdScratch& s) {
+  const __m256i wbase = _mm256_mullo_epi32(lane32(), _mm256_set1_epi32(sh.n));
+  const __m512i lo16 = _mm512_set1_epi64(0xffff);
   for (int t = 0; t < K; ++t) {
-    const __m512i f = q.a[0];
-    const __m256i e = _mm512_cvtepi64_epi32(expert_of(f));
+    const __m512i f = q.front();
+    const __m512i low = low32(f);
+    const __m256i e = _mm512_cvtepi64_epi32(_mm512_srli_epi64(low, 16));
     const __m256i ci = index32(e);
     const __m256i c = _mm256_add_epi32(_mm256_i32gather_epi32(s.cnt.data(), ci, 4), _mm256_set1_epi32(1));
     _mm256_i32scatter_epi32(s.cnt.data(), ci, c, 4);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(s.picks.data() + t * kLanes), e);
     const __m256 w = _mm256_i32gather_ps(s.w.data(), _mm256_add_epi32(wbase, e), 4);
-    q.replace_front(desc_keys(_mm256_div_ps(w, _mm256_cvtepi32_ps(c)), low32(f)));
+    q.replace_front(desc_keys(_mm256_div_ps(w, _mm256_cvtepi32_ps(c)), low), _mm512_and_si512(low, lo16));
   }
 }
 
@@ -315,9 +319,27 @@ void with_queue(int m, Args&&... args) {
     default: return F<64>::run(args...);
   }
 }
+inline __m512i replicate_entry(const SimdScratch& s, int t, int Kc) {
+  if (t >= Kc) return _mm512_set1_epi64(kNone);
+  const __m512i k = load_row(s.keys.data(), t);  // low word (e << 16 | e)
+  return _mm512_or_si512(_mm512_andnot_si512(_mm512_set1_epi64(0xffff), k), _mm512_set1_epi64(t));
+}
+/// As for the packs: the sorted queue up to 16 candidates, the tree beyond.
 template <int M>
 struct Replicate {
-  static void run(const RowShape& sh, int K, int Kc, SimdScratch& s) { replicate<M>(sh, K, Kc, s); }
+  static void run(const RowShape& sh, int K, int Kc, SimdScratch& s) {
+    if constexpr (M <= 16) {
+      VQueue<M> q;
+      for (int i = 0; i < M; ++i) q.a[i] = replicate_entry(s, i, Kc);
+      replicate(q, sh, K, s);
+    } else {
+      constexpr int LOG = M == 32 ? 5 : 6;
+      if (s.tree.size() < 2 * M * kLanes) s.tree.resize(2 * M * kLanes);
+      VTree<LOG> q;
+      q.init(s.tree.data(), Kc, [&](int i) { return replicate_entry(s, i, Kc); });
+      replicate(q, sh, K, s);
+    }
+  }
 };
 inline __m512i empty_pack(int i, int packs) {
   return i < packs ? _mm512_set1_epi64(static_cast<long long>(i) << 16) : _mm512_set1_epi64(kNone);
