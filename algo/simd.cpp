@@ -61,11 +61,6 @@ void min_max_scalar(const int* v, std::size_t n, int& mn, int& mx) {
   mx = b;
 }
 
-int pow2_at_least(int x) {
-  int m = 1;
-  while (m < x) m <<= 1;
-  return m;
-}
 
 }  // namespace
 
@@ -93,6 +88,12 @@ bool simd_rows_available() {
 namespace {
 
 using u64 = std::uint64_t;
+
+int pow2_at_least(int x) {
+  int m = 1;
+  while (m < x) m <<= 1;
+  return m;
+}
 constexpr long long kNone = -1;  // all bits set: larger than every key, as unsigned
 
 inline __m512i lane64() { return _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0); }

@@ -5,7 +5,8 @@
 # Usage: scripts/gpu-check.sh [full|quick|bench|mig|overlap]  (quick: no benchmarks; bench:
 # tests and the short benchmarks, no sanitizer/moe_sim; mig: only the migration benchmarks;
 # overlap: the GPU tests, the migration tests under the sanitizer, and the migration
-# benchmarks with and without overlapped steps, one device trace; single: one GPU only)
+# benchmarks with and without overlapped steps, one device trace; single: one GPU only;
+# algo: every test that runs on this machine, and the policy benchmarks, batched and scalar)
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 final=${OUT:-$root/gpu-logs}
@@ -44,6 +45,20 @@ mig() {  # mig NAME NP ARGS...: bench_migration on NP GPUs
   local name=$1 np=$2; shift 2
   [[ $ngpu -ge $np ]] && step "$name" "${mpirun[@]}" -np "$np" ./bench/bench_migration --device cuda "$@"
 }
+if [[ $mode == algo ]]; then  # host side: the CPU's policy kernels (any number of GPUs)
+  { echo "# nproc=$(nproc)"; lscpu | grep -E 'Model name|^CPU\(s\)|Flags' | sed 's/Flags:.*\(avx512[a-z_]*\).*/AVX-512: yes/'; } >>"$summary" 2>&1
+  step ctest ctest --output-on-failure -j 4 --timeout 600
+  filter='^policy/deepseek/'
+  step bench_algo_batched ./bench/bench_algo --benchmark_filter=$filter --benchmark_min_time=0.2 \
+    --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
+  (export EPLB_DEEPSEEK_SCALAR=1
+   step bench_algo_scalar ./bench/bench_algo --benchmark_filter=$filter --benchmark_min_time=0.2 \
+     --benchmark_repetitions=5 --benchmark_report_aggregates_only=true)
+  step bench_algo_batched_again ./bench/bench_algo --benchmark_filter=$filter --benchmark_min_time=0.2 \
+    --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
+  cat "$summary"
+  exit 0
+fi
 if [[ $mode == single ]]; then  # one GPU: kernel tests, local-only migration (copy-kernel rate)
   step ctest_gpu ctest -L gpu --output-on-failure --timeout 300
   for o in "" --no-overlap; do
