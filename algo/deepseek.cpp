@@ -459,13 +459,14 @@ void DeepseekPolicy::plan_layers(int first, int last, LoadView load, const Topol
     for (int i = 0; i < count; ++i) d[i] = first_value + i;
   };
   int* group_at = grow(ws.gdest, G);
+  ws.lid_identity = identity;
 
   for (int l = first; l < last; ++l) {
     const double* w = load.values.data() + static_cast<std::size_t>(l) * E;
     if (simd && identity) {  // no group step: the rows are slices of the layer
       for (int n = 0; n < N; ++n) {
         detail::to_float(w + static_cast<std::size_t>(n) * En, lane_w(), En);
-        iota(lane_lid(), En, n * En);
+        ws.lane_first[ws.pending] = n * En;  // lid[j] = n * En + j: no lid array needed
         queued(l, n);
       }
       continue;
@@ -598,10 +599,19 @@ void DeepseekPolicy::flush_rows(Workspace& ws, int En, const detail::RowShape& s
   const int slots = shape.slots;
   for (int lane = 0; lane < filled; ++lane) {
     const int* item = ws.simd.slot_item.data() + static_cast<std::size_t>(lane) * slots;
-    const int* lid = ws.lane_lid.data() + static_cast<std::size_t>(lane) * En;
     int* out = ws.lane_out[lane];
-    detail::map_slots(item, lid, out, slots);
     int* cnt = ws.lane_cnt[lane];
+    if (ws.lid_identity) {  // the row's experts are first .. first + En - 1
+      const int first = ws.lane_first[lane];
+      detail::map_slots_offset(item, first, out, slots);
+      if (slots == En)
+        std::fill_n(cnt + first, En, 1);
+      else
+        detail::lane_counts(ws.simd.cnt.data(), lane, cnt + first, En);
+      continue;
+    }
+    const int* lid = ws.lane_lid.data() + static_cast<std::size_t>(lane) * En;
+    detail::map_slots(item, lid, out, slots);
     if (slots == En)
       for (int e = 0; e < En; ++e) cnt[lid[e]] = 1;
     else

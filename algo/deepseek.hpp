@@ -64,6 +64,8 @@ class DeepseekPolicy final : public Policy {
     int* lane_out[detail::SimdScratch::kLanes] = {};  ///< where each row's slots go
     int* lane_cnt[detail::SimdScratch::kLanes] = {};  ///< its layer's logcnt row
     int pending = 0;              ///< rows filled in the batch
+    int lane_first[detail::SimdScratch::kLanes] = {};  ///< identity rows: lid[j] = first + j
+    bool lid_identity = false;    ///< rows of this shape have contiguous logical ids
   };
   void flush_rows(Workspace& ws, int En, const detail::RowShape& shape) const;
   /// Writes phy2log of layers [first, last) into out_all and, on the batched path, their

@@ -467,6 +467,24 @@ void map_slots(const int* item, const int* lid, int* out, int n) {
   for (; j < n; ++j) out[j] = lid[item[j]];
 }
 
+void map_slots_offset(const int* item, int first, int* out, int n) {
+  const __m512i f = _mm512_set1_epi32(first);
+  int j = 0;
+  for (; j + 16 <= n; j += 16) _mm512_storeu_si512(out + j, _mm512_add_epi32(_mm512_loadu_si512(item + j), f));
+  for (; j < n; ++j) out[j] = item[j] + first;
+}
+
+void lane_counts(const std::int32_t* cnt, int lane, int* out, int n) {
+  const __m512i step = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  int e = 0;
+  for (; e + 16 <= n; e += 16) {
+    const __m512i idx = _mm512_add_epi32(_mm512_slli_epi32(_mm512_add_epi32(step, _mm512_set1_epi32(e)), 3),
+                                         _mm512_set1_epi32(lane));
+    _mm512_storeu_si512(out + e, _mm512_i32gather_epi32(idx, cnt, 4));
+  }
+  for (; e < n; ++e) out[e] = cnt[static_cast<std::size_t>(e) * kLanes + lane];
+}
+
 void map_counts(const std::int32_t* cnt, int lane, const int* lid, int* out, int n) {
   const __m512i step = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
   int e = 0;
@@ -523,6 +541,8 @@ void to_float(const double*, float*, int) {}
 void group_sums(const float*, int, int, double*) {}
 void map_slots(const int*, const int*, int*, int) {}
 void map_counts(const std::int32_t*, int, const int*, int*, int) {}
+void map_slots_offset(const int*, int, int*, int) {}
+void lane_counts(const std::int32_t*, int, int*, int) {}
 bool all_nonneg_finite(const double* v, std::size_t n) { return all_nonneg_finite_scalar(v, n); }
 bool fill_log2phy(const int* row, int R, const int* cnt, int E, int X, int* out, int* scratch) {
   return fill_log2phy_scalar(row, R, cnt, E, X, out, scratch);

@@ -50,6 +50,10 @@ void to_float(const double* src, float* dst, int n);
 void group_sums(const float* w, int groups, int gs, double* out);
 /// out[j] = lid[item[j]] for j < n.
 void map_slots(const int* item, const int* lid, int* out, int n);
+/// out[j] = item[j] + first for j < n.
+void map_slots_offset(const int* item, int first, int* out, int n);
+/// out[e] = cnt[e * 8 + lane] for e < n (one lane of SimdScratch::cnt).
+void lane_counts(const std::int32_t* cnt, int lane, int* out, int n);
 /// out[lid[e]] = cnt[e * 8 + lane] for e < n (one lane of SimdScratch::cnt).
 void map_counts(const std::int32_t* cnt, int lane, const int* lid, int* out, int n);
 
