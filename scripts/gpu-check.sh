@@ -56,6 +56,11 @@ if [[ $mode == algo ]]; then  # host side: the CPU's policy kernels (any number 
      --benchmark_repetitions=5 --benchmark_report_aggregates_only=true)
   step bench_algo_batched_again ./bench/bench_algo --benchmark_filter=$filter --benchmark_min_time=0.2 \
     --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
+  # The control path on the host (4 CPU ranks: no device copy, host maps) with each policy.
+  for pol in sticky deepseek; do
+    step bench_control_cpu_np4_$pol "${mpirun[@]}" -np 4 ./bench/bench_control --device cpu --iters 30 \
+      --policy $pol --planning-threads 1
+  done
   cat "$summary"
   exit 0
 fi
