@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "cli_util.hpp"
+#include "algo/deepseek.hpp"
 #include "algo/io.hpp"
 #include "algo/policy.hpp"
 #include "eplb/config.hpp"
@@ -72,17 +73,18 @@ void write_checkpoint_placement(const std::string& path, const eplb::algo::Topol
 
 void print_summary(const eplb::algo::Topology& topo, std::string_view policy,
                    const eplb::algo::BalanceReport& before, const eplb::algo::BalanceReport& after,
-                   double plan_us) {
+                   double plan_us, std::string_view path) {
   std::fprintf(stderr,
                "eplb-plan %s: policy=%.*s %s (%s)\n"
                "  max/mean GPU load per layer  before (contiguous, no replicas): mean %.4f "
                "worst %.4f\n"
                "                               after:  mean %.4f worst %.4f\n"
-               "  planning time: %.1f us\n",
+               "  planning time: %.1f us%s%.*s\n",
                EPLB_VERSION, static_cast<int>(policy.size()), policy.data(),
                topo.describe().c_str(), topo.hierarchical() ? "hierarchical" : "global",
                before.imbalance_mean(), before.imbalance_worst(), after.imbalance_mean(),
-               after.imbalance_worst(), plan_us);
+               after.imbalance_worst(), plan_us, path.empty() ? "" : ", ",
+               static_cast<int>(path.size()), path.data());
 }
 
 }  // namespace
@@ -139,8 +141,12 @@ int main(int argc, char** argv) {
       eplb::algo::write_placement_csv(f, placement);
       if (!f.flush()) throw std::runtime_error("error writing '" + out_path + "'");
     }
+    // Which implementation ran (the deepseek policy has a batched AVX-512 path).
+    std::string_view path;
+    if (const auto* d = dynamic_cast<const eplb::algo::DeepseekPolicy*>(policy.get()))
+      path = d->batched_for(topo) ? "batched AVX-512 kernel" : "scalar code";
     print_summary(topo, policy->name(), eplb::algo::evaluate_contiguous(load.view(), topo),
-                  eplb::algo::evaluate(load.view(), placement, topo), median_us);
+                  eplb::algo::evaluate(load.view(), placement, topo), median_us, path);
     if (repeat > 1) std::fprintf(stderr, "time_us=%.3f\n", median_us);
     return 0;
   });
