@@ -369,6 +369,15 @@ void replicate_experts(std::span<const float> w, int r, std::span<int> phy2log,
 
 }  // namespace detail
 
+namespace {
+/// The shape of one row of the routine: a node's experts, slots and GPUs (the whole layer for
+/// the global policy, which the reference runs as the hierarchical routine with G = N = 1).
+detail::RowShape row_shape(const Topology& topo) {
+  const int N = topo.hierarchical() ? topo.num_nodes : 1;
+  return {topo.num_logical / N, topo.num_slots / N, topo.num_ranks / N};
+}
+}  // namespace
+
 void DeepseekPolicy::rebalance_into(LoadView load, const Topology& topo,
                                     const Placement* previous, Placement& out) {
   topo.validate();
@@ -438,7 +447,7 @@ void DeepseekPolicy::plan_layers(int first, int last, LoadView load, const Topol
   u64* keys2 = grow(s.keys2, static_cast<std::size_t>(std::max(E, G)) + 1);
   u64* items_u = grow(ws.items_u, static_cast<std::size_t>(En) + 1);
   u64* items_v = grow(ws.items_v, static_cast<std::size_t>(K + Kc) + 1);
-  const detail::RowShape shape{En, Rn, Pn};
+  const detail::RowShape shape = row_shape(topo);
   const bool simd = cnt_all != nullptr;  // batched_for(topo): the caller decided
   if (simd) {
     grow(ws.simd.w, static_cast<std::size_t>(En) * detail::SimdScratch::kLanes);
@@ -584,10 +593,7 @@ void DeepseekPolicy::plan_layers(int first, int last, LoadView load, const Topol
 }
 
 bool DeepseekPolicy::batched_for(const Topology& topo) const {
-  const bool hier = topo.hierarchical();
-  const int N = hier ? topo.num_nodes : 1;
-  return batched_ && detail::simd_rows_available() &&
-         detail::simd_rows_supported({topo.num_logical / N, topo.num_slots / N, topo.num_ranks / N});
+  return batched_ && detail::simd_rows_available() && detail::simd_rows_supported(row_shape(topo));
 }
 
 void DeepseekPolicy::flush_rows(Workspace& ws, int En, const detail::RowShape& shape) const {
