@@ -469,6 +469,9 @@ void DeepseekPolicy::plan_layers(int first, int last, LoadView load, const Topol
   };
   int* group_at = grow(ws.gdest, G);
   ws.lid_identity = identity;
+  ws.group_size = gs;
+  ws.groups_per_row = gpn;
+  if (simd) grow(ws.lane_groups, static_cast<std::size_t>(gpn) * kLanes);
 
   for (int l = first; l < last; ++l) {
     const double* w = load.values.data() + static_cast<std::size_t>(l) * E;
@@ -512,6 +515,7 @@ void DeepseekPolicy::plan_layers(int first, int last, LoadView load, const Topol
             const int g = group_at[n * gpn + r];
             std::copy_n(wf + static_cast<std::size_t>(g) * gs, gs, wl + r * gs);
             iota(lid_l + r * gs, gs, g * gs);
+            ws.lane_groups[static_cast<std::size_t>(ws.pending) * gpn + r] = g;
           }
           queued(l, n);
         }
@@ -618,10 +622,15 @@ void DeepseekPolicy::flush_rows(Workspace& ws, int En, const detail::RowShape& s
     }
     const int* lid = ws.lane_lid.data() + static_cast<std::size_t>(lane) * En;
     detail::map_slots(item, lid, out, slots);
-    if (slots == En)
-      for (int e = 0; e < En; ++e) cnt[lid[e]] = 1;
-    else
-      detail::map_counts(ws.simd.cnt.data(), lane, lid, cnt, En);
+    // The row is its groups' blocks of contiguous ids: counts go block by block.
+    const int gs = ws.group_size;
+    for (int r = 0; r < ws.groups_per_row; ++r) {
+      int* block = cnt + static_cast<std::size_t>(ws.lane_groups[static_cast<std::size_t>(lane) * ws.groups_per_row + r]) * gs;
+      if (slots == En)
+        std::fill_n(block, gs, 1);
+      else
+        detail::lane_counts(ws.simd.cnt.data() + static_cast<std::size_t>(r) * gs * kLanes, lane, block, gs);
+    }
   }
   ws.pending = 0;
 }

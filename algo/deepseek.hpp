@@ -66,6 +66,8 @@ class DeepseekPolicy final : public Policy {
     int pending = 0;              ///< rows filled in the batch
     int lane_first[detail::SimdScratch::kLanes] = {};  ///< identity rows: lid[j] = first + j
     bool lid_identity = false;    ///< rows of this shape have contiguous logical ids
+    std::vector<int> lane_groups; ///< [8][G/N] the groups of each row, in row order
+    int group_size = 0, groups_per_row = 0;
   };
   void flush_rows(Workspace& ws, int En, const detail::RowShape& shape) const;
   /// Writes phy2log of layers [first, last) into out_all and, on the batched path, their

@@ -82,10 +82,11 @@ void Placement::derive(bool counted) {
                                 " (need E >= 1, R >= E)");
   // Validity is checked with branch-free passes; on a failure the layer-by-layer walk in
   // throw_first_error_of() names the same first problem as a sequential check would.
-  unsigned out_of_range = 0;
-  for (const int e : phy2log_)
-    out_of_range |= static_cast<unsigned>(e) >= static_cast<unsigned>(logical_);
-  if (out_of_range) throw_first_error_of(phy2log_, layers_, logical_, slots_);
+  if (!phy2log_.empty()) {
+    int lo = 0, hi = 0;
+    detail::min_max(phy2log_.data(), phy2log_.size(), lo, hi);
+    if (lo < 0 || hi >= logical_) throw_first_error_of(phy2log_, layers_, logical_, slots_);
+  }
   if (!counted) {
     logcnt_.assign(static_cast<std::size_t>(layers_) * logical_, 0);
     for (int l = 0; l < layers_; ++l) {

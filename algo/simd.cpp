@@ -485,17 +485,6 @@ void lane_counts(const std::int32_t* cnt, int lane, int* out, int n) {
   for (; e < n; ++e) out[e] = cnt[static_cast<std::size_t>(e) * kLanes + lane];
 }
 
-void map_counts(const std::int32_t* cnt, int lane, const int* lid, int* out, int n) {
-  const __m512i step = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-  int e = 0;
-  for (; e + 16 <= n; e += 16) {
-    const __m512i idx = _mm512_add_epi32(_mm512_slli_epi32(_mm512_add_epi32(step, _mm512_set1_epi32(e)), 3),
-                                         _mm512_set1_epi32(lane));
-    _mm512_i32scatter_epi32(out, _mm512_loadu_si512(lid + e), _mm512_i32gather_epi32(idx, cnt, 4), 4);
-  }
-  for (; e < n; ++e) out[lid[e]] = cnt[static_cast<std::size_t>(e) * kLanes + lane];
-}
-
 bool all_nonneg_finite(const double* v, std::size_t n) {
   if (!simd_rows_available()) return all_nonneg_finite_scalar(v, n);
   const __m512d zero = _mm512_setzero_pd(), mx = _mm512_set1_pd(std::numeric_limits<double>::max());
@@ -540,7 +529,6 @@ void plan_rows_simd(const RowShape&, SimdScratch&) {}
 void to_float(const double*, float*, int) {}
 void group_sums(const float*, int, int, double*) {}
 void map_slots(const int*, const int*, int*, int) {}
-void map_counts(const std::int32_t*, int, const int*, int*, int) {}
 void map_slots_offset(const int*, int, int*, int) {}
 void lane_counts(const std::int32_t*, int, int*, int) {}
 bool all_nonneg_finite(const double* v, std::size_t n) { return all_nonneg_finite_scalar(v, n); }

@@ -54,8 +54,6 @@ void map_slots(const int* item, const int* lid, int* out, int n);
 void map_slots_offset(const int* item, int first, int* out, int n);
 /// out[e] = cnt[e * 8 + lane] for e < n (one lane of SimdScratch::cnt).
 void lane_counts(const std::int32_t* cnt, int lane, int* out, int n);
-/// out[lid[e]] = cnt[e * 8 + lane] for e < n (one lane of SimdScratch::cnt).
-void map_counts(const std::int32_t* cnt, int lane, const int* lid, int* out, int n);
 
 /// One layer of log2phy from phy2log `row` (R slots) and the replica counts `cnt` (E experts,
 /// each in [1, X]): out[e * X + i] = the i-th slot of e in ascending order, -1 past cnt[e].
