@@ -1,0 +1,33 @@
+#pragma once
+/// \file Internal: the AVX-512 kernels (algo/simd_avx512.cpp, the only file built with
+/// AVX-512 flags). Callers in simd.cpp check the CPU first; buffers are sized by the caller.
+#include <cstdint>
+
+#include "algo/simd.hpp"
+
+namespace eplb::algo::detail::avx512 {
+
+/// Buffers of one batch, lane-major (element i of lane l at [i * 8 + l]) unless noted.
+struct RowBuffers {
+  const float* w;             ///< [lane][n] loads
+  std::uint64_t* keys;        ///< [sort_rows(n) + 1][8]
+  std::uint64_t* extra;       ///< [sort_rows(K + Kc) + 1][8]
+  std::int32_t* cnt;          ///< [n][8]
+  std::int32_t* picks;        ///< [max(K, 1)][8]
+  std::int32_t* slot_item;    ///< [lane][slots]
+  std::uint64_t* tree;        ///< [2 * 64][8]
+};
+
+/// Rows a sort of n keys per lane uses (padded to a power of two, at least 16).
+int sort_rows(int n);
+void plan_rows(const RowShape& shape, const RowBuffers& buffers);
+void to_float(const double* src, float* dst, int n);
+void group_sums(const float* w, int groups, int gs, double* out);
+void map_slots(const int* item, const int* lid, int* out, int n);
+void map_slots_offset(const int* item, int first, int* out, int n);
+void lane_counts(const int* cnt, int lane, int* out, int n);
+bool all_nonneg_finite(const double* v, long long n);
+/// n >= 16.
+void min_max(const int* v, long long n, int& mn, int& mx);
+
+}  // namespace eplb::algo::detail::avx512
