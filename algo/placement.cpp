@@ -105,27 +105,44 @@ void Placement::derive(bool counted) {
   const std::size_t X = static_cast<std::size_t>(max_replicas_);
   log2phy_.resize(static_cast<std::size_t>(layers_) * logical_ * X);
   // Slots are visited in ascending order, so each expert's list comes out ascending. A
-  // layer's block is padded with -1 right before it is filled (while it is in cache); the
-  // fill positions end equal to the counts (checked: given counts may be wrong).
+  // layer's block is padded with -1 right before it is filled (while it is in cache). The fill
+  // positions must end equal to the counts (given counts may be wrong); a position past the
+  // expert's last entry is clamped to it, so wrong counts never write outside the expert's row.
   scratch_.resize(static_cast<std::size_t>(logical_));
+  int* pos = scratch_.data();
   for (int l = 0; l < layers_; ++l) {
     const int* row = phy2log_.data() + static_cast<std::size_t>(l) * slots_;
     const int* cnt = logcnt_.data() + static_cast<std::size_t>(l) * logical_;
     int* base = log2phy_.data() + static_cast<std::size_t>(l) * logical_ * X;
-    if (!detail::fill_log2phy(row, slots_, cnt, logical_, static_cast<int>(X), base, scratch_.data()))
+    std::fill_n(pos, logical_, 0);
+    std::fill_n(base, logical_ * X, -1);
+    for (int j = 0; j < slots_; ++j) {
+      const int e = row[j];
+      const int c = pos[e];
+      base[static_cast<std::size_t>(e) * X + std::min(c, max_replicas_ - 1)] = j;
+      pos[e] = c + 1;
+    }
+    unsigned bad = 0;
+    for (int e = 0; e < logical_; ++e) bad |= static_cast<unsigned>(pos[e] != cnt[e]);
+    if (bad)
       throw std::logic_error("placement: layer " + std::to_string(l) +
                              ": replica counts disagree with phy2log");
   }
 }
 
-void Placement::adopt_counted(int num_layers, int num_logical, int num_slots,
-                              std::vector<int>& phy2log, std::vector<int>& logcnt) {
-  if (phy2log.size() != static_cast<std::size_t>(num_layers) * std::max(num_slots, 0) ||
-      logcnt.size() != static_cast<std::size_t>(num_layers) * std::max(num_logical, 0))
+void Placement::set_counted_shape(int num_layers, int num_logical, int num_slots,
+                                  std::size_t phy2log_size, std::size_t logcnt_size) {
+  if (phy2log_size != static_cast<std::size_t>(num_layers) * std::max(num_slots, 0) ||
+      logcnt_size != static_cast<std::size_t>(num_layers) * std::max(num_logical, 0))
     throw std::invalid_argument("placement: phy2log or logcnt has the wrong size");
   layers_ = num_layers;
   logical_ = num_logical;
   slots_ = num_slots;
+}
+
+void Placement::adopt_counted(int num_layers, int num_logical, int num_slots,
+                              std::vector<int>& phy2log, std::vector<int>& logcnt) {
+  set_counted_shape(num_layers, num_logical, num_slots, phy2log.size(), logcnt.size());
   phy2log_.swap(phy2log);
   logcnt_.swap(logcnt);
   derive(true);
@@ -133,12 +150,7 @@ void Placement::adopt_counted(int num_layers, int num_logical, int num_slots,
 
 void Placement::assign_counted(int num_layers, int num_logical, int num_slots,
                                std::span<const int> phy2log, std::span<const int> logcnt) {
-  if (phy2log.size() != static_cast<std::size_t>(num_layers) * std::max(num_slots, 0) ||
-      logcnt.size() != static_cast<std::size_t>(num_layers) * std::max(num_logical, 0))
-    throw std::invalid_argument("placement: phy2log or logcnt has the wrong size");
-  layers_ = num_layers;
-  logical_ = num_logical;
-  slots_ = num_slots;
+  set_counted_shape(num_layers, num_logical, num_slots, phy2log.size(), logcnt.size());
   phy2log_.assign(phy2log.begin(), phy2log.end());
   logcnt_.assign(logcnt.begin(), logcnt.end());
   derive(true);

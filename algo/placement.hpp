@@ -76,10 +76,13 @@ class Placement {
  private:
   /// Checks phy2log and derives log2phy (and logcnt unless `counted`).
   void derive(bool counted);
+  /// assign_counted / adopt_counted: checks the arrays' sizes against the shape, then sets it.
+  void set_counted_shape(int num_layers, int num_logical, int num_slots, std::size_t phy2log_size,
+                         std::size_t logcnt_size);
 
   int layers_ = 0, logical_ = 0, slots_ = 0, max_replicas_ = 0;
   std::vector<int> phy2log_, logcnt_, log2phy_;
-  std::vector<int> scratch_;  ///< derive(): counting-sort positions and slot list
+  std::vector<int> scratch_;  ///< derive(): per-expert fill positions
 };
 
 }  // namespace eplb::algo

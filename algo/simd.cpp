@@ -25,26 +25,6 @@ bool all_nonneg_finite_scalar(const double* v, std::size_t n) {
   return ok != 0;
 }
 
-/// Slots ascending: out[e * X + pos[e]++] = j (clamped to the expert's row, so wrong counts
-/// cannot write outside it; the caller then compares pos with cnt).
-void scatter_slots(const int* row, int R, int E, int X, int* out, int* pos) {
-  std::fill_n(pos, E, 0);
-  std::fill_n(out, static_cast<std::size_t>(E) * X, -1);
-  for (int j = 0; j < R; ++j) {
-    const int e = row[j];
-    const int c = pos[e];
-    out[static_cast<std::size_t>(e) * X + std::min(c, X - 1)] = j;
-    pos[e] = c + 1;
-  }
-}
-
-bool fill_log2phy_scalar(const int* row, int R, const int* cnt, int E, int X, int* out, int* scratch) {
-  scatter_slots(row, R, E, X, out, scratch);
-  unsigned bad = 0;
-  for (int e = 0; e < E; ++e) bad |= static_cast<unsigned>(scratch[e] != cnt[e]);
-  return bad == 0;
-}
-
 void min_max_scalar(const int* v, std::size_t n, int& mn, int& mx) {
   int a = v[0], b = v[0];
   for (std::size_t i = 1; i < n; ++i) {
@@ -125,8 +105,5 @@ void min_max(const int* v, std::size_t n, int& mn, int& mx) { min_max_scalar(v, 
 
 #endif
 
-bool fill_log2phy(const int* row, int R, const int* cnt, int E, int X, int* out, int* scratch) {
-  return fill_log2phy_scalar(row, R, cnt, E, X, out, scratch);
-}
 
 }  // namespace eplb::algo::detail

@@ -55,11 +55,6 @@ void map_slots_offset(const int* item, int first, int* out, int n);
 /// out[e] = cnt[e * 8 + lane] for e < n (one lane of SimdScratch::cnt).
 void lane_counts(const std::int32_t* cnt, int lane, int* out, int n);
 
-/// One layer of log2phy from phy2log `row` (R slots) and the replica counts `cnt` (E experts,
-/// each in [1, X]): out[e * X + i] = the i-th slot of e in ascending order, -1 past cnt[e].
-/// Returns false (out partly written, never outside its E * X entries) when the counts are
-/// not those of `row`. Values of row must be in [0, E). scratch: >= E ints.
-bool fill_log2phy(const int* row, int R, const int* cnt, int E, int X, int* out, int* scratch);
 /// Minimum and maximum of v[0..n) (n >= 1), vectorised where the CPU has AVX-512.
 void min_max(const int* v, std::size_t n, int& mn, int& mx);
 
