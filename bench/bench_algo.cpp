@@ -32,6 +32,7 @@ void BM_Policy(benchmark::State& state, std::string policy_name, eplb::bench::Sh
   }
   const double per_call_ms = 1e3 * total_s / static_cast<double>(state.iterations());
   state.counters["layers"] = shape.topo.num_layers;
+  state.counters["X"] = out.max_replicas();  // log2phy's replica dimension
   state.counters["numpy_ms"] = shape.numpy_ms;
   // Share of the fastest published Python implementation's time (target: <= 1 %), from the
   // thread's CPU time.
@@ -57,7 +58,29 @@ void BM_MigrationPlan(benchmark::State& state, std::string policy_name, eplb::be
   state.SetLabel(t.describe());
 }
 
+/// Placement::assign_counted on a deepseek placement: copies phy2log and logcnt, checks them
+/// and derives log2phy (the part of every policy call that grows with L * E * X).
+void BM_Derive(benchmark::State& state, eplb::bench::Shape shape) {
+  const auto& t = shape.topo;
+  const auto p = eplb::algo::make_policy("deepseek")->rebalance(eplb::bench::lognormal_load(t, 42).view(), t);
+  eplb::algo::Placement out;
+  out.assign_counted(t.num_layers, t.num_logical, t.num_slots, p.phy2log(), p.logcnt());
+  double total_s = 0;
+  for (auto _ : state) {
+    const double t0 = thread_seconds();
+    out.assign_counted(t.num_layers, t.num_logical, t.num_slots, p.phy2log(), p.logcnt());
+    total_s += thread_seconds() - t0;
+    benchmark::DoNotOptimize(out);
+  }
+  state.counters["X"] = out.max_replicas();
+  state.counters["cpu_us"] = 1e6 * total_s / static_cast<double>(state.iterations());
+  state.SetLabel(t.describe());
+}
+
 const bool registered = [] {
+  for (const auto& s : eplb::bench::shapes())
+    benchmark::RegisterBenchmark((std::string("derive/") + s.name).c_str(), BM_Derive, s)
+        ->Unit(benchmark::kMicrosecond);
   for (const char* name : {"deepseek", "sticky"})
     for (const auto& s : eplb::bench::shapes())
       benchmark::RegisterBenchmark((std::string("migration_plan/") + name + "/" + s.name).c_str(),
