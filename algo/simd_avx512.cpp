@@ -164,8 +164,13 @@ struct VTree {
   /// Leaves i < n get key(i) (a vector), the rest kNone.
   template <class KeyOf>
   void init(u64* storage, int n, KeyOf&& key_of) {
+    for (int i = 0; i < n; ++i) store_row(storage, kLeaves + i, key_of(i));
+    build(storage, n);
+  }
+  /// Leaves i < n already stored: the rest get kNone, the inner nodes their minimums.
+  void build(u64* storage, int n) {
     t = storage;
-    for (int i = 0; i < kLeaves; ++i) store_row(t, kLeaves + i, i < n ? key_of(i) : _mm512_set1_epi64(kNone));
+    for (int i = n; i < kLeaves; ++i) store_row(t, kLeaves + i, _mm512_set1_epi64(kNone));
     for (int i = kLeaves - 1; i >= 1; --i)
       store_row(t, i, _mm512_min_epu64(load_row(t, 2 * i), load_row(t, 2 * i + 1)));
     root = load_row(t, 1);
@@ -210,19 +215,28 @@ void replicate(Q& q, const RowShape& sh, int K, const RowBuffers& s) {
 /// Greedy LPT per lane over the merge of the A list (s.keys from ia) and the B list
 /// (s.extra): each item to the least loaded pack with room (ties: lowest pack). Pack keys
 /// are (load bits, pack << 16 | fill), as in the scalar lpt_small.
+/// The next item of the merge of the A list (s.keys from ia) and the B list (s.extra from ib).
+inline __m512i next_item(const RowBuffers& s, __m512i& ia, __m512i& ib) {
+  const __m512i one = _mm512_set1_epi64(1);
+  const __m512i ka = gather_at(s.keys, ia), kb = gather_at(s.extra, ib);
+  const __mmask8 take_a = _mm512_cmplt_epu64_mask(ka, kb);
+  ia = _mm512_mask_add_epi64(ia, take_a, ia, one);
+  ib = _mm512_mask_add_epi64(ib, static_cast<__mmask8>(~take_a), ib, one);
+  return _mm512_mask_blend_epi64(take_a, kb, ka);
+}
+
+inline __m512i slot_base(const RowShape& sh) {
+  return _mm512_mullo_epi64(lane64(), _mm512_set1_epi64(sh.slots));
+}
+
 template <class Q>
-void pack(Q& q, const RowShape& sh, __m512i ia, const RowBuffers& s) {
+void pack(Q& q, const RowShape& sh, __m512i ia, __m512i ib, int first, const RowBuffers& s) {
   const int cap = sh.slots / sh.packs;
   const __m512i one = _mm512_set1_epi64(1), capv = _mm512_set1_epi64(cap);
-  const __m512i obase = _mm512_mullo_epi64(lane64(), _mm512_set1_epi64(sh.slots));
-  __m512i ib = _mm512_setzero_si512();
+  const __m512i obase = slot_base(sh);
   int* out = s.slot_item;
-  for (int t = 0; t < sh.slots; ++t) {
-    const __m512i ka = gather_at(s.keys, ia), kb = gather_at(s.extra, ib);
-    const __mmask8 take_a = _mm512_cmplt_epu64_mask(ka, kb);
-    const __m512i item = _mm512_mask_blend_epi64(take_a, kb, ka);
-    ia = _mm512_mask_add_epi64(ia, take_a, ia, one);
-    ib = _mm512_mask_add_epi64(ib, static_cast<__mmask8>(~take_a), ib, one);
+  for (int t = first; t < sh.slots; ++t) {
+    const __m512i item = next_item(s, ia, ib);
 
     const __m512i f = q.front();
     const __m512i low = low32(f);
@@ -274,6 +288,31 @@ struct Replicate {
     }
   }
 };
+/// The packing's first round without the queue: while every pack is empty and the items
+/// come heaviest first, item t (t < packs) goes to pack t, as long as no item of the round
+/// weighs zero (then the first pack, still at zero, would win again). Writes the round's
+/// slots and the packs' keys as tree leaves; false (nothing to keep) when a lane has a zero.
+inline bool first_round(const RowShape& sh, __m512i& ia, __m512i& ib, const RowBuffers& s) {
+  const int m = sh.packs, cap = sh.slots / sh.packs, leaves = pow2_at_least(m);
+  const __m512i obase = slot_base(sh);
+  __m512i a = ia, b = ib, item = _mm512_setzero_si512();
+  for (int t = 0; t < m; ++t) {
+    item = next_item(s, a, b);
+    _mm512_i64scatter_epi32(s.slot_item, _mm512_add_epi64(obase, _mm512_set1_epi64(static_cast<long long>(t) * cap)),
+                            _mm512_cvtepi64_epi32(expert_of(item)), 4);
+    // load 0 + w = w: the item's float bits, under the pack's id (t << 16 | 1 item)
+    const __m512i bits = _mm512_srli_epi64(_mm512_xor_si512(item, _mm512_set1_epi64(kNone)), 32);
+    store_row(s.tree, leaves + t, _mm512_or_si512(_mm512_slli_epi64(bits, 32),
+                                                  _mm512_set1_epi64((static_cast<long long>(t) << 16) | 1)));
+  }
+  // The round's lightest item is its last: weight > 0 <=> key below 0xffffffff'00000000.
+  if (_mm512_cmplt_epu64_mask(item, _mm512_set1_epi64(static_cast<long long>(0xffffffff00000000ULL))) != 0xff)
+    return false;
+  ia = a;
+  ib = b;
+  return true;
+}
+
 inline __m512i empty_pack(int i, int packs) {
   return i < packs ? _mm512_set1_epi64(static_cast<long long>(i) << 16) : _mm512_set1_epi64(kNone);
 }
@@ -285,12 +324,19 @@ struct Pack {
     if constexpr (M <= 16) {
       VQueue<M> q;
       for (int i = 0; i < M; ++i) q.a[i] = empty_pack(i, sh.packs);
-      pack(q, sh, ia, s);
+      pack(q, sh, ia, _mm512_setzero_si512(), 0, s);
     } else {
       constexpr int LOG = M == 32 ? 5 : 6;
       VTree<LOG> q;
-      q.init(s.tree, sh.packs, [&](int i) { return empty_pack(i, sh.packs); });
-      pack(q, sh, ia, s);
+      __m512i ib = _mm512_setzero_si512();
+      int first = 0;
+      if (first_round(sh, ia, ib, s)) {
+        q.build(s.tree, sh.packs);
+        first = sh.packs;
+      } else {
+        q.init(s.tree, sh.packs, [&](int i) { return empty_pack(i, sh.packs); });
+      }
+      pack(q, sh, ia, ib, first, s);
     }
   }
 };
