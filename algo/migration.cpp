@@ -11,8 +11,12 @@ struct Scratch {
   std::vector<int> rank_of;         // [R] slot -> rank (no division in the hot loops)
   std::vector<int> node_of;         // [P] rank -> node
   std::vector<int> unit_of_expert;  // [E] -> unit index on the current rank, -1 if none
+  std::vector<int> holder_begin, holder_fill;  // [E]: CSR of the layer's old slots by expert
+  std::vector<int> holder_slots;               // [R]
   std::vector<MoveUnit> units;       // the layer's units before ordering by round
   std::vector<int> dst;
+  std::vector<MoveUnit> unit_buf;    // [R]: units and destinations while they are built
+  std::vector<int> dst_buf;          // [R]
   std::vector<int> sends;                 // [P] units sent by each rank in this layer
   std::vector<int> reader_begin, reader_list;  // CSR: slot -> units reading its old content
   std::vector<int> adj_begin, adj_list;        // CSR: unit -> units that must not run earlier
@@ -37,65 +41,87 @@ struct Builder {
   void build(const Placement& from, const Placement& to, int l, LayerPlan& lp,
              MigrationStats& st, std::vector<long long>& rank_sends,
              std::vector<long long>& rank_recvs, int& max_staged) {
-    const auto o = from.phy2log(l);
-    const auto n = to.phy2log(l);
+    // Raw pointers in the hot loops: the vectors' data pointers would otherwise be reloaded
+    // after every store (the compiler cannot rule out aliasing).
+    const int* o = from.phy2log(l).data();
+    const int* n = to.phy2log(l).data();
     std::vector<MoveUnit>& units = s.units;
     std::vector<int>& dst = s.dst;
-    units.clear();
-    dst.clear();
-    units.reserve(static_cast<std::size_t>(R));  // at most one unit / destination per slot
-    dst.reserve(static_cast<std::size_t>(R));
-    lp.slots_changed = 0;
+    MoveUnit* up = s.unit_buf.data();  // R entries: at most one unit / destination per slot
+    int* dp = s.dst_buf.data();
+    int* uid = s.unit_of_expert.data();  // all -1 between ranks
+    const int* rank_of = s.rank_of.data();
+    int nu = 0, nd = 0, changed = 0;
 
     // 1. Units: one per (destination rank, expert), destinations ascending. Two passes per
     // rank (count, then place) keep it linear in the rank's slots.
-    s.unit_of_expert.assign(static_cast<std::size_t>(E), -1);
     for (int r = 0; r < P; ++r) {
-      const int first_unit = static_cast<int>(units.size());
+      const int first_unit = nu;
       for (int j = r * k; j < (r + 1) * k; ++j) {
-        if (o[j] == n[j]) continue;
-        ++lp.slots_changed;
         const int e = n[j];
-        if (s.unit_of_expert[e] < 0) {
-          s.unit_of_expert[e] = static_cast<int>(units.size());
-          MoveUnit u;
-          u.expert = e;
-          u.dst_rank = r;
-          units.push_back(u);
+        if (o[j] == e) continue;
+        ++changed;
+        int u = uid[e];
+        if (u < 0) {
+          u = nu++;
+          uid[e] = u;
+          up[u] = MoveUnit{};
+          up[u].expert = e;
+          up[u].dst_rank = r;
         }
-        ++units[s.unit_of_expert[e]].num_dst;
+        ++up[u].num_dst;
       }
-      int off = static_cast<int>(dst.size());
-      for (int u = first_unit; u < static_cast<int>(units.size()); ++u) {
-        units[u].first_dst = off;
-        off += units[u].num_dst;
-        units[u].num_dst = 0;
+      for (int u = first_unit; u < nu; ++u) {
+        up[u].first_dst = nd;
+        nd += up[u].num_dst;
+        up[u].num_dst = 0;
       }
-      dst.resize(static_cast<std::size_t>(off));
       for (int j = r * k; j < (r + 1) * k; ++j) {
-        if (o[j] == n[j]) continue;
-        auto& u = units[s.unit_of_expert[n[j]]];
-        dst[u.first_dst + u.num_dst++] = j;
+        const int e = n[j];
+        if (o[j] == e) continue;
+        MoveUnit& u = up[uid[e]];
+        dp[u.first_dst + u.num_dst++] = j;
       }
-      for (int u = first_unit; u < static_cast<int>(units.size()); ++u)
-        s.unit_of_expert[units[u].expert] = -1;
+      for (int u = first_unit; u < nu; ++u) uid[up[u].expert] = -1;
     }
+    lp.slots_changed = changed;
 
-    // 2. Sources.
+    // 2. Sources. The old slots of each expert, ascending, in one compact array (the layer's
+    // slots sorted by old expert: a counting sort, cache-resident) rather than read from the
+    // old placement's log2phy, whose rows are spread over E * X entries.
     s.sends.assign(static_cast<std::size_t>(P), 0);
-    const auto cnt_old = from.logcnt(l);
-    for (auto& u : units) {
+    int* sends = s.sends.data();
+    const int* node_of = s.node_of.data();
+    const int* cnt_old = from.logcnt(l).data();
+    // The sorted copy pays when many units look up holders; with few (a placement that
+    // changes little) the scattered rows are cheaper than sorting the layer.
+    const bool compact = 4 * nu > R;
+    int* hbegin = s.holder_begin.data();
+    int* hslots = s.holder_slots.data();
+    if (compact) {
+      int* fill = s.holder_fill.data();
+      int acc = 0;
+      for (int e = 0; e < E; ++e) {
+        hbegin[e] = acc;
+        fill[e] = acc;
+        acc += cnt_old[e];
+      }
+      for (int j = 0; j < R; ++j) hslots[fill[o[j]]++] = j;
+    }
+    for (int i = 0; i < nu; ++i) {
+      MoveUnit& u = up[i];
       // One pass over the expert's old slots, ascending (so their ranks are ascending too):
       // a slot on the destination rank (a kept one first, else the lowest) makes a local
       // copy; otherwise the best holder rank (same node, then fewest sends so far, then the
       // lowest rank) sends from its slot chosen the same way.
-      const std::span<const int> holders = from.log2phy(l, u.expert).first(
-          static_cast<std::size_t>(cnt_old[u.expert]));
-      const int dnode = node(u.dst_rank);
+      const int* holders = compact ? hslots + hbegin[u.expert] : from.log2phy(l, u.expert).data();
+      const int num_holders = cnt_old[u.expert];
+      const int dnode = node_of[u.dst_rank];
       int local = -1, best = -1, best_slot = -1;
       bool local_kept = false, best_kept = false;
-      for (const int j : holders) {
-        const int h = s.rank_of[j];
+      for (int x = 0; x < num_holders; ++x) {
+        const int j = holders[x];
+        const int h = rank_of[j];
         const bool kept = n[j] == u.expert;
         if (h == u.dst_rank) {
           if (local < 0 || (kept && !local_kept)) {
@@ -112,8 +138,8 @@ struct Builder {
           continue;
         }
         // A later holder has a higher rank, so on a tie the current best stays.
-        const bool h_near = node(h) == dnode;
-        if (best < 0 || (h_near != (node(best) == dnode) ? h_near : s.sends[h] < s.sends[best])) {
+        const bool h_near = node_of[h] == dnode;
+        if (best < 0 || (h_near != (node_of[best] == dnode) ? h_near : sends[h] < sends[best])) {
           best = h;
           best_slot = j;
           best_kept = kept;
@@ -125,12 +151,14 @@ struct Builder {
       } else {
         u.src_rank = best;
         u.src_slot = best_slot;
-        ++s.sends[best];
+        ++sends[best];
       }
     }
 
-    const int U = static_cast<int>(units.size());
-    if (single_round(units, dst, lp, st, rank_sends, rank_recvs, max_staged)) return;
+    if (single_round(up, nu, dp, nd, lp, st, rank_sends, rank_recvs, max_staged)) return;
+    units.assign(up, up + nu);
+    dst.assign(dp, dp + nd);
+    const int U = nu;
     // 3. Readers of each slot's old content, and the "must not run earlier" edges: a unit
     // writing slot d comes after (or with, through staging) every unit reading d.
     s.reader_begin.assign(static_cast<std::size_t>(R) + 1, 0);
@@ -292,21 +320,24 @@ struct Builder {
   /// that some unit reads (every reader of a slot is ordered before or with its writer).
   /// This computes that result directly, without the dependency graph. Returns false
   /// (nothing written) when some rank's staged slots exceed the limit.
-  bool single_round(std::vector<MoveUnit>& units, std::vector<int>& dst, LayerPlan& lp, MigrationStats& st, std::vector<long long>& rank_sends,
+  bool single_round(const MoveUnit* units, int nu, const int* dst, int nd, LayerPlan& lp,
+                    MigrationStats& st, std::vector<long long>& rank_sends,
                     std::vector<long long>& rank_recvs, int& max_staged) {
-    std::vector<std::uint8_t>& read = s.read;
-    read.assign(static_cast<std::size_t>(R), 0);
-    for (const auto& u : units) read[u.src_slot] = 1;
-    s.staged_now.assign(static_cast<std::size_t>(P), 0);
-    for (const int d : dst) s.staged_now[s.rank_of[d]] += read[d];
-    const int most = units.empty() ? 0 : *std::max_element(s.staged_now.begin(), s.staged_now.end());
+    std::uint8_t* read = s.read.data();
+    std::fill_n(read, R, std::uint8_t{0});
+    for (int u = 0; u < nu; ++u) read[units[u].src_slot] = 1;
+    int* staged_now = s.staged_now.data();
+    std::fill_n(staged_now, P, 0);
+    for (int i = 0; i < nd; ++i) staged_now[s.rank_of[dst[i]]] += read[dst[i]];
+    const int most = nu == 0 ? 0 : *std::max_element(staged_now, staged_now + P);
     if (opt.max_staged_slots_per_rank > 0 && most > opt.max_staged_slots_per_rank) return false;
+    // Into the plan's own vectors: a reused plan keeps their storage.
     lp.staged.assign(static_cast<std::size_t>(R), 0);
-    for (const int d : dst) lp.staged[d] = read[d];
-    const int num_rounds = units.empty() ? 0 : 1;
-    lp.rounds.assign(static_cast<std::size_t>(num_rounds), Round{0, static_cast<int>(units.size())});
-    lp.units.swap(units);  // the scratch takes the plan's (empty) vectors
-    lp.dst_slots.swap(dst);
+    for (int i = 0; i < nd; ++i) lp.staged[dst[i]] = read[dst[i]];
+    const int num_rounds = nu == 0 ? 0 : 1;
+    lp.rounds.assign(static_cast<std::size_t>(num_rounds), Round{0, nu});
+    lp.units.assign(units, units + nu);
+    lp.dst_slots.assign(dst, dst + nd);
     max_staged = std::max(max_staged, most);
     count(lp, num_rounds, st, rank_sends, rank_recvs);
     return true;
@@ -316,45 +347,71 @@ struct Builder {
              std::vector<long long>& rank_sends, std::vector<long long>& rank_recvs) const {
     st.slots_changed += lp.slots_changed;
     st.max_rounds = std::max(st.max_rounds, num_rounds);
+    // Branch-free, into locals (the counters would otherwise go through memory: the stores
+    // to rank_sends may alias st).
+    long long fanout = 0, remote = 0, near = 0;
+    long long* sends = rank_sends.data();
+    long long* recvs = rank_recvs.data();
+    const int* node_of = s.node_of.data();
     for (const auto& u : lp.units) {
-      st.fanout_copies += u.num_dst - 1;
-      if (u.remote()) {
-        ++st.remote_units;
-        ++rank_sends[u.src_rank];
-        ++rank_recvs[u.dst_rank];
-        if (node(u.src_rank) == node(u.dst_rank)) ++st.same_node_remote;
-      } else {
-        ++st.local_units;
-      }
+      const int is_remote = u.src_rank != u.dst_rank;
+      fanout += u.num_dst - 1;
+      remote += is_remote;
+      sends[u.src_rank] += is_remote;
+      recvs[u.dst_rank] += is_remote;
+      near += is_remote & static_cast<int>(node_of[u.src_rank] == node_of[u.dst_rank]);
     }
+    st.fanout_copies += fanout;
+    st.remote_units += remote;
+    st.local_units += static_cast<long long>(lp.units.size()) - remote;
+    st.same_node_remote += near;
   }
 };
 
 }  // namespace
 
-MigrationPlan plan_migration(const Placement& from, const Placement& to, const Topology& topo,
-                             const MigrationOptions& options) {
+void plan_migration(const Placement& from, const Placement& to, const Topology& topo,
+                    const MigrationOptions& options, MigrationPlan& plan) {
   topo.validate();
   from.check_shape(topo, "migration plan: old placement");
   to.check_shape(topo, "migration plan: new placement");
   if (options.max_staged_slots_per_rank < 0)
     throw std::invalid_argument("migration plan: max_staged_slots_per_rank >= 0 violated");
-  MigrationPlan plan;
   plan.topo_ = topo;
   plan.layers_.resize(static_cast<std::size_t>(topo.num_layers));
-  Scratch scratch;
-  scratch.rank_of.resize(static_cast<std::size_t>(topo.num_slots));
+  plan.stats_ = MigrationStats{};
+  plan.max_staged_ = 0;
+  // Scratch per thread, kept between calls: planning allocates nothing in steady state
+  // (fresh pages cost a page fault each on first touch, a large share of a plan's time).
+  thread_local Scratch scratch;
+  const auto R = static_cast<std::size_t>(topo.num_slots);
+  const auto E = static_cast<std::size_t>(topo.num_logical);
+  const auto P = static_cast<std::size_t>(topo.num_ranks);
+  scratch.rank_of.resize(R);
   for (int j = 0; j < topo.num_slots; ++j) scratch.rank_of[j] = topo.rank_of_slot(j);
-  scratch.node_of.resize(static_cast<std::size_t>(topo.num_ranks));
+  scratch.unit_of_expert.assign(E, -1);
+  scratch.holder_begin.resize(E);
+  scratch.holder_fill.resize(E);
+  scratch.holder_slots.resize(R);
+  scratch.unit_buf.resize(R);
+  scratch.dst_buf.resize(R);
+  scratch.read.resize(R);
+  scratch.staged_now.resize(P);
+  scratch.node_of.resize(P);
   for (int r = 0; r < topo.num_ranks; ++r) scratch.node_of[r] = topo.node_of_rank(r);
   Builder b{topo, options, scratch, topo.slots_per_rank(), topo.num_ranks, topo.num_logical,
             topo.num_slots};
-  std::vector<long long> sends(static_cast<std::size_t>(topo.num_ranks), 0);
-  std::vector<long long> recvs(static_cast<std::size_t>(topo.num_ranks), 0);
+  std::vector<long long> sends(P, 0), recvs(P, 0);
   for (int l = 0; l < topo.num_layers; ++l)
     b.build(from, to, l, plan.layers_[l], plan.stats_, sends, recvs, plan.max_staged_);
   plan.stats_.max_rank_sends = *std::max_element(sends.begin(), sends.end());
   plan.stats_.max_rank_recvs = *std::max_element(recvs.begin(), recvs.end());
+}
+
+MigrationPlan plan_migration(const Placement& from, const Placement& to, const Topology& topo,
+                             const MigrationOptions& options) {
+  MigrationPlan plan;
+  plan_migration(from, to, topo, options, plan);
   return plan;
 }
 

@@ -77,8 +77,8 @@ class MigrationPlan {
   bool empty() const { return stats_.slots_changed == 0; }
 
  private:
-  friend MigrationPlan plan_migration(const Placement&, const Placement&, const Topology&,
-                                      const MigrationOptions&);
+  friend void plan_migration(const Placement&, const Placement&, const Topology&,
+                             const MigrationOptions&, MigrationPlan&);
   Topology topo_;
   std::vector<LayerPlan> layers_;
   MigrationStats stats_;
@@ -98,5 +98,11 @@ class MigrationPlan {
 /// Throws std::invalid_argument if the shapes disagree.
 MigrationPlan plan_migration(const Placement& from, const Placement& to, const Topology& topo,
                              const MigrationOptions& options = {});
+
+/// The same plan, built into `plan` (whatever it held before is replaced). Reuses its storage:
+/// a caller that plans every rebalance into one MigrationPlan allocates nothing once the plan
+/// has reached its size (the planner's scratch is kept per thread between calls).
+void plan_migration(const Placement& from, const Placement& to, const Topology& topo,
+                    const MigrationOptions& options, MigrationPlan& plan);
 
 }  // namespace eplb::algo

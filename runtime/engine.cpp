@@ -249,7 +249,8 @@ RebalanceStats Engine::rebalance() {
   if (!after) after = algo::evaluate(load, msg.placement, topo);
   st.balancedness_after = after->balancedness();
   st.imbalance_after = after->imbalance_mean();
-  const auto plan = algo::plan_migration(placement_, msg.placement, topo, migration_options_);
+  algo::plan_migration(placement_, msg.placement, topo, migration_options_, plan_);  // reuses its storage
+  const algo::MigrationPlan& plan = plan_;
   st.plan = plan.stats();
   const ExecOptions exec{config_.max_experts_per_batch, config_.max_layers_per_window,
                          config_.staging_bytes, config_.coalesce_messages,

@@ -106,6 +106,7 @@ class Engine {
   comm::Buffer staging_{nullptr, [](std::byte*) {}};
   std::size_t staging_size_ = 0;
   algo::MigrationOptions migration_options_;
+  algo::MigrationPlan plan_;  ///< the last rebalance's plan (kept: the next one reuses its storage)
   bool cuda_aware_mpi_ = false;
   LoadSource* source_ = nullptr;
   MapListener* listener_ = nullptr;

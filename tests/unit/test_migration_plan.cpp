@@ -3,6 +3,7 @@
 
 #include <map>
 #include <random>
+#include <tuple>
 
 #include "algo/migration.hpp"
 #include "algo/policy.hpp"
@@ -84,10 +85,41 @@ Placement perturb(const Placement& from, const Topology& t, std::mt19937& rng, d
   return Placement(t.num_layers, t.num_logical, t.num_slots, std::move(p));
 }
 
+/// Every field of two plans, layer by layer, and their statistics.
+void expect_same_plan(const eplb::algo::MigrationPlan& p, const eplb::algo::MigrationPlan& q) {
+  ASSERT_EQ(p.num_layers(), q.num_layers());
+  for (int l = 0; l < p.num_layers(); ++l) {
+    const auto &a = p.layer(l), &b = q.layer(l);
+    ASSERT_EQ(a.units.size(), b.units.size()) << "layer " << l;
+    for (std::size_t i = 0; i < a.units.size(); ++i) {
+      const auto &u = a.units[i], &v = b.units[i];
+      EXPECT_EQ(std::tie(u.expert, u.src_rank, u.src_slot, u.dst_rank, u.num_dst),
+                std::tie(v.expert, v.src_rank, v.src_slot, v.dst_rank, v.num_dst))
+          << "layer " << l << " unit " << i;
+      EXPECT_TRUE(std::equal(a.dst_begin(u), a.dst_begin(u) + u.num_dst, b.dst_begin(v)));
+    }
+    ASSERT_EQ(a.rounds.size(), b.rounds.size());
+    for (std::size_t r = 0; r < a.rounds.size(); ++r) {
+      EXPECT_EQ(a.rounds[r].first_unit, b.rounds[r].first_unit);
+      EXPECT_EQ(a.rounds[r].num_units, b.rounds[r].num_units);
+    }
+    EXPECT_EQ(a.staged, b.staged);
+    EXPECT_EQ(a.slots_changed, b.slots_changed);
+  }
+  const auto &s = p.stats(), &t = q.stats();
+  EXPECT_EQ(std::tie(s.slots_changed, s.remote_units, s.local_units, s.fanout_copies, s.same_node_remote,
+                     s.max_rank_sends, s.max_rank_recvs, s.max_rounds),
+            std::tie(t.slots_changed, t.remote_units, t.local_units, t.fanout_copies, t.same_node_remote,
+                     t.max_rank_sends, t.max_rank_recvs, t.max_rounds));
+  EXPECT_EQ(p.max_staged_slots(), q.max_staged_slots());
+}
+
 class MigrationPlanRandom : public testing::TestWithParam<unsigned> {};
 
 TEST_P(MigrationPlanRandom, ApplyingThePlanYieldsTheNewPlacement) {
   std::mt19937 rng(GetParam());
+  // Planned into over and over, across shapes and limits: must equal a fresh plan each time.
+  eplb::algo::MigrationPlan reused;
   for (int trial = 0; trial < 40; ++trial) {
     Topology t;
     t.num_nodes = 1 + static_cast<int>(rng() % 3);
@@ -105,15 +137,10 @@ TEST_P(MigrationPlanRandom, ApplyingThePlanYieldsTheNewPlacement) {
       if (limit > 0) {
         EXPECT_GE(plan.max_staged_slots(), 0);
       }
-      // Same inputs, same plan (every rank derives it alone).
-      const auto again = eplb::algo::plan_migration(a, b, t, MigrationOptions{limit});
-      for (int l = 0; l < t.num_layers; ++l) {
-        ASSERT_EQ(again.layer(l).units.size(), plan.layer(l).units.size());
-        for (std::size_t i = 0; i < plan.layer(l).units.size(); ++i) {
-          EXPECT_EQ(again.layer(l).units[i].src_slot, plan.layer(l).units[i].src_slot);
-          EXPECT_EQ(again.layer(l).units[i].dst_rank, plan.layer(l).units[i].dst_rank);
-        }
-      }
+      // Same inputs, same plan (every rank derives it alone), also into a reused plan.
+      expect_same_plan(eplb::algo::plan_migration(a, b, t, MigrationOptions{limit}), plan);
+      eplb::algo::plan_migration(a, b, t, MigrationOptions{limit}, reused);
+      expect_same_plan(reused, plan);
     }
   }
 }
