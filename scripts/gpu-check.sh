@@ -56,6 +56,12 @@ if [[ $mode == algo ]]; then  # host side: the CPU's policy kernels (any number 
      --benchmark_repetitions=5 --benchmark_report_aggregates_only=true)
   step bench_algo_batched_again ./bench/bench_algo --benchmark_filter=$filter --benchmark_min_time=0.2 \
     --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
+  step bench_algo_migration_plan ./bench/bench_algo --benchmark_filter='^migration_plan/' --benchmark_min_time=0.2
+  # The numpy port of the reference on this host, when numpy is installed (same shapes).
+  if python3 -c 'import numpy' 2>/dev/null; then
+    step numpy_reference_check python3 "$root/bench/numpy_reference.py" --check "$root/tests/data/eplb_vectors_v1.txt"
+    step numpy_reference python3 "$root/bench/numpy_reference.py" --repeat 10
+  fi
   # The control path on the host (4 CPU ranks: no device copy, host maps) with each policy.
   for pol in sticky deepseek; do
     step bench_control_cpu_np4_$pol "${mpirun[@]}" -np 4 ./bench/bench_control --device cpu --iters 30 \
