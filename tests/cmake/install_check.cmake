@@ -1,0 +1,25 @@
+# `cmake --install` of the build tree into a scratch prefix, then tests/install (a separate
+# project using find_package(eplb)) configured, built and run against it. Run by CTest:
+#   cmake -DBUILD=<eplb build dir> -DSRC=<tests/install> -DDIR=<scratch> [-DCUDA_ROOT=...]
+#         -DGENERATOR=... -P install_check.cmake
+file(REMOVE_RECURSE ${DIR})
+function(run what)
+  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "${what} failed (${rc}):\n${out}\n${err}")
+  endif()
+  set(last_out "${out}" PARENT_SCOPE)
+endfunction()
+run("install" ${CMAKE_COMMAND} --install ${BUILD} --prefix ${DIR}/prefix)
+set(extra)
+if(CUDA_ROOT)
+  list(APPEND extra -DCUDAToolkit_ROOT=${CUDA_ROOT})
+endif()
+run("configure the consumer" ${CMAKE_COMMAND} -S ${SRC} -B ${DIR}/consumer -G ${GENERATOR}
+    -DCMAKE_PREFIX_PATH=${DIR}/prefix -DCMAKE_BUILD_TYPE=Release ${extra})
+run("build the consumer" ${CMAKE_COMMAND} --build ${DIR}/consumer)
+run("run the consumer" ${DIR}/consumer/consumer)
+message(STATUS "${last_out}")
+if(NOT last_out MATCHES "reference example OK")
+  message(FATAL_ERROR "consumer output unexpected: ${last_out}")
+endif()
