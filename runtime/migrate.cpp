@@ -32,8 +32,7 @@ struct StagingLayout {
 /// destination still needs it (received experts are unpacked and fan-out is copied after every
 /// read of old content in the round).
 bool through_staging(const algo::LayerPlan& lp, const algo::MoveUnit& u, int q, bool coalesce) {
-  if (!lp.staged[lp.dst_begin(u)[q]]) return false;
-  return !coalesce || (!u.remote() && q == 0);
+  return lp.staged[lp.dst_begin(u)[q]] && (!coalesce || (!u.remote() && q == 0));
 }
 
 /// What one layer needs on the busiest rank in its busiest round: staged slots, and with
@@ -43,27 +42,48 @@ struct LayerNeed {
   std::size_t total() const { return staging + send + recv; }
 };
 
-LayerNeed layer_need(const algo::LayerPlan& lp, const StagingLayout& layout, int k, int P,
+/// Per-rank counters of layer_need(), kept across layers.
+struct NeedScratch {
+  std::vector<int> per, sends, recvs;
+  explicit NeedScratch(int P)
+      : per(static_cast<std::size_t>(P)), sends(per.size()), recvs(per.size()) {}
+};
+
+LayerNeed layer_need(const algo::LayerPlan& lp, std::size_t stride, NeedScratch& scratch,
                      bool coalesce) {
-  std::vector<int> per(static_cast<std::size_t>(P)), sends(per), recvs(per);
+  auto& [per, sends, recvs] = scratch;
   int most = 0, most_sent = 0, most_recv = 0;
   for (const auto& round : lp.rounds) {
     std::fill(per.begin(), per.end(), 0);
     std::fill(sends.begin(), sends.end(), 0);
     std::fill(recvs.begin(), recvs.end(), 0);
-    for (int i = round.first_unit; i < round.first_unit + round.num_units; ++i) {
-      const auto& u = lp.units[i];
-      for (int q = 0; q < u.num_dst; ++q)
-        if (through_staging(lp, u, q, coalesce)) most = std::max(most, ++per[lp.dst_begin(u)[q] / k]);
-      if (coalesce && u.remote()) {
-        most_sent = std::max(most_sent, ++sends[u.src_rank]);
-        most_recv = std::max(most_recv, ++recvs[u.dst_rank]);
+    // No division (a unit's destinations are all on its dst_rank) and few branches.
+    const algo::MoveUnit* units = lp.units.data() + round.first_unit;
+    if (coalesce) {  // only a local unit's first destination can be staged
+      for (int i = 0; i < round.num_units; ++i) {
+        const auto& u = units[i];
+        const auto d = static_cast<std::size_t>(u.dst_rank), s = static_cast<std::size_t>(u.src_rank);
+        const int remote = u.remote();
+        per[d] += lp.staged[static_cast<std::size_t>(lp.dst_begin(u)[0])] & (remote ^ 1);
+        sends[s] += remote;
+        recvs[d] += remote;
+      }
+      // Counts only grow within a round: the busiest rank's is its final count.
+      most = std::max(most, *std::max_element(per.begin(), per.end()));
+      most_sent = std::max(most_sent, *std::max_element(sends.begin(), sends.end()));
+      most_recv = std::max(most_recv, *std::max_element(recvs.begin(), recvs.end()));
+    } else {
+      for (int i = 0; i < round.num_units; ++i) {
+        const auto& u = units[i];
+        const int* dst = lp.dst_begin(u);
+        for (int q = 0; q < u.num_dst; ++q)
+          if (lp.staged[static_cast<std::size_t>(dst[q])])
+            most = std::max(most, ++per[static_cast<std::size_t>(u.dst_rank)]);
       }
     }
   }
-  return {layout.stride * static_cast<std::size_t>(most),
-          layout.stride * static_cast<std::size_t>(most_sent),
-          layout.stride * static_cast<std::size_t>(most_recv)};
+  return {stride * static_cast<std::size_t>(most), stride * static_cast<std::size_t>(most_sent),
+          stride * static_cast<std::size_t>(most_recv)};
 }
 
 /// Consecutive layers migrated together: [first, last) and each layer's staging offset.
@@ -83,9 +103,11 @@ std::vector<Window> make_windows(const algo::MigrationPlan& plan, const WeightRe
                                  const ExecOptions& options) {
   const auto& t = plan.topology();
   std::vector<Window> out;
+  NeedScratch scratch(t.num_ranks);
   for (int l = 0; l < plan.num_layers(); ++l) {
-    const LayerNeed need = layer_need(plan.layer(l), StagingLayout(weights.tensors(l)),
-                                      t.slots_per_rank(), t.num_ranks, options.coalesce);
+    std::size_t stride = 0;  // StagingLayout(weights.tensors(l)).stride, without its vector
+    for (const auto& tv : weights.tensors(l)) stride += align256(tv.bytes_per_slot);
+    const LayerNeed need = layer_need(plan.layer(l), stride, scratch, options.coalesce);
     const bool join = !out.empty() && options.max_layers_per_window != 1 &&
                       (options.max_layers_per_window == 0 ||
                        out.back().last - out.back().first < options.max_layers_per_window) &&
