@@ -63,9 +63,11 @@ if [[ $mode == algo ]]; then  # host side: the CPU's policy kernels (any number 
     step numpy_reference python3 "$root/bench/numpy_reference.py" --repeat 10
   fi
   # The control path on the host (4 CPU ranks: no device copy, host maps) with each policy.
-  for pol in sticky deepseek; do
-    step bench_control_cpu_np4_$pol "${mpirun[@]}" -np 4 ./bench/bench_control --device cpu --iters 30 \
-      --policy $pol --planning-threads 1
+  for run in 1 2 3; do  # three runs each: the host is shared, its noise is large
+    for pol in sticky deepseek; do
+      step bench_control_cpu_np4_${pol}_$run "${mpirun[@]}" -np 4 ./bench/bench_control --device cpu --iters 30 \
+        --policy $pol --planning-threads 1
+    done
   done
   cat "$summary"
   exit 0
