@@ -231,3 +231,77 @@ TEST(MigrationPlan, RejectsShapeMismatch) {
 }
 
 }  // namespace
+
+// Split planning: layers built separately, packed, unpacked and finished give the same plan.
+TEST(MigrationPlanSplit, PackedLayersAssembleTheSamePlan) {
+  std::mt19937 rng(77);
+  for (int trial = 0; trial < 30; ++trial) {
+    Topology t;
+    t.num_nodes = 1 + static_cast<int>(rng() % 2);
+    t.num_ranks = t.num_nodes * (1 + static_cast<int>(rng() % 4));
+    t.num_slots = t.num_ranks * (1 + static_cast<int>(rng() % 5));
+    t.num_logical = 1 + static_cast<int>(rng() % t.num_slots);
+    t.num_layers = 1 + static_cast<int>(rng() % 6);
+    SCOPED_TRACE(t.describe());
+    const Placement a = random_placement(t, rng);
+    const Placement b = perturb(a, t, rng, 0.4);
+    const MigrationOptions opt{static_cast<int>(rng() % 3)};
+    const auto whole = eplb::algo::plan_migration(a, b, t, opt);
+    const int workers = 1 + static_cast<int>(rng() % 4);
+    std::vector<std::vector<std::int32_t>> packed(static_cast<std::size_t>(workers));
+    for (int w = 0; w < workers; ++w) {  // each worker: its layers, packed
+      eplb::algo::MigrationPlan part;
+      const int first = t.num_layers * w / workers, last = t.num_layers * (w + 1) / workers;
+      eplb::algo::plan_migration_layers(a, b, t, opt, first, last, part);
+      eplb::algo::pack_plan_layers(part, first, last, packed[static_cast<std::size_t>(w)]);
+    }
+    eplb::algo::MigrationPlan assembled;
+    eplb::algo::plan_migration_layers(a, b, t, opt, 0, 0, assembled);  // shape only
+    for (int w = 0; w < workers; ++w)
+      eplb::algo::unpack_plan_layers(packed[static_cast<std::size_t>(w)], t, t.num_layers * w / workers,
+                                     t.num_layers * (w + 1) / workers, assembled);
+    eplb::algo::finish_plan(assembled);
+    expect_same_plan(assembled, whole);
+  }
+}
+
+TEST(MigrationPlanSplit, MalformedLayersAreRejected) {
+  const Topology t{2, 4, 8, 4, 1, 1};
+  std::mt19937 rng(5);
+  const Placement a = random_placement(t, rng);
+  const Placement b = perturb(a, t, rng, 0.5);
+  const auto plan = eplb::algo::plan_migration(a, b, t);
+  std::vector<std::int32_t> good;
+  eplb::algo::pack_plan_layers(plan, 0, 2, good);
+  eplb::algo::MigrationPlan into;
+  eplb::algo::plan_migration_layers(a, b, t, {}, 0, 0, into);
+  EXPECT_NO_THROW(eplb::algo::unpack_plan_layers(good, t, 0, 2, into));
+  ASSERT_GT(plan.layer(0).units.size(), 0u);
+  auto expect_bad = [&](std::vector<std::int32_t> v, const char* what) {
+    try {
+      eplb::algo::unpack_plan_layers(v, t, 0, 2, into);
+      ADD_FAILURE() << "accepted: " << what;
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find("migration plan layers"), std::string::npos) << e.what();
+    }
+  };
+  auto v = good;
+  v.pop_back();
+  expect_bad(v, "truncated");
+  v = good;
+  v.push_back(0);
+  expect_bad(v, "trailing data");
+  v = good;
+  v[5] = t.num_logical;  // layer 0, unit 0: expert
+  expect_bad(v, "expert out of range");
+  v = good;
+  v[6] = t.num_ranks;  // unit 0: source rank
+  expect_bad(v, "source rank out of range");
+  v = good;
+  v[2] = 1000;  // layer 0: unit count
+  expect_bad(v, "unit count");
+  v = good;
+  v.back() = 2;  // layer 1: a staged flag of 2
+  expect_bad(v, "staged flag");
+  EXPECT_THROW(eplb::algo::unpack_plan_layers(good, t, 0, 3, into), std::invalid_argument);  // range
+}
