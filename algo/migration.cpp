@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <stdexcept>
-#include <string>
 
 namespace eplb::algo {
 namespace {
@@ -39,7 +38,9 @@ struct Builder {
 
   int node(int rank) const { return s.node_of[rank]; }
 
-  void build(const Placement& from, const Placement& to, int l, LayerPlan& lp) {
+  void build(const Placement& from, const Placement& to, int l, LayerPlan& lp,
+             MigrationStats& st, std::vector<long long>& rank_sends,
+             std::vector<long long>& rank_recvs, int& max_staged) {
     // Raw pointers in the hot loops: the vectors' data pointers would otherwise be reloaded
     // after every store (the compiler cannot rule out aliasing).
     const int* o = from.phy2log(l).data();
@@ -84,7 +85,6 @@ struct Builder {
       for (int u = first_unit; u < nu; ++u) uid[up[u].expert] = -1;
     }
     lp.slots_changed = changed;
-    lp.max_staged = 0;
 
     // 2. Sources. The old slots of each expert, ascending, in one compact array (the layer's
     // slots sorted by old expert: a counting sort, cache-resident) rather than read from the
@@ -155,7 +155,7 @@ struct Builder {
       }
     }
 
-    if (single_round(up, nu, dp, nd, lp)) return;
+    if (single_round(up, nu, dp, nd, lp, st, rank_sends, rank_recvs, max_staged)) return;
     units.assign(up, up + nu);
     dst.assign(dp, dp + nd);
     const int U = nu;
@@ -284,7 +284,7 @@ struct Builder {
         for (int i = scc_begin[c]; i < scc_begin[c + 1]; ++i) s.round_of[s.order[i]] = round;
         for (int r = 0; r < P; ++r) {
           s.staged_now[r] += s.add[r];
-          lp.max_staged = std::max(lp.max_staged, s.staged_now[r]);
+          max_staged = std::max(max_staged, s.staged_now[r]);
         }
         round_empty = false;
         break;
@@ -312,6 +312,7 @@ struct Builder {
       lp.dst_slots.insert(lp.dst_slots.end(), dst.begin() + from_dst,
                           dst.begin() + from_dst + m.num_dst);
     }
+    count(lp, num_rounds, st, rank_sends, rank_recvs);
   }
 
   /// When every rank's staged slots fit the limit, the general ordering below puts all units
@@ -319,7 +320,9 @@ struct Builder {
   /// that some unit reads (every reader of a slot is ordered before or with its writer).
   /// This computes that result directly, without the dependency graph. Returns false
   /// (nothing written) when some rank's staged slots exceed the limit.
-  bool single_round(const MoveUnit* units, int nu, const int* dst, int nd, LayerPlan& lp) {
+  bool single_round(const MoveUnit* units, int nu, const int* dst, int nd, LayerPlan& lp,
+                    MigrationStats& st, std::vector<long long>& rank_sends,
+                    std::vector<long long>& rank_recvs, int& max_staged) {
     std::uint8_t* read = s.read.data();
     std::fill_n(read, R, std::uint8_t{0});
     for (int u = 0; u < nu; ++u) read[units[u].src_slot] = 1;
@@ -335,28 +338,49 @@ struct Builder {
     lp.rounds.assign(static_cast<std::size_t>(num_rounds), Round{0, nu});
     lp.units.assign(units, units + nu);
     lp.dst_slots.assign(dst, dst + nd);
-    lp.max_staged = most;
+    max_staged = std::max(max_staged, most);
+    count(lp, num_rounds, st, rank_sends, rank_recvs);
     return true;
   }
 
+  void count(const LayerPlan& lp, int num_rounds, MigrationStats& st,
+             std::vector<long long>& rank_sends, std::vector<long long>& rank_recvs) const {
+    st.slots_changed += lp.slots_changed;
+    st.max_rounds = std::max(st.max_rounds, num_rounds);
+    // Branch-free, into locals (the counters would otherwise go through memory: the stores
+    // to rank_sends may alias st).
+    long long fanout = 0, remote = 0, near = 0;
+    long long* sends = rank_sends.data();
+    long long* recvs = rank_recvs.data();
+    const int* node_of = s.node_of.data();
+    for (const auto& u : lp.units) {
+      const int is_remote = u.src_rank != u.dst_rank;
+      fanout += u.num_dst - 1;
+      remote += is_remote;
+      sends[u.src_rank] += is_remote;
+      recvs[u.dst_rank] += is_remote;
+      near += is_remote & static_cast<int>(node_of[u.src_rank] == node_of[u.dst_rank]);
+    }
+    st.fanout_copies += fanout;
+    st.remote_units += remote;
+    st.local_units += static_cast<long long>(lp.units.size()) - remote;
+    st.same_node_remote += near;
+  }
 };
 
 }  // namespace
 
-void plan_migration_layers(const Placement& from, const Placement& to, const Topology& topo,
-                           const MigrationOptions& options, int first, int last,
-                           MigrationPlan& plan) {
+void plan_migration(const Placement& from, const Placement& to, const Topology& topo,
+                    const MigrationOptions& options, MigrationPlan& plan) {
   topo.validate();
   from.check_shape(topo, "migration plan: old placement");
   to.check_shape(topo, "migration plan: new placement");
   if (options.max_staged_slots_per_rank < 0)
     throw std::invalid_argument("migration plan: max_staged_slots_per_rank >= 0 violated");
-  if (first < 0 || last < first || last > topo.num_layers)
-    throw std::invalid_argument("migration plan: layer range [" + std::to_string(first) + ", " +
-                                std::to_string(last) + ") outside [0, " +
-                                std::to_string(topo.num_layers) + ")");
   plan.topo_ = topo;
   plan.layers_.resize(static_cast<std::size_t>(topo.num_layers));
+  plan.stats_ = MigrationStats{};
+  plan.max_staged_ = 0;
   // Scratch per thread, kept between calls: planning allocates nothing in steady state
   // (fresh pages cost a page fault each on first touch, a large share of a plan's time).
   thread_local Scratch scratch;
@@ -377,137 +401,11 @@ void plan_migration_layers(const Placement& from, const Placement& to, const Top
   for (int r = 0; r < topo.num_ranks; ++r) scratch.node_of[r] = topo.node_of_rank(r);
   Builder b{topo, options, scratch, topo.slots_per_rank(), topo.num_ranks, topo.num_logical,
             topo.num_slots};
-  for (int l = first; l < last; ++l) b.build(from, to, l, plan.layers_[static_cast<std::size_t>(l)]);
-}
-
-namespace {
-constexpr int kUnitInts = 6;  // expert, src_rank, src_slot, dst_rank, first_dst, num_dst
-constexpr int kHeaderInts = 5;  // slots_changed, max_staged, units, destinations, rounds
-}  // namespace
-
-void pack_plan_layers(const MigrationPlan& plan, int first, int last, std::vector<std::int32_t>& out) {
-  const int R = plan.topology().num_slots;
-  for (int l = first; l < last; ++l) {
-    const LayerPlan& lp = plan.layer(l);
-    out.insert(out.end(), {lp.slots_changed, lp.max_staged, static_cast<std::int32_t>(lp.units.size()),
-                           static_cast<std::int32_t>(lp.dst_slots.size()),
-                           static_cast<std::int32_t>(lp.rounds.size())});
-    for (const MoveUnit& u : lp.units)
-      out.insert(out.end(), {u.expert, u.src_rank, u.src_slot, u.dst_rank, u.first_dst, u.num_dst});
-    out.insert(out.end(), lp.dst_slots.begin(), lp.dst_slots.end());
-    for (const Round& r : lp.rounds) out.insert(out.end(), {r.first_unit, r.num_units});
-    for (int j = 0; j < R; j += 4) {  // staged flags, four per int
-      std::uint32_t w = 0;
-      for (int b = 0; b < 4 && j + b < R; ++b) w |= std::uint32_t{lp.staged[static_cast<std::size_t>(j + b)]} << (8 * b);
-      out.push_back(static_cast<std::int32_t>(w));
-    }
-  }
-}
-
-void unpack_plan_layers(std::span<const std::int32_t> in, const Topology& topo, int first, int last,
-                        MigrationPlan& plan) {
-  const int R = topo.num_slots, E = topo.num_logical, P = topo.num_ranks, k = topo.slots_per_rank();
-  if (first < 0 || last < first || last > topo.num_layers || plan.num_layers() != topo.num_layers)
-    throw std::invalid_argument("migration plan layers: range or plan shape does not match the topology");
-  std::size_t at = 0;
-  auto bad = [&](int l, const std::string& what) {
-    throw std::invalid_argument("migration plan layers: layer " + std::to_string(l) + ": " + what);
-  };
-  auto need = [&](int l, std::size_t n) {
-    if (in.size() - at < n) bad(l, "data ends early");
-  };
-  auto in_range = [](std::int32_t v, int lo, int hi) { return v >= lo && v < hi; };
-  for (int l = first; l < last; ++l) {
-    need(l, kHeaderInts);
-    const std::int32_t changed = in[at], most = in[at + 1], nu = in[at + 2], nd = in[at + 3], nr = in[at + 4];
-    at += kHeaderInts;
-    if (!in_range(changed, 0, R + 1) || most < 0 || !in_range(nu, 0, R + 1) || !in_range(nd, nu, R + 1) ||
-        !in_range(nr, 0, nu + 1))
-      bad(l, "header out of range");
-    need(l, static_cast<std::size_t>(nu) * kUnitInts + static_cast<std::size_t>(nd) +
-                static_cast<std::size_t>(nr) * 2 + static_cast<std::size_t>(R + 3) / 4);
-    LayerPlan& lp = plan.layers_[static_cast<std::size_t>(l)];
-    lp.slots_changed = changed;
-    lp.max_staged = most;
-    lp.units.resize(static_cast<std::size_t>(nu));
-    for (MoveUnit& u : lp.units) {
-      const std::int32_t* v = in.data() + at;
-      u = MoveUnit{v[0], v[1], v[2], v[3], v[4], v[5]};
-      at += kUnitInts;
-      if (!in_range(u.expert, 0, E) || !in_range(u.src_rank, 0, P) || !in_range(u.src_slot, 0, R) ||
-          u.src_slot / k != u.src_rank || !in_range(u.dst_rank, 0, P) || u.num_dst < 1 ||
-          !in_range(u.first_dst, 0, nd) || u.num_dst > nd - u.first_dst)
-        bad(l, "a move unit is out of range");
-    }
-    lp.dst_slots.assign(in.begin() + static_cast<std::ptrdiff_t>(at),
-                        in.begin() + static_cast<std::ptrdiff_t>(at + static_cast<std::size_t>(nd)));
-    at += static_cast<std::size_t>(nd);
-    for (const MoveUnit& u : lp.units)
-      for (int q = 0; q < u.num_dst; ++q) {
-        const int d = lp.dst_slots[static_cast<std::size_t>(u.first_dst + q)];
-        if (!in_range(d, 0, R) || d / k != u.dst_rank) bad(l, "a destination slot is not on its unit's rank");
-      }
-    lp.rounds.resize(static_cast<std::size_t>(nr));
-    int next = 0;
-    for (Round& r : lp.rounds) {
-      r.first_unit = in[at];
-      r.num_units = in[at + 1];
-      at += 2;
-      if (r.first_unit != next || r.num_units < 0 || r.num_units > nu - next) bad(l, "rounds do not cover the units");
-      next += r.num_units;
-    }
-    if (next != nu) bad(l, "rounds do not cover the units");
-    lp.staged.resize(static_cast<std::size_t>(R));
-    for (int j = 0; j < R; j += 4) {
-      const auto w = static_cast<std::uint32_t>(in[at++]);
-      for (int b = 0; b < 4; ++b) {
-        const std::uint32_t flag = (w >> (8 * b)) & 0xffu;
-        if (flag > 1 || (j + b >= R && flag != 0)) bad(l, "a staged flag is not 0 or 1");
-        if (j + b < R) lp.staged[static_cast<std::size_t>(j + b)] = static_cast<std::uint8_t>(flag);
-      }
-    }
-  }
-  if (at != in.size()) throw std::invalid_argument("migration plan layers: data longer than its layers");
-}
-
-void finish_plan(MigrationPlan& plan) {
-  const Topology& t = plan.topo_;
-  MigrationStats st;
-  int max_staged = 0;
-  std::vector<long long> sends(static_cast<std::size_t>(t.num_ranks), 0), recvs(sends);
-  const int per_node = t.ranks_per_node();
-  for (const LayerPlan& lp : plan.layers_) {
-    st.slots_changed += lp.slots_changed;
-    st.max_rounds = std::max(st.max_rounds, static_cast<int>(lp.rounds.size()));
-    max_staged = std::max(max_staged, lp.max_staged);
-    // Branch-free, into locals (the counters would otherwise go through memory: the stores
-    // to sends may alias st).
-    long long fanout = 0, remote = 0, near = 0;
-    long long* sp = sends.data();
-    long long* rp = recvs.data();
-    for (const MoveUnit& u : lp.units) {
-      const int is_remote = u.src_rank != u.dst_rank;
-      fanout += u.num_dst - 1;
-      remote += is_remote;
-      sp[u.src_rank] += is_remote;
-      rp[u.dst_rank] += is_remote;
-      near += is_remote & static_cast<int>(u.src_rank / per_node == u.dst_rank / per_node);
-    }
-    st.fanout_copies += fanout;
-    st.remote_units += remote;
-    st.local_units += static_cast<long long>(lp.units.size()) - remote;
-    st.same_node_remote += near;
-  }
-  st.max_rank_sends = sends.empty() ? 0 : *std::max_element(sends.begin(), sends.end());
-  st.max_rank_recvs = recvs.empty() ? 0 : *std::max_element(recvs.begin(), recvs.end());
-  plan.stats_ = st;
-  plan.max_staged_ = max_staged;
-}
-
-void plan_migration(const Placement& from, const Placement& to, const Topology& topo,
-                    const MigrationOptions& options, MigrationPlan& plan) {
-  plan_migration_layers(from, to, topo, options, 0, topo.num_layers, plan);
-  finish_plan(plan);
+  std::vector<long long> sends(P, 0), recvs(P, 0);
+  for (int l = 0; l < topo.num_layers; ++l)
+    b.build(from, to, l, plan.layers_[l], plan.stats_, sends, recvs, plan.max_staged_);
+  plan.stats_.max_rank_sends = *std::max_element(sends.begin(), sends.end());
+  plan.stats_.max_rank_recvs = *std::max_element(recvs.begin(), recvs.end());
 }
 
 MigrationPlan plan_migration(const Placement& from, const Placement& to, const Topology& topo,

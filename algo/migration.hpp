@@ -4,7 +4,6 @@
 /// Built from (old placement, new placement, topology, options) alone, so every rank derives
 /// the same plan without communicating. See docs/MIGRATION.md for the design.
 #include <cstdint>
-#include <span>
 #include <vector>
 
 #include "algo/placement.hpp"
@@ -49,7 +48,6 @@ struct LayerPlan {
   std::vector<Round> rounds;
   std::vector<std::uint8_t> staged;   ///< [R]: 1 if the slot is written through staging
   int slots_changed = 0;
-  int max_staged = 0;                 ///< most slots one rank stages in one round of the layer
 
   const int* dst_begin(const MoveUnit& u) const { return dst_slots.data() + u.first_dst; }
 };
@@ -79,11 +77,8 @@ class MigrationPlan {
   bool empty() const { return stats_.slots_changed == 0; }
 
  private:
-  friend void plan_migration_layers(const Placement&, const Placement&, const Topology&,
-                                    const MigrationOptions&, int, int, MigrationPlan&);
-  friend void finish_plan(MigrationPlan&);
-  friend void unpack_plan_layers(std::span<const std::int32_t>, const Topology&, int, int,
-                                 MigrationPlan&);
+  friend void plan_migration(const Placement&, const Placement&, const Topology&,
+                             const MigrationOptions&, MigrationPlan&);
   Topology topo_;
   std::vector<LayerPlan> layers_;
   MigrationStats stats_;
@@ -109,24 +104,5 @@ MigrationPlan plan_migration(const Placement& from, const Placement& to, const T
 /// has reached its size (the planner's scratch is kept per thread between calls).
 void plan_migration(const Placement& from, const Placement& to, const Topology& topo,
                     const MigrationOptions& options, MigrationPlan& plan);
-
-/// Planning split over workers (the runtime's ranks): each builds layers [first, last) of the
-/// same plan (layers plan independently), the layers travel as packed int32 arrays, and
-/// finish_plan() then computes the statistics. The assembled plan equals plan_migration's.
-/// plan_migration_layers sets the plan's topology and layer count and leaves the other layers
-/// as they were.
-void plan_migration_layers(const Placement& from, const Placement& to, const Topology& topo,
-                           const MigrationOptions& options, int first, int last,
-                           MigrationPlan& plan);
-/// Appends layers [first, last) of `plan` to `out` (a self-describing int32 array).
-void pack_plan_layers(const MigrationPlan& plan, int first, int last, std::vector<std::int32_t>& out);
-/// Reads layers [first, last) of a plan for `topo` from `in` (what pack_plan_layers wrote) into
-/// `plan` (whose topology must be topo's). std::invalid_argument, naming the problem, if `in`
-/// is not exactly such an array (sizes, ranges, units consistent with their rounds); the plan's
-/// layers may then be partly overwritten.
-void unpack_plan_layers(std::span<const std::int32_t> in, const Topology& topo, int first,
-                        int last, MigrationPlan& plan);
-/// The statistics and max_staged_slots() of a plan whose layers are all in place.
-void finish_plan(MigrationPlan& plan);
 
 }  // namespace eplb::algo

@@ -1,6 +1,5 @@
 #include "comm/placement_bcast.hpp"
 
-#include <algorithm>
 #include <climits>
 #include <cstring>
 #include <vector>
@@ -159,59 +158,6 @@ void allgather_placement(const MpiComm& comm, const algo::Topology& topo,
     at += part.size();
   }
   out.assign(topo.num_layers, topo.num_logical, topo.num_slots, all);
-}
-
-void allgather_plan_layers(const MpiComm& comm, const algo::Topology& topo,
-                           const std::optional<std::string>& error, algo::MigrationPlan& plan) {
-  const int P = comm.size(), me = comm.rank();
-  // Per rank: [failed, note bytes, note packed four chars per int] or [0, 0, packed layers].
-  std::vector<std::int32_t> send{error ? 1 : 0, 0};
-  if (error) {
-    const std::string note = error->substr(0, 511);
-    send[1] = static_cast<std::int32_t>(note.size());
-    send.resize(2 + (note.size() + 3) / 4, 0);
-    std::memcpy(send.data() + 2, note.data(), note.size());
-  } else {
-    const auto mine = layer_share(topo.num_layers, me, P);
-    algo::pack_plan_layers(plan, mine.first, mine.last, send);
-  }
-  if (send.size() > static_cast<std::size_t>(INT_MAX))
-    throw InvalidInput("allgather_plan_layers: this rank's layers are too large for MPI");
-  std::vector<int> counts(static_cast<std::size_t>(P)), displs(static_cast<std::size_t>(P));
-  const int my_count = static_cast<int>(send.size());
-  EPLB_MPI_CHECK(MPI_Allgather(&my_count, 1, MPI_INT, counts.data(), 1, MPI_INT, comm.get()));
-  long long total = 0;
-  for (int r = 0; r < P; ++r) {
-    displs[static_cast<std::size_t>(r)] = static_cast<int>(std::min<long long>(total, INT_MAX));
-    total += counts[static_cast<std::size_t>(r)];
-  }
-  // Every rank has the same counts, so every rank takes this branch alike.
-  if (total > INT_MAX) throw InvalidInput("allgather_plan_layers: the plan is too large for one MPI_Allgatherv");
-  std::vector<std::int32_t> recv(static_cast<std::size_t>(total));
-  EPLB_MPI_CHECK(MPI_Allgatherv(send.data(), my_count, MPI_INT32_T, recv.data(), counts.data(),
-                                displs.data(), MPI_INT32_T, comm.get()));
-  for (int r = 0; r < P; ++r) {  // the lowest failing rank's message, on every rank
-    const std::int32_t* at = recv.data() + displs[static_cast<std::size_t>(r)];
-    if (counts[static_cast<std::size_t>(r)] >= 2 && at[0] != 0) {
-      const auto n = static_cast<std::size_t>(std::clamp(at[1], 0, 4 * (counts[static_cast<std::size_t>(r)] - 2)));
-      std::string note(n, '\0');
-      std::memcpy(note.data(), at + 2, n);
-      throw InvalidInput("[rank " + std::to_string(r) + "] migration planning failed: " + note);
-    }
-  }
-  for (int r = 0; r < P; ++r) {
-    if (r == me) continue;
-    const auto share = layer_share(topo.num_layers, r, P);
-    const std::span<const std::int32_t> data(recv.data() + displs[static_cast<std::size_t>(r)],
-                                             static_cast<std::size_t>(counts[static_cast<std::size_t>(r)]));
-    if (data.size() < 2) throw InvalidInput("[rank " + std::to_string(r) + "] sent no plan header");
-    try {
-      algo::unpack_plan_layers(data.subspan(2), topo, share.first, share.last, plan);
-    } catch (const std::invalid_argument& e) {
-      throw InvalidInput("[rank " + std::to_string(r) + "] " + e.what());
-    }
-  }
-  algo::finish_plan(plan);
 }
 
 }  // namespace eplb::comm

@@ -5,7 +5,6 @@
 #include <span>
 #include <string>
 
-#include "algo/migration.hpp"
 #include "algo/placement.hpp"
 #include "comm/mpi.hpp"
 
@@ -53,13 +52,5 @@ LayerShare layer_share(int num_layers, int rank, int size);
 void allgather_placement(const MpiComm& comm, const algo::Topology& topo,
                          std::span<const int> slice, const std::optional<std::string>& error,
                          algo::Placement& out);
-
-/// Collective over comm, for migration planning split over the ranks: every rank has built
-/// the layers of its layer_share() into `plan` with algo::plan_migration_layers (or failed:
-/// `error`). One MPI_Allgather of sizes and one MPI_Allgatherv of the packed layers; then, on
-/// every rank alike: InvalidInput naming the lowest failing rank's error if any rank failed,
-/// else `plan` holds every layer (checked while unpacking) and its statistics.
-void allgather_plan_layers(const MpiComm& comm, const algo::Topology& topo,
-                           const std::optional<std::string>& error, algo::MigrationPlan& plan);
 
 }  // namespace eplb::comm

@@ -249,21 +249,7 @@ RebalanceStats Engine::rebalance() {
   if (!after) after = algo::evaluate(load, msg.placement, topo);
   st.balancedness_after = after->balancedness();
   st.imbalance_after = after->imbalance_mean();
-  // Into the kept plan (its storage is reused). Split like the policy: each rank plans its
-  // share of the layers and one allgather assembles the plan (the same on every rank).
-  if (split) {
-    const auto share = comm::layer_share(topo.num_layers, comm_.rank(), comm_.size());
-    std::optional<std::string> plan_error;
-    try {
-      algo::plan_migration_layers(placement_, msg.placement, topo, migration_options_, share.first,
-                                  share.last, plan_);
-    } catch (const std::exception& e) {
-      plan_error = e.what();
-    }
-    comm::allgather_plan_layers(comm_, topo, plan_error, plan_);
-  } else {
-    algo::plan_migration(placement_, msg.placement, topo, migration_options_, plan_);
-  }
+  algo::plan_migration(placement_, msg.placement, topo, migration_options_, plan_);  // reuses its storage
   const algo::MigrationPlan& plan = plan_;
   st.plan = plan.stats();
   const ExecOptions exec{config_.max_experts_per_batch, config_.max_layers_per_window,

@@ -360,69 +360,6 @@ TEST(Collectives, PlacementAllgatherAssemblesTheSharesOrFailsEverywhere) {
   }
 }
 
-TEST(Collectives, MigrationPlanAllgatherEqualsTheWholePlanOrFailsEverywhere) {
-  eplb::comm::MpiComm comm(MPI_COMM_WORLD);
-  const int P = comm.size();
-  // Layer counts below, equal to and above the rank count; one and several rounds.
-  for (const Topology t : {Topology{1, 3, 4 * P, P, 1, 1}, Topology{P, 3, 3 * P, P, 1, 1},
-                           Topology{2 * P + 1, 4, 4 * P, P, 1, 1}})
-    for (int limit : {0, 1}) {
-      SCOPED_TRACE(t.describe() + " limit " + std::to_string(limit));
-      // Every rank builds the same two placements (same seed): rotate slots, then swap some.
-      std::vector<int> pa, pb;
-      std::mt19937 rng(3);
-      for (int l = 0; l < t.num_layers; ++l)
-        for (int j = 0; j < t.num_slots; ++j) {
-          pa.push_back(j % t.num_logical);
-          pb.push_back((j + l + 1) % t.num_logical);
-        }
-      for (int i = 0; i < t.num_slots; ++i) std::swap(pb[rng() % pb.size()], pb[rng() % pb.size()]);
-      const eplb::algo::Placement a(t.num_layers, t.num_logical, t.num_slots, pa);
-      eplb::algo::Placement b;
-      try {
-        b = eplb::algo::Placement(t.num_layers, t.num_logical, t.num_slots, pb);
-      } catch (const std::invalid_argument&) {  // a swap dropped an expert: use the rotation
-        for (int l = 0; l < t.num_layers; ++l)
-          for (int j = 0; j < t.num_slots; ++j)
-            pb[static_cast<std::size_t>(l) * t.num_slots + j] = (j + l + 1) % t.num_logical;
-        b = eplb::algo::Placement(t.num_layers, t.num_logical, t.num_slots, pb);
-      }
-      const eplb::algo::MigrationOptions opt{limit};
-      const auto whole = eplb::algo::plan_migration(a, b, t, opt);
-      const auto share = eplb::comm::layer_share(t.num_layers, comm.rank(), P);
-      eplb::algo::MigrationPlan split;
-      eplb::algo::plan_migration_layers(a, b, t, opt, share.first, share.last, split);
-      eplb::comm::allgather_plan_layers(comm, t, std::nullopt, split);
-      ASSERT_EQ(split.num_layers(), whole.num_layers());
-      for (int l = 0; l < t.num_layers; ++l) {
-        const auto &x = split.layer(l), &y = whole.layer(l);
-        ASSERT_EQ(x.units.size(), y.units.size()) << "layer " << l;
-        for (std::size_t i = 0; i < x.units.size(); ++i) {
-          EXPECT_EQ(x.units[i].expert, y.units[i].expert);
-          EXPECT_EQ(x.units[i].src_slot, y.units[i].src_slot);
-          EXPECT_EQ(x.units[i].dst_rank, y.units[i].dst_rank);
-        }
-        EXPECT_EQ(x.dst_slots, y.dst_slots);
-        EXPECT_EQ(x.staged, y.staged);
-        EXPECT_EQ(x.rounds.size(), y.rounds.size());
-      }
-      EXPECT_EQ(split.stats().remote_units, whole.stats().remote_units);
-      EXPECT_EQ(split.stats().max_rank_sends, whole.stats().max_rank_sends);
-      EXPECT_EQ(split.max_staged_slots(), whole.max_staged_slots());
-      // The last rank's planning failed: every rank throws its message.
-      std::optional<std::string> err;
-      if (comm.rank() == P - 1) err = "planner exploded";
-      try {
-        eplb::comm::allgather_plan_layers(comm, t, err, split);
-        ADD_FAILURE() << "no error";
-      } catch (const eplb::InvalidInput& e) {
-        const std::string what = e.what();
-        EXPECT_NE(what.find("[rank " + std::to_string(P - 1) + "]"), std::string::npos) << what;
-        EXPECT_NE(what.find("planner exploded"), std::string::npos) << what;
-      }
-    }
-}
-
 TEST(Collectives, PlacementBroadcastVerifiesEpoch) {
   eplb::comm::MpiComm comm(MPI_COMM_WORLD);
   EXPECT_EQ(eplb::comm::placement_index_bytes(40000), 4);
