@@ -36,8 +36,6 @@ struct Builder {
   Scratch& s;
   int k, P, E, R;
 
-  int node(int rank) const { return s.node_of[rank]; }
-
   void build(const Placement& from, const Placement& to, int l, LayerPlan& lp,
              MigrationStats& st, std::vector<long long>& rank_sends,
              std::vector<long long>& rank_recvs, int& max_staged) {

@@ -25,6 +25,12 @@ struct StagingLayout {
       stride += align256(t.bytes_per_slot);
     }
   }
+  /// The stride alone (no offsets vector).
+  static std::size_t stride_of(std::span<const TensorView> tensors) {
+    std::size_t s = 0;
+    for (const auto& t : tensors) s += align256(t.bytes_per_slot);
+    return s;
+  }
 };
 
 /// Whether destination q of unit u is written through staging. A slot is staged when a unit
@@ -105,9 +111,8 @@ std::vector<Window> make_windows(const algo::MigrationPlan& plan, const WeightRe
   std::vector<Window> out;
   NeedScratch scratch(t.num_ranks);
   for (int l = 0; l < plan.num_layers(); ++l) {
-    std::size_t stride = 0;  // StagingLayout(weights.tensors(l)).stride, without its vector
-    for (const auto& tv : weights.tensors(l)) stride += align256(tv.bytes_per_slot);
-    const LayerNeed need = layer_need(plan.layer(l), stride, scratch, options.coalesce);
+    const LayerNeed need = layer_need(plan.layer(l), StagingLayout::stride_of(weights.tensors(l)),
+                                      scratch, options.coalesce);
     const bool join = !out.empty() && options.max_layers_per_window != 1 &&
                       (options.max_layers_per_window == 0 ||
                        out.back().last - out.back().first < options.max_layers_per_window) &&
