@@ -1,7 +1,9 @@
 // Placement policies on the model shapes of docs/BENCHMARKS.md (one rebalance = all layers).
 #include <benchmark/benchmark.h>
 
+#include <cstdint>
 #include <ctime>
+#include <vector>
 
 #include "algo/migration.hpp"
 #include "algo/policy.hpp"
@@ -78,7 +80,30 @@ void BM_Derive(benchmark::State& state, eplb::bench::Shape shape) {
   state.SetLabel(t.describe());
 }
 
+/// Probes of the machine's state, to read the other numbers of a run by: a dependent integer
+/// chain (core speed) and a 32 MB streaming read (memory bandwidth). On the shared dev VM both
+/// slow down in its busy periods (chain ~1.3x, stream ~2x; docs/BENCHMARKS.md).
+void BM_ProbeChain(benchmark::State& state) {
+  for (auto _ : state) {
+    std::uint64_t x = 1;
+    for (int i = 0; i < 20'000'000; ++i) {
+      x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+      benchmark::DoNotOptimize(x);
+    }
+  }
+}
+void BM_ProbeStream(benchmark::State& state) {
+  std::vector<double> v(std::size_t{4} << 20, 1.0);  // 32 MB
+  for (auto _ : state) {
+    double sum = 0;
+    for (std::size_t i = 0; i < v.size(); i += 8) sum += v[i];  // one load per cache line
+    benchmark::DoNotOptimize(sum);
+  }
+}
+
 const bool registered = [] {
+  benchmark::RegisterBenchmark("probe/chain_2e7", BM_ProbeChain)->Unit(benchmark::kMillisecond);
+  benchmark::RegisterBenchmark("probe/stream_32MB", BM_ProbeStream)->Unit(benchmark::kMillisecond);
   for (const auto& s : eplb::bench::shapes())
     benchmark::RegisterBenchmark((std::string("derive/") + s.name).c_str(), BM_Derive, s)
         ->Unit(benchmark::kMicrosecond);

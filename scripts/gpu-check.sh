@@ -48,7 +48,7 @@ mig() {  # mig NAME NP ARGS...: bench_migration on NP GPUs
 if [[ $mode == algo ]]; then  # host side: the CPU's policy kernels (any number of GPUs)
   { echo "# nproc=$(nproc)"; lscpu | grep -E 'Model name|^CPU\(s\)|Flags' | sed 's/Flags:.*\(avx512[a-z_]*\).*/AVX-512: yes/'; } >>"$summary" 2>&1
   step ctest ctest --output-on-failure -j 4 --timeout 600
-  filter='^policy/deepseek/'
+  filter='^policy/deepseek/|^probe/'
   step bench_algo_batched ./bench/bench_algo --benchmark_filter=$filter --benchmark_min_time=0.2 \
     --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
   (export EPLB_DEEPSEEK_SCALAR=1
