@@ -84,15 +84,16 @@ struct Builder {
     }
     lp.slots_changed = changed;
 
-    // 2. Sources. The old slots of each expert, ascending, in one compact array (the layer's
-    // slots sorted by old expert: a counting sort, cache-resident) rather than read from the
-    // old placement's log2phy, whose rows are spread over E * X entries.
+    // 2. Sources, from each expert's old slots (ascending): read from the old placement's
+    // log2phy, or, when many units look them up, from one compact copy (the layer's slots
+    // sorted by old expert with a counting sort: cache-resident, where log2phy's rows are
+    // spread over E * X entries).
     s.sends.assign(static_cast<std::size_t>(P), 0);
     int* sends = s.sends.data();
     const int* node_of = s.node_of.data();
     const int* cnt_old = from.logcnt(l).data();
-    // The sorted copy pays when many units look up holders; with few (a placement that
-    // changes little) the scattered rows are cheaper than sorting the layer.
+    // With few units (a placement that changes little) the scattered rows are cheaper than
+    // sorting the layer.
     const bool compact = 4 * nu > R;
     int* hbegin = s.holder_begin.data();
     int* hslots = s.holder_slots.data();

@@ -212,9 +212,6 @@ void replicate(Q& q, const RowShape& sh, int K, const RowBuffers& s) {
   }
 }
 
-/// Greedy LPT per lane over the merge of the A list (s.keys from ia) and the B list
-/// (s.extra): each item to the least loaded pack with room (ties: lowest pack). Pack keys
-/// are (load bits, pack << 16 | fill), as in the scalar lpt_small.
 /// The next item of the merge of the A list (s.keys from ia) and the B list (s.extra from ib).
 inline __m512i next_item(const RowBuffers& s, __m512i& ia, __m512i& ib) {
   const __m512i one = _mm512_set1_epi64(1);
@@ -229,6 +226,9 @@ inline __m512i slot_base(const RowShape& sh) {
   return _mm512_mullo_epi64(lane64(), _mm512_set1_epi64(sh.slots));
 }
 
+/// Greedy LPT per lane over the merge of the A list (s.keys from ia) and the B list
+/// (s.extra from ib), items `first` on: each item to the least loaded pack with room (ties:
+/// lowest pack). Pack keys are (load bits, pack << 16 | fill), as in the scalar lpt_small.
 template <class Q>
 void pack(Q& q, const RowShape& sh, __m512i ia, __m512i ib, int first, const RowBuffers& s) {
   const int cap = sh.slots / sh.packs;
@@ -291,9 +291,10 @@ struct Replicate {
 /// The packing's first round without the queue: while every pack is empty and the items
 /// come heaviest first, item t (t < packs) goes to pack t, as long as no item of the round
 /// weighs zero (then the first pack, still at zero, would win again). Writes the round's
-/// slots and the packs' keys as tree leaves; false (nothing to keep) when a lane has a zero.
-inline bool first_round(const RowShape& sh, __m512i& ia, __m512i& ib, const RowBuffers& s) {
-  const int m = sh.packs, cap = sh.slots / sh.packs, leaves = pow2_at_least(m);
+/// slots and the packs' keys as the leaves of a tree whose leaf i is row `leaves + i` of
+/// s.tree; false (nothing to keep) when a lane has a zero.
+inline bool first_round(const RowShape& sh, int leaves, __m512i& ia, __m512i& ib, const RowBuffers& s) {
+  const int m = sh.packs, cap = sh.slots / sh.packs;
   const __m512i obase = slot_base(sh);
   __m512i a = ia, b = ib, item = _mm512_setzero_si512();
   for (int t = 0; t < m; ++t) {
@@ -330,7 +331,7 @@ struct Pack {
       VTree<LOG> q;
       __m512i ib = _mm512_setzero_si512();
       int first = 0;
-      if (first_round(sh, ia, ib, s)) {
+      if (first_round(sh, VTree<LOG>::kLeaves, ia, ib, s)) {
         q.build(s.tree, sh.packs);
         first = sh.packs;
       } else {
