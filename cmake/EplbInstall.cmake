@@ -36,7 +36,8 @@ install(FILES ${PROJECT_BINARY_DIR}/generated/eplb/config.hpp
 install(EXPORT eplbTargets NAMESPACE eplb:: DESTINATION ${EPLB_CMAKE_DIR})
 configure_package_config_file(${PROJECT_SOURCE_DIR}/cmake/eplbConfig.cmake.in
                               ${PROJECT_BINARY_DIR}/eplbConfig.cmake
-                              INSTALL_DESTINATION ${EPLB_CMAKE_DIR})
+                              INSTALL_DESTINATION ${EPLB_CMAKE_DIR}
+                              PATH_VARS CMAKE_INSTALL_INCLUDEDIR)
 write_basic_package_version_file(${PROJECT_BINARY_DIR}/eplbConfigVersion.cmake
                                  COMPATIBILITY SameMinorVersion)
 install(FILES ${PROJECT_BINARY_DIR}/eplbConfig.cmake ${PROJECT_BINARY_DIR}/eplbConfigVersion.cmake
