@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <exception>
 #include <mutex>
+#include <numeric>
 #include <thread>
 #include <bit>
 #include <cstring>
@@ -28,12 +29,6 @@ inline u32 lo(u64 k) { return static_cast<u32>(k); }
 inline u64 make_key(u32 h, u32 l) { return (u64{h} << 32) | l; }
 /// Ascending keys order "larger value first, then lower index".
 inline u64 desc_key(float v, u32 i) { return make_key(~bits_of(v), i); }
-
-template <class T>
-T* grow(std::vector<T>& v, std::size_t n) {
-  if (v.size() < n) v.resize(n);
-  return v.data();
-}
 
 inline int ceil_log2(int m) { return std::bit_width(static_cast<u32>(m > 1 ? m - 1 : 0)); }
 
@@ -464,9 +459,6 @@ void DeepseekPolicy::plan_layers(int first, int last, LoadView load, const Topol
   };
   auto lane_w = [&] { return ws.simd.w.data() + static_cast<std::size_t>(ws.pending) * En; };
   auto lane_lid = [&] { return ws.lane_lid.data() + static_cast<std::size_t>(ws.pending) * En; };
-  auto iota = [](int* d, int count, int first_value) {
-    for (int i = 0; i < count; ++i) d[i] = first_value + i;
-  };
   int* group_at = grow(ws.gdest, G);
   ws.lid_identity = identity;
   ws.group_size = gs;
@@ -514,7 +506,7 @@ void DeepseekPolicy::plan_layers(int first, int last, LoadView load, const Topol
           for (int r = 0; r < gpn; ++r) {
             const int g = group_at[n * gpn + r];
             std::copy_n(wf + static_cast<std::size_t>(g) * gs, gs, wl + r * gs);
-            iota(lid_l + r * gs, gs, g * gs);
+            std::iota(lid_l + r * gs, lid_l + (r + 1) * gs, g * gs);
             ws.lane_groups[static_cast<std::size_t>(ws.pending) * gpn + r] = g;
           }
           queued(l, n);
@@ -524,7 +516,7 @@ void DeepseekPolicy::plan_layers(int first, int last, LoadView load, const Topol
       for (int slot = 0; slot < G; ++slot) {
         const int g = group_at[slot];
         std::copy_n(wf + static_cast<std::size_t>(g) * gs, gs, row + slot * gs);
-        iota(m2l + slot * gs, gs, g * gs);
+        std::iota(m2l + slot * gs, m2l + (slot + 1) * gs, g * gs);
       }
     } else {
       std::copy_n(wf, E, row);

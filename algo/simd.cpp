@@ -60,9 +60,6 @@ bool simd_rows_available() {
 
 void plan_rows_simd(const RowShape& sh, SimdScratch& s) {
   const int n = sh.n, K = sh.slots - sh.n, Kc = std::min(K, n);
-  auto grow = [](auto& v, std::size_t size) {
-    if (v.size() < size) v.resize(size);
-  };
   grow(s.keys, static_cast<std::size_t>(avx512::sort_rows(n) + 1) * kLanes);
   grow(s.extra, static_cast<std::size_t>(avx512::sort_rows(K + Kc) + 1) * kLanes);
   grow(s.cnt, static_cast<std::size_t>(n) * kLanes);

@@ -10,6 +10,13 @@
 
 namespace eplb::algo::detail {
 
+/// v grown to at least n elements (never shrunk: scratch keeps its storage); its data.
+template <class T>
+T* grow(std::vector<T>& v, std::size_t n) {
+  if (v.size() < n) v.resize(n);
+  return v.data();
+}
+
 /// Shape shared by the rows of a batch.
 struct RowShape {
   int n = 0;    ///< experts per row (En)
