@@ -414,4 +414,48 @@ MigrationPlan plan_migration(const Placement& from, const Placement& to, const T
   return plan;
 }
 
+long long align_slots(const Placement& prev, Placement& next, const Topology& topo) {
+  prev.check_shape(topo, "align_slots: previous placement");
+  next.check_shape(topo, "align_slots: new placement");
+  const int L = topo.num_layers, R = topo.num_slots, E = topo.num_logical, k = topo.slots_per_rank();
+  thread_local std::vector<int> left, out;  // per expert: new replicas on the GPU not yet placed
+  left.assign(static_cast<std::size_t>(E), 0);
+  out.resize(static_cast<std::size_t>(L) * R);
+  long long moved = 0;
+  for (int l = 0; l < L; ++l) {
+    const int* old = prev.phy2log(l).data();
+    const int* nxt = next.phy2log(l).data();
+    int* o = out.data() + static_cast<std::size_t>(l) * R;
+    for (int g = 0; g < R; g += k) {
+      for (int s = g; s < g + k; ++s) ++left[static_cast<std::size_t>(nxt[s])];
+      for (int s = g; s < g + k; ++s) {  // slots that keep their expert
+        int& n = left[static_cast<std::size_t>(old[s])];
+        o[s] = n > 0 ? old[s] : -1;
+        n -= n > 0;
+      }
+      for (int s = g; s < g + k; ++s) {  // a free slot takes next's expert for it if still due
+        int& n = left[static_cast<std::size_t>(nxt[s])];
+        if (o[s] >= 0 || n == 0) continue;
+        o[s] = nxt[s];
+        --n;
+      }
+      int free = g;
+      for (int s = g; s < g + k; ++s) {  // the rest, in next's order, into the free slots
+        int& n = left[static_cast<std::size_t>(nxt[s])];
+        if (n == 0) continue;
+        --n;
+        while (o[free] >= 0) ++free;
+        o[free] = nxt[s];
+      }
+      for (int s = g; s < g + k; ++s) moved += o[s] != nxt[s];
+    }
+  }
+  if (moved) {
+    thread_local std::vector<int> cnt;  // next's counts, copied: assign_counted replaces them
+    cnt.assign(next.logcnt().begin(), next.logcnt().end());
+    next.assign_counted(L, E, R, out, cnt);
+  }
+  return moved;
+}
+
 }  // namespace eplb::algo

@@ -69,7 +69,7 @@ int run(int argc, char** argv) {
   MPI_Comm_size(MPI_COMM_WORLD, &P);
   std::string model = "v2lite", device = "cpu", policy_name = "deepseek", json;
   int layers = 0, experts = 0, slots = 0, iters = 5, batch = 0, pipeline = 4;
-  bool no_overlap = false;
+  bool overlap = eplb::runtime::ExecOptions{}.overlap_steps, high_priority = false, align = true;
   double noise = 0.2;
   std::size_t peak_bytes = std::size_t{256} << 20, staging_bytes = 0, window_bytes = 0;
   std::vector<std::size_t> tensors;
@@ -87,8 +87,9 @@ int run(int argc, char** argv) {
   app.add_option("--peak-bytes", peak_bytes, "bytes per peer in the pairwise peak measurement");
   app.add_option("--staging-bytes", staging_bytes, "staging budget per rank (0: unlimited, one round per layer)");
   app.add_option("--max-experts-per-batch", batch, "experts per NCCL group (0: whole round)");
-  app.add_flag("--no-overlap", no_overlap,
-               "coalesced mode: finish each window before the next one packs (one staging region)");
+  app.add_flag("--overlap,!--no-overlap", overlap,
+               "coalesced mode: the next window packs and sends before this one unpacks (two staging "
+               "regions; off by default, docs/MIGRATION.md) / finish each window first");
   app.add_option("--pipeline-batches", pipeline,
                  "coalesced mode: batches per round, pipelined with packing/unpacking (1: none)")
       ->check(CLI::PositiveNumber);
@@ -97,6 +98,12 @@ int run(int argc, char** argv) {
                "one message per tensor per expert instead of one per peer (no packing)");
   app.add_option("--window-bytes", window_bytes,
                  "staging for several consecutive layers moved in one batch (0: layer by layer)");
+  app.add_flag("!--no-align", align,
+               "keep the policy's slot order (default: aligned to the previous placement within each "
+               "GPU, as the engine does)");
+  app.add_flag("--high-priority-stream", high_priority,
+               "create the engine's stream (NCCL's transfer lane) with the device's greatest priority, "
+               "so its kernels are scheduled before the copy lane's");
   app.add_option("--json", json, "write results as JSON (rank 0)");
   try {
     app.parse(argc, argv);
@@ -129,7 +136,17 @@ int run(int argc, char** argv) {
   const auto B = policy->rebalance(w2.view(), t, &A);
   eplb::algo::MigrationOptions mo;
   mo.max_staged_slots_per_rank = staging_bytes ? static_cast<int>(std::max<std::size_t>(1, staging_bytes / expert_bytes)) : 0;
-  const auto AB = eplb::algo::plan_migration(A, B, t, mo), BA = eplb::algo::plan_migration(B, A, t, mo);
+  // The placements the iterations go through: A, B, A, ... each aligned to the one before
+  // (as the engine does, RuntimeConfig::align_slots) unless --no-align.
+  std::vector<eplb::algo::Placement> chain{A};
+  std::vector<eplb::algo::MigrationPlan> plans;
+  for (int it = 0; it < iters + 1; ++it) {
+    auto next = it % 2 == 0 ? B : A;
+    if (align) eplb::algo::align_slots(chain.back(), next, t);
+    plans.push_back(eplb::algo::plan_migration(chain.back(), next, t, mo));
+    chain.push_back(std::move(next));
+  }
+  const auto& AB = plans.front();
 
   eplb::comm::MpiComm comm(MPI_COMM_WORLD);
   std::unique_ptr<eplb::comm::Transport> transport;
@@ -138,7 +155,8 @@ int run(int argc, char** argv) {
   std::unique_ptr<eplb::comm::CudaStream> stream;
   if (device == "cuda") {
     eplb::comm::select_device_for_rank(rank);
-    stream = std::make_unique<eplb::comm::CudaStream>();
+    stream = high_priority ? std::make_unique<eplb::comm::CudaStream>(eplb::comm::cuda_stream_priorities().second)
+                           : std::make_unique<eplb::comm::CudaStream>();
     const auto tc = Clock::now();
     transport = eplb::runtime::cuda::make_nccl_transport(comm, stream->get());
     create_s = eplb::bench::max_over_ranks(std::chrono::duration<double>(Clock::now() - tc).count());
@@ -157,9 +175,9 @@ int run(int argc, char** argv) {
       reg.add(l, "t" + std::to_string(i), mem.buffers.back().get(), tensors[i]);
     }
   const eplb::runtime::ExecOptions exec{batch, window_bytes ? 0 : 1, window_bytes, !per_tensor, pipeline,
-                                              !no_overlap};
-  const std::size_t stage = std::max(eplb::runtime::staging_bytes_needed(AB, reg, exec),
-                                     eplb::runtime::staging_bytes_needed(BA, reg, exec));
+                                              overlap};
+  std::size_t stage = 0;
+  for (const auto& p : plans) stage = std::max(stage, eplb::runtime::staging_bytes_needed(p, reg, exec));
   mem.staging = transport->allocate(stage);
 
   const double peak = pairwise_peak(*transport, rank, P, peak_bytes, 5);
@@ -167,7 +185,7 @@ int run(int argc, char** argv) {
   double sent = 0, recvd = 0, local = 0;
   std::vector<double> issue;
   for (int it = 0; it < iters + 1; ++it) {
-    const auto& plan = it % 2 == 0 ? AB : BA;
+    const auto& plan = plans[static_cast<std::size_t>(it)];
     MPI_Barrier(MPI_COMM_WORLD);
     const auto t0 = Clock::now();
     const auto c = eplb::runtime::execute_migration(plan, reg, *transport, rank, mem.staging.get(), {},
@@ -190,9 +208,9 @@ int run(int argc, char** argv) {
     char cfg[512];
     std::snprintf(cfg, sizeof cfg,
                   "model=%s %s device=%s transport=%s policy=%s noise=%.2f expert_bytes=%zu tensors=%zu "
-                  "staging=%zu B batch=%d window_bytes=%zu coalesce=%d pipeline=%d overlap=%d NCCL_NVLS_ENABLE=%s",
+                  "staging=%zu B batch=%d window_bytes=%zu coalesce=%d pipeline=%d overlap=%d align=%d NCCL_NVLS_ENABLE=%s",
                   model.c_str(), t.describe().c_str(), device.c_str(), std::string(transport->name()).c_str(),
-                  policy_name.c_str(), noise, expert_bytes, tensors.size(), stage, batch, window_bytes, !per_tensor, pipeline, !no_overlap,
+                  policy_name.c_str(), noise, expert_bytes, tensors.size(), stage, batch, window_bytes, !per_tensor, pipeline, overlap, align,
                   std::getenv("NCCL_NVLS_ENABLE") ? std::getenv("NCCL_NVLS_ENABLE") : "unset");
     eplb::bench::print_header("bench_migration", cfg);
     std::printf("# plan A->B: %lld slots changed, %lld remote transfers, %lld local copies, %d max rounds/layer\n",

@@ -43,6 +43,14 @@ int select_device_for_rank(int world_rank) {
 }
 
 CudaStream::CudaStream() { EPLB_CUDA_CHECK(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking)); }
+CudaStream::CudaStream(int priority) {
+  EPLB_CUDA_CHECK(cudaStreamCreateWithPriority(&s_, cudaStreamNonBlocking, priority));
+}
+std::pair<int, int> cuda_stream_priorities() {
+  int least = 0, greatest = 0;
+  EPLB_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+  return {least, greatest};
+}
 CudaStream::~CudaStream() {
   if (s_ && cudaStreamDestroy(s_) != cudaSuccess) detail::log_error("cudaStreamDestroy failed");
 }

@@ -26,6 +26,9 @@ int cuda_device_count() noexcept;
 /// Streaming multiprocessors of the current device.
 int cuda_sm_count();
 
+/// The current device's stream priorities {least, greatest} (e.g. {0, -5}).
+std::pair<int, int> cuda_stream_priorities();
+
 /// A device for this rank: local rank (OMPI_COMM_WORLD_LOCAL_RANK, else world rank) modulo
 /// the device count. Calls cudaSetDevice and returns the device.
 int select_device_for_rank(int world_rank);
@@ -33,6 +36,9 @@ int select_device_for_rank(int world_rank);
 class CudaStream {
  public:
   CudaStream();  ///< non-blocking stream on the current device
+  /// Non-blocking stream with a scheduling priority (lower numbers run first; the device's
+  /// range is given by cuda_stream_priorities()).
+  explicit CudaStream(int priority);
   ~CudaStream();
   CudaStream(CudaStream&& o) noexcept : s_(std::exchange(o.s_, nullptr)) {}
   CudaStream& operator=(CudaStream&& o) noexcept;

@@ -43,7 +43,11 @@ struct RuntimeConfig {
   /// With coalesce_messages: the next window's (or round's) packs and transfers are issued
   /// before this one's unpacks, on a second staging region within staging_bytes. See
   /// ExecOptions::overlap_steps.
-  bool overlap_steps = true;
+  bool overlap_steps = false;
+  /// Reorder each new placement within every GPU so that experts the GPU already holds keep
+  /// their slots (algo::align_slots): same balance, far fewer local copies in the migration.
+  /// Off gives the policy's slot order unchanged (e.g. to compare with the reference).
+  bool align_slots = true;
   /// When the policy plans each layer on its own (algo::Policy::layers_independent), every
   /// rank plans its share of the layers and one allgather assembles the placement, instead
   /// of rank 0 planning all layers and broadcasting (docs/DESIGN.md). Same placement.

@@ -70,6 +70,7 @@ Engine::Engine(MPI_Comm comm, RuntimeConfig config, WeightRegistry weights,
               {"coalesce_messages", static_cast<std::uint64_t>(config_.coalesce_messages)},
               {"pipeline_batches", static_cast<std::uint64_t>(config_.pipeline_batches)},
               {"overlap_steps", static_cast<std::uint64_t>(config_.overlap_steps)},
+              {"align_slots", static_cast<std::uint64_t>(config_.align_slots)},
               {"distributed_planning", static_cast<std::uint64_t>(config_.distributed_planning)},
               {"device_allreduce", static_cast<std::uint64_t>(config_.device_allreduce)},
               {"weight layout (hash)", weights_.layout_hash()},
@@ -203,6 +204,7 @@ RebalanceStats Engine::rebalance() {
     st.t_policy_ms = ms_since(t);
     t = Clock::now();
     comm::allgather_placement(comm_, topo, slice, plan_error, msg.placement);
+    if (config_.align_slots) algo::align_slots(placement_, msg.placement, topo);  // same on every rank
     msg.epoch = epoch_ + 1;
     decide();
     // Every rank computed the same decision from the same numbers; rank 0's is the one all
@@ -220,6 +222,7 @@ RebalanceStats Engine::rebalance() {
       msg.epoch = epoch_ + 1;
       try {
         policy_->rebalance_into(load, topo, &placement_, msg.placement);
+        if (config_.align_slots) algo::align_slots(placement_, msg.placement, topo);
         decide();
       } catch (const std::exception& e) {
         msg.status = comm::PlanStatus::error;

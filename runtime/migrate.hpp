@@ -46,7 +46,7 @@ struct ExecOptions {
   /// unpacks, on a second staging region, so the links run on from one step's last batch
   /// to the next step's first. Windows are then formed within half of staging_budget, and
   /// overlap is used only when both regions fit the budget (docs/MIGRATION.md).
-  bool overlap_steps = true;
+  bool overlap_steps = false;
 };
 
 /// Staging bytes a plan needs per rank with these weights and options (256-byte aligned

@@ -6,7 +6,8 @@
 # tests and the short benchmarks, no sanitizer/moe_sim; mig: only the migration benchmarks;
 # overlap: the GPU tests, the migration tests under the sanitizer, and the migration
 # benchmarks with and without overlapped steps, one device trace; single: one GPU only;
-# algo: every test that runs on this machine, and the policy benchmarks, batched and scalar)
+# algo: every test that runs on this machine, and the policy benchmarks, batched and scalar;
+# sweep: V3/V2-Lite migration over copy-kernel blocks and threads, stream priority, overlap)
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 final=${OUT:-$root/gpu-logs}
@@ -88,6 +89,42 @@ if [[ $mode == single ]]; then  # one GPU: kernel tests, local-only migration (c
      --model v3 --layers 4 --iters 1 --window-bytes 20000000000)
   step moe_sim_np1 "${mpirun[@]}" -np 1 ./examples/moe_sim --device cuda --passes 100 --interval 25 --device-allreduce
   cat "$summary"
+  exit 0
+fi
+if [[ $mode == sweep ]]; then  # copy-kernel shape, stream priority and overlap against NCCL's peak
+  np=$(( ngpu >= 4 ? 4 : 2 )); gib=1073741824
+  v3layers=$(( np == 4 ? 20 : 8 ))
+  sweep() {  # sweep NAME BLOCKS THREADS ARGS...: one V3 migration run with those copy kernels
+    local name=$1 b=$2 th=$3; shift 3
+    EPLB_COPY_KERNEL_BLOCKS=$b EPLB_COPY_KERNEL_THREADS=$th step "$name" "${mpirun[@]}" -x EPLB_COPY_KERNEL_BLOCKS \
+      -x EPLB_COPY_KERNEL_THREADS -np $np ./bench/bench_migration --device cuda --peak-bytes $gib "$@"
+    printf '%-44s %s\n' "$name" "$(grep -A1 '^ranks' "$out/$name.log" | tail -1)" >>"$out/sweep.txt"
+  }
+  v3=(--model v3 --layers $v3layers --window-bytes 40000000000)
+  v2=(--model v2lite --window-bytes 16000000000)
+  (export EPLB_MIGRATION_TRACE=1
+   sweep trace_v3_align 80 512 "${v3[@]}" --iters 1
+   sweep trace_v2lite_align 80 512 "${v2[@]}" --iters 1)
+  for rep in 1 2; do
+    for b in 66 80; do
+      sweep v3_b${b}_align_$rep $b 512 "${v3[@]}" --iters 4
+      sweep v3_b${b}_noalign_$rep $b 512 "${v3[@]}" --iters 4 --no-align
+      sweep v2lite_b${b}_align_$rep $b 512 "${v2[@]}" --iters 6
+      sweep v2lite_b${b}_noalign_$rep $b 512 "${v2[@]}" --iters 6 --no-align
+    done
+  done
+  for b in 33 50 100; do
+    sweep v3_b${b}_align $b 512 "${v3[@]}" --iters 4
+    sweep v2lite_b${b}_align $b 512 "${v2[@]}" --iters 6
+  done
+  sweep v3_b80_align_overlap 80 512 "${v3[@]}" --iters 4 --overlap
+  sweep v3_b80_align_overlap_pb2 80 512 "${v3[@]}" --iters 4 --overlap --pipeline-batches 2
+  sweep v2lite_b80_align_overlap 80 512 "${v2[@]}" --iters 6 --overlap
+  sweep v3_b80_align_w60 80 512 --model v3 --layers $v3layers --window-bytes 60000000000 --iters 4
+  sweep v2lite_b80_align_r72 80 512 "${v2[@]}" --iters 6 --slots 72
+  EPLB_COPY_KERNEL_BLOCKS=80 step ctest_gpu ctest -L gpu --output-on-failure --timeout 300
+  step moe_sim_cuda_np$np "${mpirun[@]}" -np $np ./examples/moe_sim --device cuda --passes 600 --interval 30
+  cat "$out/sweep.txt" | tee -a "$summary"
   exit 0
 fi
 if [[ $mode == overlap ]]; then  # most important first: a 600 s device call may end early

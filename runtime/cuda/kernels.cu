@@ -88,7 +88,6 @@ int launch_typed(const Id* ids, long long n, const DeviceLayerMaps& m, int lb, i
 }
 
 constexpr int kCopyOpsPerLaunch = 1024;  // 24 KiB of parameters (limit: 32 KiB, CUDA >= 12.1)
-constexpr int kCopyThreads = 1024;  // 1024 x 66 blocks copied 16 % faster than 512 on an H200 (BENCHMARKS.md)
 
 struct CopyList {
   CopySpec op[kCopyOpsPerLaunch];
@@ -115,7 +114,8 @@ __device__ void copy_strided(char* dst, const char* src, unsigned long long byte
   for (; i < n; i += stride) d[i] = s[i];
 }
 
-__global__ void __launch_bounds__(kCopyThreads) copy_batch_kernel(const __grid_constant__ CopyList list) {
+template <int Threads>
+__global__ void __launch_bounds__(Threads) copy_batch_kernel(const __grid_constant__ CopyList list) {
   const unsigned long long first = blockIdx.x * static_cast<unsigned long long>(blockDim.x) + threadIdx.x;
   const unsigned long long stride = static_cast<unsigned long long>(gridDim.x) * blockDim.x;
   for (int k = 0; k < list.n; ++k) {
@@ -135,14 +135,21 @@ __global__ void __launch_bounds__(kCopyThreads) copy_batch_kernel(const __grid_c
 
 }  // namespace
 
-int launch_copy_batch(const CopySpec* ops, unsigned long long n, int blocks, CUstream_st* stream) {
+int launch_copy_batch(const CopySpec* ops, unsigned long long n, int blocks, int threads,
+                      CUstream_st* stream) {
   if (blocks < 1) blocks = 1;
+  if (threads != 256 && threads != 512) threads = 1024;
   CopyList list;
   for (unsigned long long i = 0; i < n; i += kCopyOpsPerLaunch) {
     const unsigned long long m = n - i < kCopyOpsPerLaunch ? n - i : kCopyOpsPerLaunch;
     for (unsigned long long j = 0; j < m; ++j) list.op[j] = ops[i + j];
     list.n = static_cast<int>(m);
-    copy_batch_kernel<<<blocks, kCopyThreads, 0, stream>>>(list);
+    if (threads == 256)
+      copy_batch_kernel<256><<<blocks, 256, 0, stream>>>(list);
+    else if (threads == 512)
+      copy_batch_kernel<512><<<blocks, 512, 0, stream>>>(list);
+    else
+      copy_batch_kernel<1024><<<blocks, 1024, 0, stream>>>(list);
     const cudaError_t rc = cudaGetLastError();
     if (rc != cudaSuccess) return rc;
   }

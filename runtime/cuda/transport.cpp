@@ -15,7 +15,8 @@ int copy_with_kernel(std::span<const comm::Transport::CopyOp> ops, comm::cuda_st
   specs.clear();
   for (const auto& op : ops)
     if (op.bytes) specs.push_back({op.dst, op.src, op.bytes});
-  return launch_copy_batch(specs.data(), specs.size(), copy_kernel_blocks(), stream);
+  return launch_copy_batch(specs.data(), specs.size(), copy_kernel_blocks(), copy_kernel_threads(),
+                           stream);
 }
 
 }  // namespace
@@ -28,6 +29,15 @@ int copy_kernel_blocks() {
     return b < 0 ? 0 : b;
   }();
   return blocks;
+}
+
+int copy_kernel_threads() {
+  static const int threads = [] {
+    const char* v = std::getenv("EPLB_COPY_KERNEL_THREADS");
+    const int t = v && *v ? std::atoi(v) : 512;
+    return t == 256 || t == 1024 ? t : 512;
+  }();
+  return threads;
 }
 
 std::unique_ptr<comm::NcclTransport> make_nccl_transport(const comm::MpiComm& mpi,

@@ -10,6 +10,10 @@ namespace eplb::runtime::cuda {
 /// device's SMs (66 on an H200; 64 of its 132 measured best against 16 and 32 on H200x4,
 /// docs/BENCHMARKS.md), leaving the other half to NCCL; 0 = use cudaMemcpyBatchAsync.
 int copy_kernel_blocks();
+/// Threads per block of those kernels: EPLB_COPY_KERNEL_THREADS (256, 512 or 1024; default
+/// 512: with NCCL transfers beside them, 66 x 512 reached 86 % of the pairwise peak on 2
+/// H200s against 75 % for 66 x 1024, docs/BENCHMARKS.md).
+int copy_kernel_threads();
 
 /// comm::NcclTransport (collective over `mpi`) whose copies run as kernels of
 /// copy_kernel_blocks() blocks: one launch per phase instead of one copy call per tensor

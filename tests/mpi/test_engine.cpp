@@ -162,6 +162,36 @@ INSTANTIATE_TEST_SUITE_P(
               1, true, kSync, 4, false}),
     [](const testing::TestParamInfo<Shape>& i) { return std::string(i.param.name); });
 
+TEST(EngineAlign, AlignedSlotsBalanceTheSameAndCopyLess) {
+  // Two engines on the same loads, with and without align_slots: same balance after every
+  // rebalance, never more slots changed or local copies, and the bytes where the placement says.
+  const int P = world_size();
+  const Topology t{3, 16, (P == 1 ? 20 : 10) * P, P, 1, 1};
+  long long changed[2] = {0, 0}, local[2] = {0, 0};
+  std::vector<double> balance[2];
+  for (int align = 0; align < 2; ++align) {
+    auto cfg = config_for(t);
+    cfg.policy = "deepseek";
+    cfg.align_slots = align == 1;
+    HostWeights w(t, {256, 40});
+    const auto initial = eplb::algo::Placement::contiguous(t);
+    eplb::runtime::fill_slots(w.registry, initial, world_rank());
+    Engine engine(MPI_COMM_WORLD, cfg, std::move(w.registry), initial);
+    std::mt19937_64 rng(77 + world_rank());
+    for (int r = 0; r < 6; ++r) {
+      add_random_loads(engine, rng, 1.2);
+      const auto st = engine.rebalance();
+      balance[align].push_back(st.balancedness_after);
+      changed[align] += st.plan.slots_changed;
+      local[align] += st.plan.local_units + st.plan.fanout_copies;
+      ASSERT_EQ(bad_slots_anywhere(engine), 0u) << "align " << align << ", rebalance " << r;
+    }
+  }
+  for (std::size_t r = 0; r < balance[0].size(); ++r) EXPECT_NEAR(balance[1][r], balance[0][r], 1e-12) << r;
+  EXPECT_LT(changed[1], changed[0]);
+  EXPECT_LE(local[1], local[0]);
+}
+
 class EngineBadInput : public testing::Test {
  protected:
   Topology t{2, 8, 3 * world_size(), world_size(), 1, 1};
@@ -170,10 +200,12 @@ class EngineBadInput : public testing::Test {
     weights = std::make_unique<HostWeights>(t, std::vector<std::size_t>{64, 24});
     const auto initial = eplb::algo::Placement::contiguous(t);
     eplb::runtime::fill_slots(weights->registry, initial, world_rank());
-    // The reference policy: it re-sorts even a single rank's slots, so the first rebalance
-    // below changes the placement at every rank count (sticky would keep it at one rank).
+    // The reference policy in its own slot order: it re-sorts even a single rank's slots, so
+    // the first rebalance below changes the placement at every rank count (sticky, or the
+    // default alignment to the previous slots, would keep it at one rank).
     auto cfg = config_for(t);
     cfg.policy = "deepseek";
+    cfg.align_slots = false;
     engine = std::make_unique<Engine>(MPI_COMM_WORLD, cfg, std::move(weights->registry), initial);
     std::mt19937_64 rng(7 + world_rank());
     add_random_loads(*engine, rng, 1.5);
@@ -238,6 +270,7 @@ TEST_F(EngineBadInput, SkipBelowMinGainKeepsPlacement) {
   auto cfg = config_for(t);
   cfg.min_gain = 2.0;
   cfg.policy = "deepseek";  // changes the placement at every rank count (see the fixture)
+  cfg.align_slots = false;
   const auto initial = eplb::algo::Placement::contiguous(t);
   eplb::runtime::fill_slots(host.registry, initial, world_rank());
   Engine e(MPI_COMM_WORLD, cfg, std::move(host.registry), initial);

@@ -1,6 +1,7 @@
 // The migration plan, applied to simulated memory, always yields the new placement.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <map>
 #include <random>
 #include <tuple>
@@ -228,6 +229,86 @@ TEST(MigrationPlan, RejectsShapeMismatch) {
   const auto a = Placement::contiguous(t);
   const auto other = Placement::contiguous(Topology{2, 4, 8, 2, 1, 1});
   EXPECT_THROW(eplb::algo::plan_migration(a, other, t), std::invalid_argument);
+}
+
+/// Per (layer, GPU): the sorted experts of a placement's slots on that GPU.
+std::vector<std::vector<int>> gpu_multisets(const Placement& p, const Topology& t) {
+  std::vector<std::vector<int>> m;
+  const int k = t.slots_per_rank();
+  for (int l = 0; l < t.num_layers; ++l)
+    for (int g = 0; g < t.num_slots; g += k) {
+      const auto row = p.phy2log(l);
+      std::vector<int> v(row.begin() + g, row.begin() + g + k);
+      std::sort(v.begin(), v.end());
+      m.push_back(std::move(v));
+    }
+  return m;
+}
+
+TEST_P(MigrationPlanRandom, AlignedSlotsKeepEveryExpertTheGpuAlreadyHolds) {
+  std::mt19937 rng(GetParam() + 100);
+  for (int trial = 0; trial < 40; ++trial) {
+    Topology t;
+    t.num_nodes = 1 + static_cast<int>(rng() % 3);
+    t.num_ranks = t.num_nodes * (1 + static_cast<int>(rng() % 4));
+    t.num_slots = t.num_ranks * (1 + static_cast<int>(rng() % 6));
+    t.num_logical = 1 + static_cast<int>(rng() % t.num_slots);
+    t.num_layers = 1 + static_cast<int>(rng() % 3);
+    SCOPED_TRACE(t.describe());
+    const Placement a = random_placement(t, rng);
+    const Placement b = (trial % 2) ? random_placement(t, rng) : perturb(a, t, rng, 0.3);
+    Placement c = b;
+    const long long moved = eplb::algo::align_slots(a, c, t);
+    // Same experts and replica counts on every GPU: the balance cannot change.
+    EXPECT_EQ(gpu_multisets(c, t), gpu_multisets(b, t));
+    EXPECT_TRUE(std::equal(c.logcnt().begin(), c.logcnt().end(), b.logcnt().begin()));
+    long long differ = 0;
+    for (std::size_t i = 0; i < b.phy2log().size(); ++i) differ += b.phy2log()[i] != c.phy2log()[i];
+    EXPECT_EQ(moved, differ);
+    // The most slots that can keep their expert do: sum over GPUs and experts of
+    // min(replicas before, replicas after).
+    const int k = t.slots_per_rank();
+    long long kept = 0, best = 0;
+    for (int l = 0; l < t.num_layers; ++l)
+      for (int g = 0; g < t.num_slots; g += k) {
+        std::map<int, int> before, after;
+        for (int s = g; s < g + k; ++s) {
+          ++before[a.phy2log(l)[s]];
+          ++after[b.phy2log(l)[s]];
+          kept += a.phy2log(l)[s] == c.phy2log(l)[s];
+        }
+        for (const auto& [e, n] : before) best += std::min(n, after.count(e) ? after[e] : 0);
+      }
+    EXPECT_EQ(kept, best);
+    // The migration then moves no more experts between GPUs and copies no more locally.
+    const auto pb = eplb::algo::plan_migration(a, b, t), pc = eplb::algo::plan_migration(a, c, t);
+    EXPECT_EQ(pc.stats().remote_units, pb.stats().remote_units);
+    EXPECT_LE(pc.stats().local_units + pc.stats().fanout_copies, pb.stats().local_units + pb.stats().fanout_copies);
+    EXPECT_LE(pc.stats().slots_changed, pb.stats().slots_changed);
+    EXPECT_EQ(simulate(pc, a), std::vector<int>(c.phy2log().begin(), c.phy2log().end()));
+    // Aligning again changes nothing.
+    Placement d = c;
+    EXPECT_EQ(eplb::algo::align_slots(a, d, t), 0);
+    EXPECT_EQ(d, c);
+  }
+}
+
+TEST(MigrationPlan, AlignSlotsWorkedExample) {
+  // 2 GPUs x 3 slots. GPU 0: [0,1,2] -> policy [2,3,0]: 0 and 2 keep their slots, 3 takes 1's.
+  // GPU 1: [3,4,0] -> [4,1,4]: 4 keeps slot 4, its second replica takes slot 3 (the policy's
+  // choice for it), 1 the last free slot.
+  const Topology t{1, 5, 6, 2, 1, 1};
+  const Placement a(1, 5, 6, {0, 1, 2, 3, 4, 0});
+  Placement b(1, 5, 6, {2, 3, 0, 4, 1, 4});
+  const Placement policy_order = b;
+  EXPECT_EQ(eplb::algo::align_slots(a, b, t), 4);
+  EXPECT_EQ(std::vector<int>(b.phy2log().begin(), b.phy2log().end()), (std::vector<int>{0, 3, 2, 4, 4, 1}));
+  EXPECT_EQ(b.log2phy(0, 4)[0], 3);
+  EXPECT_EQ(b.log2phy(0, 4)[1], 4);
+  const auto before = eplb::algo::plan_migration(a, policy_order, t), after = eplb::algo::plan_migration(a, b, t);
+  EXPECT_EQ(after.stats().slots_changed, 3);
+  EXPECT_LT(after.stats().slots_changed, before.stats().slots_changed);
+  EXPECT_THROW(eplb::algo::align_slots(a, b, Topology{1, 5, 8, 2, 1, 1}), std::invalid_argument);
 }
 
 }  // namespace
