@@ -7,7 +7,8 @@
 # overlap: the GPU tests, the migration tests under the sanitizer, and the migration
 # benchmarks with and without overlapped steps, one device trace; single: one GPU only;
 # algo: every test that runs on this machine, and the policy benchmarks, batched and scalar;
-# sweep: V3/V2-Lite migration over copy-kernel blocks and threads, stream priority, overlap)
+# sweep: V3/V2-Lite migration over copy-kernel blocks and threads and options; validate: the
+# migration figures (aligned and not), every test, moe_sim, control path, sanitizer)
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 final=${OUT:-$root/gpu-logs}
@@ -100,31 +101,52 @@ if [[ $mode == sweep ]]; then  # copy-kernel shape, stream priority and overlap 
       -x EPLB_COPY_KERNEL_THREADS -np $np ./bench/bench_migration --device cuda --peak-bytes $gib "$@"
     printf '%-44s %s\n' "$name" "$(grep -A1 '^ranks' "$out/$name.log" | tail -1)" >>"$out/sweep.txt"
   }
-  v3=(--model v3 --layers $v3layers --window-bytes 40000000000)
-  v2=(--model v2lite --window-bytes 16000000000)
-  (export EPLB_MIGRATION_TRACE=1
-   sweep trace_v3_align 80 512 "${v3[@]}" --iters 1
-   sweep trace_v2lite_align 80 512 "${v2[@]}" --iters 1)
-  for rep in 1 2; do
-    for b in 66 80; do
-      sweep v3_b${b}_align_$rep $b 512 "${v3[@]}" --iters 4
-      sweep v3_b${b}_noalign_$rep $b 512 "${v3[@]}" --iters 4 --no-align
-      sweep v2lite_b${b}_align_$rep $b 512 "${v2[@]}" --iters 6
-      sweep v2lite_b${b}_noalign_$rep $b 512 "${v2[@]}" --iters 6 --no-align
+  v3=(--model v3 --layers $v3layers --window-bytes 40000000000 --iters 4)
+  v2=(--model v2lite --window-bytes 16000000000 --iters 6)
+  for th in 512 1024; do  # the copy kernels' shape: blocks x threads
+    for b in 33 50 66 80 100 132; do
+      sweep v3_b${b}_t$th $b $th "${v3[@]}"
+      sweep v2lite_b${b}_t$th $b $th "${v2[@]}"
     done
   done
-  for b in 33 50 100; do
-    sweep v3_b${b}_align $b 512 "${v3[@]}" --iters 4
-    sweep v2lite_b${b}_align $b 512 "${v2[@]}" --iters 6
+  for o in --no-align --overlap "--pipeline-batches 2" "--pipeline-batches 8"; do
+    sweep "v3_b80${o// /}" 80 512 "${v3[@]}" $o
+    sweep "v2lite_b80${o// /}" 80 512 "${v2[@]}" $o
   done
-  sweep v3_b80_align_overlap 80 512 "${v3[@]}" --iters 4 --overlap
-  sweep v3_b80_align_overlap_pb2 80 512 "${v3[@]}" --iters 4 --overlap --pipeline-batches 2
-  sweep v2lite_b80_align_overlap 80 512 "${v2[@]}" --iters 6 --overlap
-  sweep v3_b80_align_w60 80 512 --model v3 --layers $v3layers --window-bytes 60000000000 --iters 4
-  sweep v2lite_b80_align_r72 80 512 "${v2[@]}" --iters 6 --slots 72
-  EPLB_COPY_KERNEL_BLOCKS=80 step ctest_gpu ctest -L gpu --output-on-failure --timeout 300
-  step moe_sim_cuda_np$np "${mpirun[@]}" -np $np ./examples/moe_sim --device cuda --passes 600 --interval 30
   cat "$out/sweep.txt" | tee -a "$summary"
+  exit 0
+fi
+if [[ $mode == validate ]]; then  # migration figures first, then every test, sanitizer, control path
+  np=$(( ngpu >= 4 ? 4 : 2 )); gib=1073741824
+  v3layers=$(( np == 4 ? 20 : 8 ))
+  for w in 60 40; do
+    for rep in 1 2; do
+      mig mig_v3_w${w}_np${np}_$rep $np --model v3 --layers $v3layers --iters 4 --window-bytes ${w}000000000 --peak-bytes $gib
+    done
+    mig mig_v3_w${w}_noalign_np$np $np --model v3 --layers $v3layers --iters 4 --window-bytes ${w}000000000 \
+      --peak-bytes $gib --no-align
+  done
+  mig mig_v3_w50_np$np $np --model v3 --layers $v3layers --iters 4 --window-bytes 50000000000 --peak-bytes $gib
+  mig mig_v3_w80_np$np $np --model v3 --layers $v3layers --iters 4 --window-bytes 80000000000 --peak-bytes $gib
+  for rep in 1 2; do
+    mig mig_v2lite_w16_np${np}_$rep $np --model v2lite --iters 6 --window-bytes 16000000000 --peak-bytes $gib
+  done
+  mig mig_v2lite_w16_noalign_np$np $np --model v2lite --iters 6 --window-bytes 16000000000 --peak-bytes $gib --no-align
+  mig mig_v2lite_r72_np$np $np --model v2lite --slots 72 --iters 6 --window-bytes 16000000000 --peak-bytes $gib
+  mig mig_v2lite_sticky_np$np $np --model v2lite --policy sticky --iters 6 --window-bytes 16000000000 --peak-bytes $gib
+  step ctest ctest --output-on-failure -j 4 --timeout 600
+  step moe_sim_cuda_np$np "${mpirun[@]}" -np $np ./examples/moe_sim --device cuda --passes 1000 --interval 25 \
+    --tensors w13:1048576,w2:524288,scale:4096 --csv "$out/moe_sim_np$np.csv"
+  for pol in sticky deepseek; do
+    step bench_control_cuda_np${np}_$pol "${mpirun[@]}" -np $np ./bench/bench_control --device cuda --iters 30 \
+      --policy $pol --planning-threads 1
+  done
+  step bench_route ./bench/bench_route --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
+  cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+  step sanitizer_route "$cs" --tool memcheck --report-api-errors no --error-exitcode 9 ./tests/eplb_gpu_tests
+  step sanitizer_nccl_np2 "${mpirun[@]}" -np 2 "$cs" --tool memcheck --report-api-errors no --error-exitcode 9 \
+    ./tests/eplb_gpu_mpi_tests --gtest_filter='-*TimesOut*'
+  cat "$summary"
   exit 0
 fi
 if [[ $mode == overlap ]]; then  # most important first: a 600 s device call may end early

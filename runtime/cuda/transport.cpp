@@ -24,7 +24,7 @@ int copy_with_kernel(std::span<const comm::Transport::CopyOp> ops, comm::cuda_st
 int copy_kernel_blocks() {
   static const int blocks = [] {
     const char* v = std::getenv("EPLB_COPY_KERNEL_BLOCKS");
-    if (!v || !*v) return std::max(1, comm::cuda_sm_count() / 2);
+    if (!v || !*v) return std::max(1, (comm::cuda_sm_count() * 3 + 4) / 5);  // ceil(3/5 of the SMs)
     const int b = std::atoi(v);
     return b < 0 ? 0 : b;
   }();
