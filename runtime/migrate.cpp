@@ -102,21 +102,18 @@ struct Window {
   std::size_t bytes() const { return staging + send + recv; }
 };
 
-/// Greedy windows: a layer joins the current window while the window's staging stays within
-/// the budget (a window always takes at least one layer). Depends only on the plan, the
-/// weight layout and the options, so every rank forms the same windows.
-std::vector<Window> make_windows(const algo::MigrationPlan& plan, const WeightRegistry& weights,
-                                 const ExecOptions& options) {
-  const auto& t = plan.topology();
+/// Windows: a layer joins the current window while the window's staging stays within `cap`
+/// (a window always takes at least one layer). Depends only on the plan, the weight layout
+/// and the options, so every rank forms the same windows.
+std::vector<Window> greedy_windows(const algo::MigrationPlan& plan, std::span<const LayerNeed> needs,
+                                   const ExecOptions& options, std::size_t cap) {
   std::vector<Window> out;
-  NeedScratch scratch(t.num_ranks);
   for (int l = 0; l < plan.num_layers(); ++l) {
-    const LayerNeed need = layer_need(plan.layer(l), StagingLayout::stride_of(weights.tensors(l)),
-                                      scratch, options.coalesce);
+    const LayerNeed& need = needs[static_cast<std::size_t>(l)];
     const bool join = !out.empty() && options.max_layers_per_window != 1 &&
                       (options.max_layers_per_window == 0 ||
                        out.back().last - out.back().first < options.max_layers_per_window) &&
-                      out.back().bytes() + need.total() <= options.staging_budget;
+                      out.back().bytes() + need.total() <= cap;
     if (!join) out.push_back(Window{l, l, {}, 0, 0, 0, 0});
     auto& w = out.back();
     w.rounds = std::max(w.rounds, plan.layer(l).rounds.size());
@@ -127,6 +124,45 @@ std::vector<Window> make_windows(const algo::MigrationPlan& plan, const WeightRe
     w.last = l + 1;
   }
   return out;
+}
+
+/// The fewest windows the budget allows, as even as possible: greedy within the budget gives
+/// the count n; then the smallest cap that still needs only n windows. Greedy alone can leave
+/// a last window of one small layer, whose pipeline fill and drain cost as much as a large
+/// one's (on 2 H200s a V3-sized migration took 80 ms in windows of 7 + 1 layers and 68 ms in
+/// one, docs/BENCHMARKS.md).
+std::vector<Window> make_windows(const algo::MigrationPlan& plan, const WeightRegistry& weights,
+                                 const ExecOptions& options) {
+  const auto& t = plan.topology();
+  NeedScratch scratch(t.num_ranks);
+  std::vector<LayerNeed> needs;
+  needs.reserve(static_cast<std::size_t>(plan.num_layers()));
+  for (int l = 0; l < plan.num_layers(); ++l)
+    needs.push_back(layer_need(plan.layer(l), StagingLayout::stride_of(weights.tensors(l)), scratch,
+                               options.coalesce));
+  auto out = greedy_windows(plan, needs, options, options.staging_budget);
+  if (out.size() < 2 || options.max_layers_per_window != 0) return out;
+  std::size_t lo = 0, hi = 0;  // the cap: lo too small for out.size() windows, hi enough
+  for (const auto& w : out) hi = std::max(hi, w.bytes());
+  for (const auto& n : needs) lo = std::max(lo, n.total());
+  if (lo == 0) return out;
+  --lo;
+  auto count = [&](std::size_t cap) {  // greedy_windows(..., cap).size(), without building them
+    std::size_t n = 0, bytes = 0;
+    for (const auto& need : needs) {
+      if (n == 0 || bytes + need.total() > cap) {
+        ++n;
+        bytes = 0;
+      }
+      bytes += need.total();
+    }
+    return n;
+  };
+  while (hi - lo > 1) {
+    const std::size_t mid = lo + (hi - lo) / 2;
+    (count(mid) <= out.size() ? hi : lo) = mid;
+  }
+  return greedy_windows(plan, needs, options, hi);
 }
 
 /// The windows of a migration and the staging they use: one region, or two that
