@@ -61,6 +61,29 @@ void BM_MigrationPlan(benchmark::State& state, std::string policy_name, eplb::be
   state.SetLabel(t.describe());
 }
 
+/// align_slots (the engine's default step after every policy call) on two consecutive
+/// deepseek placements: the new one reordered within each GPU to keep the old one's slots.
+void BM_AlignSlots(benchmark::State& state, eplb::bench::Shape shape) {
+  const auto& t = shape.topo;
+  const auto windows = eplb::bench::load_windows(t, eplb::bench::WindowKind::lognormal, 2, 0.2, 7);
+  auto policy = eplb::algo::make_policy("deepseek");
+  const auto a = policy->rebalance(windows[0].view(), t);
+  const auto b = policy->rebalance(windows[1].view(), t, &a);
+  eplb::algo::Placement next;
+  long long moved = 0;
+  for (auto _ : state) {
+    state.PauseTiming();
+    next = b;
+    state.ResumeTiming();
+    moved = eplb::algo::align_slots(a, next, t);
+    benchmark::DoNotOptimize(next);
+  }
+  state.counters["slots_reordered"] = static_cast<double>(moved);
+  state.counters["slots_changed_before"] = static_cast<double>(eplb::algo::plan_migration(a, b, t).stats().slots_changed);
+  state.counters["slots_changed_after"] = static_cast<double>(eplb::algo::plan_migration(a, next, t).stats().slots_changed);
+  state.SetLabel(t.describe());
+}
+
 /// Placement::assign_counted on a deepseek placement: copies phy2log and logcnt, checks them
 /// and derives log2phy (the part of every policy call that grows with L * E * X).
 void BM_Derive(benchmark::State& state, eplb::bench::Shape shape) {
@@ -115,6 +138,9 @@ const bool registered = [] {
       benchmark::RegisterBenchmark((std::string("migration_plan/") + name + "/" + s.name).c_str(),
                                    BM_MigrationPlan, std::string(name), s)
           ->Unit(benchmark::kMicrosecond);
+  for (const auto& s : plan_shapes)
+    benchmark::RegisterBenchmark((std::string("align_slots/") + s.name).c_str(), BM_AlignSlots, s)
+        ->Unit(benchmark::kMicrosecond);
   for (const auto& name : eplb::algo::policy_names())
     for (const auto& s : eplb::bench::shapes())
       benchmark::RegisterBenchmark(("policy/" + name + "/" + s.name).c_str(), BM_Policy, name, s)

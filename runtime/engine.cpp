@@ -196,6 +196,7 @@ RebalanceStats Engine::rebalance() {
         ts.num_layers = share.last - share.first;
         share_prev_.assign_layers(placement_, share.first, share.last);
         policy_->rebalance_into(load.layers(share.first, share.last), ts, &share_prev_, share_out_);
+        if (config_.align_slots) algo::align_slots(share_prev_, share_out_, ts);  // its share only
         slice = share_out_.phy2log();
       } catch (const std::exception& e) {
         plan_error = e.what();
@@ -204,7 +205,6 @@ RebalanceStats Engine::rebalance() {
     st.t_policy_ms = ms_since(t);
     t = Clock::now();
     comm::allgather_placement(comm_, topo, slice, plan_error, msg.placement);
-    if (config_.align_slots) algo::align_slots(placement_, msg.placement, topo);  // same on every rank
     msg.epoch = epoch_ + 1;
     decide();
     // Every rank computed the same decision from the same numbers; rank 0's is the one all
