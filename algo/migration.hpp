@@ -108,9 +108,10 @@ void plan_migration(const Placement& from, const Placement& to, const Topology& 
 /// Reorders `next` within each GPU so that every slot whose expert in `prev` is still on
 /// that GPU in `next` keeps it; a remaining slot takes the expert `next` has there when
 /// that one is still to be placed, and the GPU's other new experts fill the rest in their
-/// order in `next` (so aligning an aligned placement again changes nothing). Each GPU keeps exactly its experts and replica counts,
-/// so the load balance is unchanged, but a migration from `prev` copies only what really
-/// changes GPU or gains a replica (the local moves between slots of one GPU disappear).
+/// order in `next` (so aligning an aligned placement again changes nothing). Each GPU keeps
+/// exactly its experts and replica counts, so the load balance is unchanged, but a migration
+/// from `prev` copies only what really changes GPU or gains a replica (the local moves
+/// between slots of one GPU disappear).
 /// Deterministic; returns the number of slots whose expert differs from `next`'s before.
 /// Throws std::invalid_argument if the shapes disagree.
 long long align_slots(const Placement& prev, Placement& next, const Topology& topo);

@@ -129,8 +129,8 @@ std::vector<Window> greedy_windows(const algo::MigrationPlan& plan, std::span<co
 /// The fewest windows the budget allows, as even as possible: greedy within the budget gives
 /// the count n; then the smallest cap that still needs only n windows. Greedy alone can leave
 /// a last window of one small layer, whose pipeline fill and drain cost as much as a large
-/// one's (on 2 H200s a V3-sized migration took 80 ms in windows of 7 + 1 layers and 68 ms in
-/// one, docs/BENCHMARKS.md).
+/// one's (on 2 H200s a V3-sized migration took 80 ms in windows of 7 + 1 layers and 70 ms in
+/// 4 + 4, docs/BENCHMARKS.md).
 std::vector<Window> make_windows(const algo::MigrationPlan& plan, const WeightRegistry& weights,
                                  const ExecOptions& options) {
   const auto& t = plan.topology();
@@ -142,7 +142,7 @@ std::vector<Window> make_windows(const algo::MigrationPlan& plan, const WeightRe
                                options.coalesce));
   auto out = greedy_windows(plan, needs, options, options.staging_budget);
   if (out.size() < 2 || options.max_layers_per_window != 0) return out;
-  std::size_t lo = 0, hi = 0;  // the cap: lo too small for out.size() windows, hi enough
+  std::size_t lo = 0, hi = 0;  // the cap searched in (lo, hi]: hi = greedy's largest window
   for (const auto& w : out) hi = std::max(hi, w.bytes());
   for (const auto& n : needs) lo = std::max(lo, n.total());
   if (lo == 0) return out;

@@ -35,8 +35,8 @@ struct CopySpec {
 
 /// Copies ops[0..n) (device memory, independent: no op reads or writes another's
 /// destination) with kernels of at most `blocks` thread blocks of `threads` (256, 512 or
-/// 1024; others mean 1024) each, so that the copies
-/// leave the rest of the GPU to work that runs beside them (NCCL transfers). 16-byte
+/// 1024; others mean 1024) each, so that the copies leave the rest of the GPU to work that
+/// runs beside them (NCCL transfers). 16-byte
 /// accesses where dst, src and size allow, bytes otherwise. One launch per 1024 ops (the
 /// descriptors travel as kernel parameters: no device memory, no host synchronisation).
 int launch_copy_batch(const CopySpec* ops, unsigned long long n, int blocks, int threads,

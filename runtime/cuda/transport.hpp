@@ -7,8 +7,9 @@
 namespace eplb::runtime::cuda {
 
 /// Thread blocks of each batched-copy kernel: EPLB_COPY_KERNEL_BLOCKS, default 3/5 of the
-/// device's SMs, rounded up (80 on an H200; with 512 threads, 80 blocks beat 33-66 and 100-132 on 2 H200s,
-/// docs/BENCHMARKS.md), leaving the rest to NCCL; 0 = use cudaMemcpyBatchAsync.
+/// device's SMs, rounded up (80 on an H200; with 512 threads, 80 blocks beat 33-66 and
+/// 100-132 on 2 H200s, docs/BENCHMARKS.md), leaving the rest to NCCL; 0 = use
+/// cudaMemcpyBatchAsync.
 int copy_kernel_blocks();
 /// Threads per block of those kernels: EPLB_COPY_KERNEL_THREADS (256, 512 or 1024; default
 /// 512: with NCCL transfers beside them, 66 x 512 reached 86 % of the pairwise peak on 2
