@@ -42,6 +42,8 @@ int run(int argc, char** argv) {
   int threads = 0;
   app.add_option("--planning-threads", threads, "threads for the policy on rank 0 (0: runtime default)");
   bool rank0 = false;
+  bool no_align = false;
+  app.add_flag("--no-align", no_align, "keep the policy's slot order (RuntimeConfig::align_slots = false)");
   app.add_flag("--rank0-planning", rank0, "rank 0 plans every layer and broadcasts (default: the ranks split the layers)");
   try {
     app.parse(argc, argv);
@@ -57,6 +59,7 @@ int run(int argc, char** argv) {
   cfg.min_gain = -1;
   cfg.planning_threads = threads;
   cfg.distributed_planning = !rank0;
+  cfg.align_slots = !no_align;
   const auto& t = cfg.topology;
   t.validate();
   const auto initial = eplb::algo::Placement::contiguous(t);
@@ -126,10 +129,10 @@ int run(int argc, char** argv) {
   }
   if (rank == 0) {
     char cfgs[256];
-    std::snprintf(cfgs, sizeof cfgs, "%s (%s) device=%s policy=%s window=%d iters=%d planning_threads=%d planning=%s",
+    std::snprintf(cfgs, sizeof cfgs, "%s (%s) device=%s policy=%s window=%d iters=%d planning_threads=%d planning=%s align=%d",
                   t.describe().c_str(), t.hierarchical() ? "hierarchical" : "global", device.c_str(),
                   cfg.policy_name().c_str(), window, iters, threads,
-                  rank0 ? "rank0+broadcast" : "split over ranks+allgather");
+                  rank0 ? "rank0+broadcast" : "split over ranks+allgather", cfg.align_slots ? 1 : 0);
     eplb::bench::print_header("bench_control", cfgs);
     std::printf("%-6s %11s %11s %11s %10s %10s %10s %15s\n", "ranks", "control_ms", "control_min",
                 "collect_ms", "policy_ms", "bcast_ms", "plan_ms", "migrate_tiny_ms");
