@@ -141,7 +141,8 @@ std::vector<Window> make_windows(const algo::MigrationPlan& plan, const WeightRe
     needs.push_back(layer_need(plan.layer(l), StagingLayout::stride_of(weights.tensors(l)), scratch,
                                options.coalesce));
   auto out = greedy_windows(plan, needs, options, options.staging_budget);
-  if (out.size() < 2 || options.max_layers_per_window != 0) return out;
+  // Only when the budget decides (no budget, or a layer cap, keeps the windows as they are).
+  if (out.size() < 2 || options.max_layers_per_window != 0 || options.staging_budget == 0) return out;
   std::size_t lo = 0, hi = 0;  // the cap searched in (lo, hi]: hi = greedy's largest window
   for (const auto& w : out) hi = std::max(hi, w.bytes());
   for (const auto& n : needs) lo = std::max(lo, n.total());
