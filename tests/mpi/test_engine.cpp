@@ -162,6 +162,28 @@ INSTANTIATE_TEST_SUITE_P(
               1, true, kSync, 4, false}),
     [](const testing::TestParamInfo<Shape>& i) { return std::string(i.param.name); });
 
+TEST(MigrationWindows, FewestAndEvenWithinTheBudget) {
+  // 8 layers that each need the same staging b (every layer swaps the two ranks' experts).
+  // Greedy windows under a budget of 5b..7b would be 5..7 layers + the rest, the largest
+  // 5b..7b; the executor forms 4 + 4 (largest 4b); with room for all, one window of 8b.
+  const Topology t{8, 16, 16, 2, 1, 1};
+  HostWeights w(t, {512, 96});
+  std::vector<int> to;
+  for (int l = 0; l < t.num_layers; ++l)
+    for (int s = 0; s < t.num_slots; ++s) to.push_back((s + 8) % 16);
+  const auto plan = eplb::algo::plan_migration(eplb::algo::Placement::contiguous(t),
+                                               eplb::algo::Placement(8, 16, 16, to), t);
+  const std::size_t b = eplb::runtime::staging_bytes_needed(plan, w.registry, {0, 1, 0, true, 4, false});
+  ASSERT_GT(b, 0u);
+  for (std::size_t k : {5, 6, 7})
+    EXPECT_EQ(eplb::runtime::staging_bytes_needed(plan, w.registry, {0, 0, k * b, true, 4, false}), 4 * b)
+        << "budget " << k << " layers";
+  EXPECT_EQ(eplb::runtime::staging_bytes_needed(plan, w.registry, {0, 0, 8 * b, true, 4, false}), 8 * b);
+  EXPECT_EQ(eplb::runtime::staging_bytes_needed(plan, w.registry, {0, 0, 3 * b, true, 4, false}), 3 * b);
+  // A layer cap keeps greedy windows: 3 + 3 + 2.
+  EXPECT_EQ(eplb::runtime::staging_bytes_needed(plan, w.registry, {0, 3, 100 * b, true, 4, false}), 3 * b);
+}
+
 TEST(EngineAlign, AlignedSlotsBalanceTheSameAndCopyLess) {
   // Two engines on the same loads, with and without align_slots: same balance after every
   // rebalance, never more slots changed or local copies, and the bytes where the placement says.
