@@ -38,6 +38,7 @@ struct Options {
   int max_experts_per_batch = 0;
   int pipeline_batches = 4;
   bool rank0_planning = false;
+  bool align = true;
   bool device_allreduce = false;
   int checkpoint_every = 1;
 };
@@ -185,6 +186,8 @@ int run(int argc, char** argv, int rank, int size) {
                  "batches per migration round, pipelined with packing and unpacking (1: none)")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  app.add_flag("!--no-align", o.align,
+               "keep the policy's slot order (RuntimeConfig::align_slots off: more local copies)");
   app.add_flag("--rank0-planning", o.rank0_planning,
                "rank 0 plans every layer and broadcasts (default: the ranks split the layers)");
   app.add_option("--csv", o.csv, "write one row per rebalance to this CSV file (rank 0)");
@@ -220,6 +223,7 @@ int run(int argc, char** argv, int rank, int size) {
   cfg.max_experts_per_batch = o.max_experts_per_batch;
   cfg.pipeline_batches = o.pipeline_batches;
   cfg.distributed_planning = !o.rank0_planning;
+  cfg.align_slots = o.align;
   cfg.device_allreduce = o.device_allreduce;
   t.validate();
   if (o.topk < 1 || o.topk > o.experts || o.tokens < 1 || o.passes < 0)

@@ -88,7 +88,8 @@ if [[ $mode == single ]]; then  # one GPU: kernel tests, local-only migration (c
   (export EPLB_MIGRATION_TRACE=1
    step mig_v3_l4_np1_trace "${mpirun[@]}" -x EPLB_MIGRATION_TRACE -np 1 ./bench/bench_migration --device cuda \
      --model v3 --layers 4 --iters 1 --window-bytes 20000000000)
-  step moe_sim_np1 "${mpirun[@]}" -np 1 ./examples/moe_sim --device cuda --passes 100 --interval 25 --device-allreduce
+  step moe_sim_np1 "${mpirun[@]}" -np 1 ./examples/moe_sim --device cuda --passes 100 --interval 25 --device-allreduce \
+    --no-align --policy deepseek --min-gain -1  # one GPU: only the policy's own order moves anything
   cat "$summary"
   exit 0
 fi

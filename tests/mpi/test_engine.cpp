@@ -81,6 +81,9 @@ struct Shape {
   eplb::comm::HostLanes lanes = eplb::comm::HostLanes::synchronous;  ///< late modes: ordering checks
   int pipeline_batches = 4;
   bool distributed_planning = true;
+  /// RuntimeConfig::align_slots. Off in most shapes: the policy's own slot order moves many
+  /// experts inside a GPU (local copies, staged cycles), which these byte checks are for.
+  bool align = false;
 };
 void PrintTo(const Shape& s, std::ostream* os) { *os << s.name; }
 constexpr auto kSync = eplb::comm::HostLanes::synchronous;
@@ -103,6 +106,7 @@ TEST_P(ConsecutiveRebalances, EveryByteLandsWhereThePlacementSays) {
   cfg.coalesce_messages = s.coalesce;
   cfg.pipeline_batches = s.pipeline_batches;
   cfg.distributed_planning = s.distributed_planning;
+  cfg.align_slots = s.align;
   HostWeights w(t, s.tensors, 40);
   const auto initial = eplb::algo::Placement::contiguous(t);
   eplb::runtime::fill_slots(w.registry, initial, world_rank());
@@ -159,7 +163,11 @@ INSTANTIATE_TEST_SUITE_P(
         Shape{"rank0_plans_and_broadcasts", 3, 12, 4, 1, 1, {1000, 37, 4099}, 1 << 20, "deepseek",
               0, 1, true, kSync, 4, false},
         Shape{"rank0_plans_and_broadcasts_sticky", 5, 20, 6, 2, 4, {300, 301}, 2048, "sticky", 0,
-              1, true, kSync, 4, false}),
+              1, true, kSync, 4, false},
+        Shape{"aligned_slots_windows", 4, 16, 6, 1, 1, {512, 96}, 4096, "deepseek", 0, 0, true,
+              kLateCopy, 4, true, true},
+        Shape{"aligned_slots_rank0_planning", 3, 12, 4, 2, 4, {1000, 37, 4099}, 1 << 20, "deepseek",
+              0, 1, true, kLateTransfer, 4, false, true}),
     [](const testing::TestParamInfo<Shape>& i) { return std::string(i.param.name); });
 
 TEST(MigrationWindows, FewestAndEvenWithinTheBudget) {
