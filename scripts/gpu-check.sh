@@ -43,6 +43,10 @@ step configure cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_C
 step build cmake --build "$build" -j "$(nproc)" || { grep -E 'error' "$out/build.log" | head -40; exit 1; }
 cd "$build"
 mode=${1:-full}
+# Multi-GPU migration runs: 4 GPUs where there are, else 2; the 1 GiB pairwise peak; as many
+# V3 layers as fit (weights of 20 V3 layers on 2 GPUs would not fit with staging).
+np=$(( ngpu >= 4 ? 4 : 2 )) gib=1073741824
+v3layers=$(( np == 4 ? 20 : 8 ))
 mig() {  # mig NAME NP ARGS...: bench_migration on NP GPUs
   local name=$1 np=$2; shift 2
   [[ $ngpu -ge $np ]] && step "$name" "${mpirun[@]}" -np "$np" ./bench/bench_migration --device cuda "$@"
@@ -94,9 +98,7 @@ if [[ $mode == single ]]; then  # one GPU: kernel tests, local-only migration (c
   exit 0
 fi
 if [[ $mode == sweep ]]; then  # copy-kernel shape, stream priority and overlap against NCCL's peak
-  np=$(( ngpu >= 4 ? 4 : 2 )); gib=1073741824
-  v3layers=$(( np == 4 ? 20 : 8 ))
-  sweep() {  # sweep NAME BLOCKS THREADS ARGS...: one V3 migration run with those copy kernels
+  sweep() {  # sweep NAME BLOCKS THREADS ARGS...: one migration run with those copy kernels
     local name=$1 b=$2 th=$3; shift 3
     EPLB_COPY_KERNEL_BLOCKS=$b EPLB_COPY_KERNEL_THREADS=$th step "$name" "${mpirun[@]}" -x EPLB_COPY_KERNEL_BLOCKS \
       -x EPLB_COPY_KERNEL_THREADS -np $np ./bench/bench_migration --device cuda --peak-bytes $gib "$@"
@@ -118,8 +120,6 @@ if [[ $mode == sweep ]]; then  # copy-kernel shape, stream priority and overlap 
   exit 0
 fi
 if [[ $mode == validate ]]; then  # migration figures first, then every test, sanitizer, control path
-  np=$(( ngpu >= 4 ? 4 : 2 )); gib=1073741824
-  v3layers=$(( np == 4 ? 20 : 8 ))
   for w in 60 40; do
     for rep in 1 2; do
       mig mig_v3_w${w}_np${np}_$rep $np --model v3 --layers $v3layers --iters 4 --window-bytes ${w}000000000 --peak-bytes $gib
@@ -152,8 +152,6 @@ if [[ $mode == validate ]]; then  # migration figures first, then every test, sa
 fi
 if [[ $mode == overlap ]]; then  # most important first: a 600 s device call may end early
   step ctest_gpu ctest -L gpu --output-on-failure --timeout 300
-  np=$(( ngpu >= 4 ? 4 : 2 )); gib=1073741824
-  v3layers=$(( np == 4 ? 20 : 8 ))
   for w in 40000000000 60000000000; do
     mig mig_v3_w${w:0:2}_overlap_np$np $np --model v3 --layers $v3layers --iters 4 --window-bytes $w --peak-bytes $gib
     mig mig_v3_w${w:0:2}_plain_np$np $np --model v3 --layers $v3layers --iters 4 --window-bytes $w --peak-bytes $gib --no-overlap
@@ -198,21 +196,19 @@ if [[ $mode != mig ]]; then
 step bench_algo ./bench/bench_algo --benchmark_filter='deepseek/|migration_plan' --benchmark_min_time=0.2
 step bench_route ./bench/bench_route --benchmark_repetitions=3 --benchmark_report_aggregates_only=true \
   --benchmark_out="$out/bench_route.json"
-for np in 2 4; do
-  [[ $ngpu -ge $np ]] || continue
+for n in 2 4; do
+  [[ $ngpu -ge $n ]] || continue
   for pol in sticky deepseek; do
-    step bench_control_cuda_np${np}_$pol "${mpirun[@]}" -np $np ./bench/bench_control --device cuda --iters 30 \
+    step bench_control_cuda_np${n}_$pol "${mpirun[@]}" -np $n ./bench/bench_control --device cuda --iters 30 \
       --policy $pol --planning-threads 1
-    step bench_control_cuda_np${np}_${pol}_rank0 "${mpirun[@]}" -np $np ./bench/bench_control --device cuda \
+    step bench_control_cuda_np${n}_${pol}_rank0 "${mpirun[@]}" -np $n ./bench/bench_control --device cuda \
       --iters 30 --policy $pol --planning-threads 1 --rank0-planning
   done
-  step bench_control_cpu_np$np "${mpirun[@]}" -np $np ./bench/bench_control --device cpu --iters 30
+  step bench_control_cpu_np$n "${mpirun[@]}" -np $n ./bench/bench_control --device cpu --iters 30
 done
 fi
 [[ $mode == bench ]] && exit 0
-w2=16000000000 w3=40000000000 gib=1073741824
-np=$(( ngpu >= 4 ? 4 : 2 ))
-v3layers=$(( np == 4 ? 20 : 8 ))  # weights of 20 V3 layers on 2 GPUs would not fit with staging
+w2=16000000000 w3=40000000000
 mig mig_v2lite_win_np$np $np --model v2lite --iters 6 --window-bytes $w2
 mig mig_v3_win_np$np $np --model v3 --layers $v3layers --iters 4 --window-bytes $w3
 mig mig_v2lite_win_peak1g_np$np $np --model v2lite --iters 6 --window-bytes $w2 --peak-bytes $gib

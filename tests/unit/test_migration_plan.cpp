@@ -61,6 +61,17 @@ std::vector<int> simulate(const eplb::algo::MigrationPlan& plan, const Placement
   return mem;
 }
 
+/// 1-3 nodes, 1-4 ranks per node, 1-6 slots per rank, 1..R experts, 1-3 layers.
+Topology random_topology(std::mt19937& rng) {
+  Topology t;
+  t.num_nodes = 1 + static_cast<int>(rng() % 3);
+  t.num_ranks = t.num_nodes * (1 + static_cast<int>(rng() % 4));
+  t.num_slots = t.num_ranks * (1 + static_cast<int>(rng() % 6));
+  t.num_logical = 1 + static_cast<int>(rng() % t.num_slots);
+  t.num_layers = 1 + static_cast<int>(rng() % 3);
+  return t;
+}
+
 Placement random_placement(const Topology& t, std::mt19937& rng) {
   // Every expert once, then random extra replicas, shuffled per layer.
   std::vector<int> p;
@@ -122,12 +133,7 @@ TEST_P(MigrationPlanRandom, ApplyingThePlanYieldsTheNewPlacement) {
   // Planned into over and over, across shapes and limits: must equal a fresh plan each time.
   eplb::algo::MigrationPlan reused;
   for (int trial = 0; trial < 40; ++trial) {
-    Topology t;
-    t.num_nodes = 1 + static_cast<int>(rng() % 3);
-    t.num_ranks = t.num_nodes * (1 + static_cast<int>(rng() % 4));
-    t.num_slots = t.num_ranks * (1 + static_cast<int>(rng() % 6));
-    t.num_logical = 1 + static_cast<int>(rng() % t.num_slots);
-    t.num_layers = 1 + static_cast<int>(rng() % 3);
+    const Topology t = random_topology(rng);
     SCOPED_TRACE(t.describe());
     const Placement a = random_placement(t, rng);
     const Placement b = (trial % 2) ? random_placement(t, rng) : perturb(a, t, rng, 0.3);
@@ -248,12 +254,7 @@ std::vector<std::vector<int>> gpu_multisets(const Placement& p, const Topology& 
 TEST_P(MigrationPlanRandom, AlignedSlotsKeepEveryExpertTheGpuAlreadyHolds) {
   std::mt19937 rng(GetParam() + 100);
   for (int trial = 0; trial < 40; ++trial) {
-    Topology t;
-    t.num_nodes = 1 + static_cast<int>(rng() % 3);
-    t.num_ranks = t.num_nodes * (1 + static_cast<int>(rng() % 4));
-    t.num_slots = t.num_ranks * (1 + static_cast<int>(rng() % 6));
-    t.num_logical = 1 + static_cast<int>(rng() % t.num_slots);
-    t.num_layers = 1 + static_cast<int>(rng() % 3);
+    const Topology t = random_topology(rng);
     SCOPED_TRACE(t.describe());
     const Placement a = random_placement(t, rng);
     const Placement b = (trial % 2) ? random_placement(t, rng) : perturb(a, t, rng, 0.3);
