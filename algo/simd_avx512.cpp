@@ -72,30 +72,30 @@ inline void cmpx(__m512i& a, __m512i& b) {
 // registers; only the longer distances go through memory (Batcher's odd-even network, used
 // first, has fewer comparators but sends every one of them through memory: slower here).
 
-/// Half-cleaners at distances 8, 4, 2, 1 on 16 rows in registers.
-inline void clean16(__m512i* v) {
-#pragma GCC unroll 4
-  for (int k = 8; k >= 1; k >>= 1)
+/// Half-cleaners at distances K, K/2, ..., 1 on 16 rows in registers. Distances are template
+/// arguments so that every loop has constant bounds and unrolls completely: with run-time
+/// distances GCC kept the rows in a stack array (a load and a store around each comparator).
+template <int K>
+inline void clean_from(__m512i* v) {
 #pragma GCC unroll 16
-    for (int x = 0; x < 16; ++x)
-      if (!(x & k)) cmpx(v[x], v[x + k]);
+  for (int x = 0; x < 16; ++x)
+    if (!(x & K)) cmpx(v[x], v[x + K]);
+  if constexpr (K > 1) clean_from<K / 2>(v);
 }
+inline void clean16(__m512i* v) { clean_from<8>(v); }
 
-/// Sorts 16 rows in registers (phases p = 1, 2, 4, 8).
-inline void sort16(__m512i* v) {
-#pragma GCC unroll 4
-  for (int p = 1; p <= 8; p <<= 1) {
+/// Phases P, 2P, ..., 8 of the sort of 16 rows in registers: the flip, then half-cleaners.
+template <int P>
+inline void sort16_from(__m512i* v) {
 #pragma GCC unroll 16
-    for (int b = 0; b < 16; b += 2 * p)
+  for (int b = 0; b < 16; b += 2 * P)
 #pragma GCC unroll 8
-      for (int i = 0; i < p; ++i) cmpx(v[b + i], v[b + 2 * p - 1 - i]);
-#pragma GCC unroll 4
-    for (int k = p / 2; k >= 1; k >>= 1)
-#pragma GCC unroll 16
-      for (int x = 0; x < 16; ++x)
-        if (!(x & k)) cmpx(v[x], v[x + k]);
-  }
+    for (int i = 0; i < P; ++i) cmpx(v[b + i], v[b + 2 * P - 1 - i]);
+  if constexpr (P > 1) clean_from<P / 2>(v);
+  if constexpr (P < 8) sort16_from<2 * P>(v);
 }
+/// Sorts 16 rows in registers (phases p = 1, 2, 4, 8).
+inline void sort16(__m512i* v) { sort16_from<1>(v); }
 
 inline void cmpx_at(u64* a, int i, int j) {
   __m512i x = load_row(a, i), y = load_row(a, j);
@@ -120,9 +120,9 @@ void sort_lanes(u64* a, int n) {
   for (int p = 16; p < m; p <<= 1) {
     for (int blk = 0; blk < n; blk += 2 * p)
       for (int i = imax(0, blk + 2 * p - n); i < p; ++i) cmpx_at(a, blk + i, blk + 2 * p - 1 - i);
-    for (int k = p / 2; k >= 16; k >>= 1)
-      for (int x = 0; x + k < n; ++x)
-        if (!(x & k)) cmpx_at(a, x, x + k);
+    for (int k = p / 2; k >= 16; k >>= 1)  // pairs (x, x + k) with x & k == 0 and x + k < n
+      for (int blk = 0; blk + k < n; blk += 2 * k)
+        for (int x = blk, end = imin(blk + k, n - k); x < end; ++x) cmpx_at(a, x, x + k);
     for (int b = 0; b < blocks_end; b += 16) {
       for (int x = 0; x < 16; ++x) v[x] = load_row(a, b + x);
       clean16(v);
@@ -151,14 +151,20 @@ struct VQueue {
   }
 };
 
-/// A tournament tree per lane over 2^LOG leaves in memory (node i of lane l at [i * 8 + l]),
-/// for many packs, where VQueue's insertion (2M min/max per step) costs more than the tree's
-/// walk: the siblings on the leaf's path are gathered at once (none of them changes in the
-/// step), the path is recomputed with LOG minimums and scattered back.
+/// A tournament tree per lane over 2^LOG leaves (LOG > 3), for many packs, where VQueue's
+/// insertion (2M min/max per step) costs more than the tree's walk. Levels 4..LOG live in
+/// memory (node i of lane l at [i * 8 + l]): a step gathers the siblings on the leaf's path
+/// at once (none of them changes in the step), recomputes the path with minimums and scatters
+/// it back. The 8 nodes of level 3 live in registers: the path's level-3 node is replaced by
+/// a blend under a compare, and the root is their minimum. Measured against the whole tree in
+/// memory (Kimi-K2, 64 packs, in one process): the packing step 0.69-0.86x the time.
 template <int LOG>
 struct VTree {
+  static_assert(LOG > 3);
   static constexpr int kLeaves = 1 << LOG;
+  static constexpr int kMem = LOG - 3;  // levels in memory: 4..LOG
   u64* t;
+  __m512i top[8];  // level 3: nodes 8..15
   __m512i root;
   __m512i front() const { return root; }
   /// Leaves i < n get key(i) (a vector), the rest kNone.
@@ -171,23 +177,37 @@ struct VTree {
   void build(u64* storage, int n) {
     t = storage;
     for (int i = n; i < kLeaves; ++i) store_row(t, kLeaves + i, _mm512_set1_epi64(kNone));
-    for (int i = kLeaves - 1; i >= 1; --i)
+    for (int i = kLeaves - 1; i >= 16; --i)
       store_row(t, i, _mm512_min_epu64(load_row(t, 2 * i), load_row(t, 2 * i + 1)));
-    root = load_row(t, 1);
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) top[i] = _mm512_min_epu64(load_row(t, 16 + 2 * i), load_row(t, 17 + 2 * i));
+    fold();
+  }
+  void fold() {
+    root = _mm512_min_epu64(
+        _mm512_min_epu64(_mm512_min_epu64(top[0], top[1]), _mm512_min_epu64(top[2], top[3])),
+        _mm512_min_epu64(_mm512_min_epu64(top[4], top[5]), _mm512_min_epu64(top[6], top[7])));
   }
   /// Replaces the key at `leaf` (per lane; the current minimum's leaf) by x.
   void replace_front(__m512i x, __m512i leaf) {
-    __m512i node = _mm512_add_epi64(leaf, _mm512_set1_epi64(kLeaves));
-    __m512i sib[LOG];
-    for (int d = 0; d < LOG; ++d)
+    const __m512i node = _mm512_add_epi64(leaf, _mm512_set1_epi64(kLeaves));
+    __m512i sib[kMem];
+#pragma GCC unroll 8
+    for (int d = 0; d < kMem; ++d)
       sib[d] = gather_at(t, _mm512_xor_si512(_mm512_srli_epi64(node, d), _mm512_set1_epi64(1)));
     __m512i v = x;
     scatter_at(t, node, v);
-    for (int d = 0; d + 1 < LOG; ++d) {
+#pragma GCC unroll 8
+    for (int d = 0; d + 1 < kMem; ++d) {
       v = _mm512_min_epu64(v, sib[d]);
       scatter_at(t, _mm512_srli_epi64(node, d + 1), v);
     }
-    root = _mm512_min_epu64(v, sib[LOG - 1]);  // the root row itself is never read
+    v = _mm512_min_epu64(v, sib[kMem - 1]);
+    const __m512i n3 = _mm512_srli_epi64(node, kMem);  // 8..15
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i)
+      top[i] = _mm512_mask_blend_epi64(_mm512_cmpeq_epu64_mask(n3, _mm512_set1_epi64(8 + i)), top[i], v);
+    fold();
   }
 };
 
