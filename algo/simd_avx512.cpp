@@ -157,7 +157,7 @@ struct VQueue {
 /// at once (none of them changes in the step), recomputes the path with minimums and scatters
 /// it back. The 8 nodes of level 3 live in registers: the path's level-3 node is replaced by
 /// a blend under a compare, and the root is their minimum. Measured against the whole tree in
-/// memory (Kimi-K2, 64 packs, in one process): the packing step 0.69-0.86x the time.
+/// memory (Kimi-K2, 64 packs, in one process): the packing step 0.68-0.92x the time.
 template <int LOG>
 struct VTree {
   static_assert(LOG > 3);
