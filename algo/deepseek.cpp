@@ -445,17 +445,17 @@ void DeepseekPolicy::plan_layers(int first, int last, LoadView load, const Topol
   const detail::RowShape shape = row_shape(topo);
   const bool simd = cnt_all != nullptr;  // batched_for(topo): the caller decided
   if (simd) {
-    grow(ws.simd.w, static_cast<std::size_t>(En) * detail::SimdScratch::kLanes);
-    grow(ws.lane_lid, static_cast<std::size_t>(En) * detail::SimdScratch::kLanes);
+    grow(ws.simd.w, static_cast<std::size_t>(En) * detail::SimdScratch::kRows);
+    grow(ws.lane_lid, static_cast<std::size_t>(En) * detail::SimdScratch::kRows);
     ws.pending = 0;
   }
-  constexpr int kLanes = detail::SimdScratch::kLanes;
+  constexpr int kRows = detail::SimdScratch::kRows;
   // Queues row (layer l, node n) with loads wl and local-to-logical ids lid_l filled by the
-  // caller; every 8 rows run together.
+  // caller; every 16 rows run together.
   auto queued = [&](int l, int n) {
     ws.lane_out[ws.pending] = out_all + static_cast<std::size_t>(l) * R + static_cast<std::size_t>(n) * Pn * k;
     ws.lane_cnt[ws.pending] = cnt_all + static_cast<std::size_t>(l) * E;
-    if (++ws.pending == kLanes) flush_rows(ws, En, shape);
+    if (++ws.pending == kRows) flush_rows(ws, En, shape);
   };
   auto lane_w = [&] { return ws.simd.w.data() + static_cast<std::size_t>(ws.pending) * En; };
   auto lane_lid = [&] { return ws.lane_lid.data() + static_cast<std::size_t>(ws.pending) * En; };
@@ -463,7 +463,7 @@ void DeepseekPolicy::plan_layers(int first, int last, LoadView load, const Topol
   ws.lid_identity = identity;
   ws.group_size = gs;
   ws.groups_per_row = gpn;
-  if (simd) grow(ws.lane_groups, static_cast<std::size_t>(gpn) * kLanes);
+  if (simd) grow(ws.lane_groups, static_cast<std::size_t>(gpn) * kRows);
 
   for (int l = first; l < last; ++l) {
     const double* w = load.values.data() + static_cast<std::size_t>(l) * E;
@@ -593,38 +593,46 @@ bool DeepseekPolicy::batched_for(const Topology& topo) const {
 }
 
 void DeepseekPolicy::flush_rows(Workspace& ws, int En, const detail::RowShape& shape) const {
-  constexpr int kLanes = detail::SimdScratch::kLanes;
+  constexpr int kLanes = detail::SimdScratch::kLanes, kRows = detail::SimdScratch::kRows;
   const int filled = ws.pending;
-  for (int lane = filled; lane < kLanes; ++lane)  // padding lanes: copies, output unused
-    std::copy_n(ws.simd.w.data(), En, ws.simd.w.data() + static_cast<std::size_t>(lane) * En);
-  detail::plan_rows_simd(shape, ws.simd);
-  const int slots = shape.slots;
-  for (int lane = 0; lane < filled; ++lane) {
-    const int* item = ws.simd.slot_item.data() + static_cast<std::size_t>(lane) * slots;
-    int* out = ws.lane_out[lane];
-    int* cnt = ws.lane_cnt[lane];
-    if (ws.lid_identity) {  // the row's experts are first .. first + En - 1
-      const int first = ws.lane_first[lane];
-      detail::map_slots_offset(item, first, out, slots);
-      if (slots == En)
-        std::fill_n(cnt + first, En, 1);
-      else
-        detail::lane_counts(ws.simd.cnt.data(), lane, cnt + first, En);
-      continue;
-    }
-    const int* lid = ws.lane_lid.data() + static_cast<std::size_t>(lane) * En;
-    detail::map_slots(item, lid, out, slots);
-    // The row is its groups' blocks of contiguous ids: counts go block by block.
-    const int gs = ws.group_size;
-    for (int r = 0; r < ws.groups_per_row; ++r) {
-      int* block = cnt + static_cast<std::size_t>(ws.lane_groups[static_cast<std::size_t>(lane) * ws.groups_per_row + r]) * gs;
-      if (slots == En)
-        std::fill_n(block, gs, 1);
-      else
-        detail::lane_counts(ws.simd.cnt.data() + static_cast<std::size_t>(r) * gs * kLanes, lane, block, gs);
-    }
+  for (int row = filled; row < kRows; ++row)  // padding rows: copies, output unused
+    std::copy_n(ws.simd.w.data(), En, ws.simd.w.data() + static_cast<std::size_t>(row) * En);
+  detail::sort_rows_simd(shape, ws.simd, (filled + kLanes - 1) / kLanes);
+  for (int half = 0; half * kLanes < filled; ++half) {
+    detail::plan_rows_simd(shape, ws.simd, half);
+    for (int lane = 0; lane < kLanes && half * kLanes + lane < filled; ++lane)
+      map_lane(ws, En, shape, lane, half * kLanes + lane);
   }
   ws.pending = 0;
+}
+
+void DeepseekPolicy::map_lane(Workspace& ws, int En, const detail::RowShape& shape, int lane, int row) const {
+  // The kernel's buffers are the batch's (lane); the queue's are the row's.
+  constexpr int kLanes = detail::SimdScratch::kLanes;
+  const int slots = shape.slots;
+  const int* item = ws.simd.slot_item.data() + static_cast<std::size_t>(lane) * slots;
+  int* out = ws.lane_out[row];
+  int* cnt = ws.lane_cnt[row];
+  if (ws.lid_identity) {  // the row's experts are first .. first + En - 1
+    const int first = ws.lane_first[row];
+    detail::map_slots_offset(item, first, out, slots);
+    if (slots == En)
+      std::fill_n(cnt + first, En, 1);
+    else
+      detail::lane_counts(ws.simd.cnt.data(), lane, cnt + first, En);
+    return;
+  }
+  const int* lid = ws.lane_lid.data() + static_cast<std::size_t>(row) * En;
+  detail::map_slots(item, lid, out, slots);
+  // The row is its groups' blocks of contiguous ids: counts go block by block.
+  const int gs = ws.group_size;
+  for (int r = 0; r < ws.groups_per_row; ++r) {
+    int* block = cnt + static_cast<std::size_t>(ws.lane_groups[static_cast<std::size_t>(row) * ws.groups_per_row + r]) * gs;
+    if (slots == En)
+      std::fill_n(block, gs, 1);
+    else
+      detail::lane_counts(ws.simd.cnt.data() + static_cast<std::size_t>(r) * gs * kLanes, lane, block, gs);
+  }
 }
 
 }  // namespace eplb::algo

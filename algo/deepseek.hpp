@@ -43,9 +43,9 @@ class DeepseekPolicy final : public Policy {
   /// output, bit for bit). Default 1.
   void set_threads(int threads) override { threads_ = threads < 1 ? 1 : threads; }
   bool layers_independent() const override { return true; }
-  /// Rows (one per layer and node) are planned eight at a time in AVX-512 lanes where the
-  /// CPU has AVX-512 (same output, bit for bit; see docs/POLICIES.md). Default on; off runs
-  /// the scalar code everywhere. EPLB_DEEPSEEK_SCALAR=1 turns it off for a whole process.
+  /// Rows (one per layer and node) are planned eight at a time in AVX-512 lanes (long rows
+  /// sorted sixteen at a time) where the CPU has AVX-512 (same output, bit for bit; see
+  /// docs/POLICIES.md). Default on; off runs the scalar code everywhere. EPLB_DEEPSEEK_SCALAR=1 turns it off for a whole process.
   void set_batched(bool on) { batched_ = on; }
   /// Whether rebalances of this topology take the batched path.
   bool batched_for(const Topology& topo) const;
@@ -59,17 +59,19 @@ class DeepseekPolicy final : public Policy {
     std::vector<std::uint64_t> items_u, items_v;
     std::vector<int> mlog2log, cnt, picks, lid, gdest;
     std::vector<double> gsum;
-    detail::SimdScratch simd;     ///< batched rows
-    std::vector<int> lane_lid;    ///< [8][En] logical id of each row's local experts
-    int* lane_out[detail::SimdScratch::kLanes] = {};  ///< where each row's slots go
-    int* lane_cnt[detail::SimdScratch::kLanes] = {};  ///< its layer's logcnt row
-    int pending = 0;              ///< rows filled in the batch
-    int lane_first[detail::SimdScratch::kLanes] = {};  ///< identity rows: lid[j] = first + j
+    detail::SimdScratch simd;     ///< batched rows (16 queued: two batches of 8 lanes)
+    std::vector<int> lane_lid;    ///< [16][En] logical id of each row's local experts
+    int* lane_out[detail::SimdScratch::kRows] = {};  ///< where each row's slots go
+    int* lane_cnt[detail::SimdScratch::kRows] = {};  ///< its layer's logcnt row
+    int pending = 0;              ///< rows queued
+    int lane_first[detail::SimdScratch::kRows] = {};  ///< identity rows: lid[j] = first + j
     bool lid_identity = false;    ///< rows of this shape have contiguous logical ids
-    std::vector<int> lane_groups; ///< [8][G/N] the groups of each row, in row order
+    std::vector<int> lane_groups; ///< [16][G/N] the groups of each row, in row order
     int group_size = 0, groups_per_row = 0;
   };
   void flush_rows(Workspace& ws, int En, const detail::RowShape& shape) const;
+  /// Writes the slots and replica counts of queued row `row`, planned in lane `lane`.
+  void map_lane(Workspace& ws, int En, const detail::RowShape& shape, int lane, int row) const;
   /// Writes phy2log of layers [first, last) into out_all and, on the batched path, their
   /// replica counts into cnt_all.
   void plan_layers(int first, int last, LoadView load, const Topology& topo, Workspace& w,

@@ -16,6 +16,10 @@ namespace eplb::algo::detail {
 namespace {
 
 constexpr int kLanes = SimdScratch::kLanes;
+/// Rows of at least this many experts are sorted 16 at a time with narrow keys
+/// (sort_keys16); shorter rows 8 at a time with wide keys, where the narrow keys' extra
+/// passes cost about what their faster sort saves.
+constexpr int kNarrowSortMin = 128;
 
 bool all_nonneg_finite_scalar(const double* v, std::size_t n) {
   // Branch-free (NaN fails both comparisons).
@@ -58,16 +62,29 @@ bool simd_rows_available() {
   return ok;
 }
 
-void plan_rows_simd(const RowShape& sh, SimdScratch& s) {
+void sort_rows_simd(const RowShape& sh, SimdScratch& s, int halves) {
+  const std::size_t rows = static_cast<std::size_t>(avx512::sort_rows(sh.n) + 1);
+  grow(s.keys, rows * kLanes);
+  grow(s.keys_hi, rows * kLanes);
+  if (sh.n >= kNarrowSortMin) {
+    grow(s.keys32, rows * SimdScratch::kRows);
+    avx512::sort_keys16(sh, s.w.data(), s.keys.data(), s.keys_hi.data(), s.keys32.data());
+    return;
+  }
+  avx512::sort_keys8(sh, s.w.data(), s.keys.data());
+  if (halves > 1) avx512::sort_keys8(sh, s.w.data() + static_cast<std::size_t>(kLanes) * sh.n, s.keys_hi.data());
+}
+
+void plan_rows_simd(const RowShape& sh, SimdScratch& s, int half) {
   const int n = sh.n, K = sh.slots - sh.n, Kc = std::min(K, n);
-  grow(s.keys, static_cast<std::size_t>(avx512::sort_rows(n) + 1) * kLanes);
   grow(s.extra, static_cast<std::size_t>(avx512::sort_rows(K + Kc) + 1) * kLanes);
   grow(s.cnt, static_cast<std::size_t>(n) * kLanes);
   grow(s.picks, static_cast<std::size_t>(std::max(K, 1)) * kLanes);
   grow(s.slot_item, static_cast<std::size_t>(sh.slots) * kLanes);
   grow(s.tree, static_cast<std::size_t>(2 * 64) * kLanes);
-  avx512::plan_rows(sh, {s.w.data(), s.keys.data(), s.extra.data(), s.cnt.data(), s.picks.data(),
-                         s.slot_item.data(), s.tree.data()});
+  avx512::plan_rows(sh, {s.w.data() + static_cast<std::size_t>(half) * kLanes * n,
+                         half ? s.keys_hi.data() : s.keys.data(), s.extra.data(), s.cnt.data(),
+                         s.picks.data(), s.slot_item.data(), s.tree.data()});
 }
 
 void to_float(const double* src, float* dst, int n) { avx512::to_float(src, dst, n); }
@@ -91,7 +108,8 @@ void min_max(const int* v, std::size_t n, int& mn, int& mx) {
 #else  // no AVX-512 kernel in this build
 
 bool simd_rows_available() { return false; }
-void plan_rows_simd(const RowShape&, SimdScratch&) {}
+void sort_rows_simd(const RowShape&, SimdScratch&, int) {}
+void plan_rows_simd(const RowShape&, SimdScratch&, int) {}
 void to_float(const double*, float*, int) {}
 void group_sums(const float*, int, int, double*) {}
 void map_slots(const int*, const int*, int*, int) {}

@@ -28,7 +28,10 @@ struct RowShape {
 /// [i * 8 + l]).
 struct SimdScratch {
   static constexpr int kLanes = 8;
-  std::vector<float> w;                 ///< [lane][n] the rows' loads (caller fills)
+  static constexpr int kRows = 2 * kLanes;  ///< rows sorted together (two batches)
+  std::vector<float> w;                 ///< [row][n] the 16 rows' loads (caller fills)
+  std::vector<std::uint32_t> keys32;    ///< [n + 1][16] the 16 rows' sort keys
+  std::vector<std::uint64_t> keys_hi;   ///< [n + 1][8] rows 8-15's sorted expert keys
   std::vector<std::uint64_t> keys;      ///< [n + 1][8] sorted expert keys, then the A list
   std::vector<std::uint64_t> extra;     ///< [K + Kc + 1][8] replicated items (the B list)
   std::vector<std::int32_t> cnt;        ///< [n][8] replica counts
@@ -44,11 +47,13 @@ bool simd_rows_supported(const RowShape& shape);
 /// EPLB_DEEPSEEK_SCALAR is not set to a non-zero value.
 bool simd_rows_available();
 
-/// Runs the rows whose loads are in s.w ([8][shape.n], every lane filled: callers pad with
-/// copies). Afterwards s.slot_item[l * slots + j] is the expert (row-local index) in slot j
-/// of lane l.
-/// Requires simd_rows_available().
-void plan_rows_simd(const RowShape& shape, SimdScratch& s);
+/// Sorts the experts of the 16 rows whose loads are in s.w ([16][shape.n], every row filled:
+/// callers pad with copies; rows 8-15 only if halves == 2); then plan_rows_simd(shape, s,
+/// half) runs rows 8 * half .. + 7.
+/// Afterwards s.slot_item[l * slots + j] is the expert (row-local index) in slot j of that
+/// half's lane l. Require simd_rows_available().
+void sort_rows_simd(const RowShape& shape, SimdScratch& s, int halves);
+void plan_rows_simd(const RowShape& shape, SimdScratch& s, int half);
 
 /// The small loops around the rows, vectorised (require simd_rows_available()).
 /// dst[i] = float(src[i]).

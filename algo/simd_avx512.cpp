@@ -60,76 +60,95 @@ inline __m512i item_id(int p, __m512i e) {
   return _mm512_or_si512(_mm512_set1_epi64(static_cast<long long>(p) << 16), e);
 }
 
-inline void cmpx(__m512i& a, __m512i& b) {
-  const __m512i lo = _mm512_min_epu64(a, b);
-  b = _mm512_max_epu64(a, b);
-  a = lo;
-}
-
 // Bitonic sort, every comparator "minimum to the lower index": phase p turns sorted blocks of
 // p into sorted blocks of 2p with a flip (i against 2p - 1 - i) and then half-cleaners at
 // distances p/2, ..., 1. Distances below 16 stay inside aligned blocks of 16, which are run in
 // registers; only the longer distances go through memory (Batcher's odd-even network, used
 // first, has fewer comparators but sends every one of them through memory: slower here).
+// Two key widths, one row of a register each: 64-bit keys of 8 rows (the policy's keys), and
+// 32-bit keys of 16 rows (sort_keys16: twice the rows per instruction).
 
-/// Half-cleaners at distances K, K/2, ..., 1 on 16 rows in registers. Distances are template
-/// arguments so that every loop has constant bounds and unrolls completely: with run-time
-/// distances GCC kept the rows in a stack array (a load and a store around each comparator).
-template <int K>
-inline void clean_from(__m512i* v) {
-#pragma GCC unroll 16
-  for (int x = 0; x < 16; ++x)
-    if (!(x & K)) cmpx(v[x], v[x + K]);
-  if constexpr (K > 1) clean_from<K / 2>(v);
-}
-inline void clean16(__m512i* v) { clean_from<8>(v); }
+/// 64-bit keys, 8 lanes.
+struct Wide {
+  using T = u64;
+  static constexpr int kStride = 8;
+  static __m512i min(__m512i a, __m512i b) { return _mm512_min_epu64(a, b); }
+  static __m512i max(__m512i a, __m512i b) { return _mm512_max_epu64(a, b); }
+};
+/// 32-bit keys, 16 lanes.
+struct Narrow {
+  using T = std::uint32_t;
+  static constexpr int kStride = 16;
+  static __m512i min(__m512i a, __m512i b) { return _mm512_min_epu32(a, b); }
+  static __m512i max(__m512i a, __m512i b) { return _mm512_max_epu32(a, b); }
+};
 
-/// Phases P, 2P, ..., 8 of the sort of 16 rows in registers: the flip, then half-cleaners.
-template <int P>
-inline void sort16_from(__m512i* v) {
-#pragma GCC unroll 16
-  for (int b = 0; b < 16; b += 2 * P)
-#pragma GCC unroll 8
-    for (int i = 0; i < P; ++i) cmpx(v[b + i], v[b + 2 * P - 1 - i]);
-  if constexpr (P > 1) clean_from<P / 2>(v);
-  if constexpr (P < 8) sort16_from<2 * P>(v);
-}
-/// Sorts 16 rows in registers (phases p = 1, 2, 4, 8).
-inline void sort16(__m512i* v) { sort16_from<1>(v); }
-
-inline void cmpx_at(u64* a, int i, int j) {
-  __m512i x = load_row(a, i), y = load_row(a, j);
-  cmpx(x, y);
-  store_row(a, i, x);
-  store_row(a, j, y);
-}
-
-/// Rows a[0..n) sorted per lane; rows [n, sort_rows(n)] must hold kNone. They stay there: a
-/// comparator (i, j), i < j, with j >= n keeps both rows (min to i, and j holds the
-/// maximum), so those comparators and the blocks of 16 beyond n are skipped.
-
-void sort_lanes(u64* a, int n) {
-  const int m = sort_rows(n);
-  const int blocks_end = (n + 15) / 16 * 16;  // blocks holding a row < n
-  __m512i v[16];
-  for (int b = 0; b < blocks_end; b += 16) {
-    for (int x = 0; x < 16; ++x) v[x] = load_row(a, b + x);
-    sort16(v);
-    for (int x = 0; x < 16; ++x) store_row(a, b + x, v[x]);
+template <class W>
+struct Net {
+  using T = typename W::T;
+  static __m512i load(const T* a, int i) { return _mm512_loadu_si512(a + i * W::kStride); }
+  static void store(T* a, int i, __m512i v) { _mm512_storeu_si512(a + i * W::kStride, v); }
+  static void cmpx(__m512i& a, __m512i& b) {
+    const __m512i lo = W::min(a, b);
+    b = W::max(a, b);
+    a = lo;
   }
-  for (int p = 16; p < m; p <<= 1) {
-    for (int blk = 0; blk < n; blk += 2 * p)
-      for (int i = imax(0, blk + 2 * p - n); i < p; ++i) cmpx_at(a, blk + i, blk + 2 * p - 1 - i);
-    for (int k = p / 2; k >= 16; k >>= 1)  // pairs (x, x + k) with x & k == 0 and x + k < n
-      for (int blk = 0; blk + k < n; blk += 2 * k)
-        for (int x = blk, end = imin(blk + k, n - k); x < end; ++x) cmpx_at(a, x, x + k);
+  static void cmpx_at(T* a, int i, int j) {
+    __m512i x = load(a, i), y = load(a, j);
+    cmpx(x, y);
+    store(a, i, x);
+    store(a, j, y);
+  }
+  /// Half-cleaners at distances K, K/2, ..., 1 on 16 rows in registers. Distances are
+  /// template arguments so that every loop has constant bounds and unrolls completely: with
+  /// run-time distances GCC kept the rows in a stack array (a load and a store around each
+  /// comparator).
+  template <int K>
+  static void clean_from(__m512i* v) {
+#pragma GCC unroll 16
+    for (int x = 0; x < 16; ++x)
+      if (!(x & K)) cmpx(v[x], v[x + K]);
+    if constexpr (K > 1) clean_from<K / 2>(v);
+  }
+  /// Phases P, 2P, ..., 8 of the sort of 16 rows in registers: the flip, then half-cleaners.
+  template <int P>
+  static void sort16_from(__m512i* v) {
+#pragma GCC unroll 16
+    for (int b = 0; b < 16; b += 2 * P)
+#pragma GCC unroll 8
+      for (int i = 0; i < P; ++i) cmpx(v[b + i], v[b + 2 * P - 1 - i]);
+    if constexpr (P > 1) clean_from<P / 2>(v);
+    if constexpr (P < 8) sort16_from<2 * P>(v);
+  }
+
+  /// Rows a[0..n) sorted per lane; rows [n, sort_rows(n)] must hold the largest key (all bits
+  /// set). They stay there: a comparator (i, j), i < j, with j >= n keeps both rows (min to
+  /// i, and j holds the maximum), so those comparators and the blocks of 16 beyond n are
+  /// skipped.
+  static void sort(T* a, int n) {
+    const int m = sort_rows(n);
+    const int blocks_end = (n + 15) / 16 * 16;  // blocks holding a row < n
+    __m512i v[16];
     for (int b = 0; b < blocks_end; b += 16) {
-      for (int x = 0; x < 16; ++x) v[x] = load_row(a, b + x);
-      clean16(v);
-      for (int x = 0; x < 16; ++x) store_row(a, b + x, v[x]);
+      for (int x = 0; x < 16; ++x) v[x] = load(a, b + x);
+      sort16_from<1>(v);
+      for (int x = 0; x < 16; ++x) store(a, b + x, v[x]);
+    }
+    for (int p = 16; p < m; p <<= 1) {
+      for (int blk = 0; blk < n; blk += 2 * p)
+        for (int i = imax(0, blk + 2 * p - n); i < p; ++i) cmpx_at(a, blk + i, blk + 2 * p - 1 - i);
+      for (int k = p / 2; k >= 16; k >>= 1)  // pairs (x, x + k) with x & k == 0 and x + k < n
+        for (int blk = 0; blk + k < n; blk += 2 * k)
+          for (int x = blk, end = imin(blk + k, n - k); x < end; ++x) cmpx_at(a, x, x + k);
+      for (int b = 0; b < blocks_end; b += 16) {
+        for (int x = 0; x < 16; ++x) v[x] = load(a, b + x);
+        clean_from<8>(v);
+        for (int x = 0; x < 16; ++x) store(a, b + x, v[x]);
+      }
     }
   }
-}
+};
+inline void sort_lanes(u64* a, int n) { Net<Wide>::sort(a, n); }
 
 /// A sorted list of M keys per lane in registers, minimum first; replace_front(x) with
 /// x >= front is a branch-free insertion (the scalar SortedQueue, lane-wise).
@@ -366,19 +385,72 @@ struct Pack {
 
 int sort_rows(int n) { return imax(16, pow2_at_least(n)); }
 
-void plan_rows(const RowShape& sh, const RowBuffers& s) {
-  const int n = sh.n, K = sh.slots - sh.n, Kc = imin(K, n);
-  u64* keys = s.keys;
-  u64* extra = s.extra;
-  const __m256i wbase = _mm256_mullo_epi32(lane32(), _mm256_set1_epi32(n));
-
-  // Every lane's experts by weight descending, ties by lower index.
+void sort_keys16(const RowShape& sh, const float* w, u64* keys_lo, u64* keys_hi, std::uint32_t* k32) {
+  const int n = sh.n, m = sort_rows(n);
+  // Narrow keys: the top bits of ~bits(w) above the index's b bits, then the index. Their
+  // order agrees with the wide keys' wherever the top bits differ; where they are equal it is
+  // by index alone, which the wide keys may reverse (fixed below).
+  int b = 0;
+  while ((1 << b) < n) ++b;
+  const __m512i mask = _mm512_set1_epi32((1 << b) - 1);
+  const __m512i base16 = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                            _mm512_set1_epi32(n));
   for (int j = 0; j < n; ++j) {
-    const __m256 w = _mm256_i32gather_ps(s.w, _mm256_add_epi32(wbase, _mm256_set1_epi32(j)), 4);
-    store_row(keys, j, desc_keys(w, _mm512_set1_epi64((static_cast<long long>(j) << 16) | j)));
+    const __m512 v = _mm512_i32gather_ps(_mm512_add_epi32(base16, _mm512_set1_epi32(j)), w, 4);
+    const __m512i bits = _mm512_castps_si512(_mm512_add_ps(v, _mm512_setzero_ps()));  // -0 -> +0
+    _mm512_storeu_si512(k32 + j * 16, _mm512_or_si512(_mm512_andnot_si512(_mm512_or_si512(bits, mask), _mm512_set1_epi32(-1)),
+                                                      _mm512_set1_epi32(j)));
+  }
+  for (int j = n; j <= m; ++j) _mm512_storeu_si512(k32 + j * 16, _mm512_set1_epi32(-1));
+  Net<Narrow>::sort(k32, n);
+  // Each half's wide keys (as plan_rows wants them), in the narrow order; a lane where two
+  // neighbours come out of order (equal top bits) is re-sorted by insertion, which only moves
+  // keys within such runs.
+  for (int h = 0; h < 2; ++h) {
+    u64* keys = h ? keys_hi : keys_lo;
+    const __m256i wbase = _mm256_mullo_epi32(_mm256_add_epi32(lane32(), _mm256_set1_epi32(8 * h)), _mm256_set1_epi32(n));
+    __m512i prev = _mm512_setzero_si512();
+    __mmask8 unsorted = 0;
+    for (int t = 0; t < n; ++t) {
+      const __m256i idx = _mm256_and_si256(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(k32 + t * 16 + 8 * h)), _mm512_castsi512_si256(mask));
+      const __m256 v = _mm256_i32gather_ps(w, _mm256_add_epi32(wbase, idx), 4);
+      const __m512i e = _mm512_cvtepu32_epi64(idx);
+      const __m512i key = desc_keys(v, _mm512_or_si512(_mm512_slli_epi64(e, 16), e));
+      unsorted |= _mm512_cmpgt_epu64_mask(prev, key);
+      store_row(keys, t, key);
+      prev = key;
+    }
+    for (int t = n; t <= m; ++t) store_row(keys, t, _mm512_set1_epi64(kNone));
+    for (int l = 0; l < kLanes; ++l) {
+      if (!(unsorted >> l & 1)) continue;
+      u64* a = keys + l;
+      for (int i = 1; i < n; ++i) {
+        const u64 x = a[i * kLanes];
+        int j = i;
+        for (; j > 0 && a[(j - 1) * kLanes] > x; --j) a[j * kLanes] = a[(j - 1) * kLanes];
+        a[j * kLanes] = x;
+      }
+    }
+  }
+}
+
+void sort_keys8(const RowShape& sh, const float* w, u64* keys) {
+  const int n = sh.n;
+  const __m256i wbase = _mm256_mullo_epi32(lane32(), _mm256_set1_epi32(n));
+  for (int j = 0; j < n; ++j) {
+    const __m256 v = _mm256_i32gather_ps(w, _mm256_add_epi32(wbase, _mm256_set1_epi32(j)), 4);
+    store_row(keys, j, desc_keys(v, _mm512_set1_epi64((static_cast<long long>(j) << 16) | j)));
   }
   for (int j = n; j <= sort_rows(n); ++j) store_row(keys, j, _mm512_set1_epi64(kNone));
   sort_lanes(keys, n);
+}
+
+void plan_rows(const RowShape& sh, const RowBuffers& s) {
+  const int n = sh.n, K = sh.slots - sh.n, Kc = imin(K, n);
+  u64* keys = s.keys;  // sorted by sort_keys16: every lane's experts by weight descending
+  u64* extra = s.extra;
+  const __m256i wbase = _mm256_mullo_epi32(lane32(), _mm256_set1_epi32(n));
 
   __m512i ia = _mm512_setzero_si512();
   store_row(extra, 0, _mm512_set1_epi64(kNone));

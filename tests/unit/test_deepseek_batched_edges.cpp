@@ -27,7 +27,7 @@ bool same_maps(const Placement& a, const Placement& b) {
          std::ranges::equal(a.log2phy(), b.log2phy()) && a.max_replicas() == b.max_replicas();
 }
 
-constexpr int kKinds = 9;
+constexpr int kKinds = 10;
 
 std::vector<double> edge_load(const Topology& t, int kind, std::mt19937_64& rng) {
   std::vector<double> v(static_cast<std::size_t>(t.num_layers) * t.num_logical);
@@ -43,6 +43,9 @@ std::vector<double> edge_load(const Topology& t, int kind, std::mt19937_64& rng)
       case 5: x = rng() % 4 == 0 ? 1e300 : small(); break;              // finite double, inf as float
       case 6: x = rng() % 2 ? -0.0 : 0.0; break;
       case 7: x = rng() % 3 == 0 ? -0.0 : small(); break;
+      // Distinct loads that agree in their top float bits: the 16-row sort's narrow keys tie
+      // on them and order by index, so the wide keys must be re-sorted (sort_keys16).
+      case 8: x = 1e6 + static_cast<double>(rng() % 512) * 0.25; break;
       default: x = std::ldexp(1.0, static_cast<int>(rng() % 300) - 150); break;  // 0, subnormal, normal
     }
   }
