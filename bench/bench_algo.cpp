@@ -42,6 +42,29 @@ void BM_Policy(benchmark::State& state, std::string policy_name, eplb::bench::Sh
   state.SetLabel(shape.topo.describe());
 }
 
+/// A rebalance in steady state: the previous placement is the policy's own for the previous
+/// load window (+-20 % noise), as in the runtime after the first rebalance. BM_Policy starts
+/// from the contiguous layout, which is the worst case for migration-aware policies (sticky
+/// then has to move almost everything) and the same for the others.
+void BM_PolicySteady(benchmark::State& state, std::string policy_name, eplb::bench::Shape shape) {
+  const auto& t = shape.topo;
+  const auto windows = eplb::bench::load_windows(t, eplb::bench::WindowKind::lognormal, 2, 0.2, 7);
+  auto policy = eplb::algo::make_policy(policy_name);
+  const eplb::algo::Placement prev = policy->rebalance(windows[0].view(), t);
+  eplb::algo::Placement out;
+  policy->rebalance_into(windows[1].view(), t, &prev, out);  // warm the scratch space
+  double total_s = 0;
+  for (auto _ : state) {
+    const double t0 = thread_seconds();
+    policy->rebalance_into(windows[1].view(), t, &prev, out);
+    total_s += thread_seconds() - t0;
+    benchmark::DoNotOptimize(out);
+  }
+  state.counters["cpu_us"] = 1e6 * total_s / static_cast<double>(state.iterations());
+  state.counters["slots_changed"] = static_cast<double>(eplb::algo::plan_migration(prev, out, t).stats().slots_changed);
+  state.SetLabel(t.describe());
+}
+
 /// Migration-plan derivation (every rank runs it at every rebalance) between the placements
 /// of two consecutive load windows (+-20 % noise) made by `policy_name`.
 void BM_MigrationPlan(benchmark::State& state, std::string policy_name, eplb::bench::Shape shape) {
@@ -144,6 +167,10 @@ const bool registered = [] {
   for (const auto& name : eplb::algo::policy_names())
     for (const auto& s : eplb::bench::shapes())
       benchmark::RegisterBenchmark(("policy/" + name + "/" + s.name).c_str(), BM_Policy, name, s)
+          ->Unit(benchmark::kMicrosecond);
+  for (const auto& name : eplb::algo::policy_names())
+    for (const auto& s : eplb::bench::shapes())
+      benchmark::RegisterBenchmark(("policy_steady/" + name + "/" + s.name).c_str(), BM_PolicySteady, name, s)
           ->Unit(benchmark::kMicrosecond);
   return true;
 }();
