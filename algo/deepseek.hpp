@@ -45,7 +45,8 @@ class DeepseekPolicy final : public Policy {
   bool layers_independent() const override { return true; }
   /// Rows (one per layer and node) are planned eight at a time in AVX-512 lanes (long rows
   /// sorted sixteen at a time) where the CPU has AVX-512 (same output, bit for bit; see
-  /// docs/POLICIES.md). Default on; off runs the scalar code everywhere. EPLB_DEEPSEEK_SCALAR=1 turns it off for a whole process.
+  /// docs/POLICIES.md). Default on; off runs the scalar code everywhere.
+  /// EPLB_DEEPSEEK_SCALAR=1 turns it off for a whole process.
   void set_batched(bool on) { batched_ = on; }
   /// Whether rebalances of this topology take the batched path.
   bool batched_for(const Topology& topo) const;

@@ -448,7 +448,7 @@ void sort_keys8(const RowShape& sh, const float* w, u64* keys) {
 
 void plan_rows(const RowShape& sh, const RowBuffers& s) {
   const int n = sh.n, K = sh.slots - sh.n, Kc = imin(K, n);
-  u64* keys = s.keys;  // sorted by sort_keys16: every lane's experts by weight descending
+  u64* keys = s.keys;  // sorted (sort_keys16 or sort_keys8): every lane's experts by weight descending
   u64* extra = s.extra;
   const __m256i wbase = _mm256_mullo_epi32(lane32(), _mm256_set1_epi32(n));
 

@@ -10,7 +10,7 @@ namespace eplb::algo::detail::avx512 {
 /// Buffers of one batch, lane-major (element i of lane l at [i * 8 + l]) unless noted.
 struct RowBuffers {
   const float* w;             ///< [lane][n] loads
-  std::uint64_t* keys;        ///< [sort_rows(n) + 1][8], sorted by sort_keys16
+  std::uint64_t* keys;        ///< [sort_rows(n) + 1][8], sorted by sort_keys16 or sort_keys8
   std::uint64_t* extra;       ///< [sort_rows(K + Kc) + 1][8]
   std::int32_t* cnt;          ///< [n][8]
   std::int32_t* picks;        ///< [max(K, 1)][8]
@@ -27,7 +27,7 @@ void sort_keys16(const RowShape& shape, const float* w, std::uint64_t* keys_lo, 
                  std::uint32_t* k32);
 /// The same for the 8 rows of w ([8][n]) into keys, with wide keys throughout.
 void sort_keys8(const RowShape& shape, const float* w, std::uint64_t* keys);
-/// The rest of the policy's per-row work for 8 rows whose keys sort_keys16 wrote.
+/// The rest of the policy's per-row work for 8 rows whose keys sort_keys16 or sort_keys8 wrote.
 void plan_rows(const RowShape& shape, const RowBuffers& buffers);
 void to_float(const double* src, float* dst, int n);
 void group_sums(const float* w, int groups, int gs, double* out);

@@ -19,20 +19,37 @@ double thread_seconds() {
   return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
 }
 
-void BM_Policy(benchmark::State& state, std::string policy_name, eplb::bench::Shape shape) {
-  const auto load = eplb::bench::lognormal_load(shape.topo, 42);
-  auto policy = eplb::algo::make_policy(policy_name);
-  eplb::algo::Placement prev = eplb::algo::Placement::contiguous(shape.topo);
-  eplb::algo::Placement out;
-  policy->rebalance_into(load.view(), shape.topo, &prev, out);  // warm the scratch space
+/// Runs call() once per benchmark iteration (the caller warms up first); the thread's CPU
+/// seconds per call.
+template <class Call>
+double cpu_seconds_per_call(benchmark::State& state, Call&& call) {
   double total_s = 0;
   for (auto _ : state) {
     const double t0 = thread_seconds();
-    policy->rebalance_into(load.view(), shape.topo, &prev, out);
+    call();
     total_s += thread_seconds() - t0;
-    benchmark::DoNotOptimize(out);
   }
-  const double per_call_ms = 1e3 * total_s / static_cast<double>(state.iterations());
+  return total_s / static_cast<double>(state.iterations());
+}
+
+/// policy.rebalance_into(load, topo, &prev, out) timed after one warm-up call (scratch sized,
+/// output allocated); CPU seconds per call.
+double time_rebalance(benchmark::State& state, eplb::algo::Policy& policy, const eplb::algo::LoadMatrix& load,
+                      const eplb::algo::Topology& t, const eplb::algo::Placement& prev,
+                      eplb::algo::Placement& out) {
+  policy.rebalance_into(load.view(), t, &prev, out);
+  return cpu_seconds_per_call(state, [&] {
+    policy.rebalance_into(load.view(), t, &prev, out);
+    benchmark::DoNotOptimize(out);
+  });
+}
+
+void BM_Policy(benchmark::State& state, std::string policy_name, eplb::bench::Shape shape) {
+  const auto load = eplb::bench::lognormal_load(shape.topo, 42);
+  auto policy = eplb::algo::make_policy(policy_name);
+  const eplb::algo::Placement prev = eplb::algo::Placement::contiguous(shape.topo);
+  eplb::algo::Placement out;
+  const double per_call_ms = 1e3 * time_rebalance(state, *policy, load, shape.topo, prev, out);
   state.counters["layers"] = shape.topo.num_layers;
   state.counters["X"] = out.max_replicas();  // log2phy's replica dimension
   state.counters["numpy_ms"] = shape.numpy_ms;
@@ -52,15 +69,7 @@ void BM_PolicySteady(benchmark::State& state, std::string policy_name, eplb::ben
   auto policy = eplb::algo::make_policy(policy_name);
   const eplb::algo::Placement prev = policy->rebalance(windows[0].view(), t);
   eplb::algo::Placement out;
-  policy->rebalance_into(windows[1].view(), t, &prev, out);  // warm the scratch space
-  double total_s = 0;
-  for (auto _ : state) {
-    const double t0 = thread_seconds();
-    policy->rebalance_into(windows[1].view(), t, &prev, out);
-    total_s += thread_seconds() - t0;
-    benchmark::DoNotOptimize(out);
-  }
-  state.counters["cpu_us"] = 1e6 * total_s / static_cast<double>(state.iterations());
+  state.counters["cpu_us"] = 1e6 * time_rebalance(state, *policy, windows[1], t, prev, out);
   state.counters["slots_changed"] = static_cast<double>(eplb::algo::plan_migration(prev, out, t).stats().slots_changed);
   state.SetLabel(t.describe());
 }
@@ -114,15 +123,12 @@ void BM_Derive(benchmark::State& state, eplb::bench::Shape shape) {
   const auto p = eplb::algo::make_policy("deepseek")->rebalance(eplb::bench::lognormal_load(t, 42).view(), t);
   eplb::algo::Placement out;
   out.assign_counted(t.num_layers, t.num_logical, t.num_slots, p.phy2log(), p.logcnt());
-  double total_s = 0;
-  for (auto _ : state) {
-    const double t0 = thread_seconds();
+  const double per_call_s = cpu_seconds_per_call(state, [&] {
     out.assign_counted(t.num_layers, t.num_logical, t.num_slots, p.phy2log(), p.logcnt());
-    total_s += thread_seconds() - t0;
     benchmark::DoNotOptimize(out);
-  }
+  });
   state.counters["X"] = out.max_replicas();
-  state.counters["cpu_us"] = 1e6 * total_s / static_cast<double>(state.iterations());
+  state.counters["cpu_us"] = 1e6 * per_call_s;
   state.SetLabel(t.describe());
 }
 
