@@ -67,6 +67,7 @@ if [[ $mode == algo ]]; then  # host side: the CPU's policy kernels (any number 
   if python3 -c 'import numpy' 2>/dev/null; then
     step numpy_reference_check python3 "$root/bench/numpy_reference.py" --check "$root/tests/data/eplb_vectors_v1.txt"
     step numpy_reference python3 "$root/bench/numpy_reference.py" --repeat 10
+    step compare_numpy python3 "$root/bench/compare_numpy.py" --bench ./bench/bench_algo --rounds 2
   fi
   # The control path on the host (4 CPU ranks: no device copy, host maps) with each policy.
   for run in 1 2 3; do  # three runs each: the host is shared, its noise is large
