@@ -9,9 +9,9 @@ shape and round by round, the numpy port (bench/numpy_reference.py, thread CPU t
 both sides of a pair ran within seconds of each other. The last column sets the same eplb time
 against the issue's published numpy figure (bench/shapes.hpp's numpy_ms).
 
-    python3 bench/compare_numpy.py --bench build/bench/bench_algo [--rounds 3] [--shape Kimi-K2]
+    python3 bench/compare_numpy.py [--bench build/bench/bench_algo] [--rounds 3] [--shape Kimi-K2]
 
-Needs numpy (Debian: python3-numpy) and a bench_algo built with Google Benchmark.
+Needs numpy (Debian: python3-numpy) and bench_algo (scripts/test.sh builds it into build/).
 """
 import argparse
 import json
@@ -21,7 +21,10 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import numpy_reference  # noqa: E402  (the port; also checks that numpy is importable)
+try:
+    import numpy_reference  # noqa: E402  (the port)
+except ImportError as e:
+    sys.exit(f"compare_numpy.py: {e}; install numpy (Debian: apt-get install python3-numpy)")
 
 
 def eplb_us(bench, shape, reps):
@@ -43,7 +46,10 @@ def eplb_us(bench, shape, reps):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--bench", required=True, help="path to bench_algo")
+    default_bench = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "build", "bench",
+                                 "bench_algo")
+    ap.add_argument("--bench", default=os.path.normpath(default_bench),
+                    help="path to bench_algo (default: build/bench/bench_algo)")
     ap.add_argument("--rounds", type=int, default=3, help="pairs per shape (default 3)")
     ap.add_argument("--repeat", type=int, default=10, help="numpy calls per pair (median)")
     ap.add_argument("--reps", type=int, default=5, help="bench_algo repetitions per pair")
