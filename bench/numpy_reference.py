@@ -3,9 +3,9 @@
 numpy), for timing it on the same machine, in the same run, as eplb's C++ policy.
 
 The issue's speed target for the `deepseek` policy is a ratio: at most 1 % of the fastest
-published Python implementation. On a shared VM both programs slow down together, so the
-ratio is taken from runs made back to back (bench/compare_numpy.py alternates this port and
-bench_algo); this file is the Python side. It follows docs/POLICIES.md / the reference
+published Python implementation. On a shared VM both programs' times swing from minute to
+minute (not always together: docs/BENCHMARKS.md, eighth session), so bench/compare_numpy.py
+times this port and bench_algo back to back, pair by pair; this file is the Python side. It follows docs/POLICIES.md / the reference
 specification step by step (float32 loads, stable descending sorts, first index on ties) and
 is checked against the `exact` cases of tests/data/eplb_vectors_v1.txt with --check.
 
