@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <ctime>
+#include <type_traits>
 #include <vector>
 
 #include "algo/migration.hpp"
@@ -19,12 +20,23 @@ double thread_seconds() {
   return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
 }
 
-/// Runs call() once per benchmark iteration (the caller warms up first); the thread's CPU
-/// seconds per call.
-template <class Call>
-double cpu_seconds_per_call(benchmark::State& state, Call&& call) {
+/// Does nothing: the default untimed step before each call.
+struct NoPrelude {
+  void operator()() const {}
+};
+
+/// Runs call() once per benchmark iteration (the caller warms up first), each after an
+/// untimed prelude(); the thread's CPU seconds per call.
+template <class Call, class Prelude = NoPrelude>
+double cpu_seconds_per_call(benchmark::State& state, Call&& call, Prelude&& prelude = {}) {
+  constexpr bool has_prelude = !std::is_same_v<std::decay_t<Prelude>, NoPrelude>;
   double total_s = 0;
   for (auto _ : state) {
+    if constexpr (has_prelude) {
+      state.PauseTiming();
+      prelude();
+      state.ResumeTiming();
+    }
     const double t0 = thread_seconds();
     call();
     total_s += thread_seconds() - t0;
@@ -33,15 +45,19 @@ double cpu_seconds_per_call(benchmark::State& state, Call&& call) {
 }
 
 /// policy.rebalance_into(load, topo, &prev, out) timed after one warm-up call (scratch sized,
-/// output allocated); CPU seconds per call.
+/// output allocated), each call after an untimed prelude(); CPU seconds per call.
+template <class Prelude = NoPrelude>
 double time_rebalance(benchmark::State& state, eplb::algo::Policy& policy, const eplb::algo::LoadMatrix& load,
                       const eplb::algo::Topology& t, const eplb::algo::Placement& prev,
-                      eplb::algo::Placement& out) {
+                      eplb::algo::Placement& out, Prelude&& prelude = {}) {
   policy.rebalance_into(load.view(), t, &prev, out);
-  return cpu_seconds_per_call(state, [&] {
-    policy.rebalance_into(load.view(), t, &prev, out);
-    benchmark::DoNotOptimize(out);
-  });
+  return cpu_seconds_per_call(
+      state,
+      [&] {
+        policy.rebalance_into(load.view(), t, &prev, out);
+        benchmark::DoNotOptimize(out);
+      },
+      prelude);
 }
 
 void BM_Policy(benchmark::State& state, std::string policy_name, eplb::bench::Shape shape) {
@@ -83,22 +99,14 @@ void BM_PolicyCold(benchmark::State& state, std::string policy_name, eplb::bench
   auto policy = eplb::algo::make_policy(policy_name);
   const eplb::algo::Placement prev = eplb::algo::Placement::contiguous(shape.topo);
   eplb::algo::Placement out;
-  policy->rebalance_into(load.view(), shape.topo, &prev, out);
   std::vector<std::uint64_t> junk(std::size_t{16} << 20);  // 128 MB
   std::uint64_t round = 0;
-  double total_s = 0;
-  for (auto _ : state) {
-    state.PauseTiming();
+  const double per_call_s = time_rebalance(state, *policy, load, shape.topo, prev, out, [&] {
     ++round;
     for (std::size_t i = 0; i < junk.size(); i += 8) junk[i] = round;  // one store per line
     benchmark::DoNotOptimize(junk.data());
-    state.ResumeTiming();
-    const double t0 = thread_seconds();
-    policy->rebalance_into(load.view(), shape.topo, &prev, out);
-    total_s += thread_seconds() - t0;
-    benchmark::DoNotOptimize(out);
-  }
-  const double per_call_ms = 1e3 * total_s / static_cast<double>(state.iterations());
+  });
+  const double per_call_ms = 1e3 * per_call_s;
   state.counters["cpu_us"] = 1e3 * per_call_ms;
   state.counters["pct_of_numpy"] = 100.0 * per_call_ms / shape.numpy_ms;
   state.SetLabel(shape.topo.describe());
