@@ -95,8 +95,9 @@ void write_checkpoint(const std::string& path, const Checkpoint& c);
 Checkpoint read_checkpoint(const std::string& path);
 
 /// The fields of `file` that differ from `running`, as "name (file X, running Y)", joined by
-/// ", "; empty when they agree. Topology and window_passes (the shapes) always count; the
-/// other settings only when `compare_settings`.
+/// ", "; empty when they agree. The topology always counts, window_passes when the file holds
+/// a window (W > 0: not for placement-only files); the other settings only when
+/// `compare_settings`.
 std::string describe_mismatch(const CheckpointConfig& file, const CheckpointConfig& running,
                               bool compare_settings);
 

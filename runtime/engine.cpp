@@ -281,14 +281,35 @@ RebalanceStats Engine::rebalance() {
   return st;
 }
 
+namespace {
+const char* const kNoRing =
+    "the load source set with Engine::set_load_source keeps no ring of passes "
+    "(LoadSource::has_ring() is false), so its load window cannot be checkpointed or restored";
+}  // namespace
+
+void Engine::window_ring(std::vector<std::int64_t>& ring, int& cursor) const {
+  if (!source_) {
+    ring.assign(window_.ring().begin(), window_.ring().end());
+    cursor = window_.cursor();
+    return;
+  }
+  if (!source_->has_ring()) throw InvalidInput(std::string("window_ring: ") + kNoRing);
+  ring.assign(window_.ring().size(), 0);  // same shape: [W][L][E]
+  source_->download_ring(ring, cursor);
+}
+
 void Engine::restore(algo::Placement placement, std::span<const std::int64_t> ring, int cursor,
                      std::int64_t epoch, std::int64_t pass) {
+  const bool keep_window = ring.empty();
   std::optional<std::string> local;
   try {
     placement.check_shape(config_.topology, "restore");
-    LoadWindow probe(config_.topology.num_layers, config_.topology.num_logical,
-                     config_.window_passes);
-    probe.restore(ring, cursor);
+    if (!keep_window) {
+      LoadWindow probe(config_.topology.num_layers, config_.topology.num_logical,
+                       config_.window_passes);
+      probe.restore(ring, cursor);
+      if (source_ && !source_->has_ring()) throw std::invalid_argument(std::string("restore: ") + kNoRing);
+    }
     if (epoch < 0 || pass < 0) throw std::invalid_argument("restore: negative epoch or pass");
   } catch (const std::exception& e) {
     local = e.what();
@@ -299,7 +320,15 @@ void Engine::restore(algo::Placement placement, std::span<const std::int64_t> ri
                comm::fnv1a(placement.phy2log().data(), placement.phy2log().size_bytes())},
               {"restored epoch", static_cast<std::uint64_t>(epoch)},
               {"restored pass", static_cast<std::uint64_t>(pass)}});
-  window_.restore(ring, cursor);
+  if (!keep_window && source_) {  // the window that step() and rebalance() read
+    try {
+      source_->upload_ring(ring, cursor);
+    } catch (const std::exception& e) {
+      local = std::string("restore: the load source's upload_ring failed: ") + e.what();
+    }
+    comm::throw_if_any_failed<Error>(comm_, local);
+  }
+  if (!keep_window) window_.restore(ring, cursor);
   placement_ = std::move(placement);
   epoch_ = epoch;
   pass_ = pass;

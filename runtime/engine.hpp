@@ -88,7 +88,14 @@ class Engine {
   /// placement and weights are unchanged.
   RebalanceStats rebalance();
 
-  /// Collective: replaces placement, window, epoch and pass (resume from a checkpoint).
+  /// This rank's load window as a ring [W][L][E] and the index of its current pass: the load
+  /// source's when one is set (set_load_source), else window()'s. Local (not collective).
+  /// Throws InvalidInput when the source keeps no ring (LoadSource::has_ring()).
+  void window_ring(std::vector<std::int64_t>& ring, int& cursor) const;
+
+  /// Collective: replaces placement, window (the load source's when one is set; it must keep
+  /// a ring; an empty `ring` keeps the window as it is), epoch and pass (resume from a
+  /// checkpoint). On bad input on any rank every rank throws InvalidInput and nothing changes.
   /// Weights are not moved: load them for the new placement (expert_of_local_slot).
   void restore(algo::Placement placement, std::span<const std::int64_t> ring, int cursor,
                std::int64_t epoch, std::int64_t pass);

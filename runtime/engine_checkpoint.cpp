@@ -54,8 +54,16 @@ Checkpoint snapshot(const Engine& engine, std::span<const CheckpointStatsRow> ea
   c.config = checkpoint_config(engine);
   c.epoch = engine.epoch();
   c.pass = engine.pass();
-  c.window_cursor = engine.window().cursor();
-  const auto ring = engine.window().ring();
+  std::vector<std::int64_t> ring;
+  int cursor = 0;
+  std::optional<std::string> local;
+  try {
+    engine.window_ring(ring, cursor);  // the load source's window when one is set
+  } catch (const std::exception& e) {
+    local = std::string("checkpoint: ") + e.what();
+  }
+  comm::throw_if_any_failed(engine.comm(), local);
+  c.window_cursor = cursor;
   c.window.resize(ring.size());
   comm::allreduce_sum(engine.comm(), ring, c.window);
   const auto p = engine.placement().phy2log();
@@ -107,12 +115,10 @@ std::vector<CheckpointStatsRow> resume_from_checkpoint(Engine& engine, const std
                            comm.get()));
   const bool placement_only = head[3] != 0;
   std::vector<std::int64_t> ring;
-  if (placement_only) {
-    const auto own = engine.window().ring();
-    ring.assign(own.begin(), own.end());
+  if (placement_only) {  // an empty ring: Engine::restore keeps the running window
     head[0] = engine.epoch();
     head[1] = engine.pass();
-    head[2] = engine.window().cursor();
+    head[2] = 0;
   } else if (comm.rank() == 0) {
     ring = std::move(c.window);
   } else {

@@ -18,7 +18,9 @@ CheckpointConfig checkpoint_config(const Engine& engine);
 CheckpointStatsRow to_stats_row(const RebalanceStats& s);
 
 /// Collective: the engine's state with the load window summed over ranks (one allreduce of
-/// W*L*E int64). `earlier` rows (from a resumed checkpoint) precede engine.history().
+/// W*L*E int64). The window is the one the engine rebalances from: the load source's when
+/// one is set (e.g. the device window; Engine::window_ring), else the host window; a source
+/// without a ring (LoadSource::has_ring()) makes every rank throw InvalidInput. `earlier` rows (from a resumed checkpoint) precede engine.history().
 /// Every rank gets the same placement, window and counters; `stats` is earlier + this
 /// rank's history.
 Checkpoint snapshot(const Engine& engine, std::span<const CheckpointStatsRow> earlier = {});
@@ -33,8 +35,9 @@ void save_checkpoint(const Engine& engine, const std::string& path,
 /// layout too when the file was written by an engine), broadcasts the placement, epoch, pass
 /// and cursor, and every rank calls Engine::restore. Rank 0's window becomes the stored
 /// global window and the other ranks' become zeros, so the window summed over ranks is the
-/// stored one. A placement-only file (W = 0, as eplb-plan writes) changes the placement alone
-/// (window, epoch and pass stay). On a bad file every rank throws InvalidInput naming the file and the field,
+/// stored one (the load source's window when one is set). A placement-only file (W = 0, as
+/// eplb-plan writes) changes the placement alone (window, epoch and pass stay). On a bad
+/// file every rank throws InvalidInput naming the file and the field,
 /// and the engine is unchanged. Weights are not moved: load them for engine.placement()
 /// (Engine::expert_of_local_slot). Returns the stored history rows on rank 0 (empty
 /// elsewhere).

@@ -25,6 +25,18 @@ class LoadSource {
   virtual std::int64_t* reduce_on_device(std::optional<std::string>& /*error*/) { return nullptr; }
   /// After the allreduce on that buffer: one device->host copy of the result into out.
   virtual void download_reduced(std::span<std::int64_t> /*out*/) {}
+
+  /// Checkpoints (runtime/engine_checkpoint.hpp): whether this source keeps a ring of W
+  /// passes of [L][E] counts that download_ring() and upload_ring() copy. A source without
+  /// one cannot be checkpointed with its window: Engine::window_ring() and Engine::restore()
+  /// then fail with InvalidInput instead of saving or restoring the (unused) host window.
+  virtual bool has_ring() const { return false; }
+  /// This rank's ring [W][L][E] (oldest pass anywhere; `cursor` = the current pass), copied
+  /// to the host. Only called when has_ring().
+  virtual void download_ring(std::span<std::int64_t> /*ring*/, int& /*cursor*/) const {}
+  /// Replaces the ring and the current pass (resume; values checked by the engine: the
+  /// shape of the host window, counts >= 0, cursor in [0, W)). Only called when has_ring().
+  virtual void upload_ring(std::span<const std::int64_t> /*ring*/, int /*cursor*/) {}
 };
 
 /// Receives the placement maps as the migration makes them true, layer by layer.

@@ -88,6 +88,19 @@ void DeviceLoadWindow::download_ring(std::span<std::int64_t> ring, int& cursor) 
   cursor = cursor_;
 }
 
+void DeviceLoadWindow::upload_ring(std::span<const std::int64_t> ring, int cursor) {
+  if (ring.size() != static_cast<std::size_t>(window_) * layers_ * logical_)
+    throw std::invalid_argument("DeviceLoadWindow::upload_ring: wrong size");
+  if (cursor < 0 || cursor >= window_)
+    throw std::invalid_argument("DeviceLoadWindow::upload_ring: cursor outside [0, W)");
+  // Counts are >= 0 (checked by the engine), so their int64 bytes are the uint64 counters'.
+  comm::copy_async(ring_.get(), ring.data(), ring_.size(), stream_);
+  comm::CudaEvent done(false);
+  done.record(stream_);
+  done.synchronize();  // the host buffer may go away after the call
+  cursor_ = cursor;
+}
+
 DeviceMaps::DeviceMaps(const algo::Topology& topo, const algo::Placement& initial,
                        comm::cuda_stream stream)
     : layers_(topo.num_layers),

@@ -31,8 +31,11 @@ class DeviceLoadWindow final : public LoadSource {
   std::int64_t* reduce_on_device(std::optional<std::string>& error) override;
   void download_reduced(std::span<std::int64_t> out) override;
 
-  /// The whole ring [W][L][E] and cursor, copied to the host (for checkpoints).
-  void download_ring(std::span<std::int64_t> ring, int& cursor) const;
+  /// Checkpoints: the whole ring [W][L][E] and cursor, copied to the host or replaced
+  /// (synchronous on the window's stream).
+  bool has_ring() const override { return true; }
+  void download_ring(std::span<std::int64_t> ring, int& cursor) const override;
+  void upload_ring(std::span<const std::int64_t> ring, int cursor) override;
 
  private:
   int layers_, logical_, window_, cursor_ = 0;

@@ -126,4 +126,46 @@ TEST(DeviceWindow, SumsOverTheWindowAndForgetsOldPasses) {
   }
 }
 
+TEST(DeviceWindow, RingRoundTripForCheckpoints) {
+  SKIP_WITHOUT_GPU();
+  const Topology t{2, 8, 8, 1, 1, 1};
+  const auto p = Placement::contiguous(t);
+  eplb::comm::CudaStream stream;
+  eplb::runtime::cuda::DeviceMaps maps(t, p, stream.get());
+  eplb::runtime::cuda::DeviceLoadWindow a(2, 8, 3, stream.get()), b(2, 8, 3, stream.get());
+  ASSERT_TRUE(a.has_ring());
+  std::vector<std::int32_t> ids = {1, 6, 6, 7, 0};
+  eplb::comm::DeviceBuffer d(ids.size() * 4);
+  eplb::comm::copy_async(d.get(), ids.data(), d.size(), stream.get());
+  for (int pass = 0; pass < 4; ++pass) {  // the ring wraps: pass 3 is back in row 0
+    for (int l = 0; l < 2; ++l)
+      for (int rep = 0; rep <= pass + l; ++rep)
+        EPLB_CUDA_CHECK(eplb::runtime::cuda::launch_route_and_count(
+            d.get(), false, static_cast<long long>(ids.size()), maps.layer(l), 0, 0, nullptr,
+            a.counts(l), a.errors(), stream.get()));
+    if (pass < 3) a.end_pass();
+  }
+  std::vector<std::int64_t> ring(3 * 2 * 8, -1);
+  int cursor = -1;
+  a.download_ring(ring, cursor);
+  EXPECT_EQ(cursor, 0);
+  EXPECT_EQ(ring[(0 * 2 + 1) * 8 + 6], 2 * (3 + 1 + 1)) << "pass 3, layer 1, expert 6";
+  b.upload_ring(ring, cursor);
+  std::vector<std::int64_t> ring_b(ring.size(), -1);
+  int cursor_b = -1;
+  b.download_ring(ring_b, cursor_b);
+  EXPECT_EQ(ring_b, ring);
+  EXPECT_EQ(cursor_b, cursor);
+  for (int pass = 0; pass < 2; ++pass) {  // both go on alike
+    std::vector<std::int64_t> sa(16), sb(16);
+    EXPECT_FALSE(a.collect(sa));
+    EXPECT_FALSE(b.collect(sb));
+    EXPECT_EQ(sa, sb) << "pass " << pass;
+    a.end_pass();
+    b.end_pass();
+  }
+  EXPECT_THROW(b.upload_ring(std::vector<std::int64_t>(5), 0), std::invalid_argument);
+  EXPECT_THROW(b.upload_ring(ring, 3), std::invalid_argument);
+}
+
 }  // namespace

@@ -228,6 +228,130 @@ TEST(CheckpointResume, PlacementOnlyFileChangesThePlacementAlone) {
             ring_before);
 }
 
+/// A load source on the host standing in for the device window: its own ring of W passes,
+/// which the engine reads instead of window() (the host window stays all zeros).
+class RingSource final : public eplb::runtime::LoadSource {
+ public:
+  RingSource(int layers, int logical, int window, bool keeps_ring)
+      : le_(static_cast<std::size_t>(layers) * logical), w_(window), keeps_ring_(keeps_ring),
+        ring_(le_ * window, 0) {}
+  std::optional<std::string> collect(std::span<std::int64_t> out) override {
+    std::fill(out.begin(), out.end(), 0);
+    for (int p = 0; p < w_; ++p)
+      for (std::size_t i = 0; i < le_; ++i) out[i] += ring_[p * le_ + i];
+    return std::nullopt;
+  }
+  void end_pass() override {
+    cursor_ = (cursor_ + 1) % w_;
+    std::fill_n(ring_.begin() + static_cast<std::ptrdiff_t>(cursor_ * le_), le_, 0);
+  }
+  bool has_ring() const override { return keeps_ring_; }
+  void download_ring(std::span<std::int64_t> ring, int& cursor) const override {
+    std::copy(ring_.begin(), ring_.end(), ring.begin());
+    cursor = cursor_;
+  }
+  void upload_ring(std::span<const std::int64_t> ring, int cursor) override {
+    ring_.assign(ring.begin(), ring.end());
+    cursor_ = cursor;
+  }
+  /// Adds this pass's counts of one layer.
+  void add(int layer, std::span<const std::int64_t> c) {
+    std::copy(c.begin(), c.end(), ring_.begin() + static_cast<std::ptrdiff_t>(cursor_ * le_ + layer * c.size()));
+  }
+  const std::vector<std::int64_t>& ring() const { return ring_; }
+  int cursor() const { return cursor_; }
+
+ private:
+  std::size_t le_;
+  int w_, cursor_ = 0;
+  bool keeps_ring_;
+  std::vector<std::int64_t> ring_;
+};
+
+/// record_pass's loads, into a load source instead of the engine's host window.
+void run_passes(Engine& e, RingSource& src, int n) {
+  const auto& t = e.config().topology;
+  for (int i = 0; i < n; ++i) {
+    const std::int64_t pass = e.pass() + 1;
+    std::mt19937_64 rng(static_cast<std::uint64_t>(pass) * 7919 + world_rank());
+    std::vector<std::int64_t> c(static_cast<std::size_t>(t.num_logical));
+    for (int l = 0; l < t.num_layers; ++l) {
+      for (auto& x : c) x = static_cast<std::int64_t>(rng() % 1000);
+      src.add(l, c);
+    }
+    (void)e.step();
+  }
+}
+
+std::vector<std::int64_t> summed_over_ranks(const std::vector<std::int64_t>& v) {
+  std::vector<std::int64_t> out(v.size());
+  MPI_Allreduce(v.data(), out.data(), static_cast<int>(v.size()), MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
+  return out;
+}
+
+TEST(CheckpointResume, LoadSourceWindowIsSavedAndRestored) {
+  SharedDir dir;
+  const auto path = dir.file("source.h5");
+  const auto cfg = config();
+  const auto& t = cfg.topology;
+  Job first;
+  RingSource src(t.num_layers, t.num_logical, cfg.window_passes, true);
+  first.engine->set_load_source(&src);
+  run_passes(*first.engine, src, 5);  // one rebalance (pass 3), cursor at 5 % 4 = 1
+  const auto saved = summed_over_ranks(src.ring());
+  ASSERT_GT(*std::max_element(saved.begin(), saved.end()), 0);
+  const auto c = eplb::runtime::snapshot(*first.engine);
+  EXPECT_EQ(c.window, saved) << "the checkpoint holds the host window, not the source's";
+  EXPECT_EQ(c.window_cursor, src.cursor());
+  eplb::runtime::save_checkpoint(*first.engine, path);
+
+  Job second;
+  RingSource fresh(t.num_layers, t.num_logical, cfg.window_passes, true);
+  second.engine->set_load_source(&fresh);
+  eplb::runtime::resume_from_checkpoint(*second.engine, path);
+  EXPECT_EQ(summed_over_ranks(fresh.ring()), saved);
+  EXPECT_EQ(fresh.cursor(), src.cursor());
+  EXPECT_EQ(second.engine->placement(), first.engine->placement());
+  // Both jobs go on alike: the next rebalance (pass 6) plans from the same window.
+  eplb::runtime::fill_slots(second.engine->weights(), second.engine->placement(), world_rank());
+  run_passes(*first.engine, src, 1);
+  run_passes(*second.engine, fresh, 1);
+  EXPECT_EQ(second.engine->epoch(), first.engine->epoch());
+  EXPECT_EQ(second.engine->placement(), first.engine->placement());
+  EXPECT_EQ(bad_slots_anywhere(*second.engine), 0u);
+}
+
+TEST(CheckpointResume, SourceWithoutRingFailsOnEveryRankAndChangesNothing) {
+  SharedDir dir;
+  const auto good = dir.file("good.h5");
+  Job job;
+  run_passes(*job.engine, 4);
+  eplb::runtime::save_checkpoint(*job.engine, good);
+  const auto& t = job.engine->config().topology;
+  RingSource src(t.num_layers, t.num_logical, job.engine->config().window_passes, false);
+  job.engine->set_load_source(&src);
+  try {
+    eplb::runtime::save_checkpoint(*job.engine, dir.file("never.h5"));
+    ADD_FAILURE() << "saved a checkpoint whose window the engine does not use";
+  } catch (const eplb::InvalidInput& e) {
+    EXPECT_NE(std::string(e.what()).find("has_ring"), std::string::npos) << e.what();
+  }
+  const auto placement = job.engine->placement();
+  const auto epoch = job.engine->epoch(), pass = job.engine->pass();
+  try {
+    eplb::runtime::resume_from_checkpoint(*job.engine, good);
+    ADD_FAILURE() << "restored a window into a source that keeps none";
+  } catch (const eplb::InvalidInput& e) {
+    EXPECT_NE(std::string(e.what()).find("has_ring"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(job.engine->placement(), placement);
+  EXPECT_EQ(job.engine->epoch(), epoch);
+  EXPECT_EQ(job.engine->pass(), pass);
+  if (world_rank() == 0) {
+    EXPECT_FALSE(fs::exists(dir.file("never.h5")));
+  }
+}
+
 /// Bad files: each case damages a copy of a good checkpoint on rank 0, then every rank
 /// resumes from it and must get InvalidInput naming the problem with the engine untouched.
 class CheckpointBadFile : public testing::Test {
