@@ -63,4 +63,13 @@ std::unique_ptr<Policy> make_policy(std::string_view name) {
   throw std::invalid_argument("unknown policy '" + std::string(name) + "' (known: " + known + ")");
 }
 
+std::string policy_name_error(std::string_view name) {
+  try {
+    (void)make_policy(name);
+    return {};
+  } catch (const std::invalid_argument& e) {
+    return e.what();
+  }
+}
+
 }  // namespace eplb::algo

@@ -49,7 +49,10 @@ class Policy {
 std::vector<std::string> policy_names();
 /// The runtime's default policy name.
 std::string default_policy_name();
-/// Throws std::invalid_argument listing the known names when `name` is unknown.
+/// Throws std::invalid_argument listing the known names when `name` is unknown. Besides
+/// policy_names(), "sticky:key=value:..." sets the sticky policy's knobs (docs/POLICIES.md).
 std::unique_ptr<Policy> make_policy(std::string_view name);
+/// Empty when make_policy(name) accepts `name`, else its message (for argument parsers).
+std::string policy_name_error(std::string_view name);
 
 }  // namespace eplb::algo

@@ -30,7 +30,7 @@ int run(int argc, char** argv) {
   int iters = 20, window = 100, layers = 58, experts = 256, slots = 288, groups = 8, nodes = 1;
   CLI::App app{"bench_control: time of a rebalance's control path (DeepSeek-V3 shape by default)"};
   app.add_option("--device", device)->check(CLI::IsMember({"cpu", "cuda"}));
-  app.add_option("--policy", policy)->check(CLI::IsMember(eplb::algo::policy_names()));
+  app.add_option("--policy", policy)->check(eplb::algo::policy_name_error, "POLICY");
   app.add_option("--iters", iters);
   app.add_option("--window", window, "passes in the load window");
   app.add_option("--layers", layers);
@@ -40,7 +40,7 @@ int run(int argc, char** argv) {
   app.add_option("--nodes", nodes);
   app.add_option("--json", json);
   int threads = 0;
-  app.add_option("--planning-threads", threads, "threads for the policy on rank 0 (0: runtime default)");
+  app.add_option("--planning-threads", threads, "policy threads per planning rank (0: auto, min(8, hardware threads / ranks); the runtime's default is 1)");
   bool rank0 = false;
   bool no_align = false;
   app.add_flag("--no-align", no_align, "keep the policy's slot order (RuntimeConfig::align_slots = false)");

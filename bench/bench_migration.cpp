@@ -81,7 +81,7 @@ int run(int argc, char** argv) {
   app.add_option("--slots", slots, "override R (default: v2lite 80, v3 288; rounded to a multiple of ranks)");
   app.add_option("--tensor-bytes", tensors, "override the tensor sizes of one expert");
   app.add_option("--device", device, "cuda (NCCL) or cpu (MPI host)")->check(CLI::IsMember({"cpu", "cuda"}));
-  app.add_option("--policy", policy_name)->check(CLI::IsMember(eplb::algo::policy_names()));
+  app.add_option("--policy", policy_name)->check(eplb::algo::policy_name_error, "POLICY");
   app.add_option("--noise", noise, "relative noise between the two load windows");
   app.add_option("--iters", iters, "timed rebalances (alternating A->B, B->A)");
   app.add_option("--peak-bytes", peak_bytes, "bytes per peer in the pairwise peak measurement");

@@ -103,7 +103,7 @@ int main(int argc, char** argv) {
   app.add_option("--num-nodes", topo.num_nodes, "N: nodes")->capture_default_str();
   app.add_option("--num-groups", topo.num_groups, "G: expert groups")->capture_default_str();
   app.add_option("--policy", policy_name, "placement policy")
-      ->check(CLI::IsMember(eplb::algo::policy_names()))
+      ->check(eplb::algo::policy_name_error, "POLICY")
       ->capture_default_str();
   app.add_option("--out", out_path,
                  "write phy2log here instead of stdout: CSV, or an HDF5 checkpoint if it ends in .h5");

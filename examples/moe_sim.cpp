@@ -166,7 +166,7 @@ int run(int argc, char** argv, int rank, int size) {
   app.add_option("--skew", o.skew, "std-dev of expert popularity logits")->capture_default_str();
   app.add_option("--drift", o.drift, "per-pass drift of the logits")->capture_default_str();
   app.add_option("--policy", o.policy, "placement policy (default: " + eplb::algo::default_policy_name() + ")")
-      ->check(CLI::IsMember(eplb::algo::policy_names()));
+      ->check(eplb::algo::policy_name_error, "POLICY");
   app.add_option("--min-gain", o.min_gain, "skip rebalances whose balancedness gain is below this")
       ->capture_default_str();
   app.add_option("--staging-bytes", o.staging_bytes, "migration staging budget per rank")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU validation on a machine with >= 2 NVIDIA GPUs: builds eplb, runs every test (GPU tests
 # included, also under compute-sanitizer), moe_sim on 2 and 4 GPUs, and the GPU benchmarks.
-# Logs go to $OUT when set (else ./gpu-logs).
+# Logs go to $OUT when set (else gpu-logs/ in the repository root).
 # Usage: scripts/gpu-check.sh [full|quick|bench|mig|overlap]  (quick: no benchmarks; bench:
 # tests and the short benchmarks, no sanitizer/moe_sim; mig: only the migration benchmarks;
 # overlap: the GPU tests, the migration tests under the sanitizer, and the migration
