@@ -28,8 +28,16 @@ endif()
 sim(--passes ${N} --checkpoint half.h5 --checkpoint-every 2)
 sim(--passes ${N} --resume half.h5 --checkpoint half.h5 --csv resumed.csv)
 
-# The final state: everything h5dump shows of phy2log, window (with cursor), epoch and pass.
+# The final state: everything h5dump shows of phy2log, window (with cursor), epoch and pass
+# (where h5dump is installed; the rows below are compared in any case).
+set(compared "same final checkpoint")
+if(NOT H5DUMP)
+  set(compared "final checkpoints not compared: no h5dump")
+endif()
 foreach(f full half)
+  if(NOT H5DUMP)
+    break()
+  endif()
   execute_process(COMMAND ${H5DUMP} -d /phy2log -d /window -a /epoch -a /pass ${f}.h5
                   WORKING_DIRECTORY ${DIR} RESULT_VARIABLE rc OUTPUT_VARIABLE dump_${f})
   if(NOT rc EQUAL 0)
@@ -37,7 +45,7 @@ foreach(f full half)
   endif()
   string(REGEX REPLACE "^HDF5 \"[^\"]*\"" "" dump_${f} "${dump_${f}}")
 endforeach()
-if(NOT dump_full STREQUAL dump_half)
+if(H5DUMP AND NOT dump_full STREQUAL dump_half)
   message(FATAL_ERROR "final checkpoints differ:\n--- 2N passes:\n${dump_full}\n--- resumed:\n${dump_half}")
 endif()
 
@@ -66,5 +74,5 @@ list(SUBLIST full_rows ${first} ${n} tail)
 if(NOT tail STREQUAL resumed_rows)
   message(FATAL_ERROR "rebalance rows differ:\n--- 2N passes:\n${tail}\n--- resumed:\n${resumed_rows}")
 endif()
-message(STATUS "resume matches: ${n} rebalances after the checkpoint, same final state")
+message(STATUS "resume matches: ${n} rebalances after the checkpoint; ${compared}")
 file(REMOVE_RECURSE ${DIR})
