@@ -136,25 +136,39 @@ RebalanceStats Engine::rebalance() {
 
   // 1. Collect: rejected input anywhere stops every rank before anything changes.
   auto t = Clock::now();
-  std::optional<std::string> input_error;
+  std::optional<std::string> input_error, failure;
   std::int64_t* device_sum = nullptr;
-  if (source_ && config_.device_allreduce && cuda_aware_mpi_)
-    device_sum = source_->reduce_on_device(input_error);
-  if (device_sum) {
-    comm::throw_if_any_failed(comm_, input_error);
+  // A load source that throws on one rank (a CUDA error on its GPU) must not leave the others
+  // waiting: that rank still takes part in the allreduce (with zeros), then every rank agrees
+  // on the failure (Error) and on rejected input (InvalidInput), in that order, on both paths.
+  try {
+    if (source_ && config_.device_allreduce && cuda_aware_mpi_)
+      device_sum = source_->reduce_on_device(input_error);
+    if (!device_sum) {
+      if (source_) {
+        input_error = source_->collect(local_load_);
+      } else {
+        input_error = window_.take_error();
+        window_.sum(local_load_);
+      }
+    }
+  } catch (const std::exception& e) {
+    failure = std::string("collecting this rank's load failed: ") + e.what();
+  }
+  if (device_sum) {  // the device buffer here; a rank on the host path sends host memory
     EPLB_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, device_sum, static_cast<int>(global_load_.size()),
                                  MPI_INT64_T, MPI_SUM, comm_.get()));
-    source_->download_reduced(global_load_);
-  } else {
-    if (source_) {
-      input_error = source_->collect(local_load_);
-    } else {
-      input_error = window_.take_error();
-      window_.sum(local_load_);
+    try {
+      source_->download_reduced(global_load_);
+    } catch (const std::exception& e) {
+      failure = std::string("copying the reduced load to the host failed: ") + e.what();
     }
-    comm::throw_if_any_failed(comm_, input_error);
+  } else {
+    if (failure) std::fill(local_load_.begin(), local_load_.end(), 0);
     comm::allreduce_sum(comm_, local_load_, global_load_);
   }
+  comm::throw_if_any_failed<Error>(comm_, failure);
+  comm::throw_if_any_failed(comm_, input_error);
   for (std::size_t i = 0; i < global_load_.size(); ++i)
     load_f64_[i] = static_cast<double>(global_load_[i]);
   const algo::LoadView load{load_f64_, topo.num_layers, topo.num_logical};
@@ -320,11 +334,15 @@ void Engine::restore(algo::Placement placement, std::span<const std::int64_t> ri
                comm::fnv1a(placement.phy2log().data(), placement.phy2log().size_bytes())},
               {"restored epoch", static_cast<std::uint64_t>(epoch)},
               {"restored pass", static_cast<std::uint64_t>(pass)}});
-  if (!keep_window && source_) {  // the window that step() and rebalance() read
+  // The device side (a failure there, e.g. a CUDA error, reaches every rank as Error): the
+  // window that step() and rebalance() read, and the routing maps, which must agree with
+  // the restored placement before the next forward pass.
+  if (source_ || listener_) {
     try {
-      source_->upload_ring(ring, cursor);
+      if (!keep_window && source_) source_->upload_ring(ring, cursor);
+      if (listener_) listener_->reset(placement);
     } catch (const std::exception& e) {
-      local = std::string("restore: the load source's upload_ring failed: ") + e.what();
+      local = std::string("restore: updating the load source or the map listener failed: ") + e.what();
     }
     comm::throw_if_any_failed<Error>(comm_, local);
   }

@@ -48,6 +48,13 @@ class MapListener {
   /// After layer `layer`'s weights are in place (device transports: stream-ordered after
   /// them), switch that layer's maps.
   virtual void commit_layer(int layer) = 0;
+  /// After Engine::restore replaced the placement (a resume, a placement-only file): every
+  /// layer's maps at once, complete when the call returns. Default: prepare, then
+  /// commit_layer for every layer.
+  virtual void reset(const algo::Placement& placement) {
+    prepare(placement);
+    for (int l = 0; l < placement.num_layers(); ++l) commit_layer(l);
+  }
 };
 
 }  // namespace eplb::runtime

@@ -113,10 +113,19 @@ DeviceMaps::DeviceMaps(const algo::Topology& topo, const algo::Placement& initia
   logcnt_ = comm::DeviceBuffer(le * sizeof(int));
   host_log2phy_ = comm::PinnedBuffer(le * xcap_ * sizeof(int));
   host_logcnt_ = comm::PinnedBuffer(le * sizeof(int));
-  stage(initial);
+  reset(initial);
+}
+
+void DeviceMaps::reset(const algo::Placement& placement) {
+  if (placement.num_layers() != layers_ || placement.num_logical() != logical_ ||
+      placement.num_slots() != xcap_ + logical_ - 1)
+    throw std::invalid_argument("DeviceMaps::reset: placement shape differs from the maps'");
+  comm::CudaEvent done(false);
+  done.record(stream_);
+  done.synchronize();  // earlier copies out of the pinned mirror are complete
+  stage(placement);
   comm::copy_async(log2phy_.get(), host_log2phy_.get(), log2phy_.size(), stream_);
   comm::copy_async(logcnt_.get(), host_logcnt_.get(), logcnt_.size(), stream_);
-  comm::CudaEvent done(false);
   done.record(stream_);
   done.synchronize();
 }

@@ -55,6 +55,8 @@ class DeviceMaps final : public MapListener {
   DeviceLayerMaps layer(int l) const;
   void prepare(const algo::Placement& next) override;
   void commit_layer(int layer) override;
+  /// Every layer from `placement`, synchronously (after Engine::restore).
+  void reset(const algo::Placement& placement) override;
 
  private:
   void stage(const algo::Placement& p);

@@ -321,6 +321,33 @@ TEST(CheckpointResume, LoadSourceWindowIsSavedAndRestored) {
   EXPECT_EQ(bad_slots_anywhere(*second.engine), 0u);
 }
 
+/// Records what Engine::restore hands the map listener (the device maps' stand-in).
+struct RecordingListener final : eplb::runtime::MapListener {
+  std::vector<std::vector<int>> resets;
+  void prepare(const eplb::algo::Placement&) override {}
+  void commit_layer(int) override {}
+  void reset(const eplb::algo::Placement& p) override {
+    resets.emplace_back(p.phy2log().begin(), p.phy2log().end());
+  }
+};
+
+TEST(CheckpointResume, RestoreResetsTheMapListener) {
+  SharedDir dir;
+  const auto path = dir.file("maps.h5");
+  Job first;
+  run_passes(*first.engine, 7);  // two rebalances: not the contiguous placement
+  eplb::runtime::save_checkpoint(*first.engine, path);
+  const std::vector<int> saved(first.engine->placement().phy2log().begin(),
+                               first.engine->placement().phy2log().end());
+  Job second;
+  RecordingListener maps;
+  second.engine->set_map_listener(&maps);
+  eplb::runtime::resume_from_checkpoint(*second.engine, path);
+  ASSERT_EQ(maps.resets.size(), 1u) << "routing maps left at the old placement after a resume";
+  EXPECT_EQ(maps.resets[0], saved);
+  second.engine->set_map_listener(nullptr);
+}
+
 TEST(CheckpointResume, SourceWithoutRingFailsOnEveryRankAndChangesNothing) {
   SharedDir dir;
   const auto good = dir.file("good.h5");

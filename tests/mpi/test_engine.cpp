@@ -294,6 +294,42 @@ TEST_F(EngineBadInput, NegativeCountsOnOneRank) {
   expect_rejected({"negative", "-7"});
 }
 
+/// A load source that fails (as a CUDA error would) on one rank only.
+class FailingSource final : public eplb::runtime::LoadSource {
+ public:
+  explicit FailingSource(bool fail) : fail_(fail) {}
+  std::optional<std::string> collect(std::span<std::int64_t> out) override {
+    if (fail_) throw std::runtime_error("device lost (simulated)");
+    std::fill(out.begin(), out.end(), 1);
+    return std::nullopt;
+  }
+  void end_pass() override {}
+
+ private:
+  bool fail_;
+};
+
+TEST_F(EngineBadInput, LoadSourceFailingOnOneRankReachesEveryRank) {
+  const int bad = world_size() - 1;
+  FailingSource src(world_rank() == bad);
+  engine->set_load_source(&src);
+  const auto before = engine->placement();
+  const auto epoch = engine->epoch();
+  try {
+    engine->rebalance();  // a hang here is the bug: the test's timeout catches it
+    ADD_FAILURE() << "rebalance ignored a failing load source";
+  } catch (const eplb::Error& e) {
+    const std::string w = e.what();
+    EXPECT_NE(w.find("[rank " + std::to_string(bad) + "]"), std::string::npos) << w;
+    EXPECT_NE(w.find("device lost (simulated)"), std::string::npos) << w;
+  }
+  EXPECT_EQ(engine->placement(), before);
+  EXPECT_EQ(engine->epoch(), epoch);
+  engine->set_load_source(nullptr);
+  EXPECT_NO_THROW(engine->rebalance());
+  EXPECT_EQ(bad_slots_anywhere(*engine), 0u);
+}
+
 TEST_F(EngineBadInput, SkipBelowMinGainKeepsPlacement) {
   // A fresh engine that skips unless the gain is impossible to reach.
   HostWeights host(t, {64});
