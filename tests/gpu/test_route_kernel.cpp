@@ -38,13 +38,16 @@ Placement random_placement(const Topology& t, std::mt19937& rng) {
   return Placement(t.num_layers, t.num_logical, t.num_slots, std::move(p));
 }
 
+/// The kernel with maps of a random placement against the host reference; `via_reset`: the
+/// maps are made for another placement first, then reset() to this one (Engine::restore).
 template <class Id>
-void run_case(const Case& c) {
+void run_case(const Case& c, bool via_reset = false) {
   std::mt19937 rng(c.tokens * 31 + c.experts);
   const Topology t{2, c.experts, c.slots, c.ranks, 1, 1};
   const Placement p = random_placement(t, rng);
   eplb::comm::CudaStream stream;
-  eplb::runtime::cuda::DeviceMaps maps(t, p, stream.get());
+  eplb::runtime::cuda::DeviceMaps maps(t, via_reset ? Placement::contiguous(t) : p, stream.get());
+  if (via_reset) maps.reset(p);
   eplb::runtime::cuda::DeviceLoadWindow window(2, c.experts, 1, stream.get());
   const long long n = static_cast<long long>(c.tokens) * c.k;
   std::vector<Id> ids(static_cast<std::size_t>(n));
@@ -124,6 +127,17 @@ TEST(DeviceWindow, SumsOverTheWindowAndForgetsOldPasses) {
     EXPECT_EQ(sum[5], std::min(pass + 1, 2));
     window.end_pass();
   }
+}
+
+TEST(DeviceMaps, ResetReplacesEveryLayer) {
+  SKIP_WITHOUT_GPU();
+  run_case<std::int32_t>(Case{512, 8, 64, 80, 4, false, false, false}, true);
+  run_case<std::int64_t>(Case{256, 4, 128, 160, 8, true, true, false}, true);
+  const Topology other{2, 64, 96, 4, 1, 1};
+  eplb::comm::CudaStream stream;
+  eplb::runtime::cuda::DeviceMaps maps(Topology{2, 64, 80, 4, 1, 1},
+                                       Placement::contiguous(Topology{2, 64, 80, 4, 1, 1}), stream.get());
+  EXPECT_THROW(maps.reset(Placement::contiguous(other)), std::invalid_argument);
 }
 
 TEST(DeviceWindow, RingRoundTripForCheckpoints) {
