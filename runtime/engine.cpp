@@ -11,6 +11,13 @@
 
 namespace eplb::runtime {
 namespace {
+/// Why `source` does not fit `cfg`, or nullopt.
+std::optional<std::string> source_mismatch(const LoadSource* source, const RuntimeConfig& cfg) {
+  if (!source || source->window_passes() == 0 || source->window_passes() == cfg.window_passes)
+    return std::nullopt;
+  return "the load source keeps a window of " + std::to_string(source->window_passes()) +
+         " passes, RuntimeConfig::window_passes is " + std::to_string(cfg.window_passes);
+}
 
 using Clock = std::chrono::steady_clock;
 double ms_since(Clock::time_point t) {
@@ -168,6 +175,7 @@ RebalanceStats Engine::rebalance() {
     comm::allreduce_sum(comm_, local_load_, global_load_);
   }
   comm::throw_if_any_failed<Error>(comm_, failure);
+  if (const auto m = source_mismatch(source_, config_); m && !input_error) input_error = *m;
   comm::throw_if_any_failed(comm_, input_error);
   for (std::size_t i = 0; i < global_load_.size(); ++i)
     load_f64_[i] = static_cast<double>(global_load_[i]);
@@ -323,6 +331,7 @@ void Engine::restore(algo::Placement placement, std::span<const std::int64_t> ri
                        config_.window_passes);
       probe.restore(ring, cursor);
       if (source_ && !source_->has_ring()) throw std::invalid_argument(std::string("restore: ") + kNoRing);
+      if (const auto m = source_mismatch(source_, config_)) throw std::invalid_argument("restore: " + *m);
     }
     if (epoch < 0 || pass < 0) throw std::invalid_argument("restore: negative epoch or pass");
   } catch (const std::exception& e) {

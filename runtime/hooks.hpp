@@ -18,6 +18,10 @@ class LoadSource {
   virtual std::optional<std::string> collect(std::span<std::int64_t> out) = 0;
   /// Closes the current pass (called by Engine::step on every pass).
   virtual void end_pass() = 0;
+  /// Passes in this source's window (0: not known). When known, the engine checks it against
+  /// RuntimeConfig::window_passes at every rebalance and restore: a window of another length
+  /// would plan from other passes than the ranks agreed on.
+  virtual int window_passes() const { return 0; }
 
   /// Optional device path (RuntimeConfig::device_allreduce with a CUDA-aware MPI): reduce
   /// the window into a device buffer of [L][E] int64 and return it (and the first input

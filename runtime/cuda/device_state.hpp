@@ -28,6 +28,7 @@ class DeviceLoadWindow final : public LoadSource {
 
   std::optional<std::string> collect(std::span<std::int64_t> out) override;
   void end_pass() override;
+  int window_passes() const override { return window_; }
   std::int64_t* reduce_on_device(std::optional<std::string>& error) override;
   void download_reduced(std::span<std::int64_t> out) override;
 

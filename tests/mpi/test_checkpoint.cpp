@@ -246,6 +246,7 @@ class RingSource final : public eplb::runtime::LoadSource {
     std::fill_n(ring_.begin() + static_cast<std::ptrdiff_t>(cursor_ * le_), le_, 0);
   }
   bool has_ring() const override { return keeps_ring_; }
+  int window_passes() const override { return w_; }
   void download_ring(std::span<std::int64_t> ring, int& cursor) const override {
     std::copy(ring_.begin(), ring_.end(), ring.begin());
     cursor = cursor_;
@@ -346,6 +347,34 @@ TEST(CheckpointResume, RestoreResetsTheMapListener) {
   ASSERT_EQ(maps.resets.size(), 1u) << "routing maps left at the old placement after a resume";
   EXPECT_EQ(maps.resets[0], saved);
   second.engine->set_map_listener(nullptr);
+}
+
+TEST(CheckpointResume, SourceOfAnotherWindowLengthIsRejectedEverywhere) {
+  SharedDir dir;
+  const auto good = dir.file("good.h5");
+  Job job;
+  run_passes(*job.engine, 4);
+  eplb::runtime::save_checkpoint(*job.engine, good);
+  const auto& cfg = job.engine->config();
+  // Only the last rank's source is misconfigured: every rank must still fail, none hang.
+  const int w = world_rank() == world_size() - 1 ? cfg.window_passes + 1 : cfg.window_passes;
+  RingSource src(cfg.topology.num_layers, cfg.topology.num_logical, w, true);
+  job.engine->set_load_source(&src);
+  const auto placement = job.engine->placement();
+  const std::string why = "window of " + std::to_string(cfg.window_passes + 1) + " passes";
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    try {
+      if (attempt == 0)
+        job.engine->rebalance();
+      else
+        eplb::runtime::resume_from_checkpoint(*job.engine, good);
+      ADD_FAILURE() << "accepted a load source whose window has another length";
+    } catch (const eplb::InvalidInput& e) {
+      EXPECT_NE(std::string(e.what()).find(why), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(job.engine->placement(), placement);
+  }
+  EXPECT_EQ(src.cursor(), 0) << "restore touched the source";
 }
 
 TEST(CheckpointResume, SourceWithoutRingFailsOnEveryRankAndChangesNothing) {
