@@ -144,20 +144,32 @@ void NcclTransport::begin_batch() {
   in_group_ = true;
 }
 
+void NcclTransport::check_in_batch(int rc, const char* call, int line) {
+  if (rc == ncclSuccess || rc == ncclInProgress) return;
+  try {
+    check_nccl(rc, call, __FILE__, line, comm_.get());  // the message, while the comm exists
+  } catch (...) {
+    if (in_group_) {
+      in_group_ = false;
+      (void)ncclGroupEnd();
+    }
+    comm_.abort();
+    throw;
+  }
+}
+
 void NcclTransport::send(const std::byte* buf, std::size_t bytes, int peer) {
-  check_nccl(ncclSend(buf, bytes, ncclUint8, peer, comm_.get(), stream_), "ncclSend", __FILE__,
-             __LINE__, comm_.get());
+  check_in_batch(ncclSend(buf, bytes, ncclUint8, peer, comm_.get(), stream_), "ncclSend", __LINE__);
 }
 
 void NcclTransport::recv(std::byte* buf, std::size_t bytes, int peer) {
-  check_nccl(ncclRecv(buf, bytes, ncclUint8, peer, comm_.get(), stream_), "ncclRecv", __FILE__,
-             __LINE__, comm_.get());
+  check_in_batch(ncclRecv(buf, bytes, ncclUint8, peer, comm_.get(), stream_), "ncclRecv", __LINE__);
 }
 
 void NcclTransport::end_batch() {
   in_group_ = false;
   const ncclResult_t rc = ncclGroupEnd();
-  check_nccl(rc, "ncclGroupEnd", __FILE__, __LINE__, comm_.get());
+  check_in_batch(rc, "ncclGroupEnd", __LINE__);
   if (rc == ncclInProgress) comm_.wait_ready("ncclGroupEnd");
 }
 

@@ -107,6 +107,9 @@ class NcclTransport final : public Transport {
   std::vector<std::size_t> sizes_;
   int next_event_ = 0;
   bool in_group_ = false;
+  /// check_nccl for a call inside a batch; on failure first closes the open group and aborts
+  /// the communicator (peers waiting on this batch are released, later calls fail at once).
+  void check_in_batch(int rc, const char* call, int line);
 };
 
 }  // namespace eplb::comm

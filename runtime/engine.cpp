@@ -33,12 +33,12 @@ Engine::Engine(MPI_Comm comm, RuntimeConfig config, WeightRegistry weights,
     : config_(std::move(config)),
       comm_(comm),
       weights_(std::move(weights)),
-      window_(std::max(config_.topology.num_layers, 1), std::max(config_.topology.num_logical, 1),
-              std::max(config_.window_passes, 1)) {
+      window_(1, 1, 1) {  // sized in the try below: an allocation failure must reach every rank
   const auto& topo = config_.topology;
   std::optional<std::string> local;
   try {
     config_.validate();
+    window_ = LoadWindow(topo.num_layers, topo.num_logical, config_.window_passes);
     weights_.validate();
     if (topo.num_ranks != comm_.size())
       throw std::invalid_argument("topology has num_ranks = " + std::to_string(topo.num_ranks) +
@@ -94,11 +94,18 @@ Engine::Engine(MPI_Comm comm, RuntimeConfig config, WeightRegistry weights,
   const std::size_t expert_bytes = std::max<std::size_t>(weights_.max_bytes_per_expert(), 1);
   migration_options_.max_staged_slots_per_rank =
       static_cast<int>(std::max<std::size_t>(1, config_.staging_bytes / expert_bytes));
-  transport_ = transport ? transport(comm_) : std::make_unique<comm::MpiHostTransport>(comm_);
-  const std::size_t n = static_cast<std::size_t>(topo.num_layers) * topo.num_logical;
-  local_load_.assign(n, 0);
-  global_load_.assign(n, 0);
-  load_f64_.assign(n, 0.0);
+  // A transport that fails on one rank (no GPU memory there, a NCCL setup error) must not
+  // leave the others to wait in their first rebalance.
+  try {
+    transport_ = transport ? transport(comm_) : std::make_unique<comm::MpiHostTransport>(comm_);
+    const std::size_t n = static_cast<std::size_t>(topo.num_layers) * topo.num_logical;
+    local_load_.assign(n, 0);
+    global_load_.assign(n, 0);
+    load_f64_.assign(n, 0.0);
+  } catch (const std::exception& e) {
+    local = std::string("creating the weight transport failed: ") + e.what();
+  }
+  comm::throw_if_any_failed<Error>(comm_, local);
 }
 
 Engine::~Engine() = default;
@@ -219,6 +226,7 @@ RebalanceStats Engine::rebalance() {
         share_prev_.assign_layers(placement_, share.first, share.last);
         policy_->rebalance_into(load.layers(share.first, share.last), ts, &share_prev_, share_out_);
         if (config_.align_slots) algo::align_slots(share_prev_, share_out_, ts);  // its share only
+        share_out_.check_shape(ts, "policy output");  // a wrong size would break the allgather
         slice = share_out_.phy2log();
       } catch (const std::exception& e) {
         plan_error = e.what();
@@ -281,25 +289,45 @@ RebalanceStats Engine::rebalance() {
                          config_.staging_bytes, config_.coalesce_messages,
                          config_.pipeline_batches, config_.overlap_steps};
   const std::size_t need = staging_bytes_needed(plan, weights_, exec);
-  if (need > staging_size_) {
-    staging_ = transport_->allocate(need);
-    staging_size_ = need;
+  // Staging (host or GPU memory, which may run out on one rank only) and the listener's
+  // preparation: agreed before any weight moves, so a failure leaves everything as it was.
+  std::optional<std::string> failure_here;
+  try {
+    if (need > staging_size_) {
+      staging_ = comm::Buffer{nullptr, [](std::byte*) {}};
+      staging_size_ = 0;
+      staging_ = transport_->allocate(need);
+      staging_size_ = need;
+    }
+    if (listener_) listener_->prepare(msg.placement);
+  } catch (const std::exception& e) {
+    failure_here = "preparing the migration failed: " + std::string(e.what());
   }
+  comm::throw_if_any_failed<Error>(comm_, failure_here);
   st.t_plan_ms = ms_since(t);
 
-  // 5. Move the weights, then switch the maps.
+  // 5. Move the weights, then switch the maps. A map listener failing on one rank (a CUDA
+  // error) does not stop that rank's part of the migration, which the others wait for: the
+  // error is kept, the migration ends on every rank, and then every rank throws it.
   t = Clock::now();
-  if (listener_) listener_->prepare(msg.placement);
+  std::optional<std::string> commit_error;
   st.moved = execute_migration(plan, weights_, *transport_, comm_.rank(), staging_.get(),
-                               [this](int layer) {
-                                 if (listener_) listener_->commit_layer(layer);
+                               [this, &commit_error](int layer) {
+                                 if (!listener_ || commit_error) return;
+                                 try {
+                                   listener_->commit_layer(layer);
+                                 } catch (const std::exception& e) {
+                                   commit_error = "switching the maps of layer " +
+                                                  std::to_string(layer) + " failed: " + e.what();
+                                 }
                                },
                                exec);
   st.t_migrate_ms = ms_since(t);
-  placement_ = std::move(msg.placement);
+  placement_ = std::move(msg.placement);  // the weights are where it says, on every rank
   epoch_ = msg.epoch;
   st.t_total_ms = ms_since(t_start);
   history_.push_back(st);
+  comm::throw_if_any_failed<Error>(comm_, commit_error);
   return st;
 }
 
@@ -346,15 +374,13 @@ void Engine::restore(algo::Placement placement, std::span<const std::int64_t> ri
   // The device side (a failure there, e.g. a CUDA error, reaches every rank as Error): the
   // window that step() and rebalance() read, and the routing maps, which must agree with
   // the restored placement before the next forward pass.
-  if (source_ || listener_) {
-    try {
-      if (!keep_window && source_) source_->upload_ring(ring, cursor);
-      if (listener_) listener_->reset(placement);
-    } catch (const std::exception& e) {
-      local = std::string("restore: updating the load source or the map listener failed: ") + e.what();
-    }
-    comm::throw_if_any_failed<Error>(comm_, local);
+  try {  // agreed on every rank, whether or not it has a source or listener set
+    if (!keep_window && source_) source_->upload_ring(ring, cursor);
+    if (listener_) listener_->reset(placement);
+  } catch (const std::exception& e) {
+    local = std::string("restore: updating the load source or the map listener failed: ") + e.what();
   }
+  comm::throw_if_any_failed<Error>(comm_, local);
   if (!keep_window) window_.restore(ring, cursor);
   placement_ = std::move(placement);
   epoch_ = epoch;

@@ -85,7 +85,10 @@ class Engine {
   std::optional<RebalanceStats> step();
   /// Collective: rebalance now. On bad input anywhere (rejected router output or counts, a
   /// failing policy, a corrupt broadcast) every rank throws InvalidInput / Error and the
-  /// placement and weights are unchanged.
+  /// placement and weights are unchanged; so too when collecting the load, allocating staging
+  /// or the map listener's prepare() fails on some rank (Error). A map listener failing in
+  /// commit_layer() (the weights have moved) ends the migration on every rank, adopts the new
+  /// placement, then every rank throws Error.
   RebalanceStats rebalance();
 
   /// This rank's load window as a ring [W][L][E] and the index of its current pass: the load

@@ -330,6 +330,78 @@ TEST_F(EngineBadInput, LoadSourceFailingOnOneRankReachesEveryRank) {
   EXPECT_EQ(bad_slots_anywhere(*engine), 0u);
 }
 
+/// A map listener that fails (as a CUDA error would) on one rank, in prepare or in commit.
+struct FailingListener final : eplb::runtime::MapListener {
+  bool fail_prepare = false, fail_commit = false;
+  int commits = 0;
+  void prepare(const eplb::algo::Placement&) override {
+    if (fail_prepare) throw std::runtime_error("no memory for the maps (simulated)");
+  }
+  void commit_layer(int) override {
+    ++commits;
+    if (fail_commit) throw std::runtime_error("map copy failed (simulated)");
+  }
+};
+
+TEST_F(EngineBadInput, ListenerPrepareFailingOnOneRankChangesNothing) {
+  const int bad = world_size() / 2;
+  FailingListener maps;
+  maps.fail_prepare = world_rank() == bad;
+  engine->set_map_listener(&maps);
+  const auto before = engine->placement();
+  const auto epoch = engine->epoch();
+  try {
+    engine->rebalance();
+    ADD_FAILURE() << "rebalance ignored a failing prepare()";
+  } catch (const eplb::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("[rank " + std::to_string(bad) + "] preparing the migration"),
+              std::string::npos) << e.what();
+  }
+  EXPECT_EQ(engine->placement(), before);
+  EXPECT_EQ(engine->epoch(), epoch);
+  EXPECT_EQ(maps.commits, 0);
+  EXPECT_EQ(bad_slots_anywhere(*engine), 0u);
+  engine->set_map_listener(nullptr);
+}
+
+TEST_F(EngineBadInput, ListenerCommitFailingOnOneRankEndsTheMigrationEverywhere) {
+  const int bad = world_size() - 1;
+  FailingListener maps;
+  maps.fail_commit = world_rank() == bad;
+  engine->set_map_listener(&maps);
+  const auto before = engine->placement();
+  const auto epoch = engine->epoch();
+  try {
+    engine->rebalance();
+    ADD_FAILURE() << "rebalance ignored a failing commit_layer()";
+  } catch (const eplb::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("[rank " + std::to_string(bad) + "] switching the maps"),
+              std::string::npos) << e.what();
+  }
+  // The weights moved on every rank: the engine follows them, and they match its placement.
+  EXPECT_EQ(engine->epoch(), epoch + 1);
+  EXPECT_NE(engine->placement(), before);
+  EXPECT_EQ(bad_slots_anywhere(*engine), 0u);
+  engine->set_map_listener(nullptr);
+  EXPECT_NO_THROW(engine->rebalance());
+}
+
+TEST(EngineConfig, TransportFailingOnOneRankFailsEverywhere) {
+  const Topology t{2, 4, 4 * world_size(), world_size(), 1, 1};
+  HostWeights host(t, {64});
+  const int bad = world_size() - 1;
+  try {
+    Engine e(MPI_COMM_WORLD, config_for(t), std::move(host.registry), {},
+             [bad](const eplb::comm::MpiComm& c) -> std::unique_ptr<eplb::comm::Transport> {
+               if (c.rank() == bad) throw std::runtime_error("no NCCL here (simulated)");
+               return std::make_unique<eplb::comm::MpiHostTransport>(c);
+             });
+    ADD_FAILURE() << "the engine started without a transport on rank " << bad;
+  } catch (const eplb::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("no NCCL here (simulated)"), std::string::npos) << e.what();
+  }
+}
+
 TEST_F(EngineBadInput, SkipBelowMinGainKeepsPlacement) {
   // A fresh engine that skips unless the gain is impossible to reach.
   HostWeights host(t, {64});
