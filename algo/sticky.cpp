@@ -110,9 +110,12 @@ void hungarian(const std::vector<long long>& a, int n, std::vector<long long>& u
 
 StickyPolicy::StickyPolicy(StickyOptions options, std::string name)
     : opt_(options), name_(std::move(name)) {
-  if (!(opt_.tolerance >= 0) || !(opt_.node_tolerance >= 0) || !(opt_.max_swap_fraction >= 0))
-    throw std::invalid_argument(
-        "sticky policy: tolerance, node_tolerance and max_swap_fraction must be >= 0");
+  const auto finite_nonneg = [](double v) { return v >= 0 && v <= std::numeric_limits<double>::max(); };
+  if (!finite_nonneg(opt_.tolerance) || !finite_nonneg(opt_.node_tolerance))
+    throw std::invalid_argument("sticky policy: tolerance and node_tolerance must be finite and >= 0");
+  if (!(opt_.max_swap_fraction >= 0 && opt_.max_swap_fraction <= 1))
+    throw std::invalid_argument("sticky policy: max_swap_fraction must lie in [0, 1] (got " +
+                                std::to_string(opt_.max_swap_fraction) + ")");
   if (opt_.refine_reference) reference_ = std::make_unique<DeepseekPolicy>();
 }
 

@@ -1,5 +1,6 @@
 #include "runtime/config.hpp"
 
+#include <cmath>
 #include <stdexcept>
 
 #include "algo/policy.hpp"
@@ -22,6 +23,7 @@ void RuntimeConfig::validate() const {
   if (pipeline_batches < 1)
     throw std::invalid_argument("runtime config: pipeline_batches >= 1 violated");
   if (staging_bytes == 0) throw std::invalid_argument("runtime config: staging_bytes > 0 violated");
+  if (std::isnan(min_gain)) throw std::invalid_argument("runtime config: min_gain is NaN");
   (void)algo::make_policy(policy_name());  // throws listing the known names
 }
 

@@ -1,6 +1,7 @@
 #include "runtime/engine.hpp"
 
 #include <bit>
+#include <climits>
 #include <chrono>
 #include <algorithm>
 #include <cstring>
@@ -92,8 +93,8 @@ Engine::Engine(MPI_Comm comm, RuntimeConfig config, WeightRegistry weights,
   policy_->set_threads(threads);
   cuda_aware_mpi_ = comm::mpi_cuda_aware();
   const std::size_t expert_bytes = std::max<std::size_t>(weights_.max_bytes_per_expert(), 1);
-  migration_options_.max_staged_slots_per_rank =
-      static_cast<int>(std::max<std::size_t>(1, config_.staging_bytes / expert_bytes));
+  migration_options_.max_staged_slots_per_rank = static_cast<int>(std::clamp<std::size_t>(
+      config_.staging_bytes / expert_bytes, 1, static_cast<std::size_t>(INT_MAX)));
   // A transport that fails on one rank (no GPU memory there, a NCCL setup error) must not
   // leave the others to wait in their first rebalance.
   try {
@@ -113,7 +114,8 @@ Engine::~Engine() = default;
 int Engine::expert_of_local_slot(int layer, int local) const {
   const int k = config_.topology.slots_per_rank();
   if (layer < 0 || layer >= config_.topology.num_layers || local < 0 || local >= k)
-    throw std::out_of_range("expert_of_local_slot: layer or slot out of range");
+    throw std::invalid_argument("expert_of_local_slot: layer " + std::to_string(layer) + " or slot " +
+                                std::to_string(local) + " outside [0, L) x [0, slots per rank)");
   return placement_.phy2log(layer)[comm_.rank() * k + local];
 }
 

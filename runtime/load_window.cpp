@@ -9,13 +9,27 @@ LoadWindow::LoadWindow(int num_layers, int num_logical, int window_passes)
     : layers_(num_layers), logical_(num_logical), window_(window_passes) {
   if (num_layers < 1 || num_logical < 1 || window_passes < 1)
     throw std::invalid_argument("LoadWindow: num_layers, num_logical and window_passes must be >= 1");
-  ring_.assign(static_cast<std::size_t>(window_) * layers_ * logical_, 0);
+  const std::size_t wl = static_cast<std::size_t>(window_) * static_cast<std::size_t>(layers_);  // < 2^62
+  if (wl > ring_.max_size() / static_cast<std::size_t>(logical_))
+    throw std::invalid_argument("LoadWindow: window_passes x num_layers x num_logical (" +
+                                std::to_string(window_) + " x " + std::to_string(layers_) + " x " +
+                                std::to_string(logical_) + ") counters are more than memory can hold");
+  ring_.assign(wl * static_cast<std::size_t>(logical_), 0);
 }
 
-void LoadWindow::check_layer(int layer) const {
-  if (layer < 0 || layer >= layers_)
-    throw std::out_of_range("LoadWindow: layer " + std::to_string(layer) + " outside [0, " +
-                            std::to_string(layers_) + ")");
+bool LoadWindow::accept_call(int layer, std::size_t size, std::size_t expected, const char* what) {
+  if (layer < 0 || layer >= layers_) {
+    reject(std::string(what) + ": layer " + std::to_string(layer) + " outside [0, " +
+           std::to_string(layers_) + "); nothing was counted");
+    return false;
+  }
+  if (expected != 0 && size != expected) {
+    reject(std::string(what) + ": " + std::to_string(size) + " counts for layer " +
+           std::to_string(layer) + ", expected E = " + std::to_string(expected) +
+           "; nothing was counted");
+    return false;
+  }
+  return true;
 }
 
 void LoadWindow::reject(std::string message) {
@@ -24,7 +38,7 @@ void LoadWindow::reject(std::string message) {
 
 template <class T>
 int LoadWindow::record_impl(int layer, std::span<const T> ids) {
-  check_layer(layer);
+  if (!accept_call(layer, ids.size(), 0, "LoadWindow::record")) return -1;
   int bad = 0;
   std::size_t first_bad = 0;
   for (std::size_t i = 0; i < ids.size(); ++i)
@@ -47,10 +61,8 @@ int LoadWindow::record(int layer, std::span<const std::int32_t> ids) { return re
 int LoadWindow::record(int layer, std::span<const std::int64_t> ids) { return record_impl(layer, ids); }
 
 bool LoadWindow::add_counts(int layer, std::span<const std::int64_t> counts) {
-  check_layer(layer);
-  if (counts.size() != static_cast<std::size_t>(logical_))
-    throw std::invalid_argument("LoadWindow::add_counts: " + std::to_string(counts.size()) +
-                                " counts, expected E = " + std::to_string(logical_));
+  if (!accept_call(layer, counts.size(), static_cast<std::size_t>(logical_), "LoadWindow::add_counts"))
+    return false;
   for (std::size_t e = 0; e < counts.size(); ++e)
     if (counts[e] < 0) {
       reject("negative load " + std::to_string(counts[e]) + " for layer " + std::to_string(layer) +
@@ -63,10 +75,8 @@ bool LoadWindow::add_counts(int layer, std::span<const std::int64_t> counts) {
 }
 
 bool LoadWindow::add_counts(int layer, std::span<const double> counts) {
-  check_layer(layer);
-  if (counts.size() != static_cast<std::size_t>(logical_))
-    throw std::invalid_argument("LoadWindow::add_counts: " + std::to_string(counts.size()) +
-                                " counts, expected E = " + std::to_string(logical_));
+  if (!accept_call(layer, counts.size(), static_cast<std::size_t>(logical_), "LoadWindow::add_counts"))
+    return false;
   for (std::size_t e = 0; e < counts.size(); ++e) {
     const double v = counts[e];
     if (!std::isfinite(v) || v < 0 || v > 9.0e18) {

@@ -9,9 +9,11 @@
 namespace eplb::runtime {
 
 /// Counts, per layer and logical expert, the tokens routed in each of the last W passes.
-/// Bad input (an expert id outside [0, E), a NaN / infinite / negative count) rejects the
-/// whole call — nothing of it is counted — and is remembered; the next rebalance reports it
-/// on every rank (Engine::rebalance) and the window stays as it was.
+/// Bad input (an expert id outside [0, E), a NaN / infinite / negative count, a layer outside
+/// [0, L), counts of another length than E) rejects the whole call — nothing of it is counted —
+/// and is remembered; the next rebalance reports it on every rank (Engine::rebalance) and the
+/// window stays as it was. (Throwing on the calling rank instead would leave the other ranks
+/// waiting in their next collective.)
 class LoadWindow {
  public:
   LoadWindow(int num_layers, int num_logical, int window_passes);
@@ -21,11 +23,13 @@ class LoadWindow {
   int window_passes() const { return window_; }
 
   /// Router output of one layer in the current pass: topk_ids[tokens][k] row-major logical
-  /// ids (host memory). Returns the number of out-of-range ids (0 = counted).
+  /// ids (host memory). Returns the number of out-of-range ids (0 = counted; -1: the layer is
+  /// outside [0, L)).
   int record(int layer, std::span<const std::int32_t> topk_ids);
   int record(int layer, std::span<const std::int64_t> topk_ids);
   /// Adds per-expert counts of one layer (an engine's own counters). Returns false and
-  /// counts nothing if any value is negative (or NaN / infinite for the double overload).
+  /// counts nothing if any value is negative (or NaN / infinite for the double overload), the
+  /// layer is outside [0, L) or counts.size() != E.
   bool add_counts(int layer, std::span<const std::int64_t> counts);
   bool add_counts(int layer, std::span<const double> counts);
 
@@ -51,7 +55,9 @@ class LoadWindow {
   std::int64_t* current(int layer) {
     return ring_.data() + (static_cast<std::size_t>(cursor_) * layers_ + layer) * logical_;
   }
-  void check_layer(int layer) const;
+  /// Whether a call on `layer` with `size` values (expected: `expected`, 0 = any) may count;
+  /// rejects it (reject()) if not.
+  bool accept_call(int layer, std::size_t size, std::size_t expected, const char* what);
 
   int layers_, logical_, window_;
   int cursor_ = 0;

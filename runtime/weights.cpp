@@ -26,7 +26,19 @@ void WeightRegistry::add(int layer, std::string name, void* base, std::size_t by
   layers_[layer].push_back({std::move(name), static_cast<std::byte*>(base), bytes_per_slot, stride});
 }
 
+std::span<const TensorView> WeightRegistry::tensors(int layer) const {
+  check_layer(layer);
+  return layers_[static_cast<std::size_t>(layer)];
+}
+
+void WeightRegistry::check_layer(int layer) const {
+  if (layer < 0 || layer >= num_layers())
+    throw std::invalid_argument("weight registry: layer " + std::to_string(layer) + " outside [0, " +
+                                std::to_string(num_layers()) + ")");
+}
+
 std::size_t WeightRegistry::bytes_per_expert(int layer) const {
+  check_layer(layer);
   std::size_t b = 0;
   for (const auto& t : layers_[layer]) b += t.bytes_per_slot;
   return b;

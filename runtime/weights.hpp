@@ -33,9 +33,10 @@ class WeightRegistry {
 
   int num_layers() const { return static_cast<int>(layers_.size()); }
   int slots_per_rank() const { return slots_per_rank_; }
-  std::span<const TensorView> tensors(int layer) const { return layers_[layer]; }
+  /// Throws std::invalid_argument for a layer outside [0, num_layers()).
+  std::span<const TensorView> tensors(int layer) const;
   /// Bytes of one expert of `layer`, all tensors together.
-  std::size_t bytes_per_expert(int layer) const;
+  std::size_t bytes_per_expert(int layer) const;  ///< throws as tensors() does
   std::size_t max_bytes_per_expert() const;
   /// Throws std::invalid_argument if some layer has no tensor.
   void validate() const;
@@ -43,6 +44,7 @@ class WeightRegistry {
   std::uint64_t layout_hash() const;
 
  private:
+  void check_layer(int layer) const;
   int slots_per_rank_;
   std::vector<std::vector<TensorView>> layers_;
 };

@@ -386,6 +386,20 @@ TEST_F(EngineBadInput, ListenerCommitFailingOnOneRankEndsTheMigrationEverywhere)
   EXPECT_NO_THROW(engine->rebalance());
 }
 
+TEST_F(EngineBadInput, ExpertOfLocalSlotOutOfRangeIsInvalidArgument) {
+  EXPECT_THROW((void)engine->expert_of_local_slot(t.num_layers, 0), std::invalid_argument);
+  EXPECT_THROW((void)engine->expert_of_local_slot(0, t.slots_per_rank()), std::invalid_argument);
+  EXPECT_THROW((void)engine->expert_of_local_slot(0, -1), std::invalid_argument);
+  EXPECT_NO_THROW((void)engine->expert_of_local_slot(t.num_layers - 1, t.slots_per_rank() - 1));
+}
+
+TEST_F(EngineBadInput, RecordOnABadLayerOnOneRankIsReportedEverywhere) {
+  const std::vector<std::int32_t> ids = {0, 1};
+  const int bad_layer = world_rank() == 0 ? t.num_layers : 0;  // rank 0 only: no throw there
+  (void)engine->window().record(bad_layer, ids);
+  expect_rejected({"[rank 0]", "outside [0, "});
+}
+
 TEST(EngineConfig, TransportFailingOnOneRankFailsEverywhere) {
   const Topology t{2, 4, 4 * world_size(), world_size(), 1, 1};
   HostWeights host(t, {64});

@@ -7,6 +7,7 @@
 
 #include "algo/deepseek.hpp"
 #include "algo/migration.hpp"
+#include "algo/policy.hpp"
 #include "algo/sticky.hpp"
 #include "bench/shapes.hpp"
 
@@ -52,6 +53,20 @@ std::vector<double> layer_max(const LoadMatrix& load, const Placement& p, const 
   std::vector<double> out;
   for (const auto& l : eplb::algo::evaluate(load.view(), p, t).layers) out.push_back(l.max_load);
   return out;
+}
+
+TEST(Sticky, KnobsOutsideTheirRangeAreRejected) {
+  for (const char* name : {"sticky:max_swap_fraction=inf", "sticky:max_swap_fraction=1.5",
+                           "sticky:max_swap_fraction=-0.1", "sticky:tolerance=inf",
+                           "sticky:tolerance=nan", "sticky:node_tolerance=-1"}) {
+    try {
+      (void)eplb::algo::make_policy(name);
+      ADD_FAILURE() << name << " was accepted";
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find("sticky policy"), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_NO_THROW((void)eplb::algo::make_policy("sticky:max_swap_fraction=1:tolerance=0"));
 }
 
 TEST(Sticky, IdenticalWindowsMoveNothing) {
