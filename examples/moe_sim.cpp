@@ -7,6 +7,7 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -69,17 +70,42 @@ std::vector<TensorSpec> parse_tensors(const std::string& text) {
     const auto colon = item.find(':');
     if (colon == std::string::npos || colon == 0)
       throw std::invalid_argument("--tensors: '" + item + "' is not NAME:BYTES");
+    const std::string digits = item.substr(colon + 1);
+    constexpr std::size_t kMaxBytes = std::size_t{1} << 40;  // 1 TiB per expert and tensor
     std::size_t bytes = 0;
     try {
-      bytes = std::stoull(item.substr(colon + 1));
+      if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos)
+        throw std::invalid_argument(digits);
+      bytes = std::stoull(digits);
     } catch (const std::exception&) {
-      throw std::invalid_argument("--tensors: '" + item + "' has no byte count");
+      throw std::invalid_argument("--tensors: '" + item + "' has no byte count (digits only)");
     }
-    if (bytes == 0) throw std::invalid_argument("--tensors: '" + item + "' has 0 bytes");
+    if (bytes == 0 || bytes > kMaxBytes)
+      throw std::invalid_argument("--tensors: '" + item + "' needs 1 to 2^40 bytes");
     out.push_back({item.substr(0, colon), bytes});
   }
   if (out.empty()) throw std::invalid_argument("--tensors: no tensor given");
   return out;
+}
+
+/// Rank 0 checks that `path` (option `opt`) can be written: it opens `keep` on it, or, for a
+/// file written later by rename (a checkpoint), creates and removes a probe beside it. Every
+/// rank learns the answer, so a bad path fails on all of them alike, before the simulation.
+void check_writable(const char* opt, const std::string& path, int rank, std::ofstream* keep) {
+  if (path.empty()) return;
+  int ok = 1;
+  if (rank == 0) {
+    if (keep) {
+      keep->open(path);
+      ok = keep->is_open();
+    } else {
+      const std::string probe = path + ".writable-check";
+      ok = std::ofstream(probe).is_open();
+      std::remove(probe.c_str());
+    }
+  }
+  MPI_Bcast(&ok, 1, MPI_INT, 0, MPI_COMM_WORLD);
+  if (!ok) throw std::invalid_argument(std::string(opt) + ": cannot write '" + path + "'");
 }
 
 /// Router whose expert popularity drifts: per-layer logits follow a mean-reverting random
@@ -115,11 +141,18 @@ class Router {
     for (int t = 0; t < o_.tokens; ++t) {
       std::int32_t* row = ids.data() + static_cast<std::size_t>(t) * o_.topk;
       for (int k = 0; k < o_.topk; ++k) {
-        std::int32_t e;
-        do {
+        std::int32_t e = 0;
+        // Distinct experts per token; a popularity so skewed that draws keep repeating falls
+        // back to the lowest unused id after 64 tries instead of looping for ever.
+        for (int attempt = 0;; ++attempt) {
           e = static_cast<std::int32_t>(std::lower_bound(cdf_.begin(), cdf_.end(), u(rng_)) - cdf_.begin());
           e = std::min(e, o_.experts - 1);
-        } while (std::find(row, row + k, e) != row + k);
+          if (std::find(row, row + k, e) == row + k) break;
+          if (attempt == 64) {
+            for (e = 0; std::find(row, row + k, e) != row + k;) ++e;
+            break;
+          }
+        }
         row[k] = e;
       }
     }
@@ -206,6 +239,18 @@ int run(int argc, char** argv, int rank, int size) {
   }
 
   const auto specs = parse_tensors(o.tensors);
+  // Every rank parsed the same options: these checks fail on all of them alike.
+  if (!(o.skew > 0 && o.skew <= 1e3) || !(o.drift >= 0 && o.drift < 2 * o.skew))
+    throw std::invalid_argument("need 0 < --skew <= 1000 and 0 <= --drift < 2 x skew (a stationary "
+                                "drift); got --skew " + std::to_string(o.skew) + " --drift " +
+                                std::to_string(o.drift));
+  if (o.slots < 0) throw std::invalid_argument("--slots must be >= 0 (0: about 1.25 x experts)");
+  std::ofstream csv_file;
+  check_writable("--csv", o.csv, rank, &csv_file);
+  check_writable("--checkpoint", o.checkpoint, rank, nullptr);
+  const long long auto_slots = (static_cast<long long>(o.experts) * 5 / 4 + size - 1) / size * size;
+  if (o.slots == 0 && auto_slots > 1 << 30)
+    throw std::invalid_argument("--experts " + std::to_string(o.experts) + " is too large");
   eplb::runtime::RuntimeConfig cfg;
   auto& t = cfg.topology;
   t.num_layers = o.layers;
@@ -213,7 +258,7 @@ int run(int argc, char** argv, int rank, int size) {
   t.num_ranks = size;
   t.num_nodes = o.nodes;
   t.num_groups = o.groups;
-  t.num_slots = o.slots > 0 ? o.slots : (o.experts * 5 / 4 + size - 1) / size * size;
+  t.num_slots = o.slots > 0 ? o.slots : static_cast<int>(auto_slots);
   cfg.policy = o.policy;
   cfg.window_passes = o.window;
   cfg.rebalance_interval = o.interval;
@@ -261,6 +306,9 @@ int run(int argc, char** argv, int rank, int size) {
     backend->fill(engine.placement(), rank);  // load the weights of the restored placement
     backend->attach(engine);
   }
+  if (engine.pass() > INT_MAX / 2 || o.passes > INT_MAX / 2 - engine.pass())
+    throw std::invalid_argument("passes done (" + std::to_string(engine.pass()) + ") + --passes " +
+                                std::to_string(o.passes) + " is more than this simulation counts");
   const int first_pass = static_cast<int>(engine.pass()) + 1;
 
   std::size_t expert_bytes = 0;
@@ -359,7 +407,7 @@ int run(int argc, char** argv, int rank, int size) {
     std::printf("  verification: %s (%lld bad slot tensors)\n", verify_failures ? "FAILED" : "every slot holds its expert's bytes",
                 verify_failures);
     if (!o.csv.empty()) {
-      std::ofstream f(o.csv);
+      std::ofstream& f = csv_file;  // opened at the start (check_writable)
       f << "pass,epoch,skipped,balancedness_before,balancedness_after,imbalance_before,imbalance_after,"
            "slots_changed,remote_transfers,local_copies,bytes_remote,bytes_local,t_collect_ms,"
            "t_policy_ms,t_broadcast_ms,t_plan_ms,t_migrate_ms,t_total_ms,verify_failures\n";
