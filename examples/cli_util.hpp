@@ -6,6 +6,7 @@
 #include <exception>
 #include <optional>
 #include <stdexcept>
+#include <string>
 
 namespace eplb::tools {
 
@@ -22,6 +23,17 @@ inline std::optional<int> parse_or_exit(CLI::App& app, int argc, char** argv) {
     return rc == 0 ? 0 : kExitBadInput;
   }
   return std::nullopt;
+}
+
+/// Throws std::invalid_argument naming `opt` unless a file can be created beside `path`
+/// (checked before the work, so that an unwritable output does not fail only at the end).
+inline void require_writable(const char* opt, const std::string& path) {
+  if (path.empty()) return;
+  const std::string probe = path + ".writable-check";
+  std::FILE* f = std::fopen(probe.c_str(), "w");
+  if (!f) throw std::invalid_argument(std::string(opt) + ": cannot write '" + path + "'");
+  std::fclose(f);
+  std::remove(probe.c_str());
 }
 
 /// Runs body() (which returns the exit code); an exception becomes "<program>: error: <what>"

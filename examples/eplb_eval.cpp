@@ -114,6 +114,12 @@ int main(int argc, char** argv) {
   if (const auto rc = eplb::tools::parse_or_exit(app, argc, argv)) return *rc;
 
   return eplb::tools::run_reporting_errors("eplb-eval", [&]() -> int {
+    if (!(noise >= 0 && noise <= 1))  // CLI::Range lets NaN through
+      throw std::invalid_argument("--noise must lie in [0, 1]");
+    if (rotate < 0 || rotate > 1000000) throw std::invalid_argument("--rotate must lie in [0, 10^6]");
+    if (!(bytes_per_expert >= 0 && bytes_per_expert <= 1e18))
+      throw std::invalid_argument("--bytes-per-expert must lie in [0, 1e18]");
+    eplb::tools::require_writable("--csv", csv_path);
     // Topology: a named shape, then explicit flags on top.
     Topology t;
     if (!shape_name.empty()) {
@@ -193,7 +199,7 @@ int main(int argc, char** argv) {
 
     if (!csv_path.empty()) {
       std::ofstream f(csv_path);
-      if (!f) throw std::runtime_error("cannot write '" + csv_path + "'");
+      if (!f) throw std::invalid_argument("--csv: cannot write '" + csv_path + "'");
       f << "policy,window,imbalance_mean,imbalance_worst,slots_changed_frac,remote_frac,"
            "same_node_remote_frac,bytes_moved,plan_us,node_local_traffic\n";
       char buf[256];

@@ -113,6 +113,7 @@ int main(int argc, char** argv) {
   if (const auto rc = eplb::tools::parse_or_exit(app, argc, argv)) return *rc;
 
   return eplb::tools::run_reporting_errors("eplb-plan", [&]() -> int {
+    eplb::tools::require_writable("--out", out_path);
     const auto load = is_hdf5_path(load_path) ? read_checkpoint_load(load_path)
                                               : eplb::algo::read_load_csv_file(load_path);
     topo.num_layers = load.num_layers;
@@ -137,7 +138,7 @@ int main(int argc, char** argv) {
       write_checkpoint_placement(out_path, topo, policy->name(), placement);
     } else {
       std::ofstream f(out_path);
-      if (!f) throw std::runtime_error("cannot write '" + out_path + "'");
+      if (!f) throw std::invalid_argument("--out: cannot write '" + out_path + "'");
       eplb::algo::write_placement_csv(f, placement);
       if (!f.flush()) throw std::runtime_error("error writing '" + out_path + "'");
     }
