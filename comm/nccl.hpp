@@ -24,8 +24,8 @@ double nccl_timeout_seconds();
 
 /// A non-blocking NCCL communicator over the ranks of an MPI communicator. Rank 0 creates the
 /// unique id and broadcasts it over MPI. Every wait is bounded: on timeout or asynchronous
-/// error the communicator is aborted (so peers blocked in NCCL are released) and NcclError
-/// is thrown. Destroyed with ncclCommDestroy, or ncclCommAbort after a failure. Move-only.
+/// error the communicator is aborted (this rank returns; peers blocked on it leave through
+/// their own bounded waits) and NcclError is thrown. Destroyed with ncclCommDestroy, or ncclCommAbort after a failure. Move-only.
 class NcclComm {
  public:
   /// Collective over `mpi`; uses the current CUDA device.
@@ -108,7 +108,8 @@ class NcclTransport final : public Transport {
   int next_event_ = 0;
   bool in_group_ = false;
   /// check_nccl for a call inside a batch; on failure first closes the open group and aborts
-  /// the communicator (peers waiting on this batch are released, later calls fail at once).
+  /// this rank's communicator (its later calls fail at once; peers waiting on this batch
+  /// are released by their own bounded wait, EPLB_NCCL_TIMEOUT_S).
   void check_in_batch(int rc, const char* call, int line);
 };
 

@@ -18,6 +18,7 @@
 #include "algo/policy.hpp"
 #include "eplb/config.hpp"
 #include "runtime/engine.hpp"
+#include "cli_util.hpp"
 #include "sim_backend.hpp"
 #if EPLB_HAVE_HDF5
 #include "runtime/engine_checkpoint.hpp"
@@ -88,20 +89,17 @@ std::vector<TensorSpec> parse_tensors(const std::string& text) {
   return out;
 }
 
-/// Rank 0 checks that `path` (option `opt`) can be written: it opens `keep` on it, or, for a
-/// file written later by rename (a checkpoint), creates and removes a probe beside it. Every
-/// rank learns the answer, so a bad path fails on all of them alike, before the simulation.
-void check_writable(const char* opt, const std::string& path, int rank, std::ofstream* keep) {
+/// Rank 0 checks that a file can be created beside `path` (option `opt`; a probe, so that an
+/// existing file is not truncated). Every rank learns the answer, so a bad path fails on all
+/// of them alike, before the simulation rather than at its end.
+void check_writable(const char* opt, const std::string& path, int rank) {
   if (path.empty()) return;
   int ok = 1;
   if (rank == 0) {
-    if (keep) {
-      keep->open(path);
-      ok = keep->is_open();
-    } else {
-      const std::string probe = path + ".writable-check";
-      ok = std::ofstream(probe).is_open();
-      std::remove(probe.c_str());
+    try {
+      eplb::tools::require_writable(opt, path);
+    } catch (const std::invalid_argument&) {
+      ok = 0;
     }
   }
   MPI_Bcast(&ok, 1, MPI_INT, 0, MPI_COMM_WORLD);
@@ -245,9 +243,7 @@ int run(int argc, char** argv, int rank, int size) {
                                 "drift); got --skew " + std::to_string(o.skew) + " --drift " +
                                 std::to_string(o.drift));
   if (o.slots < 0) throw std::invalid_argument("--slots must be >= 0 (0: about 1.25 x experts)");
-  std::ofstream csv_file;
-  check_writable("--csv", o.csv, rank, &csv_file);
-  check_writable("--checkpoint", o.checkpoint, rank, nullptr);
+
   const long long auto_slots = (static_cast<long long>(o.experts) * 5 / 4 + size - 1) / size * size;
   if (o.slots == 0 && auto_slots > 1 << 30)
     throw std::invalid_argument("--experts " + std::to_string(o.experts) + " is too large");
@@ -273,6 +269,8 @@ int run(int argc, char** argv, int rank, int size) {
   t.validate();
   if (o.topk < 1 || o.topk > o.experts || o.tokens < 1 || o.passes < 0)
     throw std::invalid_argument("need 1 <= topk <= experts, tokens >= 1, passes >= 0");
+  check_writable("--csv", o.csv, rank);
+  check_writable("--checkpoint", o.checkpoint, rank);
 
   if (o.device == "cuda") {
     // One GPU per rank: every node needs at least as many devices as it has ranks. Decided
@@ -407,7 +405,7 @@ int run(int argc, char** argv, int rank, int size) {
     std::printf("  verification: %s (%lld bad slot tensors)\n", verify_failures ? "FAILED" : "every slot holds its expert's bytes",
                 verify_failures);
     if (!o.csv.empty()) {
-      std::ofstream& f = csv_file;  // opened at the start (check_writable)
+      std::ofstream f(o.csv);
       f << "pass,epoch,skipped,balancedness_before,balancedness_after,imbalance_before,imbalance_after,"
            "slots_changed,remote_transfers,local_copies,bytes_remote,bytes_local,t_collect_ms,"
            "t_policy_ms,t_broadcast_ms,t_plan_ms,t_migrate_ms,t_total_ms,verify_failures\n";

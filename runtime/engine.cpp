@@ -34,7 +34,7 @@ Engine::Engine(MPI_Comm comm, RuntimeConfig config, WeightRegistry weights,
     : config_(std::move(config)),
       comm_(comm),
       weights_(std::move(weights)),
-      window_(1, 1, 1) {  // sized in the try below: an allocation failure must reach every rank
+      window_(1, 1, 1) {  // sized in the try below, so that a failure there reaches every rank
   const auto& topo = config_.topology;
   std::optional<std::string> local;
   try {
@@ -91,7 +91,10 @@ Engine::Engine(MPI_Comm comm, RuntimeConfig config, WeightRegistry weights,
     threads = std::clamp(static_cast<int>(std::thread::hardware_concurrency()) /
                              std::max(comm_.size(), 1), 1, 8);
   policy_->set_threads(threads);
-  cuda_aware_mpi_ = comm::mpi_cuda_aware();
+  // Agreed (MIN over ranks), so that all ranks take the same path at a rebalance.
+  int aware = comm::mpi_cuda_aware() ? 1 : 0;
+  EPLB_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &aware, 1, MPI_INT, MPI_MIN, comm_.get()));
+  cuda_aware_mpi_ = aware != 0;
   const std::size_t expert_bytes = std::max<std::size_t>(weights_.max_bytes_per_expert(), 1);
   migration_options_.max_staged_slots_per_rank = static_cast<int>(std::clamp<std::size_t>(
       config_.staging_bytes / expert_bytes, 1, static_cast<std::size_t>(INT_MAX)));
@@ -155,8 +158,9 @@ RebalanceStats Engine::rebalance() {
   std::optional<std::string> input_error, failure;
   std::int64_t* device_sum = nullptr;
   // A load source that throws on one rank (a CUDA error on its GPU) must not leave the others
-  // waiting: that rank still takes part in the allreduce (with zeros), then every rank agrees
-  // on the failure (Error) and on rejected input (InvalidInput), in that order, on both paths.
+  // waiting: every rank agrees on failures (Error), then on rejected input (InvalidInput),
+  // before the allreduce, and once more on the device path's copy back; the same sequence
+  // of collectives on every rank and both paths.
   try {
     if (source_ && config_.device_allreduce && cuda_aware_mpi_)
       device_sum = source_->reduce_on_device(input_error);
@@ -171,7 +175,11 @@ RebalanceStats Engine::rebalance() {
   } catch (const std::exception& e) {
     failure = std::string("collecting this rank's load failed: ") + e.what();
   }
-  if (device_sum) {  // the device buffer here; a rank on the host path sends host memory
+  comm::throw_if_any_failed<Error>(comm_, failure);
+  if (const auto m = source_mismatch(source_, config_); m && !input_error) input_error = *m;
+  comm::throw_if_any_failed(comm_, input_error);
+  // In place on both paths (MPI needs MPI_IN_PLACE on all ranks or none).
+  if (device_sum) {
     EPLB_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, device_sum, static_cast<int>(global_load_.size()),
                                  MPI_INT64_T, MPI_SUM, comm_.get()));
     try {
@@ -180,12 +188,10 @@ RebalanceStats Engine::rebalance() {
       failure = std::string("copying the reduced load to the host failed: ") + e.what();
     }
   } else {
-    if (failure) std::fill(local_load_.begin(), local_load_.end(), 0);
-    comm::allreduce_sum(comm_, local_load_, global_load_);
+    std::copy(local_load_.begin(), local_load_.end(), global_load_.begin());
+    comm::allreduce_sum(comm_, global_load_, global_load_);
   }
   comm::throw_if_any_failed<Error>(comm_, failure);
-  if (const auto m = source_mismatch(source_, config_); m && !input_error) input_error = *m;
-  comm::throw_if_any_failed(comm_, input_error);
   for (std::size_t i = 0; i < global_load_.size(); ++i)
     load_f64_[i] = static_cast<double>(global_load_[i]);
   const algo::LoadView load{load_f64_, topo.num_layers, topo.num_logical};

@@ -88,7 +88,9 @@ class Engine {
   /// placement and weights are unchanged; so too when collecting the load, allocating staging
   /// or the map listener's prepare() fails on some rank (Error). A map listener failing in
   /// commit_layer() (the weights have moved) ends the migration on every rank, adopts the new
-  /// placement, then every rank throws Error.
+  /// placement, then every rank throws Error; that rank's maps of the layers after the failing
+  /// one were not switched: call the listener's reset(placement()) before routing again, or
+  /// treat the error as fatal.
   RebalanceStats rebalance();
 
   /// This rank's load window as a ring [W][L][E] and the index of its current pass: the load
@@ -99,6 +101,8 @@ class Engine {
   /// Collective: replaces placement, window (the load source's when one is set; it must keep
   /// a ring; an empty `ring` keeps the window as it is), epoch and pass (resume from a
   /// checkpoint). On bad input on any rank every rank throws InvalidInput and nothing changes.
+  /// An Error (the load source or map listener failing on some rank, e.g. a CUDA error) may
+  /// leave the device side half restored: treat it as fatal.
   /// Weights are not moved: load them for the new placement (expert_of_local_slot).
   void restore(algo::Placement placement, std::span<const std::int64_t> ring, int cursor,
                std::int64_t epoch, std::int64_t pass);

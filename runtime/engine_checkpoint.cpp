@@ -56,13 +56,16 @@ Checkpoint snapshot(const Engine& engine, std::span<const CheckpointStatsRow> ea
   c.pass = engine.pass();
   std::vector<std::int64_t> ring;
   int cursor = 0;
-  std::optional<std::string> local;
+  std::optional<std::string> bad_input, failure;
   try {
     engine.window_ring(ring, cursor);  // the load source's window when one is set
-  } catch (const std::exception& e) {
-    local = std::string("checkpoint: ") + e.what();
+  } catch (const std::invalid_argument& e) {
+    bad_input = std::string("checkpoint: ") + e.what();
+  } catch (const std::exception& e) {  // e.g. a CUDA error copying the device window
+    failure = std::string("checkpoint: ") + e.what();
   }
-  comm::throw_if_any_failed(engine.comm(), local);
+  comm::throw_if_any_failed<Error>(engine.comm(), failure);
+  comm::throw_if_any_failed(engine.comm(), bad_input);
   c.window_cursor = cursor;
   c.window.resize(ring.size());
   comm::allreduce_sum(engine.comm(), ring, c.window);

@@ -53,8 +53,9 @@ class MapListener {
   /// them), switch that layer's maps.
   virtual void commit_layer(int layer) = 0;
   /// After Engine::restore replaced the placement (a resume, a placement-only file): every
-  /// layer's maps at once, complete when the call returns. Default: prepare, then
-  /// commit_layer for every layer.
+  /// layer's maps at once, before the next forward pass uses them. Default: prepare, then
+  /// commit_layer for every layer (as ordered as commit_layer is; DeviceMaps overrides it
+  /// with a synchronous upload).
   virtual void reset(const algo::Placement& placement) {
     prepare(placement);
     for (int l = 0; l < placement.num_layers(); ++l) commit_layer(l);
