@@ -44,7 +44,12 @@ NcclComm::NcclComm(const MpiComm& mpi, double timeout_s) : timeout_s_(timeout_s)
   } catch (const std::exception& e) {
     err = e.what();
   }
-  throw_if_any_failed<NcclError>(mpi, err);
+  try {
+    throw_if_any_failed<NcclError>(mpi, err);
+  } catch (...) {
+    abort();  // the destructor will not run: release a communicator this rank did create
+    throw;
+  }
 }
 
 NcclComm::~NcclComm() {

@@ -24,6 +24,9 @@ class DeviceWeightSet {
   /// Writes every local slot's pattern for `placement` (synchronous).
   void fill(const algo::Placement& placement, int rank);
   /// Copies every tensor back and checks every slot; returns the problems (empty = all good).
+  /// Copies on the legacy default stream, which does not wait for non-blocking streams: call
+  /// it after the migration's streams are done (Engine::rebalance returns after
+  /// Transport::synchronize; moe_sim also synchronizes its stream first).
   std::vector<std::string> verify(const algo::Placement& placement, int rank) const;
   std::size_t bytes_per_expert() const;
 
