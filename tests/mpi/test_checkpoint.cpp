@@ -349,12 +349,21 @@ TEST(CheckpointResume, RestoreResetsTheMapListener) {
   second.engine->set_map_listener(nullptr);
 }
 
-TEST(CheckpointResume, SourceOfAnotherWindowLengthIsRejectedEverywhere) {
+/// A job four passes in, with a good checkpoint of that state.
+struct SavedJob {
   SharedDir dir;
-  const auto good = dir.file("good.h5");
+  std::string good = dir.file("good.h5");
   Job job;
-  run_passes(*job.engine, 4);
-  eplb::runtime::save_checkpoint(*job.engine, good);
+  SavedJob() {
+    run_passes(*job.engine, 4);
+    eplb::runtime::save_checkpoint(*job.engine, good);
+  }
+};
+
+TEST(CheckpointResume, SourceOfAnotherWindowLengthIsRejectedEverywhere) {
+  SavedJob saved;
+  auto& job = saved.job;
+  const auto& good = saved.good;
   const auto& cfg = job.engine->config();
   // Only the last rank's source is misconfigured: every rank must still fail, none hang.
   const int w = world_rank() == world_size() - 1 ? cfg.window_passes + 1 : cfg.window_passes;
@@ -378,11 +387,10 @@ TEST(CheckpointResume, SourceOfAnotherWindowLengthIsRejectedEverywhere) {
 }
 
 TEST(CheckpointResume, SourceWithoutRingFailsOnEveryRankAndChangesNothing) {
-  SharedDir dir;
-  const auto good = dir.file("good.h5");
-  Job job;
-  run_passes(*job.engine, 4);
-  eplb::runtime::save_checkpoint(*job.engine, good);
+  SavedJob saved;
+  auto& job = saved.job;
+  const auto& good = saved.good;
+  const auto& dir = saved.dir;
   const auto& t = job.engine->config().topology;
   RingSource src(t.num_layers, t.num_logical, job.engine->config().window_passes, false);
   job.engine->set_load_source(&src);
