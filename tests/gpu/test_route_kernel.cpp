@@ -38,10 +38,11 @@ Placement random_placement(const Topology& t, std::mt19937& rng) {
   return Placement(t.num_layers, t.num_logical, t.num_slots, std::move(p));
 }
 
-/// The kernel with maps of a random placement against the host reference; `via_reset`: the
-/// maps are made for another placement first, then reset() to this one (Engine::restore).
+/// The kernel with maps of a random placement against the host reference, on layer `layer`
+/// of two; `via_reset`: the maps are made for another placement first, then reset() to this
+/// one (Engine::restore).
 template <class Id>
-void run_case(const Case& c, bool via_reset = false) {
+void run_case(const Case& c, bool via_reset = false, int layer = 1) {
   std::mt19937 rng(c.tokens * 31 + c.experts);
   const Topology t{2, c.experts, c.slots, c.ranks, 1, 1};
   const Placement p = random_placement(t, rng);
@@ -60,26 +61,29 @@ void run_case(const Case& c, bool via_reset = false) {
   const int k_local = t.slots_per_rank();
   const int lb = c.prefer_local ? k_local : 0, le = c.prefer_local ? 2 * k_local : 0;
 
-  // Host reference (layer 1) with the same padded maps as the device (X = placement's max).
+  // Host reference with the same padded maps as the device (X = placement's max).
   std::vector<int> want_slots(static_cast<std::size_t>(n));
   std::vector<std::int64_t> want_counts(static_cast<std::size_t>(c.experts), 0);
   std::int64_t want_errors = 0;
-  const eplb::runtime::LayerMaps hm{p.log2phy().data() + static_cast<std::size_t>(c.experts) * p.max_replicas(),
-                                    p.logcnt(1).data(), c.experts, p.max_replicas()};
+  const eplb::runtime::LayerMaps hm{
+      p.log2phy().data() + static_cast<std::size_t>(layer) * c.experts * p.max_replicas(),
+      p.logcnt(layer).data(), c.experts, p.max_replicas()};
   eplb::runtime::route_and_count_host<Id>(ids, hm, lb, le, want_slots, want_counts, &want_errors);
 
   eplb::comm::DeviceBuffer d_ids(ids.size() * sizeof(Id)), d_slots(ids.size() * sizeof(int));
   eplb::comm::copy_async(d_ids.get(), ids.data(), d_ids.size(), stream.get());
   EPLB_CUDA_CHECK(eplb::runtime::cuda::launch_route_and_count(
-      d_ids.get(), sizeof(Id) == 8, n, maps.layer(1), lb, le, d_slots.as<int>(), window.counts(1),
-      window.errors(), stream.get()));
+      d_ids.get(), sizeof(Id) == 8, n, maps.layer(layer), lb, le, d_slots.as<int>(),
+      window.counts(layer), window.errors(), stream.get()));
   std::vector<int> got_slots(ids.size());
   eplb::comm::copy_async(got_slots.data(), d_slots.get(), d_slots.size(), stream.get());
   std::vector<std::int64_t> got(static_cast<std::size_t>(2 * c.experts));
   const auto err = window.collect(got);  // synchronises
   EXPECT_EQ(got_slots, want_slots);
-  EXPECT_EQ(std::vector<std::int64_t>(got.begin() + c.experts, got.end()), want_counts);
-  for (int e = 0; e < c.experts; ++e) EXPECT_EQ(got[e], 0) << "layer 0 untouched";
+  const auto at = got.begin() + static_cast<std::ptrdiff_t>(layer) * c.experts;
+  EXPECT_EQ(std::vector<std::int64_t>(at, at + c.experts), want_counts);
+  const auto other = got.begin() + static_cast<std::ptrdiff_t>(1 - layer) * c.experts;
+  for (int e = 0; e < c.experts; ++e) EXPECT_EQ(other[e], 0) << "the other layer untouched";
   EXPECT_EQ(err.has_value(), want_errors > 0);
   if (err) {
     EXPECT_NE(err->find(std::to_string(want_errors) + " expert id(s)"), std::string::npos) << *err;
@@ -131,8 +135,10 @@ TEST(DeviceWindow, SumsOverTheWindowAndForgetsOldPasses) {
 
 TEST(DeviceMaps, ResetReplacesEveryLayer) {
   SKIP_WITHOUT_GPU();
-  run_case<std::int32_t>(Case{512, 8, 64, 80, 4, false, false, false}, true);
-  run_case<std::int64_t>(Case{256, 4, 128, 160, 8, true, true, false}, true);
+  for (int layer : {0, 1}) {
+    run_case<std::int32_t>(Case{512, 8, 64, 80, 4, false, false, false}, true, layer);
+    run_case<std::int64_t>(Case{256, 4, 128, 160, 8, true, true, false}, true, layer);
+  }
   const Topology other{2, 64, 96, 4, 1, 1};
   eplb::comm::CudaStream stream;
   eplb::runtime::cuda::DeviceMaps maps(Topology{2, 64, 80, 4, 1, 1},

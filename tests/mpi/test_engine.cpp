@@ -559,8 +559,14 @@ TEST(Collectives, PlacementBroadcastVerifiesEpoch) {
   if (comm.size() > 1) {
     eplb::comm::PlacementMessage m2;
     if (comm.rank() == 0) m2 = msg;
-    EXPECT_THROW(eplb::comm::broadcast_placement(comm, 0, small, comm.rank() == 1 ? 6 : 5, m2),
-                 eplb::Error);
+    try {
+      eplb::comm::broadcast_placement(comm, 0, small, comm.rank() == 1 ? 6 : 5, m2);
+      ADD_FAILURE() << "a rank expecting another epoch accepted the message";
+    } catch (const eplb::Error& e) {
+      const std::string w = e.what();
+      EXPECT_NE(w.find("[rank 1]"), std::string::npos) << w;
+      EXPECT_NE(w.find("epoch 5, expected 6"), std::string::npos) << w;
+    }
   }
 }
 

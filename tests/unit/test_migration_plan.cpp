@@ -16,8 +16,11 @@ using eplb::algo::Topology;
 
 /// Executes the plan the way the runtime does (per round: sends read, receives write to the
 /// first destination, local copies, fan-out, staging commit) on an array holding one expert
-/// id per slot. Fails the test on any read of a slot that no longer holds the expert.
-std::vector<int> simulate(const eplb::algo::MigrationPlan& plan, const Placement& from) {
+/// id per slot. Fails the test on any read of a slot that no longer holds the expert, and on
+/// a round that stages more slots on one rank than the plan reports, or than `limit` (when
+/// given: for plans whose dependency cycles each fit the limit alone).
+std::vector<int> simulate(const eplb::algo::MigrationPlan& plan, const Placement& from,
+                          int limit = 0) {
   const Topology& t = plan.topology();
   std::vector<int> mem(from.phy2log().begin(), from.phy2log().end());
   for (int l = 0; l < t.num_layers; ++l) {
@@ -55,7 +58,12 @@ std::vector<int> simulate(const eplb::algo::MigrationPlan& plan, const Placement
       for (auto* u = begin; u != end; ++u)
         for (int q = 1; q < u->num_dst; ++q) write(lp.dst_begin(*u)[q], where(lp.dst_begin(*u)[0]));
       for (auto [slot, value] : staging) m[slot] = value;
-      for (int r = 0; r < t.num_ranks; ++r) EXPECT_LE(per_rank[r], plan.max_staged_slots());
+      for (int r = 0; r < t.num_ranks; ++r) {
+        EXPECT_LE(per_rank[r], plan.max_staged_slots());
+        if (limit > 0) {
+          EXPECT_LE(per_rank[r], limit) << "rank " << r << ", layer " << l;
+        }
+      }
     }
   }
   return mem;
@@ -141,9 +149,6 @@ TEST_P(MigrationPlanRandom, ApplyingThePlanYieldsTheNewPlacement) {
       const auto plan = eplb::algo::plan_migration(a, b, t, MigrationOptions{limit});
       EXPECT_EQ(simulate(plan, a), std::vector<int>(b.phy2log().begin(), b.phy2log().end()))
           << "limit " << limit;
-      if (limit > 0) {
-        EXPECT_GE(plan.max_staged_slots(), 0);
-      }
       // Same inputs, same plan (every rank derives it alone), also into a reused plan.
       expect_same_plan(eplb::algo::plan_migration(a, b, t, MigrationOptions{limit}), plan);
       eplb::algo::plan_migration(a, b, t, MigrationOptions{limit}, reused);
@@ -216,6 +221,24 @@ TEST(MigrationPlan, SendingWorkIsSpreadOverHolders) {
     if (u.expert == 0) senders.push_back(u.src_rank);
   ASSERT_EQ(senders.size(), 2u);
   EXPECT_NE(senders[0], senders[1]) << "both transfers from one holder";
+}
+
+TEST(MigrationPlan, StagingLimitHoldsForEveryRound) {
+  // Four swaps across two ranks (slot j <-> slot j + 4): each is a two-cycle that stages one
+  // slot on each rank. One staged slot per rank allowed: four rounds, never two at once.
+  const Topology t{1, 8, 8, 2, 1, 1};
+  const auto a = Placement::contiguous(t);
+  const Placement b(1, 8, 8, {4, 5, 6, 7, 0, 1, 2, 3});
+  const auto unlimited = eplb::algo::plan_migration(a, b, t, MigrationOptions{0});
+  EXPECT_EQ(unlimited.layer(0).rounds.size(), 1u);
+  EXPECT_EQ(unlimited.max_staged_slots(), 4);
+  for (int limit : {1, 2, 3}) {
+    const auto plan = eplb::algo::plan_migration(a, b, t, MigrationOptions{limit});
+    EXPECT_EQ(plan.layer(0).rounds.size(), static_cast<std::size_t>((4 + limit - 1) / limit))
+        << "limit " << limit;
+    EXPECT_EQ(plan.max_staged_slots(), limit);
+    EXPECT_EQ(simulate(plan, a, limit), std::vector<int>(b.phy2log().begin(), b.phy2log().end()));
+  }
 }
 
 TEST(MigrationPlan, StagingLimitSplitsRounds) {
