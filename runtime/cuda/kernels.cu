@@ -95,8 +95,9 @@ struct CopyList {
 };
 
 /// Every block takes part in every copy: thread t of the grid moves elements t, t + stride,
-/// ... of each op in turn (4 in flight per thread), with the widest access all three of
-/// dst, src and size allow.
+/// ... of each op in turn (4 in flight per thread), with the widest access both pointers
+/// allow; a size that is not a multiple of that width copies its last bytes one by one
+/// (a bf16 tensor of 2 mod 16 bytes keeps 16-byte accesses for its body).
 template <class T>
 __device__ void copy_strided(char* dst, const char* src, unsigned long long bytes,
                              unsigned long long first, unsigned long long stride) {
@@ -123,13 +124,16 @@ __global__ void __launch_bounds__(Threads) copy_batch_kernel(const __grid_consta
     const char* src = static_cast<const char*>(list.op[k].src);
     const unsigned long long bytes = list.op[k].bytes;
     const unsigned long long align =
-        reinterpret_cast<unsigned long long>(dst) | reinterpret_cast<unsigned long long>(src) | bytes;
-    if ((align & 15) == 0)
-      copy_strided<int4>(dst, src, bytes, first, stride);
-    else if ((align & 3) == 0)
-      copy_strided<int>(dst, src, bytes, first, stride);
-    else
-      copy_strided<char>(dst, src, bytes, first, stride);
+        reinterpret_cast<unsigned long long>(dst) | reinterpret_cast<unsigned long long>(src);
+    unsigned long long body = 0;
+    if ((align & 15) == 0) {
+      body = bytes & ~15ull;
+      copy_strided<int4>(dst, src, body, first, stride);
+    } else if ((align & 3) == 0) {
+      body = bytes & ~3ull;
+      copy_strided<int>(dst, src, body, first, stride);
+    }
+    if (body < bytes) copy_strided<char>(dst + body, src + body, bytes - body, first, stride);
   }
 }
 

@@ -1,6 +1,8 @@
 // The routing + counting kernel against its host reference (runtime/routing.hpp).
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <random>
 
 #include "algo/placement.hpp"
@@ -130,6 +132,48 @@ TEST(DeviceWindow, SumsOverTheWindowAndForgetsOldPasses) {
     EXPECT_EQ(sum[3], 2 * std::min(pass + 1, 2)) << "pass " << pass;
     EXPECT_EQ(sum[5], std::min(pass + 1, 2));
     window.end_pass();
+  }
+}
+
+TEST(CopyKernel, EverySizeAndAlignment) {
+  SKIP_WITHOUT_GPU();
+  // Sizes around the 4- and 16-byte access widths, pointers aligned to 16, 4 and 1 bytes,
+  // more ops than one launch takes (1024), through every thread count.
+  std::vector<std::size_t> sizes = {0, 1, 3, 4, 15, 16, 17, 31, 1040, 1046, 4099, 262144 + 2};
+  std::vector<std::size_t> offsets = {0, 4, 1};
+  auto span_of = [](std::size_t s) { return (s + 64 + 63) / 64 * 64; };  // keeps 64-byte bases
+  std::size_t total = 0;
+  for (auto s : sizes) total += span_of(s);
+  const std::size_t n_ops = sizes.size() * offsets.size();
+  eplb::comm::DeviceBuffer src(total * offsets.size() + 64), dst(total * offsets.size() + 64);
+  std::vector<std::uint8_t> host(src.size());
+  std::mt19937 rng(5);
+  for (auto& b : host) b = static_cast<std::uint8_t>(rng());
+  eplb::comm::CudaStream stream;
+  eplb::comm::copy_async(src.get(), host.data(), host.size(), stream.get());
+  for (int threads : {256, 512, 1024}) {
+    std::vector<std::uint8_t> zero(dst.size(), 0), got(dst.size());
+    eplb::comm::copy_async(dst.get(), zero.data(), zero.size(), stream.get());
+    std::vector<eplb::runtime::cuda::CopySpec> ops;
+    std::vector<std::uint8_t> want(dst.size(), 0);
+    std::size_t at = 0;
+    for (auto off : offsets)
+      for (auto s : sizes) {
+        const std::size_t d = at + off, sfrom = at + 32 + off;  // both share the offset
+        if (sfrom + s <= host.size() && d + s <= want.size()) {
+          ops.push_back({static_cast<char*>(dst.get()) + d, static_cast<const char*>(src.get()) + sfrom, s});
+          std::copy_n(host.begin() + static_cast<std::ptrdiff_t>(sfrom), s, want.begin() + static_cast<std::ptrdiff_t>(d));
+        }
+        at += span_of(s);
+      }
+    ASSERT_EQ(ops.size(), n_ops);
+    std::vector<eplb::runtime::cuda::CopySpec> many;  // 1100 ops: two launches
+    while (many.size() < 1100) many.insert(many.end(), ops.begin(), ops.end());
+    many.resize(1100);
+    EPLB_CUDA_CHECK(eplb::runtime::cuda::launch_copy_batch(many.data(), many.size(), 7, threads, stream.get()));
+    eplb::comm::copy_async(got.data(), dst.get(), got.size(), stream.get());
+    stream.synchronize();
+    EXPECT_EQ(got, want) << threads << " threads";
   }
 }
 
