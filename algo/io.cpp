@@ -1,6 +1,8 @@
 #include "algo/io.hpp"
 
 #include <charconv>
+#include <climits>
+#include <filesystem>
 #include <cmath>
 #include <fstream>
 #include <istream>
@@ -17,6 +19,24 @@ ParseError::ParseError(const std::string& source, int line, int column, const st
 
 namespace {
 
+/// A token for an error message: at most 40 characters, control bytes as '?'.
+std::string shown(std::string_view tok) {
+  std::string s(tok.substr(0, 40));
+  for (char& c : s)
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
+  if (tok.size() > 40) s += "...";
+  return s;
+}
+
+/// Why a token that std::from_chars did not take is bad: out of range, or not a number.
+std::string not_a_value(std::errc ec, std::string_view tok, const char* kind) {
+  if (ec == std::errc::result_out_of_range) return "number out of range: '" + shown(tok) + "'";
+  return std::string("not ") + kind + ": '" + shown(tok) + "'";
+}
+
+/// Lines longer than this are rejected (a binary file or one without newlines).
+constexpr std::size_t kMaxLineBytes = std::size_t{64} << 20;
+
 /// Parses a matrix of numbers; `cell` converts one token (throws its own message).
 template <class T, class Cell>
 std::vector<T> read_matrix(std::istream& in, const std::string& source, int& rows, int& cols,
@@ -28,6 +48,9 @@ std::vector<T> read_matrix(std::istream& in, const std::string& source, int& row
   int lineno = 0;
   while (std::getline(in, line)) {
     ++lineno;
+    if (line.size() > kMaxLineBytes || lineno == INT_MAX)
+      throw ParseError(source, lineno, 1, "line longer than 64 MiB or too many lines (not a text file?)");
+    if (lineno == 1 && line.starts_with("\xEF\xBB\xBF")) line.erase(0, 3);  // UTF-8 byte order mark
     if (!line.empty() && line.back() == '\r') line.pop_back();
     std::size_t first = line.find_first_not_of(" \t");
     if (first == std::string::npos || line[first] == '#') continue;
@@ -67,6 +90,7 @@ std::vector<T> read_matrix(std::istream& in, const std::string& source, int& row
     }
     ++rows;
   }
+  if (in.bad()) throw ParseError(source, lineno + 1, 1, "read error");
   if (rows == 0) throw ParseError(source, lineno + 1, 1, "no data rows (empty input)");
   return values;
 }
@@ -81,16 +105,19 @@ LoadMatrix read_load_csv(std::istream& in, const std::string& source) {
         double v = 0;
         auto [p, ec] = std::from_chars(tok.data(), tok.data() + tok.size(), v);
         if (ec != std::errc() || p != tok.data() + tok.size())
-          throw ParseError(source, line, col, "not a number: '" + std::string(tok) + "'");
+          throw ParseError(source, line, col, not_a_value(ec, tok, "a number"));
         if (!std::isfinite(v) || v < 0)
           throw ParseError(source, line, col,
-                           "load must be finite and >= 0, got '" + std::string(tok) + "'");
+                           "load must be finite and >= 0, got '" + shown(tok) + "'");
         return v;
       });
   return m;
 }
 
 LoadMatrix read_load_csv_file(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec))
+    throw std::invalid_argument("load file '" + path + "' is a directory");
   std::ifstream f(path);
   if (!f) throw std::invalid_argument("cannot open load file '" + path + "'");
   return read_load_csv(f, path);
@@ -102,7 +129,7 @@ Placement read_placement_csv(std::istream& in, const std::string& source, int nu
     int x = 0;
     auto [p, ec] = std::from_chars(tok.data(), tok.data() + tok.size(), x);
     if (ec != std::errc() || p != tok.data() + tok.size())
-      throw ParseError(source, line, col, "not an integer: '" + std::string(tok) + "'");
+      throw ParseError(source, line, col, not_a_value(ec, tok, "an integer"));
     return x;
   });
   return Placement(rows, num_logical, cols, std::move(v));

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <ctime>
 #include <filesystem>
+#include <new>
 #include <sstream>
 
 #include "algo/placement.hpp"
@@ -185,6 +186,30 @@ class Reader {
       bad(std::string("dataset '") + name + "' has shape " + shape_text(dims) + ", expected " +
           shape_text(shape) + " (" + shape_names + ")");
     return d;
+  }
+
+  /// Elements of a dataset of shape `dims` (checked by dataset()) with `elem_bytes` per element
+  /// in the file, before anything is allocated for them: the product must not overflow or
+  /// pass kMaxElements, and the file must hold at least that many bytes for the dataset (a
+  /// small file declaring a huge shape whose chunks were never written is rejected here
+  /// instead of allocating memory for fill values).
+  std::size_t elements(const H5Object& d, const char* name, const std::vector<hsize_t>& dims,
+                       std::size_t elem_bytes) const {
+    constexpr std::uint64_t kMaxElements = std::uint64_t{1} << 32;
+    std::uint64_t n = 1;
+    for (const hsize_t x : dims) {
+      if (x != 0 && n > kMaxElements / x)
+        bad(std::string("dataset '") + name + "' has shape " + shape_text(dims) +
+            ": more than 2^32 elements");
+      n *= x;
+    }
+    if (n == 0) return 0;
+    const hsize_t stored = H5Dget_storage_size(d.get());
+    if (stored < n * elem_bytes)
+      bad(std::string("dataset '") + name + "' holds " + std::to_string(stored) +
+          " bytes in the file, its shape " + shape_text(dims) + " needs " +
+          std::to_string(n * elem_bytes) + " (unwritten or truncated)");
+    return static_cast<std::size_t>(n);
   }
 
   /// H5Dread with the failure (a Fletcher32 mismatch, a truncated chunk) named by dataset.
@@ -435,7 +460,21 @@ void Checkpoint::validate() const {
       bad("window: negative count " + std::to_string(window[i]) + " at pass " +
           std::to_string(i / (L * E)) + ", layer " + std::to_string(i / E % L) + ", expert " +
           std::to_string(i % E));
-  if (epoch < 0 || pass < 0) bad("negative epoch or pass");
+  constexpr std::int64_t kMaxCount = std::int64_t{1} << 62;  // sums stay far from overflow
+  if (epoch < 0 || pass < 0 || epoch > kMaxCount || pass > kMaxCount)
+    bad("epoch " + std::to_string(epoch) + " or pass " + std::to_string(pass) + " outside [0, 2^62]");
+  if (writer != kWriterEngine && writer != kWriterPlan) bad("writer '" + writer + "' is unknown");
+  if (W > 0)
+    for (std::size_t i = 0; i < L * E; ++i) {  // the window sum of one (layer, expert)
+      std::int64_t sum = 0;
+      for (std::size_t w = 0; w < W; ++w) {
+        const std::int64_t v = window[w * L * E + i];
+        if (v > kMaxCount - sum)
+          bad("window: counts of layer " + std::to_string(i / E) + ", expert " +
+              std::to_string(i % E) + " add up to more than 2^62");
+        sum += v;
+      }
+    }
   try {
     algo::Placement p(t.num_layers, t.num_logical, t.num_slots,
                       std::vector<int>(phy2log.begin(), phy2log.end()));
@@ -494,6 +533,9 @@ Checkpoint read_checkpoint(const std::string& path) {
     c.eplb_version = rd.string(root, "eplb_version");
     c.created = rd.string(root, "created");
     c.writer = rd.string(root, "writer");
+    if (c.writer != kWriterEngine && c.writer != kWriterPlan)
+      rd.bad("attribute 'writer' is '" + c.writer + "', expected '" + kWriterEngine + "' or '" +
+             kWriterPlan + "'");
     auto& t = c.config.topology;
     t.num_layers = rd.number<std::int32_t>(root, "num_layers");
     t.num_logical = rd.number<std::int32_t>(root, "num_logical");
@@ -526,12 +568,12 @@ Checkpoint read_checkpoint(const std::string& path) {
                W = static_cast<hsize_t>(c.config.window_passes);
     {
       const auto d = rd.dataset(root, kPhy2log, H5T_INTEGER, 4, true, {L, R}, "L x R");
-      c.phy2log.resize(L * R);
+      c.phy2log.resize(rd.elements(d, kPhy2log, {L, R}, 4));
       rd.read(d, kPhy2log, H5T_NATIVE_INT32, c.phy2log.data());
     }
     {
       const auto d = rd.dataset(root, kWindow, H5T_INTEGER, 8, true, {W, L, E}, "W x L x E");
-      c.window.resize(W * L * E);
+      c.window.resize(rd.elements(d, kWindow, {W, L, E}, 8));
       if (!c.window.empty()) rd.read(d, kWindow, H5T_NATIVE_INT64, c.window.data());
       c.window_cursor = rd.number<std::int32_t>(d.get(), "cursor", " on dataset 'window'");
     }
@@ -551,7 +593,7 @@ Checkpoint read_checkpoint(const std::string& path) {
           h5::take_error_stack();
           rd.bad(std::string("dataset '") + kStats + "' lacks field '" + m.name + "'");
         }
-      std::vector<StatsRecord> rows(n);
+      std::vector<StatsRecord> rows(rd.elements(checked, kStats, {n}, H5Tget_size(ft.get())));
       const auto mem = stats_mem_type();
       if (n > 0) rd.read(checked, kStats, mem.get(), rows.data());
       c.stats.reserve(n);
@@ -560,6 +602,8 @@ Checkpoint read_checkpoint(const std::string& path) {
     file.close();
   } catch (const H5Error& e) {
     rd.bad(e.what());
+  } catch (const std::bad_alloc&) {
+    rd.bad("not enough memory for the datasets its attributes describe");
   }
   try {
     c.validate();

@@ -178,6 +178,38 @@ TEST_F(CheckpointFile, EditedAttributeFailsTheConfigHash) {
   expect_bad({"config_hash does not match"});
 }
 
+TEST_F(CheckpointFile, DeclaredButUnwrittenWindowIsRejectedBeforeAllocating) {
+  const auto c = eplb::test::small_checkpoint();
+  write_checkpoint(path, c);
+  {  // the window dataset recreated chunked, with its shape but without data
+    auto f = eplb::test::edit(path);
+    EPLB_H5_CHECK(H5Ldelete(f.get(), "window", H5P_DEFAULT));
+    const std::vector<hsize_t> dims = {static_cast<hsize_t>(c.config.window_passes),
+                                       static_cast<hsize_t>(c.config.topology.num_layers),
+                                       static_cast<hsize_t>(c.config.topology.num_logical)};
+    const auto space = eplb::test::H5Object::dataspace(
+        EPLB_H5_CHECK(H5Screate_simple(3, dims.data(), nullptr)));
+    const auto plist = eplb::test::H5Object::plist(EPLB_H5_CHECK(H5Pcreate(H5P_DATASET_CREATE)));
+    const hsize_t chunk[3] = {1, dims[1], dims[2]};
+    EPLB_H5_CHECK(H5Pset_chunk(plist.get(), 3, chunk));
+    const auto d = eplb::test::H5Object::dataset(EPLB_H5_CHECK(H5Dcreate2(
+        f.get(), "window", H5T_STD_I64LE, space.get(), H5P_DEFAULT, plist.get(), H5P_DEFAULT)));
+  }
+  expect_bad({"dataset 'window' holds 0 bytes", "(unwritten or truncated)"});
+}
+
+TEST_F(CheckpointFile, UnknownWriterIsRejected) {
+  write_checkpoint(path, eplb::test::small_checkpoint());
+  {
+    auto f = eplb::test::edit(path);
+    const auto a = eplb::test::H5Object::attribute(EPLB_H5_CHECK(H5Aopen(f.get(), "writer", H5P_DEFAULT)));
+    const auto t = eplb::test::H5Object::datatype(EPLB_H5_CHECK(H5Aget_type(a.get())));
+    const char flipped[] = "enginf";  // one byte of "engine" changed: not covered by config_hash
+    EPLB_H5_CHECK(H5Awrite(a.get(), t.get(), flipped));
+  }
+  expect_bad({"attribute 'writer' is 'enginf'"});
+}
+
 TEST_F(CheckpointFile, InvalidPlacementValues) {
   write_checkpoint(path, eplb::test::small_checkpoint());
   {

@@ -82,6 +82,23 @@ TEST(LoadCsv, ErrorsCarryLineAndColumn) {
   EXPECT_EQ(parse_error("nan 1\n"), "load.csv:1:1: load must be finite and >= 0, got 'nan'");
 }
 
+TEST(LoadCsv, OddInputsAreNamed) {
+  EXPECT_EQ(parse_error("1,1e400\n"), "load.csv:1:3: number out of range: '1e400'");
+  EXPECT_EQ(parse_error("inf 1\n"), "load.csv:1:1: load must be finite and >= 0, got 'inf'");
+  EXPECT_EQ(parse_error("1," + std::string(100, 'x') + "\n"),
+            "load.csv:1:3: not a number: '" + std::string(40, 'x') + "...'");
+  EXPECT_EQ(parse_error("1,\x01\x02\n"), std::string("load.csv:1:3: not a number: '?") + "?'");
+  // A UTF-8 byte order mark before the first line is skipped.
+  const auto m = parse("\xEF\xBB\xBF# header\n1,2\n");
+  EXPECT_EQ(m.values, (std::vector<double>{1, 2}));
+  try {
+    (void)eplb::algo::read_load_csv_file(".");
+    ADD_FAILURE() << "read a directory as a load file";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("is a directory"), std::string::npos) << e.what();
+  }
+}
+
 TEST(PlacementCsv, RoundTrip) {
   Placement p(2, 3, 4, {0, 1, 2, 0, 2, 2, 1, 0});
   std::ostringstream out;
