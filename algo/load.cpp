@@ -87,6 +87,7 @@ LayerBalance summarize(std::span<const double> per_gpu) {
 }  // namespace
 
 BalanceReport evaluate(LoadView load, const Placement& placement, const Topology& topo) {
+  topo.validate();
   load.validate(topo);
   placement.check_shape(topo, "evaluate");
   BalanceReport r;
@@ -99,6 +100,7 @@ BalanceReport evaluate(LoadView load, const Placement& placement, const Topology
 }
 
 BalanceReport evaluate_contiguous(LoadView load, const Topology& topo) {
+  topo.validate();
   load.validate(topo);
   BalanceReport r;
   std::vector<double> per_gpu(static_cast<std::size_t>(topo.num_ranks));

@@ -415,6 +415,7 @@ MigrationPlan plan_migration(const Placement& from, const Placement& to, const T
 }
 
 long long align_slots(const Placement& prev, Placement& next, const Topology& topo) {
+  topo.validate();
   prev.check_shape(topo, "align_slots: previous placement");
   next.check_shape(topo, "align_slots: new placement");
   const int L = topo.num_layers, R = topo.num_slots, E = topo.num_logical, k = topo.slots_per_rank();

@@ -110,6 +110,7 @@ void SpillPolicy::rebalance_into(LoadView load, const Topology& topo, const Plac
 }
 
 double node_local_traffic(LoadView load, const Placement& placement, const Topology& topo) {
+  topo.validate();
   load.validate(topo);
   placement.check_shape(topo, "node_local_traffic");
   const int E = topo.num_logical, R = topo.num_slots, N = topo.num_nodes;

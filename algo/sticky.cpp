@@ -226,12 +226,14 @@ void StickyPolicy::fresh_pack(const Domain& d, int* row) {
       for (int g = 0; g < d.ngpu; ++g) {
         if (fill_[g] == d.k) continue;
         const double v = gl_[g];
+        // "best < 0 ||": a GPU with room is taken even when every load is +inf (sums of
+        // loads near DBL_MAX overflow), which v < inf alone would never do.
         if (gstamp_[g] == e) {
-          if (v < bd) {
+          if (best_dup < 0 || v < bd) {
             bd = v;
             best_dup = g;
           }
-        } else if (v < bl) {
+        } else if (best < 0 || v < bl) {
           bl = v;
           best = g;
         }

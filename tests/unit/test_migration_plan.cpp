@@ -6,10 +6,12 @@
 #include <random>
 #include <tuple>
 
+#include "algo/load.hpp"
 #include "algo/migration.hpp"
 #include "algo/policy.hpp"
 
 namespace {
+using eplb::algo::LoadMatrix;
 using eplb::algo::MigrationOptions;
 using eplb::algo::Placement;
 using eplb::algo::Topology;
@@ -251,6 +253,21 @@ TEST(MigrationPlan, StagingLimitSplitsRounds) {
   EXPECT_LE(limited.max_staged_slots(), unlimited.max_staged_slots());
   EXPECT_GE(limited.layer(0).rounds.size(), unlimited.layer(0).rounds.size());
   EXPECT_EQ(unlimited.layer(0).rounds.size(), 1u);
+}
+
+TEST(MigrationPlan, HelpersRejectAnInvalidTopology) {
+  // Shapes that match the placements but not a valid topology: 8 GPUs for 4 slots (no slot
+  // per GPU: align_slots looped for ever), 0 GPUs (a division by zero), 3 slots over 2 GPUs.
+  const Placement p(1, 4, 4, {0, 1, 2, 3});
+  const LoadMatrix load{1, 4, {1, 2, 3, 4}};
+  for (const Topology& bad : {Topology{1, 4, 4, 8, 1, 1}, Topology{1, 4, 4, 0, 1, 1},
+                              Topology{1, 4, 4, 3, 1, 1}}) {
+    SCOPED_TRACE(bad.describe());
+    Placement next = p;
+    EXPECT_THROW(eplb::algo::align_slots(p, next, bad), std::invalid_argument);
+    EXPECT_THROW((void)eplb::algo::evaluate(load.view(), p, bad), std::invalid_argument);
+    EXPECT_THROW((void)eplb::algo::evaluate_contiguous(load.view(), bad), std::invalid_argument);
+  }
 }
 
 TEST(MigrationPlan, RejectsShapeMismatch) {

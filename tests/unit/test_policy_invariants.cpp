@@ -188,6 +188,30 @@ TEST_P(PolicyInvariants, RejectsBadLoadsAndLeavesOutputUntouched) {
   EXPECT_EQ(out, before);
 }
 
+TEST_P(PolicyInvariants, ExtremeFiniteLoadsGiveValidPlacements) {
+  // Finite loads whose sums overflow to +inf (1e308, DBL_MAX), float's limit, subnormals and
+  // zeros: a valid placement (every expert placed, every GPU full), never a crash.
+  auto policy = eplb::algo::make_policy(GetParam().policy);
+  for (const Topology& t : {Topology{1, 3, 3, 1, 1, 1}, Topology{1, 6, 6, 2, 1, 1},
+                            Topology{2, 8, 12, 4, 2, 4}, Topology{1, 8, 16, 4, 1, 1}}) {
+    for (const double v : {1e308, std::numeric_limits<double>::max(),
+                           double{std::numeric_limits<float>::max()}, 1e300, 5e-324, 0.0}) {
+      SCOPED_TRACE(t.describe() + " load " + std::to_string(v));
+      LoadMatrix load{t.num_layers, t.num_logical,
+                      std::vector<double>(static_cast<std::size_t>(t.num_layers) * t.num_logical, v)};
+      load.values[0] = v == 0.0 ? 1.0 : v / 2;  // not all equal
+      const Placement prev = Placement::contiguous(t);
+      for (const Placement* p : {static_cast<const Placement*>(nullptr), &prev}) {
+        Placement out;
+        ASSERT_NO_THROW(policy->rebalance_into(load.view(), t, p, out));
+        ASSERT_NO_THROW(out.check_shape(t, "policy output"));
+        for (int l = 0; l < t.num_layers; ++l)
+          for (int e = 0; e < t.num_logical; ++e) EXPECT_GE(out.logcnt(l)[e], 1);
+      }
+    }
+  }
+}
+
 std::vector<Case> all_cases() {
   std::vector<Case> v;
   for (const auto& name : eplb::algo::policy_names())
