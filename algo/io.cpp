@@ -37,6 +37,29 @@ std::string not_a_value(std::errc ec, std::string_view tok, const char* kind) {
 /// Lines longer than this are rejected (a binary file or one without newlines).
 constexpr std::size_t kMaxLineBytes = std::size_t{64} << 20;
 
+/// One line into `line` (without its '\n'); false at the end of the input, as std::getline.
+/// Stops at kMaxLineBytes and sets `too_long`, so a file without newlines is not read whole.
+bool read_line(std::istream& in, std::string& line, bool& too_long) {
+  line.clear();
+  too_long = false;
+  const std::istream::sentry ok(in, true);
+  if (!ok) return false;
+  std::streambuf* sb = in.rdbuf();
+  for (;;) {
+    const int c = sb->sbumpc();
+    if (c == std::char_traits<char>::eof()) {
+      in.setstate(std::ios::eofbit);
+      return !line.empty();
+    }
+    if (c == '\n') return true;
+    if (line.size() == kMaxLineBytes) {
+      too_long = true;
+      return true;
+    }
+    line.push_back(static_cast<char>(c));
+  }
+}
+
 /// Parses a matrix of numbers; `cell` converts one token (throws its own message).
 template <class T, class Cell>
 std::vector<T> read_matrix(std::istream& in, const std::string& source, int& rows, int& cols,
@@ -46,9 +69,10 @@ std::vector<T> read_matrix(std::istream& in, const std::string& source, int& row
   cols = -1;
   std::string line;
   int lineno = 0;
-  while (std::getline(in, line)) {
+  bool too_long = false;
+  while (read_line(in, line, too_long)) {
     ++lineno;
-    if (line.size() > kMaxLineBytes || lineno == INT_MAX)
+    if (too_long || lineno == INT_MAX)
       throw ParseError(source, lineno, 1, "line longer than 64 MiB or too many lines (not a text file?)");
     if (lineno == 1 && line.starts_with("\xEF\xBB\xBF")) line.erase(0, 3);  // UTF-8 byte order mark
     if (!line.empty() && line.back() == '\r') line.pop_back();
@@ -105,7 +129,9 @@ LoadMatrix read_load_csv(std::istream& in, const std::string& source) {
         double v = 0;
         auto [p, ec] = std::from_chars(tok.data(), tok.data() + tok.size(), v);
         if (ec != std::errc() || p != tok.data() + tok.size())
-          throw ParseError(source, line, col, not_a_value(ec, tok, "a number"));
+          throw ParseError(source, line, col,
+                           not_a_value(p == tok.data() + tok.size() ? ec : std::errc::invalid_argument,
+                                       tok, "a number"));
         if (!std::isfinite(v) || v < 0)
           throw ParseError(source, line, col,
                            "load must be finite and >= 0, got '" + shown(tok) + "'");
@@ -129,7 +155,9 @@ Placement read_placement_csv(std::istream& in, const std::string& source, int nu
     int x = 0;
     auto [p, ec] = std::from_chars(tok.data(), tok.data() + tok.size(), x);
     if (ec != std::errc() || p != tok.data() + tok.size())
-      throw ParseError(source, line, col, not_a_value(ec, tok, "an integer"));
+      throw ParseError(source, line, col,
+                       not_a_value(p == tok.data() + tok.size() ? ec : std::errc::invalid_argument,
+                                   tok, "an integer"));
     return x;
   });
   return Placement(rows, num_logical, cols, std::move(v));

@@ -205,6 +205,15 @@ class Reader {
     }
     if (n == 0) return 0;
     const hsize_t stored = H5Dget_storage_size(d.get());
+    hsize_t file_bytes = 0;
+    {
+      const auto f = H5Object::file(EPLB_H5_CHECK(H5Iget_file_id(d.get())));
+      EPLB_H5_CHECK(H5Fget_filesize(f.get(), &file_bytes));
+    }
+    if (file_bytes < n * elem_bytes)  // the chunk index may claim more than the file has
+      bad(std::string("dataset '") + name + "' needs " + std::to_string(n * elem_bytes) +
+          " bytes for its shape " + shape_text(dims) + ", the whole file has " +
+          std::to_string(file_bytes) + " (uncompressed checkpoints only)");
     if (stored < n * elem_bytes)
       bad(std::string("dataset '") + name + "' holds " + std::to_string(stored) +
           " bytes in the file, its shape " + shape_text(dims) + " needs " +
@@ -464,17 +473,17 @@ void Checkpoint::validate() const {
   if (epoch < 0 || pass < 0 || epoch > kMaxCount || pass > kMaxCount)
     bad("epoch " + std::to_string(epoch) + " or pass " + std::to_string(pass) + " outside [0, 2^62]");
   if (writer != kWriterEngine && writer != kWriterPlan) bad("writer '" + writer + "' is unknown");
-  if (W > 0)
-    for (std::size_t i = 0; i < L * E; ++i) {  // the window sum of one (layer, expert)
-      std::int64_t sum = 0;
-      for (std::size_t w = 0; w < W; ++w) {
+  if (W > 0) {  // the window sums of every (layer, expert), pass by pass (counts are >= 0)
+    std::vector<std::int64_t> sum(L * E, 0);
+    for (std::size_t w = 0; w < W; ++w)
+      for (std::size_t i = 0; i < L * E; ++i) {
         const std::int64_t v = window[w * L * E + i];
-        if (v > kMaxCount - sum)
+        if (v > kMaxCount - sum[i])
           bad("window: counts of layer " + std::to_string(i / E) + ", expert " +
               std::to_string(i % E) + " add up to more than 2^62");
-        sum += v;
+        sum[i] += v;
       }
-    }
+  }
   try {
     algo::Placement p(t.num_layers, t.num_logical, t.num_slots,
                       std::vector<int>(phy2log.begin(), phy2log.end()));

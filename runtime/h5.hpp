@@ -70,6 +70,8 @@ class H5Object {
   static H5Object attribute(hid_t id) { return {id, H5Aclose}; }
   static H5Object plist(hid_t id) { return {id, H5Pclose}; }
   static H5Object group(hid_t id) { return {id, H5Gclose}; }
+  /// A further reference to an open file (H5Iget_file_id).
+  static H5Object file(hid_t id) { return {id, H5Fclose}; }
 
  private:
   void reset() noexcept;

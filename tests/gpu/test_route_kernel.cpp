@@ -167,9 +167,11 @@ TEST(CopyKernel, EverySizeAndAlignment) {
         at += span_of(s);
       }
     ASSERT_EQ(ops.size(), n_ops);
-    std::vector<eplb::runtime::cuda::CopySpec> many;  // 1100 ops: two launches
-    while (many.size() < 1100) many.insert(many.end(), ops.begin(), ops.end());
-    many.resize(1100);
+    // 1100 ops, two launches of at most 1024: empty copies first, so that every real copy is
+    // in the second launch (a second launch skipped or misindexed fails the comparison).
+    std::vector<eplb::runtime::cuda::CopySpec> many(1100 - ops.size(),
+                                                    {dst.get(), src.get(), 0});
+    many.insert(many.end(), ops.begin(), ops.end());
     EPLB_CUDA_CHECK(eplb::runtime::cuda::launch_copy_batch(many.data(), many.size(), 7, threads, stream.get()));
     eplb::comm::copy_async(got.data(), dst.get(), got.size(), stream.get());
     stream.synchronize();

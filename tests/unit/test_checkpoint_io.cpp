@@ -198,6 +198,31 @@ TEST_F(CheckpointFile, DeclaredButUnwrittenWindowIsRejectedBeforeAllocating) {
   expect_bad({"dataset 'window' holds 0 bytes", "(unwritten or truncated)"});
 }
 
+TEST(CheckpointValidate, CountsAndCountersStayFarFromOverflow) {
+  auto expect_invalid = [](const eplb::runtime::Checkpoint& c, const char* words) {
+    try {
+      c.validate();
+      ADD_FAILURE() << "accepted: " << words;
+    } catch (const CheckpointError& e) {
+      EXPECT_NE(std::string(e.what()).find(words), std::string::npos) << e.what();
+    }
+  };
+  const auto good = eplb::test::small_checkpoint();
+  ASSERT_NO_THROW(good.validate());
+  ASSERT_GE(good.config.window_passes, 2);
+  auto c = good;  // the same (layer 0, expert 1) in two passes: 2^61 + 2^61 + 1 > 2^62
+  const std::size_t le = static_cast<std::size_t>(c.config.topology.num_layers) * c.config.topology.num_logical;
+  c.window[1] = std::int64_t{1} << 61;
+  c.window[le + 1] = (std::int64_t{1} << 61) + 1;
+  expect_invalid(c, "counts of layer 0, expert 1 add up to more than 2^62");
+  c = good;
+  c.epoch = (std::int64_t{1} << 62) + 1;
+  expect_invalid(c, "outside [0, 2^62]");
+  c = good;
+  c.writer = "someone";
+  expect_invalid(c, "writer 'someone' is unknown");
+}
+
 TEST_F(CheckpointFile, UnknownWriterIsRejected) {
   write_checkpoint(path, eplb::test::small_checkpoint());
   {

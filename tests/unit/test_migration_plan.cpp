@@ -9,6 +9,7 @@
 #include "algo/load.hpp"
 #include "algo/migration.hpp"
 #include "algo/policy.hpp"
+#include "algo/spill.hpp"
 
 namespace {
 using eplb::algo::LoadMatrix;
@@ -267,6 +268,7 @@ TEST(MigrationPlan, HelpersRejectAnInvalidTopology) {
     EXPECT_THROW(eplb::algo::align_slots(p, next, bad), std::invalid_argument);
     EXPECT_THROW((void)eplb::algo::evaluate(load.view(), p, bad), std::invalid_argument);
     EXPECT_THROW((void)eplb::algo::evaluate_contiguous(load.view(), bad), std::invalid_argument);
+    EXPECT_THROW((void)eplb::algo::node_local_traffic(load.view(), p, bad), std::invalid_argument);
   }
 }
 

@@ -88,6 +88,10 @@ TEST(LoadCsv, OddInputsAreNamed) {
   EXPECT_EQ(parse_error("1," + std::string(100, 'x') + "\n"),
             "load.csv:1:3: not a number: '" + std::string(40, 'x') + "...'");
   EXPECT_EQ(parse_error("1,\x01\x02\n"), std::string("load.csv:1:3: not a number: '?") + "?'");
+  EXPECT_EQ(parse_error("1,1e400x\n"), "load.csv:1:3: not a number: '1e400x'");
+  // A line past 64 MiB stops the reading there (a file without newlines is not read whole).
+  EXPECT_EQ(parse_error(std::string((std::size_t{64} << 20) + 10, '1')),
+            "load.csv:1:1: line longer than 64 MiB or too many lines (not a text file?)");
   // A UTF-8 byte order mark before the first line is skipped.
   const auto m = parse("\xEF\xBB\xBF# header\n1,2\n");
   EXPECT_EQ(m.values, (std::vector<double>{1, 2}));
