@@ -8,7 +8,8 @@
 # benchmarks with and without overlapped steps, one device trace; single: one GPU only;
 # algo: every test that runs on this machine, and the policy benchmarks, batched and scalar;
 # sweep: V3/V2-Lite migration over copy-kernel blocks and threads and options; validate: the
-# migration figures (aligned and not), every test, moe_sim, control path, sanitizer)
+# migration figures (aligned and not), every test, moe_sim, control path, sanitizer).
+# Exit code: 1 when any step failed (summary.txt lists each step's rc), else 0.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 final=${OUT:-$root/gpu-logs}
@@ -22,11 +23,13 @@ ngpu=$(nvidia-smi -L 2>/dev/null | wc -l)
 mpirun=(mpirun --allow-run-as-root --oversubscribe --bind-to none -x NCCL_NVLS_ENABLE -x LD_LIBRARY_PATH)
 summary="$out/summary.txt"
 : >"$summary"
+failed=0  # steps that exited non-zero: the script's exit code is 1 when any did
 step() {  # step NAME COMMAND...: run, log to $out/NAME.log, record status
   local name=$1; shift
   local t0=$SECONDS
   "$@" >"$out/$name.log" 2>&1
   local rc=$?
+  ((rc == 0 || rc == 77)) || failed=$((failed + 1))  # 77: a program's own "skipped"
   printf '%-28s rc=%-3d %4ds\n' "$name" "$rc" $((SECONDS - t0)) | tee -a "$summary"
   cp "$summary" "$final/" 2>/dev/null; tar czf "$final/logs.tgz" -C "$out" . 2>/dev/null  # survives a kill
   return $rc
@@ -77,7 +80,7 @@ if [[ $mode == algo ]]; then  # host side: the CPU's policy kernels (any number 
     done
   done
   cat "$summary"
-  exit 0
+  exit $((failed > 0))
 fi
 if [[ $mode == single ]]; then  # one GPU: kernel tests, local-only migration (copy-kernel rate)
   step ctest_gpu ctest -L gpu --output-on-failure --timeout 300
@@ -96,7 +99,7 @@ if [[ $mode == single ]]; then  # one GPU: kernel tests, local-only migration (c
   step moe_sim_np1 "${mpirun[@]}" -np 1 ./examples/moe_sim --device cuda --passes 100 --interval 25 --device-allreduce \
     --no-align --policy deepseek --min-gain -1  # one GPU: only the policy's own order moves anything
   cat "$summary"
-  exit 0
+  exit $((failed > 0))
 fi
 if [[ $mode == sweep ]]; then  # copy-kernel shape, stream priority and overlap against NCCL's peak
   sweep() {  # sweep NAME BLOCKS THREADS ARGS...: one migration run with those copy kernels
@@ -118,7 +121,7 @@ if [[ $mode == sweep ]]; then  # copy-kernel shape, stream priority and overlap 
     sweep "v2lite_b80${o// /}" 80 512 "${v2[@]}" $o
   done
   cat "$out/sweep.txt" | tee -a "$summary"
-  exit 0
+  exit $((failed > 0))
 fi
 if [[ $mode == validate ]]; then  # migration figures first, then every test, sanitizer, control path
   for w in 60 40; do
@@ -149,7 +152,7 @@ if [[ $mode == validate ]]; then  # migration figures first, then every test, sa
   step sanitizer_nccl_np2 "${mpirun[@]}" -np 2 "$cs" --tool memcheck --report-api-errors no --error-exitcode 9 \
     ./tests/eplb_gpu_mpi_tests --gtest_filter='-*TimesOut*'
   cat "$summary"
-  exit 0
+  exit $((failed > 0))
 fi
 if [[ $mode == overlap ]]; then  # most important first: a 600 s device call may end early
   step ctest_gpu ctest -L gpu --output-on-failure --timeout 300
@@ -176,7 +179,7 @@ if [[ $mode == overlap ]]; then  # most important first: a 600 s device call may
   step sanitizer_nccl_np2 "${mpirun[@]}" -np 2 "$cs" --tool memcheck --report-api-errors no --error-exitcode 9 \
     ./tests/eplb_gpu_mpi_tests --gtest_filter='*overlapped*:*Overlapped*:*odd_sizes*'
   cat "$summary"
-  exit 0
+  exit $((failed > 0))
 fi
 if [[ $mode != mig ]]; then
   step ctest ctest --output-on-failure -j 4 --timeout 600
@@ -191,7 +194,7 @@ if [[ $mode == full || $mode == quick ]]; then
   [[ $ngpu -ge 4 ]] && step moe_sim_cuda_np4 "${mpirun[@]}" -np 4 ./examples/moe_sim --device cuda --passes 1000 --interval 25 \
     --tensors w13:1048576,w2:524288,scale:4096 --csv "$out/moe_sim_np4.csv"
 fi
-[[ $mode == quick ]] && exit 0
+[[ $mode == quick ]] && exit $((failed > 0))
 if [[ $mode != mig ]]; then
 { echo "# nproc=$(nproc)"; cat /sys/fs/cgroup/cpu.max 2>/dev/null; lscpu | grep -E 'Model name|^CPU\(s\)|Thread|Socket'; } >>"$summary" 2>&1
 step bench_algo ./bench/bench_algo --benchmark_filter='deepseek/|migration_plan' --benchmark_min_time=0.2
@@ -208,7 +211,7 @@ for n in 2 4; do
   step bench_control_cpu_np$n "${mpirun[@]}" -np $n ./bench/bench_control --device cpu --iters 30
 done
 fi
-[[ $mode == bench ]] && exit 0
+[[ $mode == bench ]] && exit $((failed > 0))
 w2=16000000000 w3=40000000000
 mig mig_v2lite_win_np$np $np --model v2lite --iters 6 --window-bytes $w2
 mig mig_v3_win_np$np $np --model v3 --layers $v3layers --iters 4 --window-bytes $w3
@@ -223,3 +226,4 @@ mig mig_v2lite_per_tensor_win_np$np $np --model v2lite --iters 6 --window-bytes 
  step mig_v2lite_win_memcpybatch_np$np "${mpirun[@]}" -x EPLB_COPY_KERNEL_BLOCKS -np $np ./bench/bench_migration \
    --device cuda --model v2lite --iters 6 --window-bytes $w2)
 cat "$summary"
+exit $((failed > 0))
