@@ -1,6 +1,7 @@
 #include "runtime/migrate.hpp"
 
 #include <algorithm>
+#include <exception>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -551,9 +552,19 @@ MigrationCounters Executor::run(std::byte* staging, const std::function<void(int
       c_.total_local_bytes += expert_bytes * static_cast<std::size_t>(u.num_dst - 1);
     }
   }
+  // A callback that throws must not stop this rank's part of the migration (the others wait
+  // for its sends): the first exception is kept and rethrown once everything has completed.
+  std::exception_ptr callback_error;
+  auto report = [&](int first, int last) {
+    if (!layer_done || callback_error) return;
+    try {
+      for (int l = first; l < last; ++l) layer_done(l);
+    } catch (...) {
+      callback_error = std::current_exception();
+    }
+  };
   auto finish = [&](const Step& st) {
-    if (st.last_of_window && layer_done)
-      for (int l = st.win->first; l < st.win->last; ++l) layer_done(l);
+    if (st.last_of_window) report(st.win->first, st.win->last);
   };
   // Steps alternate between the two staging regions. Overlapping (coalesced mode): step s's
   // packs and transfers are issued before step s-1's unpacks, so the links go on from one
@@ -572,8 +583,7 @@ MigrationCounters Executor::run(std::byte* staging, const std::function<void(int
   for (const auto& w : regions.windows) {
     if (w.rounds == 0) {  // nothing moves in these layers: report them, in layer order
       drain();
-      if (layer_done)
-        for (int l = w.first; l < w.last; ++l) layer_done(l);
+      report(w.first, w.last);
       continue;
     }
     for (std::size_t r = 0; r < w.rounds; ++r, ++s) {
@@ -605,6 +615,7 @@ MigrationCounters Executor::run(std::byte* staging, const std::function<void(int
   tr_.synchronize();
   trace("all done (synchronized)");
   print_device_timeline();
+  if (callback_error) std::rethrow_exception(callback_error);
   return c_;
 }
 

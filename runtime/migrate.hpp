@@ -58,7 +58,9 @@ std::size_t staging_bytes_needed(const algo::MigrationPlan& plan, const WeightRe
 /// one batch, then that batch's local copies and fan-out; staging commits at the end of the
 /// round; layer_done for each layer of the window at its end. `staging` must hold staging_bytes_needed() bytes in the
 /// transport's memory space. After each layer, `layer_done(layer)` is called (device
-/// transports: stream-ordered after that layer's copies). Collective over the transport's
+/// transports: stream-ordered after that layer's copies); if it throws, the migration still
+/// runs to its end on this rank (the others wait for its sends), later layers are not
+/// reported, and the first exception is rethrown at the end. Collective over the transport's
 /// ranks: every rank must call it with the same plan.
 MigrationCounters execute_migration(const algo::MigrationPlan& plan, const WeightRegistry& weights,
                                     comm::Transport& transport, int my_rank, std::byte* staging,

@@ -61,13 +61,16 @@ void add_random_loads(Engine& engine, std::mt19937_64& rng, double skew) {
   }
 }
 
-std::size_t bad_slots_anywhere(const Engine& e) {
-  const auto bad = eplb::runtime::verify_slots(e.weights(), e.placement(), e.comm().rank());
+/// Slots on any rank whose bytes are not their expert's under `p` (every rank calls it).
+std::size_t bad_slots_anywhere_in(const WeightRegistry& w, const eplb::algo::Placement& p) {
+  const auto bad = eplb::runtime::verify_slots(w, p, world_rank());
   for (std::size_t i = 0; i < bad.size() && i < 3; ++i) ADD_FAILURE() << bad[i];
   unsigned long long n = bad.size(), total = 0;
   MPI_Allreduce(&n, &total, 1, MPI_UNSIGNED_LONG_LONG, MPI_SUM, MPI_COMM_WORLD);
   return total;
 }
+
+std::size_t bad_slots_anywhere(const Engine& e) { return bad_slots_anywhere_in(e.weights(), e.placement()); }
 
 struct Shape {
   const char* name;
@@ -568,6 +571,42 @@ TEST(Collectives, PlacementBroadcastVerifiesEpoch) {
       EXPECT_NE(w.find("epoch 5, expected 6"), std::string::npos) << w;
     }
   }
+}
+
+TEST(Migration, ThrowingLayerCallbackOnOneRankDoesNotStopTheOthers) {
+  // Rank 0's callback throws at the first layer: its part of the migration must still run
+  // (the other ranks wait for its sends), and the exception comes back at the end.
+  const int P = world_size(), me = world_rank();
+  Topology t{4, 8, 8 * P, P, 1, 1};
+  HostWeights w(t, {256, 40});
+  const auto a = eplb::algo::Placement::contiguous(t);
+  eplb::runtime::fill_slots(w.registry, a, me);
+  std::vector<int> p2l(a.phy2log().begin(), a.phy2log().end());
+  std::mt19937 rng(3);  // same on every rank
+  for (int l = 0; l < t.num_layers; ++l)
+    std::shuffle(p2l.begin() + l * t.num_slots, p2l.begin() + (l + 1) * t.num_slots, rng);
+  const eplb::algo::Placement b(t.num_layers, t.num_logical, t.num_slots, p2l);
+  const auto plan = eplb::algo::plan_migration(a, b, t, eplb::algo::MigrationOptions{2});
+  eplb::comm::MpiComm comm(MPI_COMM_WORLD);
+  eplb::comm::MpiHostTransport transport(comm);
+  const eplb::runtime::ExecOptions opt{0, 1, 0, true, 2, true};  // layer by layer, overlapped
+  auto staging = transport.allocate(eplb::runtime::staging_bytes_needed(plan, w.registry, opt));
+  int reported = 0;
+  bool threw = false;
+  try {
+    eplb::runtime::execute_migration(plan, w.registry, transport, me, staging.get(),
+                                     [&](int) {
+                                       ++reported;
+                                       if (me == 0) throw std::runtime_error("callback failed");
+                                     },
+                                     opt);
+  } catch (const std::runtime_error& e) {
+    threw = true;
+    EXPECT_STREQ(e.what(), "callback failed");
+  }
+  EXPECT_EQ(threw, me == 0);
+  EXPECT_EQ(reported, me == 0 ? 1 : t.num_layers) << "layers reported after the failure";
+  EXPECT_EQ(bad_slots_anywhere_in(w.registry, b), 0u) << "the migration did not complete";
 }
 
 /// execute_migration directly, steps overlapping (the next step packs and sends before this
