@@ -28,10 +28,17 @@ std::string shown(std::string_view tok) {
   return s;
 }
 
-/// Why a token that std::from_chars did not take is bad: out of range, or not a number.
-std::string not_a_value(std::errc ec, std::string_view tok, const char* kind) {
-  if (ec == std::errc::result_out_of_range) return "number out of range: '" + shown(tok) + "'";
-  return std::string("not ") + kind + ": '" + shown(tok) + "'";
+/// One number of type T (the whole token, std::from_chars), or a ParseError at (line, col):
+/// "number out of range" for a well-formed one that does not fit, else "not <kind>".
+template <class T>
+T parse_token(std::string_view tok, const std::string& source, int line, int col, const char* kind) {
+  T v{};
+  const char* end = tok.data() + tok.size();
+  const auto [p, ec] = std::from_chars(tok.data(), end, v);
+  if (ec == std::errc() && p == end) return v;
+  if (p == end && ec == std::errc::result_out_of_range)
+    throw ParseError(source, line, col, "number out of range: '" + shown(tok) + "'");
+  throw ParseError(source, line, col, std::string("not ") + kind + ": '" + shown(tok) + "'");
 }
 
 /// Lines longer than this are rejected (a binary file or one without newlines).
@@ -126,12 +133,7 @@ LoadMatrix read_load_csv(std::istream& in, const std::string& source) {
   m.values = read_matrix<double>(
       in, source, m.num_layers, m.num_logical,
       [&](std::string_view tok, int line, int col) {
-        double v = 0;
-        auto [p, ec] = std::from_chars(tok.data(), tok.data() + tok.size(), v);
-        if (ec != std::errc() || p != tok.data() + tok.size())
-          throw ParseError(source, line, col,
-                           not_a_value(p == tok.data() + tok.size() ? ec : std::errc::invalid_argument,
-                                       tok, "a number"));
+        const double v = parse_token<double>(tok, source, line, col, "a number");
         if (!std::isfinite(v) || v < 0)
           throw ParseError(source, line, col,
                            "load must be finite and >= 0, got '" + shown(tok) + "'");
@@ -152,13 +154,7 @@ LoadMatrix read_load_csv_file(const std::string& path) {
 Placement read_placement_csv(std::istream& in, const std::string& source, int num_logical) {
   int rows = 0, cols = 0;
   auto v = read_matrix<int>(in, source, rows, cols, [&](std::string_view tok, int line, int col) {
-    int x = 0;
-    auto [p, ec] = std::from_chars(tok.data(), tok.data() + tok.size(), x);
-    if (ec != std::errc() || p != tok.data() + tok.size())
-      throw ParseError(source, line, col,
-                       not_a_value(p == tok.data() + tok.size() ? ec : std::errc::invalid_argument,
-                                   tok, "an integer"));
-    return x;
+    return parse_token<int>(tok, source, line, col, "an integer");
   });
   return Placement(rows, num_logical, cols, std::move(v));
 }
