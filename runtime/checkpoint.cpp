@@ -464,26 +464,25 @@ void Checkpoint::validate() const {
   if (W == 0 ? window_cursor != 0 : (window_cursor < 0 || window_cursor >= config.window_passes))
     bad("window cursor " + std::to_string(window_cursor) + " outside [0, " +
         std::to_string(std::max<std::size_t>(W, 1)) + ")");
-  for (std::size_t i = 0; i < window.size(); ++i)
-    if (window[i] < 0)
-      bad("window: negative count " + std::to_string(window[i]) + " at pass " +
-          std::to_string(i / (L * E)) + ", layer " + std::to_string(i / E % L) + ", expert " +
-          std::to_string(i % E));
   constexpr std::int64_t kMaxCount = std::int64_t{1} << 62;  // sums stay far from overflow
-  if (epoch < 0 || pass < 0 || epoch > kMaxCount || pass > kMaxCount)
-    bad("epoch " + std::to_string(epoch) + " or pass " + std::to_string(pass) + " outside [0, 2^62]");
-  if (writer != kWriterEngine && writer != kWriterPlan) bad("writer '" + writer + "' is unknown");
-  if (W > 0) {  // the window sums of every (layer, expert), pass by pass (counts are >= 0)
-    std::vector<std::int64_t> sum(L * E, 0);
+  {  // one pass over the window: counts >= 0, each (layer, expert)'s sum over W <= 2^62
+    std::vector<std::int64_t> sum(W > 0 ? L * E : 0, 0);
     for (std::size_t w = 0; w < W; ++w)
       for (std::size_t i = 0; i < L * E; ++i) {
         const std::int64_t v = window[w * L * E + i];
+        if (v < 0)
+          bad("window: negative count " + std::to_string(v) + " at pass " + std::to_string(w) +
+              ", layer " + std::to_string(i / E) + ", expert " + std::to_string(i % E));
         if (v > kMaxCount - sum[i])
           bad("window: counts of layer " + std::to_string(i / E) + ", expert " +
               std::to_string(i % E) + " add up to more than 2^62");
         sum[i] += v;
       }
   }
+  if (epoch < 0 || pass < 0 || epoch > kMaxCount || pass > kMaxCount)
+    bad("epoch " + std::to_string(epoch) + " or pass " + std::to_string(pass) + " outside [0, 2^62]");
+  if (writer != kWriterEngine && writer != kWriterPlan)
+    bad("writer '" + writer + "' is unknown (expected '" + kWriterEngine + "' or '" + kWriterPlan + "')");
   try {
     algo::Placement p(t.num_layers, t.num_logical, t.num_slots,
                       std::vector<int>(phy2log.begin(), phy2log.end()));
@@ -541,10 +540,7 @@ Checkpoint read_checkpoint(const std::string& path) {
              std::to_string(kCheckpointFormatVersion) + ")");
     c.eplb_version = rd.string(root, "eplb_version");
     c.created = rd.string(root, "created");
-    c.writer = rd.string(root, "writer");
-    if (c.writer != kWriterEngine && c.writer != kWriterPlan)
-      rd.bad("attribute 'writer' is '" + c.writer + "', expected '" + kWriterEngine + "' or '" +
-             kWriterPlan + "'");
+    c.writer = rd.string(root, "writer");  // checked with the rest in validate()
     auto& t = c.config.topology;
     t.num_layers = rd.number<std::int32_t>(root, "num_layers");
     t.num_logical = rd.number<std::int32_t>(root, "num_logical");

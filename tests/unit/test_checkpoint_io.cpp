@@ -232,7 +232,7 @@ TEST_F(CheckpointFile, UnknownWriterIsRejected) {
     const char flipped[] = "enginf";  // one byte of "engine" changed: not covered by config_hash
     EPLB_H5_CHECK(H5Awrite(a.get(), t.get(), flipped));
   }
-  expect_bad({"attribute 'writer' is 'enginf'"});
+  expect_bad({"writer 'enginf' is unknown (expected 'engine' or 'eplb-plan')"});
 }
 
 TEST_F(CheckpointFile, InvalidPlacementValues) {
