@@ -20,6 +20,17 @@ std::optional<std::string> source_mismatch(const LoadSource* source, const Runti
          " passes, RuntimeConfig::window_passes is " + std::to_string(cfg.window_passes);
 }
 
+/// Runs f() on this rank; an exception becomes `prefix` + its text in `error`, for the ranks
+/// to agree on (comm::throw_if_any_failed) instead of leaving the others in a collective.
+template <class F>
+void capture(std::optional<std::string>& error, const char* prefix, F&& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    error = prefix + std::string(e.what());
+  }
+}
+
 using Clock = std::chrono::steady_clock;
 double ms_since(Clock::time_point t) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
@@ -100,15 +111,13 @@ Engine::Engine(MPI_Comm comm, RuntimeConfig config, WeightRegistry weights,
       config_.staging_bytes / expert_bytes, 1, static_cast<std::size_t>(INT_MAX)));
   // A transport that fails on one rank (no GPU memory there, a NCCL setup error) must not
   // leave the others to wait in their first rebalance.
-  try {
+  capture(local, "creating the weight transport failed: ", [&] {
     transport_ = transport ? transport(comm_) : std::make_unique<comm::MpiHostTransport>(comm_);
     const std::size_t n = static_cast<std::size_t>(topo.num_layers) * topo.num_logical;
     local_load_.assign(n, 0);
     global_load_.assign(n, 0);
     load_f64_.assign(n, 0.0);
-  } catch (const std::exception& e) {
-    local = std::string("creating the weight transport failed: ") + e.what();
-  }
+  });
   comm::throw_if_any_failed<Error>(comm_, local);
 }
 
@@ -161,20 +170,17 @@ RebalanceStats Engine::rebalance() {
   // waiting: every rank agrees on failures (Error), then on rejected input (InvalidInput),
   // before the allreduce, and once more on the device path's copy back; the same sequence
   // of collectives on every rank and both paths.
-  try {
+  capture(failure, "collecting this rank's load failed: ", [&] {
     if (source_ && config_.device_allreduce && cuda_aware_mpi_)
       device_sum = source_->reduce_on_device(input_error);
-    if (!device_sum) {
-      if (source_) {
-        input_error = source_->collect(local_load_);
-      } else {
-        input_error = window_.take_error();
-        window_.sum(local_load_);
-      }
+    if (device_sum) return;
+    if (source_) {
+      input_error = source_->collect(local_load_);
+    } else {
+      input_error = window_.take_error();
+      window_.sum(local_load_);
     }
-  } catch (const std::exception& e) {
-    failure = std::string("collecting this rank's load failed: ") + e.what();
-  }
+  });
   comm::throw_if_any_failed<Error>(comm_, failure);
   if (const auto m = source_mismatch(source_, config_); m && !input_error) input_error = *m;
   comm::throw_if_any_failed(comm_, input_error);
@@ -182,11 +188,8 @@ RebalanceStats Engine::rebalance() {
   if (device_sum) {
     EPLB_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, device_sum, static_cast<int>(global_load_.size()),
                                  MPI_INT64_T, MPI_SUM, comm_.get()));
-    try {
-      source_->download_reduced(global_load_);
-    } catch (const std::exception& e) {
-      failure = std::string("copying the reduced load to the host failed: ") + e.what();
-    }
+    capture(failure, "copying the reduced load to the host failed: ",
+            [&] { source_->download_reduced(global_load_); });
   } else {
     std::copy(local_load_.begin(), local_load_.end(), global_load_.begin());
     comm::allreduce_sum(comm_, global_load_, global_load_);
@@ -299,8 +302,7 @@ RebalanceStats Engine::rebalance() {
   const std::size_t need = staging_bytes_needed(plan, weights_, exec);
   // Staging (host or GPU memory, which may run out on one rank only) and the listener's
   // preparation: agreed before any weight moves, so a failure leaves everything as it was.
-  std::optional<std::string> failure_here;
-  try {
+  capture(failure, "preparing the migration failed: ", [&] {
     if (need > staging_size_) {
       staging_ = comm::Buffer{nullptr, [](std::byte*) {}};
       staging_size_ = 0;
@@ -308,10 +310,8 @@ RebalanceStats Engine::rebalance() {
       staging_size_ = need;
     }
     if (listener_) listener_->prepare(msg.placement);
-  } catch (const std::exception& e) {
-    failure_here = "preparing the migration failed: " + std::string(e.what());
-  }
-  comm::throw_if_any_failed<Error>(comm_, failure_here);
+  });
+  comm::throw_if_any_failed<Error>(comm_, failure);
   st.t_plan_ms = ms_since(t);
 
   // 5. Move the weights, then switch the maps. A map listener failing on one rank (a CUDA
@@ -382,13 +382,11 @@ void Engine::restore(algo::Placement placement, std::span<const std::int64_t> ri
   // The device side (a failure there, e.g. a CUDA error, reaches every rank as Error): the
   // window that step() and rebalance() read, and the routing maps, which must agree with
   // the restored placement before the next forward pass.
-  try {  // agreed on every rank, whether or not it has a source or listener set
+  capture(local, "restore: updating the load source or the map listener failed: ", [&] {
     if (!keep_window && source_) source_->upload_ring(ring, cursor);
     if (listener_) listener_->reset(placement);
-  } catch (const std::exception& e) {
-    local = std::string("restore: updating the load source or the map listener failed: ") + e.what();
-  }
-  comm::throw_if_any_failed<Error>(comm_, local);
+  });
+  comm::throw_if_any_failed<Error>(comm_, local);  // on every rank, set or not
   if (!keep_window) window_.restore(ring, cursor);
   placement_ = std::move(placement);
   epoch_ = epoch;
