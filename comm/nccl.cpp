@@ -26,10 +26,11 @@ double nccl_timeout_seconds() {
   return 120.0;
 }
 
-NcclComm::NcclComm(const MpiComm& mpi, double timeout_s) : timeout_s_(timeout_s), rank_(mpi.rank()) {
+NcclComm::NcclComm(const MpiComm& mpi, double timeout_s, std::optional<std::string> setup_error)
+    : timeout_s_(timeout_s), rank_(mpi.rank()) {
   ncclUniqueId id;
-  std::optional<std::string> err;
-  if (mpi.rank() == 0) {
+  std::optional<std::string> err = std::move(setup_error);
+  if (mpi.rank() == 0 && !err) {
     const ncclResult_t rc = ncclGetUniqueId(&id);
     if (rc != ncclSuccess) err = std::string("ncclGetUniqueId failed: ") + ncclGetErrorString(rc);
   }
@@ -141,8 +142,29 @@ void NcclComm::wait_stream(cuda_stream stream, const char* what) {
   });
 }
 
-NcclTransport::NcclTransport(const MpiComm& mpi, cuda_stream stream, CopyBatchFn copy_batch)
-    : comm_(mpi), stream_(stream), copy_batch_(copy_batch), rank_(mpi.rank()), size_(mpi.size()) {}
+namespace {
+/// The copy lane's stream, or nullopt with the reason in `error` (rank-local set-up).
+std::optional<CudaStream> make_copy_stream(std::optional<std::string>& error) {
+  if (error) return std::nullopt;
+  try {
+    return CudaStream();
+  } catch (const std::exception& e) {
+    error = std::string("creating the copy stream failed: ") + e.what();
+    return std::nullopt;
+  }
+}
+}  // namespace
+
+NcclTransport::NcclTransport(const MpiComm& mpi, cuda_stream stream, CopyBatchFn copy_batch,
+                             std::optional<std::string> setup_error)
+    : setup_error_(std::move(setup_error)),
+      copy_stream_(make_copy_stream(setup_error_)),
+      comm_(mpi, nccl_timeout_seconds(), setup_error_),
+      mpi_(&mpi),
+      stream_(stream),
+      copy_batch_(copy_batch),
+      rank_(mpi.rank()),
+      size_(mpi.size()) {}
 
 void NcclTransport::begin_batch() {
   EPLB_NCCL_CHECK(ncclGroupStart());
@@ -217,7 +239,7 @@ double NcclTransport::elapsed_ms(Mark from, Mark to) {
 }
 
 void NcclTransport::synchronize() {
-  comm_.wait_stream(copy_stream_.get(), "migration (copies)");
+  comm_.wait_stream(copy_stream_->get(), "migration (copies)");
   comm_.wait_stream(stream_, "migration");
   next_event_ = 0;  // every recorded mark has completed: the events can be reused
 }
@@ -225,9 +247,18 @@ void NcclTransport::synchronize() {
 void NcclTransport::connect_peers(std::size_t bytes) {
   const int P = size_, me = rank_;
   if (P < 2) return;
-  Buffer send = allocate(bytes);
-  Buffer recv = allocate(bytes * static_cast<std::size_t>(P));
-  EPLB_CUDA_CHECK(cudaMemsetAsync(send.get(), 0, bytes, stream_));
+  // Allocated and agreed on before the exchange: a rank out of memory must not leave the
+  // others to time out in the group (and report the timeout instead of the cause).
+  Buffer send{nullptr, [](std::byte*) {}}, recv{nullptr, [](std::byte*) {}};
+  std::optional<std::string> err;
+  try {
+    send = allocate(bytes);
+    recv = allocate(bytes * static_cast<std::size_t>(P));
+    EPLB_CUDA_CHECK(cudaMemsetAsync(send.get(), 0, bytes, stream_));
+  } catch (const std::exception& e) {
+    err = std::string("connect_peers: ") + e.what();
+  }
+  throw_if_any_failed<CudaError>(*mpi_, err);
   begin_batch();
   for (int p = 0; p < P; ++p) {
     if (p == me) continue;

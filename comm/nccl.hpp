@@ -1,6 +1,7 @@
 #pragma once
 /// \file NCCL: a communicator bootstrapped over MPI, and the device weight transport.
 /// Includes no CUDA or NCCL header.
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -28,8 +29,11 @@ double nccl_timeout_seconds();
 /// their own bounded waits) and NcclError is thrown. Destroyed with ncclCommDestroy, or ncclCommAbort after a failure. Move-only.
 class NcclComm {
  public:
-  /// Collective over `mpi`; uses the current CUDA device.
-  explicit NcclComm(const MpiComm& mpi, double timeout_s = nccl_timeout_seconds());
+  /// Collective over `mpi`; uses the current CUDA device. `setup_error`: a failure of this
+  /// rank's set-up before the call (a CUDA error), agreed on in the first collective step so
+  /// that every rank throws it (NcclError) instead of some entering the NCCL set-up alone.
+  explicit NcclComm(const MpiComm& mpi, double timeout_s = nccl_timeout_seconds(),
+                    std::optional<std::string> setup_error = std::nullopt);
   ~NcclComm();
   NcclComm(NcclComm&& o) noexcept;
   NcclComm& operator=(NcclComm&& o) noexcept;
@@ -65,10 +69,13 @@ class NcclTransport final : public Transport {
   /// kernel (runtime/cuda/transport.hpp) that uses few SMs, so copies overlap transfers.
   using CopyBatchFn = int (*)(std::span<const CopyOp> ops, cuda_stream stream);
 
-  /// Collective over `mpi` (creates the NCCL communicator). `stream` is borrowed: the
-  /// engine's stream, on which routing reads the maps. copy_all() uses `copy_batch` when
-  /// given, else cudaMemcpyBatchAsync.
-  NcclTransport(const MpiComm& mpi, cuda_stream stream, CopyBatchFn copy_batch = nullptr);
+  /// Collective over `mpi` (creates the NCCL communicator); `mpi` is borrowed and must
+  /// outlive the transport. `stream` is borrowed: the engine's stream, on which routing reads
+  /// the maps. copy_all() uses `copy_batch` when given, else cudaMemcpyBatchAsync.
+  /// `setup_error`: a failure of the caller's rank-local set-up, thrown on every rank (as
+  /// is one of this constructor's own rank-local steps) before any rank starts NCCL.
+  NcclTransport(const MpiComm& mpi, cuda_stream stream, CopyBatchFn copy_batch = nullptr,
+                std::optional<std::string> setup_error = std::nullopt);
   std::string_view name() const override { return "nccl"; }
   MemorySpace memory_space() const override { return MemorySpace::device; }
   void begin_batch() override;
@@ -86,19 +93,23 @@ class NcclTransport final : public Transport {
   /// Exchanges `bytes` with every peer in one group and waits (bounded). NCCL sets up its
   /// point-to-point connections lazily, at the first send/recv with each peer (about a
   /// second at 4 ranks on the H200 machine); calling this at start-up moves that cost out of
-  /// the first migration. Collective over the communicator.
+  /// the first migration. Collective over the communicator; the ranks agree on the buffers'
+  /// allocation before the exchange (a failure throws on every rank, naming the rank).
   void connect_peers(std::size_t bytes = std::size_t{1} << 20);
   cuda_stream stream() const { return stream_; }
   NcclComm& comm() { return comm_; }
 
  private:
   cuda_stream lane_stream(Lane lane) const {
-    return lane == Lane::transfer ? stream_ : copy_stream_.get();
+    return lane == Lane::transfer ? stream_ : copy_stream_->get();
   }
 
+  // Rank-local set-up first; its failure travels into comm_'s first agreement.
+  std::optional<std::string> setup_error_;
+  std::optional<CudaStream> copy_stream_;  ///< engaged once the constructor returned
   NcclComm comm_;
+  const MpiComm* mpi_;
   cuda_stream stream_;
-  CudaStream copy_stream_;
   CopyBatchFn copy_batch_ = nullptr;
   int rank_ = 0, size_ = 1;
   std::vector<CudaEvent> events_;  ///< marks; reused after synchronize()

@@ -28,6 +28,8 @@ void capture(std::optional<std::string>& error, const char* prefix, F&& f) {
     f();
   } catch (const std::exception& e) {
     error = prefix + std::string(e.what());
+  } catch (...) {  // user code (a transport factory, a load source) may throw anything
+    error = prefix + std::string("an exception not derived from std::exception");
   }
 }
 
@@ -290,19 +292,19 @@ RebalanceStats Engine::rebalance() {
 
   // 4. Every rank derives the same migration plan.
   t = Clock::now();
-  if (!after) after = algo::evaluate(load, msg.placement, topo);
-  st.balancedness_after = after->balancedness();
-  st.imbalance_after = after->imbalance_mean();
-  algo::plan_migration(placement_, msg.placement, topo, migration_options_, plan_);  // reuses its storage
-  const algo::MigrationPlan& plan = plan_;
-  st.plan = plan.stats();
   const ExecOptions exec{config_.max_experts_per_batch, config_.max_layers_per_window,
                          config_.staging_bytes, config_.coalesce_messages,
                          config_.pipeline_batches, config_.overlap_steps};
-  const std::size_t need = staging_bytes_needed(plan, weights_, exec);
-  // Staging (host or GPU memory, which may run out on one rank only) and the listener's
-  // preparation: agreed before any weight moves, so a failure leaves everything as it was.
+  // The plan, staging (host or GPU memory, which may run out on one rank only) and the
+  // listener's preparation: agreed before any weight moves, so a failure (std::bad_alloc
+  // included) leaves everything as it was.
   capture(failure, "preparing the migration failed: ", [&] {
+    if (!after) after = algo::evaluate(load, msg.placement, topo);
+    st.balancedness_after = after->balancedness();
+    st.imbalance_after = after->imbalance_mean();
+    algo::plan_migration(placement_, msg.placement, topo, migration_options_, plan_);  // reuses its storage
+    st.plan = plan_.stats();
+    const std::size_t need = staging_bytes_needed(plan_, weights_, exec);
     if (need > staging_size_) {
       staging_ = comm::Buffer{nullptr, [](std::byte*) {}};
       staging_size_ = 0;
@@ -316,26 +318,31 @@ RebalanceStats Engine::rebalance() {
 
   // 5. Move the weights, then switch the maps. A map listener failing on one rank (a CUDA
   // error) does not stop that rank's part of the migration, which the others wait for: the
-  // error is kept, the migration ends on every rank, and then every rank throws it.
+  // error is kept, the migration ends on every rank, and then every rank throws it. A failure
+  // of the migration itself on one rank (a copy kernel fault found at the final
+  // synchronisation; a NCCL error or timeout, after which the peers' bounded waits fail too)
+  // is agreed on in the same way, so that no rank is left waiting for the others.
   t = Clock::now();
-  std::optional<std::string> commit_error;
-  st.moved = execute_migration(plan, weights_, *transport_, comm_.rank(), staging_.get(),
-                               [this, &commit_error](int layer) {
-                                 if (!listener_ || commit_error) return;
-                                 try {
-                                   listener_->commit_layer(layer);
-                                 } catch (const std::exception& e) {
-                                   commit_error = "switching the maps of layer " +
-                                                  std::to_string(layer) + " failed: " + e.what();
-                                 }
-                               },
-                               exec);
+  std::optional<std::string> commit_error, migrate_error;
+  capture(migrate_error, "moving the weights failed (they may be only partly moved: treat this as fatal): ", [&] {
+    st.moved = execute_migration(plan_, weights_, *transport_, comm_.rank(), staging_.get(),
+                                 [this, &commit_error](int layer) {
+                                   if (!listener_ || commit_error) return;
+                                   capture(commit_error, "", [&] { listener_->commit_layer(layer); });
+                                   if (commit_error)
+                                     commit_error = "switching the maps of layer " +
+                                                    std::to_string(layer) + " failed: " + *commit_error;
+                                 },
+                                 exec);
+  });
   st.t_migrate_ms = ms_since(t);
-  placement_ = std::move(msg.placement);  // the weights are where it says, on every rank
+  // The weights are where the new placement says on every rank (or, after a migration
+  // failure, nowhere consistent; the engine follows the plan all ranks executed).
+  placement_ = std::move(msg.placement);
   epoch_ = msg.epoch;
   st.t_total_ms = ms_since(t_start);
   history_.push_back(st);
-  comm::throw_if_any_failed<Error>(comm_, commit_error);
+  comm::throw_if_any_failed<Error>(comm_, migrate_error ? migrate_error : commit_error);
   return st;
 }
 

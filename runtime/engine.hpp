@@ -90,7 +90,11 @@ class Engine {
   /// commit_layer() (the weights have moved) ends the migration on every rank, adopts the new
   /// placement, then every rank throws Error; that rank's maps of the layers after the failing
   /// one were not switched: call the listener's reset(placement()) before routing again, or
-  /// treat the error as fatal.
+  /// treat the error as fatal. A failure of the weight transfer itself on some rank (a CUDA
+  /// fault in a copy, a NCCL error or timeout) also reaches every rank as Error, after the
+  /// migration's collective steps ended everywhere; the engine adopts the new placement but
+  /// the weights may be partly moved: treat it as fatal (MPI_Abort). Not thread-safe: call
+  /// every Engine member from one thread (the one that owns the rank's GPU).
   RebalanceStats rebalance();
 
   /// This rank's load window as a ring [W][L][E] and the index of its current pass: the load

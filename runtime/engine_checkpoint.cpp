@@ -153,7 +153,16 @@ void CheckpointSchedule::resume(Engine& engine, const std::string& from) {
 }
 
 bool CheckpointSchedule::after_step(const Engine& engine, bool rebalanced) {
-  if (!rebalanced || path_.empty() || engine.epoch() % every_ != 0) return false;
+  if (!rebalanced) return false;
+  if (!agreed_) {
+    // Once, at the first rebalance (collective on every rank): a schedule that writes on some
+    // ranks only would pair save_checkpoint's collectives with the others' next rebalance.
+    comm::check_config_agreement(
+        engine.comm(), {{"checkpoint schedule writes (path set)", path_.empty() ? 0u : 1u},
+                        {"checkpoint every_rebalances", static_cast<std::uint64_t>(every_)}});
+    agreed_ = true;
+  }
+  if (path_.empty() || engine.epoch() % every_ != 0) return false;
   save(engine);
   return true;
 }

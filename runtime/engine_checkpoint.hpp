@@ -55,7 +55,8 @@ class CheckpointSchedule {
   /// Collective: resume_from_checkpoint(engine, from), keeping its history rows.
   void resume(Engine& engine, const std::string& from);
   /// Collective when `rebalanced`: writes if this rebalance is a multiple of the period.
-  /// Returns whether it wrote.
+  /// Returns whether it wrote. The first such call checks that every rank's schedule agrees
+  /// (a path set or not, the period) and throws InvalidInput on every rank if not.
   bool after_step(const Engine& engine, bool rebalanced);
   /// Collective: writes now (on demand, e.g. at the end of a job).
   void save(const Engine& engine);
@@ -67,6 +68,7 @@ class CheckpointSchedule {
  private:
   std::string path_;
   int every_;
+  bool agreed_ = false;  ///< the ranks' schedules were compared (at the first rebalance)
   std::vector<CheckpointStatsRow> earlier_;
 };
 

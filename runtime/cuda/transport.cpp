@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -42,8 +43,16 @@ int copy_kernel_threads() {
 
 std::unique_ptr<comm::NcclTransport> make_nccl_transport(const comm::MpiComm& mpi,
                                                          comm::cuda_stream stream) {
-  auto t = std::make_unique<comm::NcclTransport>(mpi, stream,
-                                                 copy_kernel_blocks() > 0 ? &copy_with_kernel : nullptr);
+  // Rank-local steps (the SM count behind copy_kernel_blocks() asks the device) before any
+  // collective; a failure goes into the transport's first agreement, thrown on every rank.
+  comm::NcclTransport::CopyBatchFn copy = nullptr;
+  std::optional<std::string> setup_error;
+  try {
+    if (copy_kernel_blocks() > 0) copy = &copy_with_kernel;
+  } catch (const std::exception& e) {
+    setup_error = std::string("sizing the copy kernel failed: ") + e.what();
+  }
+  auto t = std::make_unique<comm::NcclTransport>(mpi, stream, copy, std::move(setup_error));
   // Point-to-point connections now rather than in the first migration (EPLB_NCCL_CONNECT=0:
   // lazily, as NCCL does by itself; docs/ENVIRONMENT.md).
   const char* v = std::getenv("EPLB_NCCL_CONNECT");

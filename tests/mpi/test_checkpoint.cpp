@@ -197,6 +197,31 @@ TEST(CheckpointResume, ScheduleWritesEveryKthRebalance) {
   EXPECT_THROW(eplb::runtime::CheckpointSchedule("x.h5", 0), std::invalid_argument);
 }
 
+TEST(CheckpointResume, ScheduleThatDiffersBetweenRanksIsRejectedEverywhere) {
+  // A schedule with a path on rank 0 only would run save_checkpoint's collectives on rank 0
+  // alone (paired with the others' next rebalance); it is stopped at the first rebalance.
+  SharedDir dir;
+  const auto path = dir.file("rank0_only.h5");
+  Job job;
+  eplb::runtime::CheckpointSchedule schedule(world_rank() == 0 ? path : std::string());
+  eplb::runtime::CheckpointSchedule period(path, world_rank() == world_size() - 1 ? 3 : 1);
+  record_pass(*job.engine);
+  const auto st = job.engine->rebalance();
+  for (auto* s : {&schedule, &period}) {
+    try {
+      (void)s->after_step(*job.engine, true);
+      if (world_size() > 1) ADD_FAILURE() << "a schedule that differs between ranks was accepted";
+    } catch (const eplb::InvalidInput& e) {
+      EXPECT_GT(world_size(), 1);
+      EXPECT_NE(std::string(e.what()).find("checkpoint"), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_EQ(st.epoch, 1);
+  EXPECT_EQ(job.engine->epoch(), 1);  // nothing else changed; the job goes on
+  record_pass(*job.engine);
+  EXPECT_NO_THROW(job.engine->rebalance());
+}
+
 TEST(CheckpointResume, PlacementOnlyFileChangesThePlacementAlone) {
   SharedDir dir;
   const auto path = dir.file("plan.h5");

@@ -285,9 +285,29 @@ TEST_F(EngineBadInput, NegativeInt64IdOnRankZero) {
 
 TEST_F(EngineBadInput, NanCountsOnOneRank) {
   std::vector<double> c(static_cast<std::size_t>(t.num_logical), 1.0);
-  if (world_rank() == world_size() / 2) c[1] = std::numeric_limits<double>::quiet_NaN();
+  const int bad = world_size() / 2;
+  if (world_rank() == bad) c[1] = std::numeric_limits<double>::quiet_NaN();
   (void)engine->window().add_counts(1, c);
-  expect_rejected({"NaN", "expert 1"});
+  const std::string who = "[rank " + std::to_string(bad) + "]";
+  expect_rejected({who.c_str(), "NaN", "expert 1"});
+}
+
+TEST_F(EngineBadInput, InfiniteNegativeAndTooLargeDoubleCountsOnOneRank) {
+  const int bad = world_size() - 1;
+  const std::string who = "[rank " + std::to_string(bad) + "]";
+  const struct {
+    double value;
+    const char* word;
+  } cases[] = {{std::numeric_limits<double>::infinity(), "infinite"},
+               {-0.5, "negative"},
+               {1e19, "too large"}};
+  for (const auto& k : cases) {
+    SCOPED_TRACE(k.word);
+    std::vector<double> c(static_cast<std::size_t>(t.num_logical), 1.0);
+    if (world_rank() == bad) c[2] = k.value;
+    EXPECT_EQ(engine->window().add_counts(0, c), world_rank() != bad);
+    expect_rejected({who.c_str(), k.word, "expert 2"});
+  }
 }
 
 TEST_F(EngineBadInput, NegativeCountsOnOneRank) {
@@ -386,6 +406,63 @@ TEST_F(EngineBadInput, ListenerCommitFailingOnOneRankEndsTheMigrationEverywhere)
   EXPECT_NO_THROW(engine->rebalance());
 }
 
+/// Forwards to MpiHostTransport; on one rank, synchronize() (the end of a migration, where a
+/// device transport finds a faulted copy kernel) throws once every transfer has completed.
+class FailingAtSyncTransport final : public eplb::comm::Transport {
+ public:
+  FailingAtSyncTransport(const eplb::comm::MpiComm& c, bool fail) : inner_(c), fail_(fail) {}
+  std::string_view name() const override { return "failing-at-sync"; }
+  eplb::comm::MemorySpace memory_space() const override { return inner_.memory_space(); }
+  void begin_batch() override { inner_.begin_batch(); }
+  void send(const std::byte* b, std::size_t n, int peer) override { inner_.send(b, n, peer); }
+  void recv(std::byte* b, std::size_t n, int peer) override { inner_.recv(b, n, peer); }
+  void end_batch() override { inner_.end_batch(); }
+  using Lane = eplb::comm::Lane;
+  void copy(std::byte* d, const std::byte* s, std::size_t n, Lane lane) override { inner_.copy(d, s, n, lane); }
+  Mark mark(Lane lane) override { return inner_.mark(lane); }
+  void wait(Lane lane, Mark m) override { inner_.wait(lane, m); }
+  void synchronize() override {
+    inner_.synchronize();
+    if (fail_) throw eplb::CudaError("copy kernel faulted (simulated)");
+  }
+  eplb::comm::Buffer allocate(std::size_t bytes) override { return inner_.allocate(bytes); }
+
+ private:
+  eplb::comm::MpiHostTransport inner_;
+  bool fail_;
+};
+
+TEST(EngineMigrationFailure, TransportFailingOnOneRankAfterItsTransfersFailsEverywhere) {
+  // Before the engine agreed on migration failures, the other ranks adopted the placement and
+  // waited forever for the failing rank in their next collective (the test's timeout).
+  const int P = world_size();
+  Topology t{2, 8, 3 * P, P, 1, 1};
+  t.num_logical = std::min(t.num_logical, t.num_slots);
+  HostWeights w(t, {64, 24});
+  const auto initial = eplb::algo::Placement::contiguous(t);
+  eplb::runtime::fill_slots(w.registry, initial, world_rank());
+  auto cfg = config_for(t);
+  cfg.policy = "deepseek";
+  cfg.align_slots = false;  // the first rebalance changes the placement at every rank count
+  const int bad = P - 1;
+  Engine engine(MPI_COMM_WORLD, cfg, std::move(w.registry), initial,
+                [bad](const eplb::comm::MpiComm& c) -> std::unique_ptr<eplb::comm::Transport> {
+                  return std::make_unique<FailingAtSyncTransport>(c, c.rank() == bad);
+                });
+  std::mt19937_64 rng(11 + world_rank());
+  add_random_loads(engine, rng, 1.5);
+  expect_error_everywhere([&] { engine.rebalance(); },
+                          "[rank " + std::to_string(bad) + "] moving the weights failed");
+  // The collective steps ended on every rank: the engine follows the executed plan (on the
+  // host the bytes did move) and the ranks are still in step.
+  EXPECT_EQ(engine.epoch(), 1);
+  EXPECT_NE(engine.placement(), initial);
+  EXPECT_EQ(bad_slots_anywhere(engine), 0u);
+  int one = 1, sum = 0;
+  MPI_Allreduce(&one, &sum, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+  EXPECT_EQ(sum, P);
+}
+
 TEST_F(EngineBadInput, ExpertOfLocalSlotOutOfRangeIsInvalidArgument) {
   EXPECT_THROW((void)engine->expert_of_local_slot(t.num_layers, 0), std::invalid_argument);
   EXPECT_THROW((void)engine->expert_of_local_slot(0, t.slots_per_rank()), std::invalid_argument);
@@ -473,6 +550,66 @@ TEST(EngineConfig, InvalidTopologyOnOneRankFailsEverywhere) {
   } catch (const eplb::InvalidInput& e) {
     EXPECT_NE(std::string(e.what()).find("[rank 0]"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("num_groups >= 1"), std::string::npos) << e.what();
+  }
+}
+
+TEST(EngineConfig, RankCountDifferentFromTheCommunicatorIsRejected) {
+  const int P = world_size();
+  const Topology t{2, 4, 4 * (P + 1), P + 1, 1, 1};
+  HostWeights w(t, {8});
+  try {
+    Engine e(MPI_COMM_WORLD, config_for(t), std::move(w.registry));
+    ADD_FAILURE() << "accepted a topology for " << P + 1 << " ranks on " << P;
+  } catch (const eplb::InvalidInput& e) {
+    EXPECT_NE(std::string(e.what()).find("num_ranks = " + std::to_string(P + 1)), std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(EngineConfig, WeightRegistryOfAnotherShapeOnOneRankFailsEverywhere) {
+  const int P = world_size();
+  const Topology t{2, 4, 4 * P, P, 1, 1};
+  const int bad = P - 1;
+  // One layer short on one rank.
+  HostWeights w(world_rank() == bad ? Topology{1, 4, 4 * P, P, 1, 1} : t, {8});
+  try {
+    Engine e(MPI_COMM_WORLD, config_for(t), std::move(w.registry));
+    ADD_FAILURE() << "accepted a weight registry of another shape";
+  } catch (const eplb::InvalidInput& e) {
+    EXPECT_NE(std::string(e.what()).find("[rank " + std::to_string(bad) + "] weight registry has 1 layers"),
+              std::string::npos) << e.what();
+  }
+}
+
+TEST(EngineConfig, ExpertCountOrInitialPlacementDifferingOnOneRankIsNamed) {
+  // num_logical sets the size of the load allreduce: a rank that differs must be stopped in
+  // the constructor, not left to a mismatched collective.
+  const int P = world_size();
+  if (P < 2) GTEST_SKIP() << "needs two ranks";
+  Topology t{2, 4, 4 * P, P, 1, 1};
+  if (world_rank() == 1) t.num_logical = 3;
+  {
+    HostWeights w(t, {8});
+    try {
+      Engine e(MPI_COMM_WORLD, config_for(t), std::move(w.registry));
+      ADD_FAILURE() << "accepted differing expert counts";
+    } catch (const eplb::InvalidInput& e) {
+      EXPECT_NE(std::string(e.what()).find("num_logical"), std::string::npos) << e.what();
+    }
+  }
+  t.num_logical = 4;
+  HostWeights w(t, {8});
+  auto initial = eplb::algo::Placement::contiguous(t);
+  if (world_rank() == 1) {  // swap two slots' experts on rank 1 only
+    std::vector<int> p(initial.phy2log().begin(), initial.phy2log().end());
+    std::swap(p[0], p[1]);
+    initial = eplb::algo::Placement(t.num_layers, t.num_logical, t.num_slots, p);
+  }
+  try {
+    Engine e(MPI_COMM_WORLD, config_for(t), std::move(w.registry), initial);
+    ADD_FAILURE() << "accepted differing initial placements";
+  } catch (const eplb::InvalidInput& e) {
+    EXPECT_NE(std::string(e.what()).find("initial placement"), std::string::npos) << e.what();
   }
 }
 
