@@ -1,14 +1,18 @@
 # Test helpers: MPI tests under mpiexec at several rank counts, and command-line checks.
 
-set(EPLB_MPIEXEC_PREFLAGS "--oversubscribe;--allow-run-as-root"
-    CACHE STRING "Extra flags placed before the program on mpiexec's command line")
+# --bind-to none: Open MPI binds the ranks of small jobs to cores, each job from core 0, so two
+# tests run side by side (ctest -j2) would share one core and leave the other idle.
+set(EPLB_MPIEXEC_PREFLAGS "--oversubscribe;--allow-run-as-root;--bind-to;none"
+    CACHE STRING "Extra flags placed before the program on mpiexec's command line (Open MPI's)")
 set(EPLB_TEST_TIMEOUT 120 CACHE STRING "Default timeout (s) of every multi-rank test")
 
-# eplb_add_mpi_test(NAME name TARGET tgt RANKS 1 2 4 [ARGS ...] [TIMEOUT s] [LABELS ...])
+# eplb_add_mpi_test(NAME name TARGET tgt RANKS 1 2 4 [ARGS ...] [TIMEOUT s] [LABELS ...]
+#                   [FAIL_REGEX regex])
 # Adds one CTest test per rank count, named NAME.npN. No gtest_discover_tests: every rank
 # must run the same list of tests, so the whole binary is one test per rank count.
+# FAIL_REGEX: output that fails the test even when every rank exits 0.
 function(eplb_add_mpi_test)
-  cmake_parse_arguments(A "" "NAME;TARGET;TIMEOUT" "RANKS;ARGS;LABELS" ${ARGN})
+  cmake_parse_arguments(A "" "NAME;TARGET;TIMEOUT;FAIL_REGEX" "RANKS;ARGS;LABELS" ${ARGN})
   if(NOT A_TIMEOUT)
     set(A_TIMEOUT ${EPLB_TEST_TIMEOUT})
   endif()
@@ -19,6 +23,9 @@ function(eplb_add_mpi_test)
     set_tests_properties(${A_NAME}.np${np} PROPERTIES
       TIMEOUT ${A_TIMEOUT} PROCESSORS ${np} LABELS "mpi;${A_LABELS}"
       ENVIRONMENT "OMPI_MCA_rmaps_base_oversubscribe=1;NCCL_NVLS_ENABLE=0")
+    if(A_FAIL_REGEX)
+      set_tests_properties(${A_NAME}.np${np} PROPERTIES FAIL_REGULAR_EXPRESSION "${A_FAIL_REGEX}")
+    endif()
   endforeach()
 endfunction()
 

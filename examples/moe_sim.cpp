@@ -167,6 +167,7 @@ struct Row {
   long long step;
   eplb::runtime::RebalanceStats s;
   double t_max[6];  // max over ranks: collect, policy, bcast, plan, migrate, total
+  long long bad;    // slot tensors that failed verification after this rebalance, all ranks
 };
 
 const char* human(double bytes, char* buf, std::size_t n) {
@@ -351,7 +352,7 @@ int run(int argc, char** argv, int rank, int size) {
     MPI_Allreduce(&nbad, &total_bad, 1, MPI_LONG_LONG, MPI_SUM, MPI_COMM_WORLD);
     verify_failures += total_bad;
     Row row{pass, *st, {st->t_collect_ms, st->t_policy_ms, st->t_broadcast_ms, st->t_plan_ms,
-                        st->t_migrate_ms, st->t_total_ms}};
+                        st->t_migrate_ms, st->t_total_ms}, total_bad};
     MPI_Allreduce(MPI_IN_PLACE, row.t_max, 6, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
     rows.push_back(row);
     if (rank == 0) {
@@ -415,7 +416,7 @@ int run(int argc, char** argv, int rank, int size) {
           << r.s.plan.slots_changed << ',' << r.s.plan.remote_units << ','
           << r.s.plan.local_units + r.s.plan.fanout_copies << ',' << r.s.moved.total_remote_bytes << ','
           << r.s.moved.total_local_bytes << ',' << r.t_max[0] << ',' << r.t_max[1] << ','
-          << r.t_max[2] << ',' << r.t_max[3] << ',' << r.t_max[4] << ',' << r.t_max[5] << ",0\n";
+          << r.t_max[2] << ',' << r.t_max[3] << ',' << r.t_max[4] << ',' << r.t_max[5] << ',' << r.bad << '\n';
       if (!f.flush()) throw std::runtime_error("cannot write " + o.csv);
     }
   }

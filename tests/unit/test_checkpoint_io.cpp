@@ -246,6 +246,88 @@ TEST_F(CheckpointFile, InvalidPlacementValues) {
   expect_bad({"phy2log[", "= 7 is outside [0, "});
 }
 
+// Values a well-formed file (valid checksums, right shapes) can still hold, caught by
+// Checkpoint::validate; each message names the field.
+TEST(CheckpointValidate, NamesTheInvalidField) {
+  const auto good = eplb::test::small_checkpoint();  // L=2 E=4 R=6, W=3
+  ASSERT_NO_THROW(good.validate());
+  struct Bad {
+    void (*edit)(Checkpoint&);
+    const char* message;
+  };
+  for (const Bad& b : {
+           Bad{[](Checkpoint& c) { c.window[2 * 8 + 1 * 4 + 3] = -5; },
+               "checkpoint: window: negative count -5 at pass 2, layer 1, expert 3"},
+           Bad{[](Checkpoint& c) { c.window_cursor = 3; }, "checkpoint: window cursor 3 outside [0, 3)"},
+           Bad{[](Checkpoint& c) { c.window_cursor = -1; }, "checkpoint: window cursor -1 outside [0, 3)"},
+           Bad{[](Checkpoint& c) {
+                 c.config.window_passes = 0;
+                 c.window.clear();
+                 c.window_cursor = 1;
+               },
+               "checkpoint: window cursor 1 outside [0, 1)"},
+           Bad{[](Checkpoint& c) { c.epoch = -1; }, "checkpoint: epoch -1 or pass 55 outside [0, 2^62]"},
+           Bad{[](Checkpoint& c) { c.pass = -1; }, "checkpoint: epoch 7 or pass -1 outside [0, 2^62]"},
+           Bad{[](Checkpoint& c) { c.phy2log = {0, 1, 2, 3, 0, 1, 3, 2, 1, 1, 3, 3}; },
+               "checkpoint: phy2log: placement: layer 1 has no replica of logical expert 0"},
+       }) {
+    auto c = good;
+    b.edit(c);
+    try {
+      c.validate();
+      ADD_FAILURE() << "accepted: " << b.message;
+    } catch (const CheckpointError& e) {
+      EXPECT_STREQ(e.what(), b.message);
+    }
+  }
+}
+
+// The same values in a file whose checksums are valid (rewritten through HDF5): read_checkpoint
+// rejects them naming the file and the field.
+TEST_F(CheckpointFile, NegativeWindowCount) {
+  auto c = eplb::test::small_checkpoint();
+  write_checkpoint(path, c);
+  {
+    auto f = eplb::test::edit(path);
+    const auto d = eplb::test::H5Object::dataset(EPLB_H5_CHECK(H5Dopen2(f.get(), "window", H5P_DEFAULT)));
+    c.window[2 * 8 + 1 * 4 + 3] = -5;  // pass 2, layer 1, expert 3
+    EPLB_H5_CHECK(H5Dwrite(d.get(), H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, c.window.data()));
+  }
+  expect_bad({"window: negative count -5 at pass 2, layer 1, expert 3"});
+}
+
+TEST_F(CheckpointFile, WindowCursorPastTheRing) {
+  write_checkpoint(path, eplb::test::small_checkpoint());  // W = 3
+  {
+    auto f = eplb::test::edit(path);
+    const auto d = eplb::test::H5Object::dataset(EPLB_H5_CHECK(H5Dopen2(f.get(), "window", H5P_DEFAULT)));
+    const auto a = eplb::test::H5Object::attribute(EPLB_H5_CHECK(H5Aopen(d.get(), "cursor", H5P_DEFAULT)));
+    const int cursor = 3;
+    EPLB_H5_CHECK(H5Awrite(a.get(), H5T_NATIVE_INT, &cursor));
+  }
+  expect_bad({"window cursor 3 outside [0, 3)"});
+}
+
+TEST_F(CheckpointFile, NegativeEpochOrPass) {
+  write_checkpoint(path, eplb::test::small_checkpoint());
+  eplb::test::set_int_attr(path, "epoch", -1);  // epoch and pass are not in config_hash
+  expect_bad({"epoch -1 or pass 55 outside [0, 2^62]"});
+  write_checkpoint(path, eplb::test::small_checkpoint());
+  eplb::test::set_int_attr(path, "pass", -2);
+  expect_bad({"epoch 7 or pass -2 outside [0, 2^62]"});
+}
+
+TEST_F(CheckpointFile, PlacementMissingAnExpert) {
+  write_checkpoint(path, eplb::test::small_checkpoint());
+  {
+    auto f = eplb::test::edit(path);
+    const auto d = eplb::test::H5Object::dataset(EPLB_H5_CHECK(H5Dopen2(f.get(), "phy2log", H5P_DEFAULT)));
+    const std::vector<int> p = {0, 1, 2, 3, 0, 1, 3, 2, 1, 1, 3, 3};  // layer 1 lacks expert 0
+    EPLB_H5_CHECK(H5Dwrite(d.get(), H5T_NATIVE_INT, H5S_ALL, H5S_ALL, H5P_DEFAULT, p.data()));
+  }
+  expect_bad({"phy2log: placement: layer 1 has no replica of logical expert 0"});
+}
+
 TEST(CheckpointMismatch, NamesEveryDifferingField) {
   auto a = eplb::test::small_checkpoint().config;
   auto b = a;

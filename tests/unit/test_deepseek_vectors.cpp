@@ -44,6 +44,7 @@ TEST_P(Exact, Phy2logAndLogcntMatchReference) {
   ASSERT_EQ(p.phy2log().size(), c.phy2log.size());
   EXPECT_TRUE(std::equal(c.phy2log.begin(), c.phy2log.end(), p.phy2log().begin()))
       << "phy2log differs";
+  ASSERT_EQ(p.logcnt().size(), c.logcnt.size());
   EXPECT_TRUE(std::equal(c.logcnt.begin(), c.logcnt.end(), p.logcnt().begin()))
       << "logcnt differs";
 }

@@ -112,4 +112,42 @@ TEST(PlacementCsv, RoundTrip) {
   EXPECT_EQ(eplb::algo::read_placement_csv(in, "p.csv", 3), p);
 }
 
+std::string placement_error(const std::string& text, int num_logical = 3) {
+  std::istringstream in(text);
+  try {
+    (void)eplb::algo::read_placement_csv(in, "p.csv", num_logical);
+  } catch (const eplb::algo::ParseError& e) {
+    return std::string("ParseError ") + e.what();
+  } catch (const std::invalid_argument& e) {
+    return std::string("invalid_argument ") + e.what();
+  }
+  return "parsed";
+}
+
+// Syntax errors are ParseErrors naming source:line:column; a well-formed matrix that is not
+// a placement is rejected by the Placement constructor, whose message has no position.
+TEST(PlacementCsv, MalformedInputIsNamed) {
+  struct Bad {
+    const char* text;
+    const char* error;
+  };
+  for (const Bad& b : {
+           Bad{"0,1,2\n0,1\n",
+               "ParseError p.csv:2:1: ragged row: 2 values, expected 3 as in the first row"},
+           Bad{"0,1,2\n0,1.5,2\n", "ParseError p.csv:2:3: not an integer: '1.5'"},
+           Bad{"0,1,2\n# x\n2,1,-1\n", "ParseError p.csv:3:5: expert id -1 is outside [0, 3)"},
+           Bad{"0,1,2,3\n", "ParseError p.csv:1:7: expert id 3 is outside [0, 3)"},
+           Bad{"0,1,2,0\n0,0,1,1\n",
+               "invalid_argument p.csv: placement: layer 1 has no replica of logical expert 2"},
+           Bad{"", "ParseError p.csv:1:1: no data rows (empty input)"},
+           Bad{"# only\n# comments\n", "ParseError p.csv:3:1: no data rows (empty input)"},
+           Bad{"hello world\n", "ParseError p.csv:1:1: not an integer: 'hello'"},
+           Bad{"0,1,2\n\x7f" "ELF\n", "ParseError p.csv:2:1: not an integer: '?ELF'"},
+           Bad{"0,1,99999999999\n", "ParseError p.csv:1:5: number out of range: '99999999999'"},
+           Bad{"0,1\n", "invalid_argument p.csv: placement: bad shape L=1 E=3 R=2 (need E >= 1, R >= E)"},
+       }) {
+    EXPECT_EQ(placement_error(b.text), b.error) << "input: " << b.text;
+  }
+}
+
 }  // namespace

@@ -1,6 +1,8 @@
 // Invariants every policy must keep, over many random topologies, loads and seeds.
+#include <gtest/gtest-spi.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <random>
@@ -100,6 +102,61 @@ void check_invariants(const Placement& p, const Topology& t, bool groups_on_one_
   }
 }
 
+/// Most loaded GPU of layer `l`: GPU r holds slots [r*k, (r+1)*k), an expert's load is split
+/// evenly over its replicas (computed here, not with algo::gpu_loads, to check it too).
+double max_gpu_load(const LoadMatrix& load, const Placement& p, const Topology& t, int l) {
+  const int k = t.slots_per_rank();
+  const auto p2l = p.phy2log(l);
+  const auto cnt = p.logcnt(l);
+  double worst = 0;
+  for (int r = 0; r < t.num_ranks; ++r) {
+    double sum = 0;
+    for (int j = r * k; j < (r + 1) * k; ++j) {
+      const int e = p2l[j];
+      sum += load.values[static_cast<std::size_t>(l) * t.num_logical + e] / cnt[e];
+    }
+    worst = std::max(worst, sum);
+  }
+  return worst;
+}
+
+/// A balance bound on every layer of a policy's placement. The contiguous placement
+/// (Placement::contiguous, slot j holds expert j % E) is NOT a bound: every registered policy
+/// is worse than it on some layers of these topologies (about 5% of them), because the
+/// reference's greedy replica counts need not pack evenly: E=2 R=4 P=2 and loads (2, 1) give
+/// counts (3, 1) and a max GPU load of 5/3, where round-robin 0,1,0,1 gives 3/2. So, when the
+/// policy packs over all GPUs (one node, or G % N != 0: no group-to-node pinning): max GPU
+/// load <= mean GPU load + heaviest replica (max_e load[e]/logcnt[e]), the greedy packing's
+/// bound. Measured, not proven for packing with equal slot counts per GPU: all policies stay
+/// within 0.67 replica of the mean on these seeds. Groups pinned to nodes (hierarchical,
+/// N > 1) can make a GPU carry a whole hot node, up to 5.2 replicas above the mean here; no
+/// bound that could fail is checked for them.
+void check_balance(const LoadMatrix& load, const Placement& p, const Topology& t) {
+  const bool one_domain = t.num_nodes == 1 || !t.hierarchical();
+  if (!one_domain) return;
+  for (int l = 0; l < t.num_layers; ++l) {
+    double total = 0, replica = 0;
+    for (int e = 0; e < t.num_logical; ++e) {
+      const double v = load.values[static_cast<std::size_t>(l) * t.num_logical + e];
+      total += v;
+      replica = std::max(replica, v / p.logcnt(l)[e]);
+    }
+    const double mean = total / t.num_ranks, got = max_gpu_load(load, p, t, l);
+    EXPECT_LE(got, (mean + replica) * (1 + 1e-9))
+        << "layer " << l << ": max GPU load above mean + heaviest replica (one domain)";
+  }
+}
+
+// The balance check itself fails on a placement that piles the load on one GPU.
+TEST(BalanceCheck, CatchesALoadPiledOnOneGpu) {
+  const Topology t{1, 4, 8, 2, 1, 1};  // one node: the tight bound applies
+  const LoadMatrix load{1, 4, {3, 3, 0, 0}};
+  // GPU 0 holds both loaded experts: 6 against mean 3 + heaviest replica 1.5.
+  const Placement bad(1, 4, 8, {0, 0, 1, 1, 2, 2, 3, 3});
+  EXPECT_NONFATAL_FAILURE(check_balance(load, bad, t), "above mean + heaviest replica");
+  check_balance(load, Placement(1, 4, 8, {0, 1, 2, 3, 0, 1, 2, 3}), t);
+}
+
 class PolicyInvariants : public testing::TestWithParam<Case> {};
 
 TEST_P(PolicyInvariants, RandomTopologiesAndLoads) {
@@ -112,10 +169,12 @@ TEST_P(PolicyInvariants, RandomTopologiesAndLoads) {
     const Placement p = policy->rebalance(load.view(), t, nullptr);
     // Every registered policy keeps each group's experts on one node when hierarchical.
     check_invariants(p, t, t.hierarchical() && policy->keeps_groups_on_nodes());
+    check_balance(load, p, t);
     // With the previous placement given (as the runtime does) the invariants still hold.
     const LoadMatrix load2 = random_load(t, rng);
     const Placement q = policy->rebalance(load2.view(), t, &p);
     check_invariants(q, t, t.hierarchical() && policy->keeps_groups_on_nodes());
+    check_balance(load2, q, t);
     // Deterministic: same input, same output.
     EXPECT_EQ(policy->rebalance(load2.view(), t, &p), q);
   }
