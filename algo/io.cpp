@@ -154,9 +154,17 @@ LoadMatrix read_load_csv_file(const std::string& path) {
 Placement read_placement_csv(std::istream& in, const std::string& source, int num_logical) {
   int rows = 0, cols = 0;
   auto v = read_matrix<int>(in, source, rows, cols, [&](std::string_view tok, int line, int col) {
-    return parse_token<int>(tok, source, line, col, "an integer");
+    const int id = parse_token<int>(tok, source, line, col, "an integer");
+    if (id < 0 || id >= num_logical)
+      throw ParseError(source, line, col, "expert id " + std::to_string(id) + " is outside [0, " +
+                                              std::to_string(num_logical) + ")");
+    return id;
   });
-  return Placement(rows, num_logical, cols, std::move(v));
+  try {
+    return Placement(rows, num_logical, cols, std::move(v));
+  } catch (const std::invalid_argument& e) {  // the shape, or an expert without a slot
+    throw std::invalid_argument(source + ": " + e.what());
+  }
 }
 
 void write_placement_csv(std::ostream& out, const Placement& p) {

@@ -26,7 +26,10 @@ class ParseError : public std::invalid_argument {
 LoadMatrix read_load_csv(std::istream& in, const std::string& source);
 LoadMatrix read_load_csv_file(const std::string& path);
 
-/// Reads phy2log: one line per layer, R integers (same syntax as loads).
+/// Reads phy2log: one line per layer, R integers (same syntax as loads). Throws ParseError
+/// (source:line:column) for bad syntax or an expert id outside [0, num_logical), and
+/// std::invalid_argument "source: placement: ..." for a layer (counted from 0 over the data
+/// rows) that lacks some expert, or fewer slots than experts.
 Placement read_placement_csv(std::istream& in, const std::string& source, int num_logical);
 
 /// Writes phy2log, one line per layer, R integers separated by commas.
