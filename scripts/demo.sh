@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs missing packages, builds eplb and runs the main demo: moe_sim, a synthetic
 # expert-parallel MoE job on 4 MPI ranks (CPU; weights in host memory). Extra arguments go to
-# moe_sim (e.g. --device cuda on a machine with 4 GPUs, --policy sticky, --csv out.csv).
+# moe_sim (e.g. --device cuda on a machine with 4 GPUs, --policy deepseek, --csv out.csv).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/install-deps.sh"
