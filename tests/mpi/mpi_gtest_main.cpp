@@ -1,7 +1,29 @@
-// GoogleTest main for tests run under mpiexec: only rank 0 prints, and every rank exits with
-// the same code (a failure on any rank fails all).
+// GoogleTest main for tests run under mpiexec: rank 0 prints the usual report, the other ranks
+// only their failures (prefixed with the rank), and every rank exits with the same code: 1 if
+// a test failed on any rank, 77 (CTest's SKIP_RETURN_CODE) if every test that ran was skipped
+// on every rank, else 0.
 #include <gtest/gtest.h>
 #include <mpi.h>
+
+#include <cstdio>
+
+namespace {
+/// The failures of a rank other than 0 (its result printer is removed: one report per job).
+class RankFailurePrinter final : public ::testing::EmptyTestEventListener {
+ public:
+  explicit RankFailurePrinter(int rank) : rank_(rank) {}
+  void OnTestPartResult(const ::testing::TestPartResult& r) override {
+    if (!r.failed()) return;
+    const auto* test = ::testing::UnitTest::GetInstance()->current_test_info();
+    std::fprintf(stderr, "[rank %d] %s.%s: %s:%d: %s\n", rank_, test ? test->test_suite_name() : "?",
+                 test ? test->name() : "?", r.file_name() ? r.file_name() : "?", r.line_number(),
+                 r.message());
+  }
+
+ private:
+  int rank_;
+};
+}  // namespace
 
 int main(int argc, char** argv) {
   MPI_Init(&argc, &argv);
@@ -11,11 +33,20 @@ int main(int argc, char** argv) {
   if (rank != 0) {
     auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
     delete listeners.Release(listeners.default_result_printer());
+    listeners.Append(new RankFailurePrinter(rank));
   }
-  int local = RUN_ALL_TESTS();
-  int any = 0;
-  MPI_Allreduce(&local, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  const int local = RUN_ALL_TESTS();
+  const auto* unit = ::testing::UnitTest::GetInstance();
+  // {failed, not all skipped}: MAX over ranks.
+  int flags[2] = {local != 0 ? 1 : 0,
+                  unit->test_to_run_count() == 0 || unit->skipped_test_count() < unit->test_to_run_count()};
+  MPI_Allreduce(MPI_IN_PLACE, flags, 2, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
   if (local != 0) std::fprintf(stderr, "rank %d: some tests FAILED on this rank\n", rank);
   MPI_Finalize();
-  return any;
+  if (flags[0]) return 1;
+  if (!flags[1]) {
+    if (rank == 0) std::printf("every test was skipped (exit code 77: skipped)\n");
+    return 77;
+  }
+  return 0;
 }
