@@ -44,6 +44,14 @@ void broadcast_placement(const MpiComm& comm, int root, const algo::Topology& to
   std::vector<unsigned char> buf(sizeof(Header) + count * ib, 0);
   Header h{};
   if (comm.rank() == root) {
+    if (msg.status == PlanStatus::ok) {
+      try {  // a root-only throw here would leave the others in the broadcast: send it instead
+        msg.placement.check_shape(topo, "broadcast_placement");
+      } catch (const std::exception& e) {
+        msg.status = PlanStatus::error;
+        msg.note = e.what();
+      }
+    }
     h.epoch = msg.epoch;
     h.status = static_cast<std::int32_t>(msg.status);
     h.index_bytes = ib;
@@ -51,7 +59,6 @@ void broadcast_placement(const MpiComm& comm, int root, const algo::Topology& to
     std::snprintf(h.note, sizeof h.note, "%s", msg.note.c_str());
     unsigned char* payload = buf.data() + sizeof(Header);
     if (msg.status == PlanStatus::ok) {
-      msg.placement.check_shape(topo, "broadcast_placement");
       if (ib == 2) pack<std::int16_t>(msg.placement.phy2log(), payload);
       else pack<std::int32_t>(msg.placement.phy2log(), payload);
     }
@@ -129,14 +136,14 @@ void allgather_placement(const MpiComm& comm, const algo::Topology& topo,
   const std::size_t my_count = static_cast<std::size_t>(mine.last - mine.first) * R;
   std::vector<unsigned char> send(static_cast<std::size_t>(counts[me]), 0), recv(total);
   SliceHeader h{};
-  h.failed = error ? 1 : 0;
-  if (error) std::snprintf(h.note, sizeof h.note, "%s", error->c_str());
-  else if (slice.size() != my_count)
-    throw InvalidInput("allgather_placement: rank " + std::to_string(me) + " has " +
-                       std::to_string(slice.size()) + " indices, its layers need " +
-                       std::to_string(my_count));
+  std::optional<std::string> mine_error = error;
+  if (!mine_error && slice.size() != my_count)  // sent like a planning error: no rank-local throw
+    mine_error = "allgather_placement: this rank has " + std::to_string(slice.size()) +
+                 " indices, its layers need " + std::to_string(my_count);
+  h.failed = mine_error ? 1 : 0;
+  if (mine_error) std::snprintf(h.note, sizeof h.note, "%s", mine_error->c_str());
   std::memcpy(send.data(), &h, sizeof h);
-  if (!error) {
+  if (!mine_error) {
     if (ib == 2) pack<std::int16_t>(slice, send.data() + sizeof h);
     else pack<std::int32_t>(slice, send.data() + sizeof h);
   }

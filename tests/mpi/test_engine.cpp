@@ -679,6 +679,19 @@ TEST(Collectives, PlacementAllgatherAssemblesTheSharesOrFailsEverywhere) {
       EXPECT_NE(what.find("policy exploded"), std::string::npos) << what;
     }
     EXPECT_EQ(out, kept);
+    // The last rank passes a slice of the wrong size (a caller's bug, not a planning error):
+    // sent like one, so every rank throws instead of that rank alone leaving the allgather.
+    std::vector<int> longer(mine.begin(), mine.end());
+    if (comm.rank() == P - 1) longer.push_back(0);
+    try {
+      eplb::comm::allgather_placement(comm, t, longer, std::nullopt, out);
+      ADD_FAILURE() << "a slice of the wrong size was accepted";
+    } catch (const eplb::InvalidInput& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find("[rank " + std::to_string(P - 1) + "]"), std::string::npos) << what;
+      EXPECT_NE(what.find("its layers need"), std::string::npos) << what;
+    }
+    EXPECT_EQ(out, kept);
   }
 }
 
@@ -707,6 +720,22 @@ TEST(Collectives, PlacementBroadcastVerifiesEpoch) {
       EXPECT_NE(w.find("[rank 1]"), std::string::npos) << w;
       EXPECT_NE(w.find("epoch 5, expected 6"), std::string::npos) << w;
     }
+  }
+  // A root whose placement does not fit the topology sends the error instead of throwing
+  // alone (which would leave the others in the broadcast).
+  eplb::comm::PlacementMessage m3;
+  if (comm.rank() == 0) {
+    m3.epoch = 6;
+    m3.status = eplb::comm::PlanStatus::ok;
+    m3.placement = eplb::algo::Placement::contiguous(Topology{3, 2, 2 * comm.size(), comm.size(), 1, 1});
+  }
+  try {
+    eplb::comm::broadcast_placement(comm, 0, small, 6, m3);
+    ADD_FAILURE() << "a placement of the wrong shape was broadcast";
+  } catch (const eplb::InvalidInput& e) {
+    const std::string w = e.what();
+    EXPECT_NE(w.find("[rank 0] rebalance planning failed"), std::string::npos) << w;
+    EXPECT_NE(w.find("broadcast_placement"), std::string::npos) << w;
   }
 }
 
