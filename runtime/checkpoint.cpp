@@ -461,9 +461,10 @@ void Checkpoint::validate() const {
   if (window.size() != W * L * E)
     bad("window has " + std::to_string(window.size()) + " counts, expected W*L*E = " +
         std::to_string(W * L * E));
-  if (W == 0 ? window_cursor != 0 : (window_cursor < 0 || window_cursor >= config.window_passes))
-    bad("window cursor " + std::to_string(window_cursor) + " outside [0, " +
-        std::to_string(std::max<std::size_t>(W, 1)) + ")");
+  if (W == 0 && window_cursor != 0)
+    bad("window cursor " + std::to_string(window_cursor) + " in a file without a window (W = 0; must be 0)");
+  if (W > 0 && (window_cursor < 0 || window_cursor >= config.window_passes))
+    bad("window cursor " + std::to_string(window_cursor) + " outside [0, " + std::to_string(W) + ")");
   constexpr std::int64_t kMaxCount = std::int64_t{1} << 62;  // sums stay far from overflow
   {  // one pass over the window: counts >= 0, each (layer, expert)'s sum over W <= 2^62
     std::vector<std::int64_t> sum(W > 0 ? L * E : 0, 0);

@@ -265,7 +265,7 @@ TEST(CheckpointValidate, NamesTheInvalidField) {
                  c.window.clear();
                  c.window_cursor = 1;
                },
-               "checkpoint: window cursor 1 outside [0, 1)"},
+               "checkpoint: window cursor 1 in a file without a window (W = 0; must be 0)"},
            Bad{[](Checkpoint& c) { c.epoch = -1; }, "checkpoint: epoch -1 or pass 55 outside [0, 2^62]"},
            Bad{[](Checkpoint& c) { c.pass = -1; }, "checkpoint: epoch 7 or pass -1 outside [0, 2^62]"},
            Bad{[](Checkpoint& c) { c.phy2log = {0, 1, 2, 3, 0, 1, 3, 2, 1, 1, 3, 3}; },
