@@ -1,8 +1,11 @@
 #include "comm/mpi_transport.hpp"
 
 #include <algorithm>
+#include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <new>
+#include <string>
 
 namespace eplb::comm {
 namespace {
@@ -10,13 +13,45 @@ constexpr std::size_t kMaxMessage = std::size_t{1} << 30;
 constexpr int kTag = 0x3e9b;
 }  // namespace
 
+double host_transfer_timeout_seconds() {
+  if (const char* v = std::getenv("EPLB_TRANSFER_TIMEOUT_S")) {
+    const double s = std::atof(v);
+    if (s > 0) return s;
+  }
+  return 120.0;
+}
+
 MpiHostTransport::~MpiHostTransport() {
-  // Only reachable with requests in flight when an exception unwound a migration: cancel is
-  // not reliable for sends, so wait (the peers post the matching calls too).
-  if (!requests_.empty() &&
-      MPI_Waitall(static_cast<int>(requests_.size()), requests_.data(), MPI_STATUSES_IGNORE) !=
-          MPI_SUCCESS)
-    detail::log_error("MPI_Waitall failed in ~MpiHostTransport");
+  // Only reachable with requests in flight when an exception unwound a migration: wait for
+  // them (the peers post the matching calls too), bounded; then give them up.
+  if (!requests_.empty() && !wait_bounded(requests_, false))
+    detail::log_error("~MpiHostTransport: requests of an unfinished batch did not complete; released");
+}
+
+bool MpiHostTransport::wait_bounded(std::vector<MPI_Request>& reqs, bool throw_on_timeout) {
+  // MPI_Testall in a loop (as MPI_Waitall polls internally), the clock read every 256 tests.
+  const auto t0 = std::chrono::steady_clock::now();
+  const int n = static_cast<int>(reqs.size());
+  for (unsigned spin = 1;; ++spin) {
+    int done = 0;
+    EPLB_MPI_CHECK(MPI_Testall(n, reqs.data(), &done, MPI_STATUSES_IGNORE));
+    if (done) return true;
+    if (spin % 256 == 0 &&
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() > timeout_s_)
+      break;
+  }
+  // A peer never posted its side. Receives can be cancelled; sends often cannot (Open MPI):
+  // release everything, so that nothing waits on these requests again.
+  for (auto& r : reqs)
+    if (r != MPI_REQUEST_NULL) {
+      (void)MPI_Cancel(&r);
+      (void)MPI_Request_free(&r);
+    }
+  reqs.clear();
+  if (!throw_on_timeout) return false;
+  throw Error("[rank " + std::to_string(comm_.rank()) + "] MPI transfers of a migration batch did "
+              "not complete within " + std::to_string(timeout_s_) + " s (a peer failed or hangs; "
+              "EPLB_TRANSFER_TIMEOUT_S); the weights are partly moved");
 }
 
 void MpiHostTransport::begin_batch() {
@@ -51,8 +86,7 @@ void MpiHostTransport::recv(std::byte* buf, std::size_t bytes, int peer) {
 void MpiHostTransport::end_batch() {
   std::vector<MPI_Request> reqs;
   reqs.swap(requests_);
-  if (!reqs.empty())
-    EPLB_MPI_CHECK(MPI_Waitall(static_cast<int>(reqs.size()), reqs.data(), MPI_STATUSES_IGNORE));
+  if (!reqs.empty()) (void)wait_bounded(reqs, true);
   if (late_delivery_) undelivered_.push_back(std::move(receiving_));
   receiving_.clear();
 }

@@ -22,14 +22,22 @@ enum class HostLanes {
   late_transfer_lane,
 };
 
-/// Isend/Irecv on the library's own communicator; end_batch() waits for all of them.
-/// Messages over 1 GiB are split. Receives match sends by order per peer (one tag).
-/// Copies run at once, on either lane (synchronous mode).
+/// Seconds the MPI host transport waits for one batch's messages before giving up
+/// (EPLB_TRANSFER_TIMEOUT_S, default 120; docs/ENVIRONMENT.md).
+double host_transfer_timeout_seconds();
+
+/// Isend/Irecv on the library's own communicator; end_batch() waits for all of them, for at
+/// most `timeout_s`: a peer that failed before posting its side (and went on to the engine's
+/// error agreement) makes the others throw Error after that long instead of waiting forever.
+/// The batch's receives are then cancelled and its requests released: the weights are partly
+/// moved, and the job should end (MPI_Abort). Messages over 1 GiB are split. Receives match
+/// sends by order per peer (one tag). Copies run at once, on either lane (synchronous mode).
 class MpiHostTransport final : public Transport {
  public:
   /// Borrows comm (must outlive the transport).
-  explicit MpiHostTransport(const MpiComm& comm, HostLanes lanes = HostLanes::synchronous)
-      : comm_(comm), defer_(lanes == HostLanes::late_copy_lane),
+  explicit MpiHostTransport(const MpiComm& comm, HostLanes lanes = HostLanes::synchronous,
+                            double timeout_s = host_transfer_timeout_seconds())
+      : comm_(comm), timeout_s_(timeout_s), defer_(lanes == HostLanes::late_copy_lane),
         late_delivery_(lanes == HostLanes::late_transfer_lane) {}
   ~MpiHostTransport() override;
 
@@ -51,6 +59,9 @@ class MpiHostTransport final : public Transport {
 
  private:
   void post(bool is_send, std::byte* buf, std::size_t bytes, int peer);
+  /// Waits for `reqs` (bounded by timeout_s_); on timeout cancels and releases them and
+  /// throws Error. Returns false instead of throwing when `throw_on_timeout` is false.
+  bool wait_bounded(std::vector<MPI_Request>& reqs, bool throw_on_timeout);
 
   void run_deferred(std::size_t upto);  // copy-lane copies issued before `upto`
   void deliver(std::size_t upto);       // late_transfer_lane: receives of batches before `upto`
@@ -61,6 +72,7 @@ class MpiHostTransport final : public Transport {
     std::size_t bytes;
   };
   const MpiComm& comm_;
+  double timeout_s_;
   std::vector<MPI_Request> requests_;
   bool defer_ = false;
   std::vector<Copy> deferred_;  // copy-lane copies not run yet

@@ -321,7 +321,8 @@ RebalanceStats Engine::rebalance() {
   // error is kept, the migration ends on every rank, and then every rank throws it. A failure
   // of the migration itself on one rank (a copy kernel fault found at the final
   // synchronisation; a NCCL error or timeout, after which the peers' bounded waits fail too)
-  // is agreed on in the same way, so that no rank is left waiting for the others.
+  // is agreed on in the same way, so that no rank is left waiting for the others (the peers
+  // of a rank that stopped early leave their transfers through the transports' bounded waits).
   t = Clock::now();
   std::optional<std::string> commit_error, migrate_error;
   capture(migrate_error, "moving the weights failed (they may be only partly moved: treat this as fatal): ", [&] {

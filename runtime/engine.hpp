@@ -91,9 +91,11 @@ class Engine {
   /// placement, then every rank throws Error; that rank's maps of the layers after the failing
   /// one were not switched: call the listener's reset(placement()) before routing again, or
   /// treat the error as fatal. A failure of the weight transfer itself on some rank (a CUDA
-  /// fault in a copy, a NCCL error or timeout) also reaches every rank as Error, after the
-  /// migration's collective steps ended everywhere; the engine adopts the new placement but
-  /// the weights may be partly moved: treat it as fatal (MPI_Abort). Not thread-safe: call
+  /// fault in a copy, a NCCL error, an MPI error) also reaches every rank as Error: the peers'
+  /// waits for that rank end after EPLB_NCCL_TIMEOUT_S (NCCL) or EPLB_TRANSFER_TIMEOUT_S (MPI
+  /// host transport), then the ranks agree; the engine adopts the new placement but the
+  /// weights may be partly moved: treat it as fatal (MPI_Abort). A custom Transport must bound
+  /// its waits the same way for this to hold. Not thread-safe: call
   /// every Engine member from one thread (the one that owns the rank's GPU).
   RebalanceStats rebalance();
 

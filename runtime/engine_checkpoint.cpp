@@ -152,22 +152,26 @@ void CheckpointSchedule::resume(Engine& engine, const std::string& from) {
   earlier_ = resume_from_checkpoint(engine, from);
 }
 
+void CheckpointSchedule::agree(const Engine& engine) {
+  if (agreed_) return;
+  // Once, at the first collective call: a schedule that writes on some ranks only would pair
+  // save_checkpoint's collectives with the others' next rebalance.
+  comm::check_config_agreement(
+      engine.comm(), {{"checkpoint schedule writes (path set)", path_.empty() ? 0u : 1u},
+                      {"checkpoint every_rebalances", static_cast<std::uint64_t>(every_)}});
+  agreed_ = true;
+}
+
 bool CheckpointSchedule::after_step(const Engine& engine, bool rebalanced) {
   if (!rebalanced) return false;
-  if (!agreed_) {
-    // Once, at the first rebalance (collective on every rank): a schedule that writes on some
-    // ranks only would pair save_checkpoint's collectives with the others' next rebalance.
-    comm::check_config_agreement(
-        engine.comm(), {{"checkpoint schedule writes (path set)", path_.empty() ? 0u : 1u},
-                        {"checkpoint every_rebalances", static_cast<std::uint64_t>(every_)}});
-    agreed_ = true;
-  }
+  agree(engine);
   if (path_.empty() || engine.epoch() % every_ != 0) return false;
   save(engine);
   return true;
 }
 
 void CheckpointSchedule::save(const Engine& engine) {
+  agree(engine);
   if (!path_.empty()) save_checkpoint(engine, path_, earlier_);
 }
 

@@ -55,10 +55,11 @@ class CheckpointSchedule {
   /// Collective: resume_from_checkpoint(engine, from), keeping its history rows.
   void resume(Engine& engine, const std::string& from);
   /// Collective when `rebalanced`: writes if this rebalance is a multiple of the period.
-  /// Returns whether it wrote. The first such call checks that every rank's schedule agrees
-  /// (a path set or not, the period) and throws InvalidInput on every rank if not.
+  /// Returns whether it wrote. The first such call (or save()) checks that every rank's
+  /// schedule agrees (a path set or not, the period) and throws InvalidInput on every rank if
+  /// not.
   bool after_step(const Engine& engine, bool rebalanced);
-  /// Collective: writes now (on demand, e.g. at the end of a job).
+  /// Collective (also with an empty path): writes now (on demand, e.g. at the end of a job).
   void save(const Engine& engine);
 
   const std::string& path() const { return path_; }
@@ -66,6 +67,7 @@ class CheckpointSchedule {
   const std::vector<CheckpointStatsRow>& earlier() const { return earlier_; }
 
  private:
+  void agree(const Engine& engine);  ///< the settings agreement, once
   std::string path_;
   int every_;
   bool agreed_ = false;  ///< the ranks' schedules were compared (at the first rebalance)

@@ -55,8 +55,12 @@ std::unique_ptr<comm::NcclTransport> make_nccl_transport(const comm::MpiComm& mp
   auto t = std::make_unique<comm::NcclTransport>(mpi, stream, copy, std::move(setup_error));
   // Point-to-point connections now rather than in the first migration (EPLB_NCCL_CONNECT=0:
   // lazily, as NCCL does by itself; docs/ENVIRONMENT.md).
+  // Agreed (MIN): an environment that differs between ranks must not send some into the
+  // connection exchange alone.
   const char* v = std::getenv("EPLB_NCCL_CONNECT");
-  if (!v || std::string(v) != "0") t->connect_peers();
+  int connect = !v || std::string(v) != "0" ? 1 : 0;
+  EPLB_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &connect, 1, MPI_INT, MPI_MIN, mpi.get()));
+  if (connect) t->connect_peers();
   return t;
 }
 

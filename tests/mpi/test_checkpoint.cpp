@@ -220,6 +220,14 @@ TEST(CheckpointResume, ScheduleThatDiffersBetweenRanksIsRejectedEverywhere) {
   EXPECT_EQ(job.engine->epoch(), 1);  // nothing else changed; the job goes on
   record_pass(*job.engine);
   EXPECT_NO_THROW(job.engine->rebalance());
+  // save() on demand (e.g. at the end of a job shorter than the first rebalance) checks too.
+  eplb::runtime::CheckpointSchedule at_end(world_rank() == 0 ? path : std::string());
+  try {
+    at_end.save(*job.engine);
+    if (world_size() > 1) ADD_FAILURE() << "save() with a path on rank 0 only was accepted";
+  } catch (const eplb::InvalidInput& e) {
+    EXPECT_NE(std::string(e.what()).find("checkpoint schedule writes"), std::string::npos) << e.what();
+  }
 }
 
 TEST(CheckpointResume, PlacementOnlyFileChangesThePlacementAlone) {

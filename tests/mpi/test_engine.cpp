@@ -1,6 +1,7 @@
 // The rebalance loop across ranks: collectives, migration with byte checks, bad input.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
 #include <limits>
 #include <random>
@@ -406,15 +407,23 @@ TEST_F(EngineBadInput, ListenerCommitFailingOnOneRankEndsTheMigrationEverywhere)
   EXPECT_NO_THROW(engine->rebalance());
 }
 
-/// Forwards to MpiHostTransport; on one rank, synchronize() (the end of a migration, where a
-/// device transport finds a faulted copy kernel) throws once every transfer has completed.
+/// Forwards to MpiHostTransport (waits bounded by `timeout_s`); on one rank, fails either at
+/// synchronize() (the end of a migration, where a device transport finds a faulted copy
+/// kernel) once every transfer has completed, or at its first send, before posting it (as an
+/// MPI error would), leaving its peers waiting for that message.
 class FailingAtSyncTransport final : public eplb::comm::Transport {
  public:
-  FailingAtSyncTransport(const eplb::comm::MpiComm& c, bool fail) : inner_(c), fail_(fail) {}
+  FailingAtSyncTransport(const eplb::comm::MpiComm& c, bool fail, bool at_first_send = false,
+                         double timeout_s = 120)
+      : inner_(c, eplb::comm::HostLanes::synchronous, timeout_s), fail_(fail),
+        at_first_send_(at_first_send) {}
   std::string_view name() const override { return "failing-at-sync"; }
   eplb::comm::MemorySpace memory_space() const override { return inner_.memory_space(); }
   void begin_batch() override { inner_.begin_batch(); }
-  void send(const std::byte* b, std::size_t n, int peer) override { inner_.send(b, n, peer); }
+  void send(const std::byte* b, std::size_t n, int peer) override {
+    if (fail_ && at_first_send_) throw eplb::MpiError("MPI_Isend failed (simulated)");
+    inner_.send(b, n, peer);
+  }
   void recv(std::byte* b, std::size_t n, int peer) override { inner_.recv(b, n, peer); }
   void end_batch() override { inner_.end_batch(); }
   using Lane = eplb::comm::Lane;
@@ -423,13 +432,13 @@ class FailingAtSyncTransport final : public eplb::comm::Transport {
   void wait(Lane lane, Mark m) override { inner_.wait(lane, m); }
   void synchronize() override {
     inner_.synchronize();
-    if (fail_) throw eplb::CudaError("copy kernel faulted (simulated)");
+    if (fail_ && !at_first_send_) throw eplb::CudaError("copy kernel faulted (simulated)");
   }
   eplb::comm::Buffer allocate(std::size_t bytes) override { return inner_.allocate(bytes); }
 
  private:
   eplb::comm::MpiHostTransport inner_;
-  bool fail_;
+  bool fail_, at_first_send_;
 };
 
 TEST(EngineMigrationFailure, TransportFailingOnOneRankAfterItsTransfersFailsEverywhere) {
@@ -458,6 +467,33 @@ TEST(EngineMigrationFailure, TransportFailingOnOneRankAfterItsTransfersFailsEver
   EXPECT_EQ(engine.epoch(), 1);
   EXPECT_NE(engine.placement(), initial);
   EXPECT_EQ(bad_slots_anywhere(engine), 0u);
+  int one = 1, sum = 0;
+  MPI_Allreduce(&one, &sum, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+  EXPECT_EQ(sum, P);
+}
+
+TEST(EngineMigrationFailure, RankFailingBeforeItsSendsLeavesNoPeerWaitingForever) {
+  // The failing rank goes on to the error agreement at once; the peers wait for its message
+  // only as long as the host transport's bound (1 s here), then agree too: every rank throws.
+  const int P = world_size();
+  if (P < 2) GTEST_SKIP() << "needs two ranks";
+  Topology t{2, 8, 3 * P, P, 1, 1};
+  t.num_logical = std::min(t.num_logical, t.num_slots);
+  HostWeights w(t, {64, 24});
+  const auto initial = eplb::algo::Placement::contiguous(t);
+  eplb::runtime::fill_slots(w.registry, initial, world_rank());
+  auto cfg = config_for(t);
+  cfg.policy = "deepseek";
+  cfg.align_slots = false;
+  const int bad = P - 1;
+  Engine engine(MPI_COMM_WORLD, cfg, std::move(w.registry), initial,
+                [bad](const eplb::comm::MpiComm& c) -> std::unique_ptr<eplb::comm::Transport> {
+                  return std::make_unique<FailingAtSyncTransport>(c, c.rank() == bad, true, 1.0);
+                });
+  std::mt19937_64 rng(13 + world_rank());
+  add_random_loads(engine, rng, 1.5);
+  // The lowest failing rank's message wins: the failing rank's own, or a peer's timeout.
+  expect_error_everywhere([&] { engine.rebalance(); }, "moving the weights failed");
   int one = 1, sum = 0;
   MPI_Allreduce(&one, &sum, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
   EXPECT_EQ(sum, P);
@@ -737,6 +773,34 @@ TEST(Collectives, PlacementBroadcastVerifiesEpoch) {
     EXPECT_NE(w.find("[rank 0] rebalance planning failed"), std::string::npos) << w;
     EXPECT_NE(w.find("broadcast_placement"), std::string::npos) << w;
   }
+}
+
+TEST(Migration, HostTransportWaitsForAMissingPeerOnlyAsLongAsItsTimeout) {
+  eplb::comm::MpiComm comm(MPI_COMM_WORLD);
+  if (comm.size() < 2) GTEST_SKIP() << "needs two ranks";
+  // Rank 1 expects a message that rank 0 never sends.
+  eplb::comm::MpiHostTransport transport(comm, eplb::comm::HostLanes::synchronous, 0.5);
+  std::vector<std::byte> buf(64);
+  transport.begin_batch();
+  if (comm.rank() == 1) transport.recv(buf.data(), buf.size(), 0);
+  if (comm.rank() == 1) {
+    const auto t0 = std::chrono::steady_clock::now();
+    try {
+      transport.end_batch();
+      ADD_FAILURE() << "a receive without a sender completed";
+    } catch (const eplb::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("did not complete within"), std::string::npos) << e.what();
+    }
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_GE(s, 0.5);
+    EXPECT_LT(s, 30.0);
+  } else {
+    transport.end_batch();
+  }
+  // The transport is usable again and nothing is left waiting.
+  transport.begin_batch();
+  transport.end_batch();
+  MPI_Barrier(MPI_COMM_WORLD);
 }
 
 TEST(Migration, ThrowingLayerCallbackOnOneRankDoesNotStopTheOthers) {
