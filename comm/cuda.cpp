@@ -108,6 +108,15 @@ void copy_batch_async(void* const* dsts, const void* const* srcs, const std::siz
                       std::size_t n, cuda_stream s) {
   if (n == 0) return;
 #if CUDART_VERSION >= 12080
+  // cudaMemcpyBatchAsync rejects the legacy default stream and cannot be captured into a CUDA
+  // graph: one cudaMemcpyAsync per copy there.
+  bool batch = s != nullptr && s != cudaStreamLegacy;
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  if (batch) EPLB_CUDA_CHECK(cudaStreamIsCapturing(s, &capture));
+  if (!batch || capture != cudaStreamCaptureStatusNone) {
+    for (std::size_t i = 0; i < n; ++i) copy_async(dsts[i], srcs[i], sizes[i], s);
+    return;
+  }
   cudaMemcpyAttributes attr{};
   attr.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
   attr.flags = cudaMemcpyFlagPreferOverlapWithCompute;

@@ -116,7 +116,9 @@ void copy_async(void* dst, const void* src, std::size_t bytes, cuda_stream s);
 void memset_async(void* dst, int value, std::size_t bytes, cuda_stream s);
 /// n independent stream-ordered copies (dsts[i] <- srcs[i], sizes[i] bytes) in any order
 /// among themselves: one cudaMemcpyBatchAsync where the runtime has it (CUDA >= 12.8; the
-/// per-call host cost of thousands of cudaMemcpyAsync is what it saves), else a loop.
+/// per-call host cost of thousands of cudaMemcpyAsync is what it saves), else a loop; also a
+/// loop on the legacy default stream and on a capturing stream, which cudaMemcpyBatchAsync
+/// rejects.
 void copy_batch_async(void* const* dsts, const void* const* srcs, const std::size_t* sizes,
                       std::size_t n, cuda_stream s);
 

@@ -179,6 +179,40 @@ TEST(CopyKernel, EverySizeAndAlignment) {
   }
 }
 
+TEST(CopyBatch, AnyStreamIncludingTheLegacyDefaultStream) {
+  // comm::copy_batch_async (cudaMemcpyBatchAsync, which rejects the legacy default stream:
+  // one copy at a time there) on a created stream and on the legacy default stream.
+  SKIP_WITHOUT_GPU();
+  constexpr std::size_t kOps = 5, kBytes = 4099;
+  eplb::comm::DeviceBuffer src(kOps * kBytes), dst(kOps * kBytes);
+  std::vector<std::uint8_t> host(src.size());
+  std::mt19937 rng(9);
+  for (auto& b : host) b = static_cast<std::uint8_t>(rng());
+  eplb::comm::CudaStream created;
+  for (eplb::comm::cuda_stream s : {created.get(), static_cast<eplb::comm::cuda_stream>(nullptr)}) {
+    std::vector<std::uint8_t> zero(dst.size(), 0), got(dst.size());
+    eplb::comm::copy_async(src.get(), host.data(), host.size(), s);
+    eplb::comm::copy_async(dst.get(), zero.data(), zero.size(), s);
+    std::vector<void*> d;
+    std::vector<const void*> f;
+    std::vector<std::size_t> n;
+    for (std::size_t i = 0; i < kOps; ++i) {  // reversed order: copy i lands in slot kOps-1-i
+      d.push_back(static_cast<char*>(dst.get()) + (kOps - 1 - i) * kBytes);
+      f.push_back(static_cast<const char*>(src.get()) + i * kBytes);
+      n.push_back(i == 2 ? 0 : kBytes);  // one empty copy
+    }
+    eplb::comm::copy_batch_async(d.data(), f.data(), n.data(), kOps, s);
+    eplb::comm::copy_async(got.data(), dst.get(), got.size(), s);  // to pageable memory: waits
+    created.synchronize();
+    std::vector<std::uint8_t> want(dst.size(), 0);
+    for (std::size_t i = 0; i < kOps; ++i)
+      if (i != 2)
+        std::copy_n(host.begin() + static_cast<std::ptrdiff_t>(i * kBytes), kBytes,
+                    want.begin() + static_cast<std::ptrdiff_t>((kOps - 1 - i) * kBytes));
+    EXPECT_EQ(got, want) << "stream " << s;
+  }
+}
+
 TEST(DeviceMaps, ResetReplacesEveryLayer) {
   SKIP_WITHOUT_GPU();
   for (int layer : {0, 1}) {
