@@ -28,7 +28,8 @@ inline double median(std::vector<double> v) {
 /// (only main decides to MPI_Abort).
 template <class Run>
 int mpi_main(int argc, char** argv, const char* program, Run run) {
-  MPI_Init(&argc, &argv);
+  int provided = 0;  // eplb's planning threads make no MPI calls: FUNNELED is enough
+  MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
   int rc = 0;
   try {
     rc = run(argc, argv);
