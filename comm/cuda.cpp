@@ -2,8 +2,10 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 namespace eplb::comm {
 
@@ -108,7 +110,24 @@ void copy_batch_async(void* const* dsts, const void* const* srcs, const std::siz
                       std::size_t n, cuda_stream s) {
   if (n == 0) return;
 #if CUDART_VERSION >= 12080
-  // cudaMemcpyBatchAsync rejects the legacy default stream and cannot be captured into a CUDA
+  // cudaMemcpyBatchAsync rejects zero-byte copies: leave them out.
+  if (std::find(sizes, sizes + n, std::size_t{0}) != sizes + n) {
+    thread_local std::vector<void*> d;
+    thread_local std::vector<const void*> f;
+    thread_local std::vector<std::size_t> z;
+    d.clear();
+    f.clear();
+    z.clear();
+    for (std::size_t i = 0; i < n; ++i)
+      if (sizes[i]) {
+        d.push_back(dsts[i]);
+        f.push_back(srcs[i]);
+        z.push_back(sizes[i]);
+      }
+    if (!z.empty()) copy_batch_async(d.data(), f.data(), z.data(), z.size(), s);
+    return;
+  }
+  // It also rejects the legacy default stream and cannot be captured into a CUDA
   // graph: one cudaMemcpyAsync per copy there.
   bool batch = s != nullptr && s != cudaStreamLegacy;
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;

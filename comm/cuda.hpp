@@ -118,7 +118,7 @@ void memset_async(void* dst, int value, std::size_t bytes, cuda_stream s);
 /// among themselves: one cudaMemcpyBatchAsync where the runtime has it (CUDA >= 12.8; the
 /// per-call host cost of thousands of cudaMemcpyAsync is what it saves), else a loop; also a
 /// loop on the legacy default stream and on a capturing stream, which cudaMemcpyBatchAsync
-/// rejects.
+/// rejects. Zero-byte entries are allowed (left out).
 void copy_batch_async(void* const* dsts, const void* const* srcs, const std::size_t* sizes,
                       std::size_t n, cuda_stream s);
 
