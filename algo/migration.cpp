@@ -1,7 +1,10 @@
 #include "algo/migration.hpp"
 
 #include <algorithm>
+#include <exception>
+#include <mutex>
 #include <stdexcept>
+#include <thread>
 
 namespace eplb::algo {
 namespace {
@@ -369,20 +372,19 @@ struct Builder {
 
 }  // namespace
 
-void plan_migration(const Placement& from, const Placement& to, const Topology& topo,
-                    const MigrationOptions& options, MigrationPlan& plan) {
-  topo.validate();
-  from.check_shape(topo, "migration plan: old placement");
-  to.check_shape(topo, "migration plan: new placement");
-  if (options.max_staged_slots_per_rank < 0)
-    throw std::invalid_argument("migration plan: max_staged_slots_per_rank >= 0 violated");
-  plan.topo_ = topo;
-  plan.layers_.resize(static_cast<std::size_t>(topo.num_layers));
-  plan.stats_ = MigrationStats{};
-  plan.max_staged_ = 0;
-  // Scratch per thread, kept between calls: planning allocates nothing in steady state
-  // (fresh pages cost a page fault each on first touch, a large share of a plan's time).
-  thread_local Scratch scratch;
+namespace {
+/// One planning thread's share: its scratch (kept between calls) and its totals.
+struct Share {
+  Scratch scratch;
+  MigrationStats stats;
+  std::vector<long long> sends, recvs;
+  int max_staged = 0;
+};
+
+void plan_layers(const Placement& from, const Placement& to, const Topology& topo,
+                 const MigrationOptions& options, std::vector<LayerPlan>& layers, int first,
+                 int last, Share& sh) {
+  Scratch& scratch = sh.scratch;
   const auto R = static_cast<std::size_t>(topo.num_slots);
   const auto E = static_cast<std::size_t>(topo.num_logical);
   const auto P = static_cast<std::size_t>(topo.num_ranks);
@@ -398,13 +400,86 @@ void plan_migration(const Placement& from, const Placement& to, const Topology& 
   scratch.staged_now.resize(P);
   scratch.node_of.resize(P);
   for (int r = 0; r < topo.num_ranks; ++r) scratch.node_of[r] = topo.node_of_rank(r);
+  sh.stats = MigrationStats{};
+  sh.sends.assign(P, 0);
+  sh.recvs.assign(P, 0);
+  sh.max_staged = 0;
   Builder b{topo, options, scratch, topo.slots_per_rank(), topo.num_ranks, topo.num_logical,
             topo.num_slots};
-  std::vector<long long> sends(P, 0), recvs(P, 0);
-  for (int l = 0; l < topo.num_layers; ++l)
-    b.build(from, to, l, plan.layers_[l], plan.stats_, sends, recvs, plan.max_staged_);
-  plan.stats_.max_rank_sends = *std::max_element(sends.begin(), sends.end());
-  plan.stats_.max_rank_recvs = *std::max_element(recvs.begin(), recvs.end());
+  for (int l = first; l < last; ++l)
+    b.build(from, to, l, layers[static_cast<std::size_t>(l)], sh.stats, sh.sends, sh.recvs,
+            sh.max_staged);
+}
+}  // namespace
+
+void plan_migration(const Placement& from, const Placement& to, const Topology& topo,
+                    const MigrationOptions& options, MigrationPlan& plan) {
+  topo.validate();
+  from.check_shape(topo, "migration plan: old placement");
+  to.check_shape(topo, "migration plan: new placement");
+  if (options.max_staged_slots_per_rank < 0)
+    throw std::invalid_argument("migration plan: max_staged_slots_per_rank >= 0 violated");
+  if (options.threads < 1) throw std::invalid_argument("migration plan: threads >= 1 violated");
+  const int L = topo.num_layers;
+  plan.topo_ = topo;
+  plan.layers_.resize(static_cast<std::size_t>(L));
+  // Scratch per calling thread and share, kept between calls: planning allocates nothing in
+  // steady state (fresh pages cost a page fault each on first touch, a large share of a
+  // plan's time). Threads only where each gets enough slots to plan that starting it (~10-50
+  // us) pays: 4096 slots or more each (V2-Lite's 2080 slots stay on one thread, where four
+  // took twice as long; V3's 16.7k take 2.1x less time on four, docs/BENCHMARKS.md).
+  thread_local std::vector<Share> this_threads_shares;
+  // A reference the workers capture: in their lambdas the thread_local name would denote the
+  // worker's own (empty) vector.
+  std::vector<Share>& shares = this_threads_shares;
+  const long long work = static_cast<long long>(L) * topo.num_slots;
+  const int T = static_cast<int>(std::max<long long>(1, std::min<long long>({options.threads, L, work / 4096})));
+  if (shares.size() < static_cast<std::size_t>(T)) shares.resize(static_cast<std::size_t>(T));
+  if (T == 1) {
+    plan_layers(from, to, topo, options, plan.layers_, 0, L, shares[0]);
+  } else {
+    std::vector<std::thread> pool;
+    std::exception_ptr error;
+    std::mutex error_mutex;
+    for (int t = 1; t < T; ++t)
+      pool.emplace_back([&, t] {
+        try {
+          plan_layers(from, to, topo, options, plan.layers_, L * t / T, L * (t + 1) / T, shares[t]);
+        } catch (...) {
+          std::lock_guard<std::mutex> lock(error_mutex);
+          if (!error) error = std::current_exception();
+        }
+      });
+    try {
+      plan_layers(from, to, topo, options, plan.layers_, 0, L / T, shares[0]);  // this thread's
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(error_mutex);
+      if (!error) error = std::current_exception();
+    }
+    for (auto& th : pool) th.join();
+    if (error) std::rethrow_exception(error);
+  }
+  // Totals over the shares (sums and maxima: the same for any split).
+  MigrationStats& st = plan.stats_;
+  st = MigrationStats{};
+  plan.max_staged_ = 0;
+  std::vector<long long> sends(static_cast<std::size_t>(topo.num_ranks), 0), recvs = sends;
+  for (int t = 0; t < T; ++t) {
+    const Share& sh = shares[static_cast<std::size_t>(t)];
+    st.slots_changed += sh.stats.slots_changed;
+    st.remote_units += sh.stats.remote_units;
+    st.local_units += sh.stats.local_units;
+    st.fanout_copies += sh.stats.fanout_copies;
+    st.same_node_remote += sh.stats.same_node_remote;
+    st.max_rounds = std::max(st.max_rounds, sh.stats.max_rounds);
+    plan.max_staged_ = std::max(plan.max_staged_, sh.max_staged);
+    for (std::size_t r = 0; r < sends.size(); ++r) {
+      sends[r] += sh.sends[r];
+      recvs[r] += sh.recvs[r];
+    }
+  }
+  st.max_rank_sends = *std::max_element(sends.begin(), sends.end());
+  st.max_rank_recvs = *std::max_element(recvs.begin(), recvs.end());
 }
 
 MigrationPlan plan_migration(const Placement& from, const Placement& to, const Topology& topo,

@@ -19,6 +19,9 @@ struct MigrationOptions {
   /// a round; such a set larger than the limit gets a round of its own and exceeds it, which
   /// the plan reports in max_staged_slots().
   int max_staged_slots_per_rank = 0;
+  /// Threads that plan layers in parallel (>= 1; layers are independent). The plan is the
+  /// same for any count.
+  int threads = 1;
 };
 
 /// One logical expert written into one rank: from `src_slot` (old content, on src_rank) into

@@ -114,7 +114,8 @@ void BM_PolicyCold(benchmark::State& state, std::string policy_name, eplb::bench
 
 /// Migration-plan derivation (every rank runs it at every rebalance) between the placements
 /// of two consecutive load windows (+-20 % noise) made by `policy_name`.
-void BM_MigrationPlan(benchmark::State& state, std::string policy_name, eplb::bench::Shape shape) {
+void BM_MigrationPlan(benchmark::State& state, std::string policy_name, eplb::bench::Shape shape,
+                      int threads) {
   const auto& t = shape.topo;
   const auto windows = eplb::bench::load_windows(t, eplb::bench::WindowKind::lognormal, 2, 0.2, 7);
   auto policy = eplb::algo::make_policy(policy_name);
@@ -123,7 +124,7 @@ void BM_MigrationPlan(benchmark::State& state, std::string policy_name, eplb::be
   long long changed = 0;
   eplb::algo::MigrationPlan plan;  // planned into again and again, as the runtime does
   for (auto _ : state) {
-    eplb::algo::plan_migration(a, b, t, {}, plan);
+    eplb::algo::plan_migration(a, b, t, {.threads = threads}, plan);
     changed = plan.stats().slots_changed;
     benchmark::DoNotOptimize(plan);
   }
@@ -203,8 +204,17 @@ const bool registered = [] {
   for (const char* name : {"deepseek", "sticky"})
     for (const auto& s : plan_shapes)
       benchmark::RegisterBenchmark((std::string("migration_plan/") + name + "/" + s.name).c_str(),
-                                   BM_MigrationPlan, std::string(name), s)
+                                   BM_MigrationPlan, std::string(name), s, 1)
           ->Unit(benchmark::kMicrosecond);
+  // The same plans with the layers split over 4 threads (MigrationOptions::threads): wall
+  // time, against the single thread's wall time in the same run.
+  for (int threads : {1, 4})
+    for (const auto& s : plan_shapes)
+      benchmark::RegisterBenchmark(("migration_plan_wall/deepseek/" + std::string(s.name) +
+                                    "/t" + std::to_string(threads)).c_str(),
+                                   BM_MigrationPlan, std::string("deepseek"), s, threads)
+          ->Unit(benchmark::kMicrosecond)
+          ->UseRealTime();
   for (const auto& s : plan_shapes)
     benchmark::RegisterBenchmark((std::string("align_slots/") + s.name).c_str(), BM_AlignSlots, s)
         ->Unit(benchmark::kMicrosecond);

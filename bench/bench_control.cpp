@@ -65,7 +65,7 @@ int run(int argc, char** argv) {
   const auto initial = eplb::algo::Placement::contiguous(t);
   std::mt19937_64 rng(11 + rank);
   std::lognormal_distribution<double> d(0, 1.2);
-  std::vector<double> control, migrate, collect, policy_ms, bcast, plan;
+  std::vector<double> control, migrate, collect, policy_ms, bcast, plan, mplan, prepare;
 
   auto measure = [&](eplb::runtime::Engine& engine, auto&& add_pass) {
     for (int it = 0; it < iters + 2; ++it) {
@@ -81,6 +81,8 @@ int run(int argc, char** argv) {
       policy_ms.push_back(eplb::bench::max_over_ranks(st.t_policy_ms));
       bcast.push_back(eplb::bench::max_over_ranks(st.t_broadcast_ms));
       plan.push_back(eplb::bench::max_over_ranks(st.t_plan_ms));
+      mplan.push_back(eplb::bench::max_over_ranks(st.t_migration_plan_ms));
+      prepare.push_back(eplb::bench::max_over_ranks(st.t_prepare_ms));
     }
   };
 
@@ -134,14 +136,16 @@ int run(int argc, char** argv) {
                   cfg.policy_name().c_str(), window, iters, threads,
                   rank0 ? "rank0+broadcast" : "split over ranks+allgather", cfg.align_slots ? 1 : 0);
     eplb::bench::print_header("bench_control", cfgs);
-    std::printf("%-6s %11s %11s %11s %10s %10s %10s %15s\n", "ranks", "control_ms", "control_min",
-                "collect_ms", "policy_ms", "bcast_ms", "plan_ms", "migrate_tiny_ms");
-    std::printf("%-6d %11.3f %11.3f %11.3f %10.3f %10.3f %10.3f %15.3f\n", P, eplb::bench::median(control),
-                *std::min_element(control.begin(), control.end()), eplb::bench::median(collect),
-                eplb::bench::median(policy_ms), eplb::bench::median(bcast), eplb::bench::median(plan),
-                eplb::bench::median(migrate));
+    std::printf("%-6s %11s %11s %11s %10s %10s %10s %15s %9s %10s\n", "ranks", "control_ms", "control_min",
+                "collect_ms", "policy_ms", "bcast_ms", "plan_ms", "migrate_tiny_ms", "mplan_ms", "prepare_ms");
+    std::printf("%-6d %11.3f %11.3f %11.3f %10.3f %10.3f %10.3f %15.3f %9.3f %10.3f\n", P,
+                eplb::bench::median(control), *std::min_element(control.begin(), control.end()),
+                eplb::bench::median(collect), eplb::bench::median(policy_ms), eplb::bench::median(bcast),
+                eplb::bench::median(plan), eplb::bench::median(migrate), eplb::bench::median(mplan),
+                eplb::bench::median(prepare));
     std::printf("# medians over %d rebalances of the max over ranks; control = collect (window sum, "
-                "D2H, error agreement, allreduce) + policy + broadcast + plan\n", iters);
+                "D2H, error agreement, allreduce) + policy + broadcast + plan; plan = mplan "
+                "(algo::plan_migration) + prepare (staging, map listener) + agreement\n", iters);
     if (!json.empty()) {
       std::ofstream f(json);
       f << "{\"program\":\"bench_control\",\"config\":\"" << cfgs << "\",\"ranks\":" << P

@@ -104,6 +104,7 @@ Engine::Engine(MPI_Comm comm, RuntimeConfig config, WeightRegistry weights,
     threads = std::clamp(static_cast<int>(std::thread::hardware_concurrency()) /
                              std::max(comm_.size(), 1), 1, 8);
   policy_->set_threads(threads);
+  migration_options_.threads = threads;  // the migration plan's layers too (same plan)
   // Agreed (MIN over ranks), so that all ranks take the same path at a rebalance.
   int aware = comm::mpi_cuda_aware() ? 1 : 0;
   EPLB_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &aware, 1, MPI_INT, MPI_MIN, comm_.get()));
@@ -302,8 +303,11 @@ RebalanceStats Engine::rebalance() {
     if (!after) after = algo::evaluate(load, msg.placement, topo);
     st.balancedness_after = after->balancedness();
     st.imbalance_after = after->imbalance_mean();
+    const auto t_mplan = Clock::now();
     algo::plan_migration(placement_, msg.placement, topo, migration_options_, plan_);  // reuses its storage
+    st.t_migration_plan_ms = ms_since(t_mplan);
     st.plan = plan_.stats();
+    const auto t_prepare = Clock::now();
     const std::size_t need = staging_bytes_needed(plan_, weights_, exec);
     if (need > staging_size_) {
       staging_ = comm::Buffer{nullptr, [](std::byte*) {}};
@@ -312,6 +316,7 @@ RebalanceStats Engine::rebalance() {
       staging_size_ = need;
     }
     if (listener_) listener_->prepare(msg.placement);
+    st.t_prepare_ms = ms_since(t_prepare);
   });
   comm::throw_if_any_failed<Error>(comm_, failure);
   st.t_plan_ms = ms_since(t);

@@ -36,7 +36,10 @@ struct RebalanceStats {
   double t_policy_ms = 0;        ///< policy: this rank's layer share (split planning), else
                                  ///< all layers on rank 0 (0 elsewhere)
   double t_broadcast_ms = 0;     ///< placement allgather / broadcast and verification
-  double t_plan_ms = 0;          ///< derive maps and the migration plan
+  double t_plan_ms = 0;          ///< migration plan, staging, map listener's prepare, agreement
+  double t_migration_plan_ms = 0;  ///< part of t_plan_ms: algo::plan_migration alone
+  double t_prepare_ms = 0;       ///< part of t_plan_ms: staging allocation and the map listener's
+                                 ///< prepare (e.g. DeviceMaps staging the new maps)
   double t_migrate_ms = 0;       ///< weight movement
   double t_total_ms = 0;
 };

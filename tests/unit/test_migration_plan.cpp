@@ -156,8 +156,32 @@ TEST_P(MigrationPlanRandom, ApplyingThePlanYieldsTheNewPlacement) {
       expect_same_plan(eplb::algo::plan_migration(a, b, t, MigrationOptions{limit}), plan);
       eplb::algo::plan_migration(a, b, t, MigrationOptions{limit}, reused);
       expect_same_plan(reused, plan);
+      // Layers split over threads (as many as the layer count allows and more): the same plan.
+      for (int threads : {2, 3, 16}) {
+        eplb::algo::plan_migration(a, b, t, MigrationOptions{limit, threads}, reused);
+        expect_same_plan(reused, plan);
+      }
     }
   }
+}
+
+TEST(MigrationPlan, ThreadsSplitTheLayersAndGiveTheSamePlan) {
+  // Enough layers and slots (20480: plan_migration gives a thread 4096 slots at least, so up
+  // to 5 threads) that the layers are really split; random_topology's are too small.
+  std::mt19937 rng(3);
+  const Topology t{40, 64, 512, 8, 2, 4};
+  const Placement a = random_placement(t, rng);
+  const Placement b = perturb(a, t, rng, 0.4);
+  const auto one = eplb::algo::plan_migration(a, b, t, MigrationOptions{2, 1});
+  EXPECT_GT(one.stats().slots_changed, 0);
+  for (int threads : {2, 4, 7}) {
+    SCOPED_TRACE(threads);
+    eplb::algo::MigrationPlan p;
+    eplb::algo::plan_migration(a, b, t, MigrationOptions{2, threads}, p);
+    expect_same_plan(p, one);
+    EXPECT_EQ(simulate(p, a), std::vector<int>(b.phy2log().begin(), b.phy2log().end()));
+  }
+  EXPECT_THROW(eplb::algo::plan_migration(a, b, t, MigrationOptions{0, 0}), std::invalid_argument);
 }
 INSTANTIATE_TEST_SUITE_P(Seeds, MigrationPlanRandom, testing::Range(1u, 9u));
 
