@@ -425,15 +425,22 @@ void plan_migration(const Placement& from, const Placement& to, const Topology& 
   plan.layers_.resize(static_cast<std::size_t>(L));
   // Scratch per calling thread and share, kept between calls: planning allocates nothing in
   // steady state (fresh pages cost a page fault each on first touch, a large share of a
-  // plan's time). Threads only where each gets enough slots to plan that starting it (~10-50
-  // us) pays: 4096 slots or more each (V2-Lite's 2080 slots stay on one thread, where four
-  // took twice as long; V3's 16.7k take 2.1x less time on four, docs/BENCHMARKS.md).
+  // plan's time). Threads only where each gets enough changed slots that starting it (~10-50
+  // us) pays, 2048 or more each: a plan's time follows its changed slots (V3, deepseek from
+  // the contiguous layout, 16k changed: 1.5-2.1x less time on four threads; sticky's steady
+  // state, ~1k changed in 58 layers: 30 us on one, 150 us on four; docs/BENCHMARKS.md).
   thread_local std::vector<Share> this_threads_shares;
   // A reference the workers capture: in their lambdas the thread_local name would denote the
   // worker's own (empty) vector.
   std::vector<Share>& shares = this_threads_shares;
-  const long long work = static_cast<long long>(L) * topo.num_slots;
-  const int T = static_cast<int>(std::max<long long>(1, std::min<long long>({options.threads, L, work / 4096})));
+  long long changed = 0;
+  if (options.threads > 1) {
+    const int* o = from.phy2log().data();
+    const int* n = to.phy2log().data();
+    const std::size_t all = from.phy2log().size();
+    for (std::size_t i = 0; i < all; ++i) changed += o[i] != n[i];
+  }
+  const int T = static_cast<int>(std::max<long long>(1, std::min<long long>({options.threads, L, changed / 2048})));
   if (shares.size() < static_cast<std::size_t>(T)) shares.resize(static_cast<std::size_t>(T));
   if (T == 1) {
     plan_layers(from, to, topo, options, plan.layers_, 0, L, shares[0]);

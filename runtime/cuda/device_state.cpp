@@ -123,7 +123,7 @@ void DeviceMaps::reset(const algo::Placement& placement) {
   comm::CudaEvent done(false);
   done.record(stream_);
   done.synchronize();  // earlier copies out of the pinned mirror are complete
-  stage(placement);
+  stage(placement, true);
   comm::copy_async(log2phy_.get(), host_log2phy_.get(), log2phy_.size(), stream_);
   comm::copy_async(logcnt_.get(), host_logcnt_.get(), logcnt_.size(), stream_);
   done.record(stream_);
@@ -135,21 +135,28 @@ DeviceLayerMaps DeviceMaps::layer(int l) const {
           logcnt_.as<int>() + static_cast<std::size_t>(l) * logical_, logical_, xcap_};
 }
 
-void DeviceMaps::stage(const algo::Placement& p) {
+void DeviceMaps::stage(const algo::Placement& p, bool full) {
   // The pinned mirror is only rewritten after the previous migration's copies completed
-  // (execute_migration ends with a stream synchronisation).
+  // (execute_migration ends with a stream synchronisation). Incrementally, a rebalance
+  // touches a few entries per row instead of the whole [L][E][Xcap] mirror (2 MB for V3).
   int* l2p = host_log2phy_.as<int>();
-  std::fill(l2p, l2p + static_cast<std::size_t>(layers_) * logical_ * xcap_, -1);
-  for (int l = 0; l < layers_; ++l)
+  int* cnt = host_logcnt_.as<int>();
+  if (full) std::fill(l2p, l2p + static_cast<std::size_t>(layers_) * logical_ * xcap_, -1);
+  for (int l = 0; l < layers_; ++l) {
+    const int* c_new = p.logcnt(l).data();
+    int* c_row = cnt + static_cast<std::size_t>(l) * logical_;
     for (int e = 0; e < logical_; ++e) {
-      const auto slots = p.log2phy(l, e);
+      const int* slots = p.log2phy(l, e).data();
       int* dst = l2p + (static_cast<std::size_t>(l) * logical_ + e) * xcap_;
-      for (std::size_t r = 0; r < slots.size() && slots[r] >= 0; ++r) dst[r] = slots[r];
+      const int n = c_new[e], old = full ? 0 : c_row[e];
+      for (int r = 0; r < n; ++r) dst[r] = slots[r];
+      for (int r = n; r < old; ++r) dst[r] = -1;
+      c_row[e] = n;
     }
-  std::copy(p.logcnt().begin(), p.logcnt().end(), host_logcnt_.as<int>());
+  }
 }
 
-void DeviceMaps::prepare(const algo::Placement& next) { stage(next); }
+void DeviceMaps::prepare(const algo::Placement& next) { stage(next, false); }
 
 void DeviceMaps::commit_layer(int l) {
   const std::size_t off = static_cast<std::size_t>(l) * logical_;

@@ -60,7 +60,10 @@ class DeviceMaps final : public MapListener {
   void reset(const algo::Placement& placement) override;
 
  private:
-  void stage(const algo::Placement& p);
+  /// Writes `p` into the pinned mirror. `full`: every entry (-1 fill first); else only each
+  /// row's entries that can differ: the new replicas, and -1 over the old ones past the new
+  /// count (the mirror's rows are -1 past their count, an invariant both ways keep).
+  void stage(const algo::Placement& p, bool full);
   int layers_, logical_, xcap_;
   comm::cuda_stream stream_;
   comm::DeviceBuffer log2phy_, logcnt_;
