@@ -448,20 +448,31 @@ void plan_migration(const Placement& from, const Placement& to, const Topology& 
     std::vector<std::thread> pool;
     std::exception_ptr error;
     std::mutex error_mutex;
-    for (int t = 1; t < T; ++t)
-      pool.emplace_back([&, t] {
-        try {
-          plan_layers(from, to, topo, options, plan.layers_, L * t / T, L * (t + 1) / T, shares[t]);
-        } catch (...) {
-          std::lock_guard<std::mutex> lock(error_mutex);
-          if (!error) error = std::current_exception();
-        }
-      });
-    try {
-      plan_layers(from, to, topo, options, plan.layers_, 0, L / T, shares[0]);  // this thread's
-    } catch (...) {
+    auto keep_first = [&] {
       std::lock_guard<std::mutex> lock(error_mutex);
       if (!error) error = std::current_exception();
+    };
+    int started = 1;  // shares [0, started) are planned; a thread that cannot start leaves
+    try {             // its layers to this thread, so the plan stays whole
+      pool.reserve(static_cast<std::size_t>(T - 1));
+      for (; started < T; ++started) {
+        const int t = started;
+        pool.emplace_back([&, t] {
+          try {
+            plan_layers(from, to, topo, options, plan.layers_, L * t / T, L * (t + 1) / T, shares[t]);
+          } catch (...) {
+            keep_first();
+          }
+        });
+      }
+    } catch (...) {  // std::system_error (no more threads) or std::bad_alloc
+    }
+    try {
+      plan_layers(from, to, topo, options, plan.layers_, 0, L / T, shares[0]);  // this thread's
+      for (int t = started; t < T; ++t)
+        plan_layers(from, to, topo, options, plan.layers_, L * t / T, L * (t + 1) / T, shares[t]);
+    } catch (...) {
+      keep_first();
     }
     for (auto& th : pool) th.join();
     if (error) std::rethrow_exception(error);

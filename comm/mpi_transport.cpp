@@ -23,12 +23,17 @@ double host_transfer_timeout_seconds() {
 
 MpiHostTransport::~MpiHostTransport() {
   // Only reachable with requests in flight when an exception unwound a migration: wait for
-  // them (the peers post the matching calls too), bounded; then give them up.
-  if (!requests_.empty() && !wait_bounded(requests_, false))
-    detail::log_error("~MpiHostTransport: requests of an unfinished batch did not complete; released");
+  // them (the peers post the matching calls too), bounded; then give them up. Never throws.
+  try {
+    if (!requests_.empty() && !wait_bounded(requests_, recv_, false))
+      detail::log_error("~MpiHostTransport: requests of an unfinished batch did not complete; released");
+  } catch (const std::exception& e) {
+    detail::log_error((std::string("~MpiHostTransport: ") + e.what()).c_str());
+  }
 }
 
-bool MpiHostTransport::wait_bounded(std::vector<MPI_Request>& reqs, bool throw_on_timeout) {
+bool MpiHostTransport::wait_bounded(std::vector<MPI_Request>& reqs, const std::vector<char>& is_recv,
+                                    bool throw_on_timeout) {
   // MPI_Testall in a loop (as MPI_Waitall polls internally), the clock read every 256 tests.
   const auto t0 = std::chrono::steady_clock::now();
   const int n = static_cast<int>(reqs.size());
@@ -40,14 +45,23 @@ bool MpiHostTransport::wait_bounded(std::vector<MPI_Request>& reqs, bool throw_o
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() > timeout_s_)
       break;
   }
-  // A peer never posted its side. Receives can be cancelled; sends often cannot (Open MPI):
-  // release everything, so that nothing waits on these requests again.
-  for (auto& r : reqs)
-    if (r != MPI_REQUEST_NULL) {
+  // A peer never posted its side. A receive is cancelled and then waited for, which the MPI
+  // standard makes local: afterwards nothing writes into its buffer. Sends often cannot be
+  // cancelled (Open MPI): they are released, and since such a send could still match a later
+  // receive of this communicator, the transport refuses further batches (broken_).
+  for (std::size_t i = 0; i < reqs.size(); ++i) {
+    MPI_Request& r = reqs[i];
+    if (r == MPI_REQUEST_NULL) continue;
+    if (is_recv[i]) {
       (void)MPI_Cancel(&r);
+      (void)MPI_Wait(&r, MPI_STATUS_IGNORE);
+    } else {
       (void)MPI_Request_free(&r);
     }
+  }
   reqs.clear();
+  broken_ = true;
+  receiving_.clear();  // late delivery: this batch's receives never reach their destinations
   if (!throw_on_timeout) return false;
   throw Error("[rank " + std::to_string(comm_.rank()) + "] MPI transfers of a migration batch did "
               "not complete within " + std::to_string(timeout_s_) + " s (a peer failed or hangs; "
@@ -55,6 +69,9 @@ bool MpiHostTransport::wait_bounded(std::vector<MPI_Request>& reqs, bool throw_o
 }
 
 void MpiHostTransport::begin_batch() {
+  if (broken_)
+    throw Error("MpiHostTransport: an earlier batch timed out (its unmatched sends may still "
+                "arrive): this transport moves no more weights");
   if (!requests_.empty()) throw Error("MpiHostTransport: begin_batch() with a batch open");
 }
 
@@ -64,6 +81,7 @@ void MpiHostTransport::post(bool is_send, std::byte* buf, std::size_t bytes, int
   do {
     const int n = static_cast<int>(std::min(kMaxMessage, bytes - off));
     requests_.push_back(MPI_REQUEST_NULL);
+    recv_.push_back(is_send ? 0 : 1);
     if (is_send)
       EPLB_MPI_CHECK(MPI_Isend(buf + off, n, MPI_BYTE, peer, kTag, comm_.get(), &requests_.back()));
     else
@@ -85,8 +103,10 @@ void MpiHostTransport::recv(std::byte* buf, std::size_t bytes, int peer) {
 
 void MpiHostTransport::end_batch() {
   std::vector<MPI_Request> reqs;
+  std::vector<char> kinds;
   reqs.swap(requests_);
-  if (!reqs.empty()) (void)wait_bounded(reqs, true);
+  kinds.swap(recv_);
+  if (!reqs.empty()) (void)wait_bounded(reqs, kinds, true);
   if (late_delivery_) undelivered_.push_back(std::move(receiving_));
   receiving_.clear();
 }

@@ -29,8 +29,8 @@ double host_transfer_timeout_seconds();
 /// Isend/Irecv on the library's own communicator; end_batch() waits for all of them, for at
 /// most `timeout_s`: a peer that failed before posting its side (and went on to the engine's
 /// error agreement) makes the others throw Error after that long instead of waiting forever.
-/// The batch's receives are then cancelled and its requests released: the weights are partly
-/// moved, and the job should end (MPI_Abort). Messages over 1 GiB are split. Receives match
+/// The batch's receives are then cancelled, its sends released, and the transport refuses
+/// further batches: the weights are partly moved, and the job should end (MPI_Abort). Messages over 1 GiB are split. Receives match
 /// sends by order per peer (one tag). Copies run at once, on either lane (synchronous mode).
 class MpiHostTransport final : public Transport {
  public:
@@ -59,9 +59,11 @@ class MpiHostTransport final : public Transport {
 
  private:
   void post(bool is_send, std::byte* buf, std::size_t bytes, int peer);
-  /// Waits for `reqs` (bounded by timeout_s_); on timeout cancels and releases them and
-  /// throws Error. Returns false instead of throwing when `throw_on_timeout` is false.
-  bool wait_bounded(std::vector<MPI_Request>& reqs, bool throw_on_timeout);
+  /// Waits for `reqs` (bounded by timeout_s_; is_recv[i]: reqs[i] is a receive); on timeout
+  /// cancels the receives, releases the sends, marks the transport broken and throws Error
+  /// (returns false instead when `throw_on_timeout` is false).
+  bool wait_bounded(std::vector<MPI_Request>& reqs, const std::vector<char>& is_recv,
+                    bool throw_on_timeout);
 
   void run_deferred(std::size_t upto);  // copy-lane copies issued before `upto`
   void deliver(std::size_t upto);       // late_transfer_lane: receives of batches before `upto`
@@ -74,6 +76,8 @@ class MpiHostTransport final : public Transport {
   const MpiComm& comm_;
   double timeout_s_;
   std::vector<MPI_Request> requests_;
+  std::vector<char> recv_;  ///< per request: 1 for a receive
+  bool broken_ = false;     ///< a batch timed out: no further batches
   bool defer_ = false;
   std::vector<Copy> deferred_;  // copy-lane copies not run yet
   std::size_t deferred_done_ = 0;  // copy-lane copies issued and run before deferred_[0]

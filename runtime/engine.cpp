@@ -160,6 +160,9 @@ std::optional<RebalanceStats> Engine::step() {
 }
 
 RebalanceStats Engine::rebalance() {
+  if (migration_failed_)  // set on every rank by the same agreement: no collective needed
+    throw Error("rebalance: an earlier migration failed (the weights may be partly moved and its "
+                "messages still in flight); this engine moves no more weights: end the job");
   const auto& topo = config_.topology;
   const auto t_start = Clock::now();
   RebalanceStats st;
@@ -348,7 +351,14 @@ RebalanceStats Engine::rebalance() {
   epoch_ = msg.epoch;
   st.t_total_ms = ms_since(t_start);
   history_.push_back(st);
-  comm::throw_if_any_failed<Error>(comm_, migrate_error ? migrate_error : commit_error);
+  // Two agreements: every rank must know whether the migration failed anywhere (then this
+  // engine refuses further rebalances: unmatched messages of the failed one may be in flight)
+  // even when a lower rank's map-listener error is the one reported.
+  if (auto e = comm::agree_on_error(comm_, migrate_error)) {
+    migration_failed_ = true;
+    throw Error(*e);
+  }
+  comm::throw_if_any_failed<Error>(comm_, commit_error);
   return st;
 }
 

@@ -97,8 +97,9 @@ class Engine {
   /// fault in a copy, a NCCL error, an MPI error) also reaches every rank as Error: the peers'
   /// waits for that rank end after EPLB_NCCL_TIMEOUT_S (NCCL) or EPLB_TRANSFER_TIMEOUT_S (MPI
   /// host transport), then the ranks agree; the engine adopts the new placement but the
-  /// weights may be partly moved: treat it as fatal (MPI_Abort). A custom Transport must bound
-  /// its waits the same way for this to hold. Not thread-safe: call
+  /// weights may be partly moved: treat it as fatal (MPI_Abort); every later rebalance()
+  /// throws Error at once on every rank. A custom Transport must bound its waits the same way
+  /// for this to hold. Not thread-safe: call
   /// every Engine member from one thread (the one that owns the rank's GPU).
   RebalanceStats rebalance();
 
@@ -138,6 +139,7 @@ class Engine {
   algo::Placement share_prev_, share_out_;  ///< this rank's layers (split planning)
   std::int64_t epoch_ = 0, pass_ = 0;
   std::vector<RebalanceStats> history_;
+  bool migration_failed_ = false;  ///< agreed: a migration failed on some rank; no more rebalances
 };
 
 }  // namespace eplb::runtime

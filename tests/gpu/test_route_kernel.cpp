@@ -239,6 +239,9 @@ TEST(DeviceMaps, PrepareAndCommitFollowEveryPlacement) {
   for (int step = 0; step < 12; ++step) {
     SCOPED_TRACE(step);
     const Placement p = step % 4 == 3 ? Placement::contiguous(t) : random_placement(t, rng);
+    // Some rebalances stage a placement that is never committed (another rank's failure
+    // stopped it) before the one that is.
+    if (step % 3 == 1) maps.prepare(random_placement(t, rng));
     maps.prepare(p);
     for (int l = 0; l < t.num_layers; ++l) maps.commit_layer(l);
     for (int l = 0; l < t.num_layers; ++l) {

@@ -467,6 +467,8 @@ TEST(EngineMigrationFailure, TransportFailingOnOneRankAfterItsTransfersFailsEver
   EXPECT_EQ(engine.epoch(), 1);
   EXPECT_NE(engine.placement(), initial);
   EXPECT_EQ(bad_slots_anywhere(engine), 0u);
+  // No further rebalance on any rank (no collective: all ranks know from the agreement).
+  expect_error_everywhere([&] { engine.rebalance(); }, "an earlier migration failed");
   int one = 1, sum = 0;
   MPI_Allreduce(&one, &sum, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
   EXPECT_EQ(sum, P);
@@ -494,6 +496,7 @@ TEST(EngineMigrationFailure, RankFailingBeforeItsSendsLeavesNoPeerWaitingForever
   add_random_loads(engine, rng, 1.5);
   // The lowest failing rank's message wins: the failing rank's own, or a peer's timeout.
   expect_error_everywhere([&] { engine.rebalance(); }, "moving the weights failed");
+  expect_error_everywhere([&] { engine.rebalance(); }, "an earlier migration failed");
   int one = 1, sum = 0;
   MPI_Allreduce(&one, &sum, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
   EXPECT_EQ(sum, P);
@@ -797,9 +800,28 @@ TEST(Migration, HostTransportWaitsForAMissingPeerOnlyAsLongAsItsTimeout) {
   } else {
     transport.end_batch();
   }
-  // The transport is usable again and nothing is left waiting.
-  transport.begin_batch();
-  transport.end_batch();
+  // The timed-out rank's transport refuses further batches (an unmatched send of that batch
+  // could otherwise match a later receive); the others' works on.
+  if (comm.rank() == 1) {
+    EXPECT_THROW(transport.begin_batch(), eplb::Error);
+  } else {
+    transport.begin_batch();
+    transport.end_batch();
+  }
+  // The cancelled receive is gone: a message sent once rank 1 has given up (the barrier) is
+  // the next one rank 1 receives (on a fresh transport of the same communicator).
+  MPI_Barrier(MPI_COMM_WORLD);
+  eplb::comm::MpiHostTransport fresh(comm, eplb::comm::HostLanes::synchronous, 30.0);
+  std::vector<std::byte> out(64, std::byte{7}), in(64, std::byte{0});
+  fresh.begin_batch();
+  if (comm.rank() == 0) fresh.send(out.data(), out.size(), 1);
+  if (comm.rank() == 1) fresh.recv(in.data(), in.size(), 0);
+  fresh.end_batch();
+  if (comm.rank() == 1) {
+    EXPECT_EQ(in, out);
+    EXPECT_TRUE(std::all_of(buf.begin(), buf.end(), [](std::byte b) { return b == std::byte{0}; }))
+        << "the cancelled receive's buffer was written";
+  }
   MPI_Barrier(MPI_COMM_WORLD);
 }
 
