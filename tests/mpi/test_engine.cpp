@@ -441,65 +441,68 @@ class FailingAtSyncTransport final : public eplb::comm::Transport {
   bool fail_, at_first_send_;
 };
 
+/// An engine over host weights (deepseek in its own slot order, so the first rebalance moves
+/// experts at every rank count) whose transport fails on the last rank: FailingAtSyncTransport.
+struct FailingMigrationJob {
+  Topology t;
+  HostWeights w;
+  eplb::algo::Placement initial;
+  std::unique_ptr<Engine> engine;
+  FailingMigrationJob(bool at_first_send, double timeout_s, unsigned seed)
+      : t(topology()), w(t, {64, 24}), initial(eplb::algo::Placement::contiguous(t)) {
+    eplb::runtime::fill_slots(w.registry, initial, world_rank());
+    auto cfg = config_for(t);
+    cfg.policy = "deepseek";
+    cfg.align_slots = false;
+    const int bad = world_size() - 1;
+    engine = std::make_unique<Engine>(
+        MPI_COMM_WORLD, cfg, std::move(w.registry), initial,
+        [=](const eplb::comm::MpiComm& c) -> std::unique_ptr<eplb::comm::Transport> {
+          return std::make_unique<FailingAtSyncTransport>(c, c.rank() == bad, at_first_send, timeout_s);
+        });
+    std::mt19937_64 rng(seed + world_rank());
+    add_random_loads(*engine, rng, 1.5);
+  }
+  static Topology topology() {
+    Topology t{2, 8, 3 * world_size(), world_size(), 1, 1};
+    t.num_logical = std::min(t.num_logical, t.num_slots);
+    return t;
+  }
+};
+
+/// Every rank reaches this point (no rank left in a collective).
+void expect_ranks_in_step() {
+  int one = 1, sum = 0;
+  MPI_Allreduce(&one, &sum, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+  EXPECT_EQ(sum, world_size());
+}
+
 TEST(EngineMigrationFailure, TransportFailingOnOneRankAfterItsTransfersFailsEverywhere) {
   // Before the engine agreed on migration failures, the other ranks adopted the placement and
   // waited forever for the failing rank in their next collective (the test's timeout).
-  const int P = world_size();
-  Topology t{2, 8, 3 * P, P, 1, 1};
-  t.num_logical = std::min(t.num_logical, t.num_slots);
-  HostWeights w(t, {64, 24});
-  const auto initial = eplb::algo::Placement::contiguous(t);
-  eplb::runtime::fill_slots(w.registry, initial, world_rank());
-  auto cfg = config_for(t);
-  cfg.policy = "deepseek";
-  cfg.align_slots = false;  // the first rebalance changes the placement at every rank count
-  const int bad = P - 1;
-  Engine engine(MPI_COMM_WORLD, cfg, std::move(w.registry), initial,
-                [bad](const eplb::comm::MpiComm& c) -> std::unique_ptr<eplb::comm::Transport> {
-                  return std::make_unique<FailingAtSyncTransport>(c, c.rank() == bad);
-                });
-  std::mt19937_64 rng(11 + world_rank());
-  add_random_loads(engine, rng, 1.5);
+  FailingMigrationJob job(false, 120, 11);
+  Engine& engine = *job.engine;
   expect_error_everywhere([&] { engine.rebalance(); },
-                          "[rank " + std::to_string(bad) + "] moving the weights failed");
+                          "[rank " + std::to_string(world_size() - 1) + "] moving the weights failed");
   // The collective steps ended on every rank: the engine follows the executed plan (on the
   // host the bytes did move) and the ranks are still in step.
   EXPECT_EQ(engine.epoch(), 1);
-  EXPECT_NE(engine.placement(), initial);
+  EXPECT_NE(engine.placement(), job.initial);
   EXPECT_EQ(bad_slots_anywhere(engine), 0u);
   // No further rebalance on any rank (no collective: all ranks know from the agreement).
   expect_error_everywhere([&] { engine.rebalance(); }, "an earlier migration failed");
-  int one = 1, sum = 0;
-  MPI_Allreduce(&one, &sum, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
-  EXPECT_EQ(sum, P);
+  expect_ranks_in_step();
 }
 
 TEST(EngineMigrationFailure, RankFailingBeforeItsSendsLeavesNoPeerWaitingForever) {
   // The failing rank goes on to the error agreement at once; the peers wait for its message
   // only as long as the host transport's bound (1 s here), then agree too: every rank throws.
-  const int P = world_size();
-  if (P < 2) GTEST_SKIP() << "needs two ranks";
-  Topology t{2, 8, 3 * P, P, 1, 1};
-  t.num_logical = std::min(t.num_logical, t.num_slots);
-  HostWeights w(t, {64, 24});
-  const auto initial = eplb::algo::Placement::contiguous(t);
-  eplb::runtime::fill_slots(w.registry, initial, world_rank());
-  auto cfg = config_for(t);
-  cfg.policy = "deepseek";
-  cfg.align_slots = false;
-  const int bad = P - 1;
-  Engine engine(MPI_COMM_WORLD, cfg, std::move(w.registry), initial,
-                [bad](const eplb::comm::MpiComm& c) -> std::unique_ptr<eplb::comm::Transport> {
-                  return std::make_unique<FailingAtSyncTransport>(c, c.rank() == bad, true, 1.0);
-                });
-  std::mt19937_64 rng(13 + world_rank());
-  add_random_loads(engine, rng, 1.5);
+  if (world_size() < 2) GTEST_SKIP() << "needs two ranks";
+  FailingMigrationJob job(true, 1.0, 13);
   // The lowest failing rank's message wins: the failing rank's own, or a peer's timeout.
-  expect_error_everywhere([&] { engine.rebalance(); }, "moving the weights failed");
-  expect_error_everywhere([&] { engine.rebalance(); }, "an earlier migration failed");
-  int one = 1, sum = 0;
-  MPI_Allreduce(&one, &sum, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
-  EXPECT_EQ(sum, P);
+  expect_error_everywhere([&] { job.engine->rebalance(); }, "moving the weights failed");
+  expect_error_everywhere([&] { job.engine->rebalance(); }, "an earlier migration failed");
+  expect_ranks_in_step();
 }
 
 TEST_F(EngineBadInput, ExpertOfLocalSlotOutOfRangeIsInvalidArgument) {
