@@ -106,6 +106,7 @@ DeviceMaps::DeviceMaps(const algo::Topology& topo, const algo::Placement& initia
     : layers_(topo.num_layers),
       logical_(topo.num_logical),
       xcap_(topo.num_slots - topo.num_logical + 1),
+      stride_(static_cast<std::size_t>(topo.num_layers), 1),
       stream_(stream) {
   initial.check_shape(topo, "DeviceMaps");
   const std::size_t le = static_cast<std::size_t>(layers_) * logical_;
@@ -123,47 +124,45 @@ void DeviceMaps::reset(const algo::Placement& placement) {
   comm::CudaEvent done(false);
   done.record(stream_);
   done.synchronize();  // earlier copies out of the pinned mirror are complete
-  stage(placement, true);
-  comm::copy_async(log2phy_.get(), host_log2phy_.get(), log2phy_.size(), stream_);
-  comm::copy_async(logcnt_.get(), host_logcnt_.get(), logcnt_.size(), stream_);
+  stage(placement);
+  for (int l = 0; l < layers_; ++l) commit_layer(l);
   done.record(stream_);
   done.synchronize();
 }
 
 DeviceLayerMaps DeviceMaps::layer(int l) const {
   return {log2phy_.as<int>() + static_cast<std::size_t>(l) * logical_ * xcap_,
-          logcnt_.as<int>() + static_cast<std::size_t>(l) * logical_, logical_, xcap_};
+          logcnt_.as<int>() + static_cast<std::size_t>(l) * logical_, logical_,
+          stride_[static_cast<std::size_t>(l)]};
 }
 
-void DeviceMaps::stage(const algo::Placement& p, bool full) {
+void DeviceMaps::stage(const algo::Placement& p) {
   // The pinned mirror is only rewritten after the previous migration's copies completed
-  // (execute_migration ends with a stream synchronisation). Incrementally, a rebalance
-  // touches a few entries per row instead of the whole [L][E][Xcap] mirror (2 MB for V3).
+  // (execute_migration ends with a stream synchronisation). The placement's own log2phy
+  // rows (stride X, -1 padded) are copied as they are: for V3 (X = 9 against Xcap = 33) a
+  // quarter of the bytes of a full-capacity mirror, written in order.
+  const int X = p.max_replicas();
+  const std::size_t row = static_cast<std::size_t>(logical_) * X;
   int* l2p = host_log2phy_.as<int>();
-  int* cnt = host_logcnt_.as<int>();
-  if (full) std::fill(l2p, l2p + static_cast<std::size_t>(layers_) * logical_ * xcap_, -1);
   for (int l = 0; l < layers_; ++l) {
-    const int* c_new = p.logcnt(l).data();
-    int* c_row = cnt + static_cast<std::size_t>(l) * logical_;
-    for (int e = 0; e < logical_; ++e) {
-      const int* slots = p.log2phy(l, e).data();
-      int* dst = l2p + (static_cast<std::size_t>(l) * logical_ + e) * xcap_;
-      const int n = c_new[e], old = full ? 0 : c_row[e];
-      for (int r = 0; r < n; ++r) dst[r] = slots[r];
-      for (int r = n; r < old; ++r) dst[r] = -1;
-      c_row[e] = n;
-    }
+    const int* from = p.log2phy().data() + static_cast<std::size_t>(l) * row;
+    std::copy(from, from + row, l2p + static_cast<std::size_t>(l) * logical_ * xcap_);
   }
+  std::copy(p.logcnt().begin(), p.logcnt().end(), host_logcnt_.as<int>());
+  staged_x_ = X;
 }
 
-void DeviceMaps::prepare(const algo::Placement& next) { stage(next, false); }
+void DeviceMaps::prepare(const algo::Placement& next) { stage(next); }
 
 void DeviceMaps::commit_layer(int l) {
+  // Kernels enqueued after this copy (same stream) read the new rows with the new stride;
+  // those enqueued before it read the old ones.
   const std::size_t off = static_cast<std::size_t>(l) * logical_;
   comm::copy_async(log2phy_.as<int>() + off * xcap_, host_log2phy_.as<int>() + off * xcap_,
-                   static_cast<std::size_t>(logical_) * xcap_ * sizeof(int), stream_);
+                   static_cast<std::size_t>(logical_) * staged_x_ * sizeof(int), stream_);
   comm::copy_async(logcnt_.as<int>() + off, host_logcnt_.as<int>() + off,
                    static_cast<std::size_t>(logical_) * sizeof(int), stream_);
+  stride_[static_cast<std::size_t>(l)] = staged_x_;
 }
 
 }  // namespace eplb::runtime::cuda

@@ -5,6 +5,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "algo/placement.hpp"
 #include "comm/cuda.hpp"
@@ -45,8 +46,10 @@ class DeviceLoadWindow final : public LoadSource {
   comm::PinnedBuffer host_;
 };
 
-/// Routing maps on the device: log2phy [L][E][Xcap] (Xcap = R - E + 1, the most replicas any
-/// placement can give one expert) and logcnt [L][E]. A MapListener for the engine: the maps
+/// Routing maps on the device: per layer, log2phy [E][X] and logcnt [E], where X is the
+/// max_replicas() of the placement the layer was last switched to (each layer's region holds
+/// up to Xcap = R - E + 1 per expert, the most replicas any placement can give one; layer(l)
+/// reports the layer's current X as its row stride). A MapListener for the engine: the maps
 /// of layer l are switched on the stream right after layer l's weights are in place.
 class DeviceMaps final : public MapListener {
  public:
@@ -60,11 +63,12 @@ class DeviceMaps final : public MapListener {
   void reset(const algo::Placement& placement) override;
 
  private:
-  /// Writes `p` into the pinned mirror. `full`: every entry (-1 fill first); else only each
-  /// row's entries that can differ: the new replicas, and -1 over the old ones past the new
-  /// count (the mirror's rows are -1 past their count, an invariant both ways keep).
-  void stage(const algo::Placement& p, bool full);
+  /// Copies `p`'s log2phy ([E][X] per layer, X = p.max_replicas()) and logcnt into the
+  /// pinned mirror, each layer at the start of its region: L*E*X entries, not L*E*Xcap.
+  void stage(const algo::Placement& p);
   int layers_, logical_, xcap_;
+  int staged_x_ = 0;         ///< row stride of the mirror's content
+  std::vector<int> stride_;  ///< [L]: row stride of each layer's content on the device
   comm::cuda_stream stream_;
   comm::DeviceBuffer log2phy_, logcnt_;
   comm::PinnedBuffer host_log2phy_, host_logcnt_;

@@ -227,15 +227,31 @@ TEST(DeviceMaps, ResetReplacesEveryLayer) {
 }
 
 TEST(DeviceMaps, PrepareAndCommitFollowEveryPlacement) {
-  // A sequence of placements whose replica counts rise and fall (prepare() rewrites only what
-  // can differ in its pinned mirror): after each prepare + commit of every layer the device
-  // maps are exactly the placement's, -1 past each expert's count.
+  // A sequence of placements whose replica counts (and so their row stride X) rise and fall:
+  // after each prepare + commit the committed layers' device maps are exactly the new
+  // placement's (rows of its X, -1 past each expert's count), the others still the old one's.
   SKIP_WITHOUT_GPU();
   const Topology t{3, 16, 40, 4, 1, 1};
-  const int xcap = t.num_slots - t.num_logical + 1;
   std::mt19937 rng(21);
   eplb::comm::CudaStream stream;
   eplb::runtime::cuda::DeviceMaps maps(t, Placement::contiguous(t), stream.get());
+  auto expect_layer = [&](int l, const Placement& p) {
+    const auto dev = maps.layer(l);
+    const int x = p.max_replicas();
+    ASSERT_EQ(dev.max_replicas, x) << "layer " << l;
+    std::vector<int> l2p(static_cast<std::size_t>(t.num_logical) * x), cnt(t.num_logical);
+    eplb::comm::copy_async(l2p.data(), dev.log2phy, l2p.size() * sizeof(int), stream.get());
+    eplb::comm::copy_async(cnt.data(), dev.logcnt, cnt.size() * sizeof(int), stream.get());
+    stream.synchronize();
+    for (int e = 0; e < t.num_logical; ++e) {
+      EXPECT_EQ(cnt[e], p.logcnt(l)[e]) << "layer " << l << " expert " << e;
+      std::vector<int> want(static_cast<std::size_t>(x), -1);
+      for (int r = 0; r < p.logcnt(l)[e]; ++r) want[r] = p.log2phy(l, e)[r];
+      EXPECT_TRUE(std::equal(want.begin(), want.end(), l2p.begin() + static_cast<std::ptrdiff_t>(e) * x))
+          << "layer " << l << " expert " << e;
+    }
+  };
+  Placement prev = Placement::contiguous(t);
   for (int step = 0; step < 12; ++step) {
     SCOPED_TRACE(step);
     const Placement p = step % 4 == 3 ? Placement::contiguous(t) : random_placement(t, rng);
@@ -243,22 +259,13 @@ TEST(DeviceMaps, PrepareAndCommitFollowEveryPlacement) {
     // stopped it) before the one that is.
     if (step % 3 == 1) maps.prepare(random_placement(t, rng));
     maps.prepare(p);
-    for (int l = 0; l < t.num_layers; ++l) maps.commit_layer(l);
-    for (int l = 0; l < t.num_layers; ++l) {
-      const auto dev = maps.layer(l);
-      ASSERT_EQ(dev.max_replicas, xcap);
-      std::vector<int> l2p(static_cast<std::size_t>(t.num_logical) * xcap), cnt(t.num_logical);
-      eplb::comm::copy_async(l2p.data(), dev.log2phy, l2p.size() * sizeof(int), stream.get());
-      eplb::comm::copy_async(cnt.data(), dev.logcnt, cnt.size() * sizeof(int), stream.get());
-      stream.synchronize();
-      for (int e = 0; e < t.num_logical; ++e) {
-        EXPECT_EQ(cnt[e], p.logcnt(l)[e]) << "layer " << l << " expert " << e;
-        std::vector<int> want(static_cast<std::size_t>(xcap), -1);
-        for (int r = 0; r < p.logcnt(l)[e]; ++r) want[r] = p.log2phy(l, e)[r];
-        EXPECT_TRUE(std::equal(want.begin(), want.end(), l2p.begin() + static_cast<std::ptrdiff_t>(e) * xcap))
-            << "layer " << l << " expert " << e;
-      }
-    }
+    // Mid-migration: layer 0 switched, the others not yet.
+    maps.commit_layer(0);
+    expect_layer(0, p);
+    for (int l = 1; l < t.num_layers; ++l) expect_layer(l, prev);
+    for (int l = 1; l < t.num_layers; ++l) maps.commit_layer(l);
+    for (int l = 0; l < t.num_layers; ++l) expect_layer(l, p);
+    prev = p;
   }
 }
 
