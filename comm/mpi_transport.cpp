@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdlib>
 #include <cstring>
 #include <new>
 #include <string>
@@ -13,13 +12,7 @@ constexpr std::size_t kMaxMessage = std::size_t{1} << 30;
 constexpr int kTag = 0x3e9b;
 }  // namespace
 
-double host_transfer_timeout_seconds() {
-  if (const char* v = std::getenv("EPLB_TRANSFER_TIMEOUT_S")) {
-    const double s = std::atof(v);
-    if (s > 0) return s;
-  }
-  return 120.0;
-}
+double host_transfer_timeout_seconds() { return seconds_from_env("EPLB_TRANSFER_TIMEOUT_S", 120.0); }
 
 MpiHostTransport::~MpiHostTransport() {
   // Only reachable with requests in flight when an exception unwound a migration: wait for
@@ -28,7 +21,7 @@ MpiHostTransport::~MpiHostTransport() {
     if (!requests_.empty() && !wait_bounded(requests_, recv_, false))
       detail::log_error("~MpiHostTransport: requests of an unfinished batch did not complete; released");
   } catch (const std::exception& e) {
-    detail::log_error((std::string("~MpiHostTransport: ") + e.what()).c_str());
+    detail::log_error(std::string("~MpiHostTransport: ") + e.what());
   }
 }
 

@@ -4,7 +4,6 @@
 #include <nccl.h>
 
 #include <chrono>
-#include <cstdlib>
 #include <cstring>
 #include <thread>
 
@@ -18,13 +17,7 @@ void check_nccl(int rc, const char* call, const char* file, int line, ncclComm* 
   throw NcclError(detail::format_failure(detail::world_rank_or_minus_one(), call, msg, file, line));
 }
 
-double nccl_timeout_seconds() {
-  if (const char* v = std::getenv("EPLB_NCCL_TIMEOUT_S")) {
-    const double s = std::atof(v);
-    if (s > 0) return s;
-  }
-  return 120.0;
-}
+double nccl_timeout_seconds() { return seconds_from_env("EPLB_NCCL_TIMEOUT_S", 120.0); }
 
 NcclComm::NcclComm(const MpiComm& mpi, double timeout_s, std::optional<std::string> setup_error)
     : timeout_s_(timeout_s), rank_(mpi.rank()) {

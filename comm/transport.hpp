@@ -26,6 +26,16 @@ inline bool migration_tracing() {
   return on;
 }
 
+/// Seconds from environment variable `name` when it holds a positive number, else `fallback`
+/// (the transports' wait bounds: EPLB_NCCL_TIMEOUT_S, EPLB_TRANSFER_TIMEOUT_S).
+inline double seconds_from_env(const char* name, double fallback) {
+  if (const char* v = std::getenv(name)) {
+    const double s = std::atof(v);
+    if (s > 0) return s;
+  }
+  return fallback;
+}
+
 /// Owned memory in a transport's space (staging); freed by the transport's deleter.
 using Buffer = std::unique_ptr<std::byte, void (*)(std::byte*)>;
 

@@ -337,10 +337,10 @@ RebalanceStats Engine::rebalance() {
     st.moved = execute_migration(plan_, weights_, *transport_, comm_.rank(), staging_.get(),
                                  [this, &commit_error](int layer) {
                                    if (!listener_ || commit_error) return;
-                                   capture(commit_error, "", [&] { listener_->commit_layer(layer); });
-                                   if (commit_error)
-                                     commit_error = "switching the maps of layer " +
-                                                    std::to_string(layer) + " failed: " + *commit_error;
+                                   const std::string what = "switching the maps of layer " +
+                                                            std::to_string(layer) + " failed: ";
+                                   capture(commit_error, what.c_str(),
+                                           [&] { listener_->commit_layer(layer); });
                                  },
                                  exec);
   });
