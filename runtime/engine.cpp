@@ -116,6 +116,7 @@ Engine::Engine(MPI_Comm comm, RuntimeConfig config, WeightRegistry weights,
   // leave the others to wait in their first rebalance.
   capture(local, "creating the weight transport failed: ", [&] {
     transport_ = transport ? transport(comm_) : std::make_unique<comm::MpiHostTransport>(comm_);
+    if (!transport_) throw std::invalid_argument("the transport factory returned no transport (nullptr)");
     const std::size_t n = static_cast<std::size_t>(topo.num_layers) * topo.num_logical;
     local_load_.assign(n, 0);
     global_load_.assign(n, 0);
@@ -189,6 +190,14 @@ RebalanceStats Engine::rebalance() {
   });
   comm::throw_if_any_failed<Error>(comm_, failure);
   if (const auto m = source_mismatch(source_, config_); m && !input_error) input_error = *m;
+  // Ranks whose step() counts differ would sum windows of different passes (and a model with
+  // a collective per pass would be out of step with itself): rejected on every rank.
+  std::int64_t passes[2] = {pass_, -pass_};  // MIN gives min and -max
+  EPLB_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, passes, 2, MPI_INT64_T, MPI_MIN, comm_.get()));
+  if (passes[0] != -passes[1] && !input_error)
+    input_error = "the ranks are at different passes (" + std::to_string(passes[0]) + " to " +
+                  std::to_string(-passes[1]) +
+                  "): step() must be called once per forward pass on every rank";
   comm::throw_if_any_failed(comm_, input_error);
   // In place on both paths (MPI needs MPI_IN_PLACE on all ranks or none).
   if (device_sum) {

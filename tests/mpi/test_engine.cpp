@@ -519,6 +519,45 @@ TEST_F(EngineBadInput, RecordOnABadLayerOnOneRankIsReportedEverywhere) {
   expect_rejected({"[rank 0]", "outside [0, "});
 }
 
+TEST_F(EngineBadInput, PassCountsDifferingBetweenRanksAreRejectedEverywhere) {
+  if (world_size() < 2) GTEST_SKIP() << "needs two ranks";
+  // One extra step() on the last rank (the interval is 0: step() never rebalances here).
+  if (world_rank() == world_size() - 1) {
+    EXPECT_FALSE(engine->step());
+  }
+  const auto before = engine->placement();
+  try {
+    engine->rebalance();
+    ADD_FAILURE() << "rebalance accepted ranks at different passes";
+  } catch (const eplb::InvalidInput& e) {
+    EXPECT_NE(std::string(e.what()).find("different passes (0 to 1)"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(engine->placement(), before);
+  EXPECT_EQ(bad_slots_anywhere(*engine), 0u);
+  // In step again: rebalancing works.
+  if (world_rank() != world_size() - 1) {
+    EXPECT_FALSE(engine->step());
+  }
+  EXPECT_NO_THROW(engine->rebalance());
+  EXPECT_EQ(bad_slots_anywhere(*engine), 0u);
+}
+
+TEST(EngineConfig, TransportFactoryReturningNothingIsAnErrorEverywhere) {
+  const Topology t{2, 4, 4 * world_size(), world_size(), 1, 1};
+  HostWeights host(t, {64});
+  const int bad = world_size() - 1;
+  try {
+    Engine e(MPI_COMM_WORLD, config_for(t), std::move(host.registry), {},
+             [bad](const eplb::comm::MpiComm& c) -> std::unique_ptr<eplb::comm::Transport> {
+               if (c.rank() == bad) return nullptr;
+               return std::make_unique<eplb::comm::MpiHostTransport>(c);
+             });
+    ADD_FAILURE() << "the engine started without a transport on rank " << bad;
+  } catch (const eplb::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("returned no transport"), std::string::npos) << e.what();
+  }
+}
+
 TEST(EngineConfig, TransportFailingOnOneRankFailsEverywhere) {
   const Topology t{2, 4, 4 * world_size(), world_size(), 1, 1};
   HostWeights host(t, {64});
