@@ -1,6 +1,7 @@
 #pragma once
 /// \file The weight transport: how expert bytes move between ranks during a migration.
 #include <cstddef>
+#include <cstdio>
 #include <cstdlib>
 #include <memory>
 #include <span>
@@ -27,12 +28,16 @@ inline bool migration_tracing() {
 }
 
 /// Seconds from environment variable `name` when it holds a positive number, else `fallback`
-/// (the transports' wait bounds: EPLB_NCCL_TIMEOUT_S, EPLB_TRANSFER_TIMEOUT_S).
+/// (the transports' wait bounds: EPLB_NCCL_TIMEOUT_S, EPLB_TRANSFER_TIMEOUT_S). A value that is
+/// set but not a positive finite number is reported on stderr once per call.
 inline double seconds_from_env(const char* name, double fallback) {
-  if (const char* v = std::getenv(name)) {
-    const double s = std::atof(v);
-    if (s > 0) return s;
-  }
+  const char* v = std::getenv(name);
+  if (!v || !*v) return fallback;
+  char* end = nullptr;
+  const double s = std::strtod(v, &end);
+  if (end != v && *end == '\0' && s > 0 && s <= 1e9) return s;
+  std::fprintf(stderr, "eplb: ignoring %s='%s' (not a positive number of seconds); using %g s\n",
+               name, v, fallback);
   return fallback;
 }
 

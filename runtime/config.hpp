@@ -12,11 +12,14 @@ struct RuntimeConfig {
   algo::Topology topology;
   /// Placement policy name (algo::policy_names()); empty = algo::default_policy_name().
   std::string policy;
-  /// W: forward passes kept in the load window (ring buffer). >= 1.
+  /// W: forward passes kept in the load window (ring buffer). >= 1. Memory: W x L x E x 8
+  /// bytes per rank (host window; the device window the same in GPU memory): 119 MB for
+  /// W = 1000, L = 58, E = 256.
   int window_passes = 1000;
   /// Passes between automatic rebalances; 0 = only when rebalance() is called.
   int rebalance_interval = 3000;
-  /// Pass of the first automatic rebalance; -1 = rebalance_interval / 4 (what peers do).
+  /// Pass of the first automatic rebalance; -1 = rebalance_interval / 4 (what peers do; if
+  /// that is 0, rebalance_interval); 0 = rebalance_interval.
   int first_rebalance = -1;
   /// Skip a rebalance whose predicted balancedness gain (after - before, see
   /// algo::BalanceReport::balancedness) is below this. 0 = skip only when nothing improves
@@ -56,6 +59,11 @@ struct RuntimeConfig {
   /// time), allreduce the device buffer directly instead of copying it to the host first.
   /// Off by default: the host path is the tested one.
   bool device_allreduce = false;
+  /// Negative expert ids in the router output are padding, not errors: a top-k entry that
+  /// selects no expert (DeepEP's -1) or a padded token. The host window's record() skips
+  /// them; pass the flag to cuda::launch_route_and_count too. Off: any id outside [0, E)
+  /// rejects its batch and fails the next rebalance on every rank (catches garbage ids).
+  bool skip_negative_ids = false;
 
   /// Throws std::invalid_argument naming the first bad field.
   void validate() const;

@@ -52,7 +52,8 @@ Engine::Engine(MPI_Comm comm, RuntimeConfig config, WeightRegistry weights,
   std::optional<std::string> local;
   try {
     config_.validate();
-    window_ = LoadWindow(topo.num_layers, topo.num_logical, config_.window_passes);
+    window_ = LoadWindow(topo.num_layers, topo.num_logical, config_.window_passes,
+                         config_.skip_negative_ids);
     weights_.validate();
     if (topo.num_ranks != comm_.size())
       throw std::invalid_argument("topology has num_ranks = " + std::to_string(topo.num_ranks) +
@@ -94,6 +95,7 @@ Engine::Engine(MPI_Comm comm, RuntimeConfig config, WeightRegistry weights,
               {"align_slots", static_cast<std::uint64_t>(config_.align_slots)},
               {"distributed_planning", static_cast<std::uint64_t>(config_.distributed_planning)},
               {"device_allreduce", static_cast<std::uint64_t>(config_.device_allreduce)},
+              {"skip_negative_ids", static_cast<std::uint64_t>(config_.skip_negative_ids)},
               {"weight layout (hash)", weights_.layout_hash()},
               {"initial placement (hash)",
                comm::fnv1a(initial.phy2log().data(), initial.phy2log().size_bytes())}});

@@ -74,7 +74,8 @@ class Engine {
   /// Borrowed; must outlive the engine or be reset to null. With a source set, step() and
   /// rebalance() use it instead of window() (e.g. a device window on the GPU).
   void set_load_source(LoadSource* source) { source_ = source; }
-  /// Borrowed; told about every migration layer by layer (e.g. device maps).
+  /// Borrowed; must outlive the engine or be reset to null. Told about every migration layer
+  /// by layer (e.g. device maps).
   void set_map_listener(MapListener* listener) { listener_ = listener; }
   comm::Transport& transport() { return *transport_; }
   /// Whether the MPI library reported CUDA support at start-up (comm::mpi_cuda_aware()).

@@ -5,8 +5,8 @@
 
 namespace eplb::runtime {
 
-LoadWindow::LoadWindow(int num_layers, int num_logical, int window_passes)
-    : layers_(num_layers), logical_(num_logical), window_(window_passes) {
+LoadWindow::LoadWindow(int num_layers, int num_logical, int window_passes, bool skip_negative_ids)
+    : layers_(num_layers), logical_(num_logical), window_(window_passes), skip_negative_(skip_negative_ids) {
   if (num_layers < 1 || num_logical < 1 || window_passes < 1)
     throw std::invalid_argument("LoadWindow: num_layers, num_logical and window_passes must be >= 1");
   const std::size_t wl = static_cast<std::size_t>(window_) * static_cast<std::size_t>(layers_);  // < 2^62
@@ -39,11 +39,12 @@ void LoadWindow::reject(std::string message) {
 template <class T>
 int LoadWindow::record_impl(int layer, std::span<const T> ids) {
   if (!accept_call(layer, ids.size(), 0, "LoadWindow::record")) return -1;
-  int bad = 0;
+  int bad = 0, skipped = 0;
   std::size_t first_bad = 0;
   for (std::size_t i = 0; i < ids.size(); ++i)
     if (ids[i] < 0 || ids[i] >= logical_) {
-      if (bad++ == 0) first_bad = i;
+      if (skip_negative_ && ids[i] < 0) ++skipped;
+      else if (bad++ == 0) first_bad = i;
     }
   if (bad) {
     reject("topk_ids of layer " + std::to_string(layer) + ": " + std::to_string(bad) +
@@ -53,7 +54,12 @@ int LoadWindow::record_impl(int layer, std::span<const T> ids) {
     return bad;
   }
   std::int64_t* c = current(layer);
-  for (const T id : ids) ++c[id];
+  if (skipped) {
+    for (const T id : ids)
+      if (id >= 0) ++c[id];
+  } else {
+    for (const T id : ids) ++c[id];
+  }
   return 0;
 }
 

@@ -16,7 +16,9 @@ namespace eplb::runtime {
 /// waiting in their next collective.)
 class LoadWindow {
  public:
-  LoadWindow(int num_layers, int num_logical, int window_passes);
+  /// skip_negative_ids: record() skips negative ids (see RuntimeConfig::skip_negative_ids)
+  /// instead of rejecting the batch.
+  LoadWindow(int num_layers, int num_logical, int window_passes, bool skip_negative_ids = false);
 
   int num_layers() const { return layers_; }
   int num_logical() const { return logical_; }
@@ -24,7 +26,8 @@ class LoadWindow {
 
   /// Router output of one layer in the current pass: topk_ids[tokens][k] row-major logical
   /// ids (host memory). Returns the number of out-of-range ids (0 = counted; -1: the layer is
-  /// outside [0, L)).
+  /// outside [0, L)); a batch with any is not counted and the next rebalance fails on every
+  /// rank. With skip_negative_ids, negative ids are skipped (not counted, not errors).
   int record(int layer, std::span<const std::int32_t> topk_ids);
   int record(int layer, std::span<const std::int64_t> topk_ids);
   /// Adds per-expert counts of one layer (an engine's own counters). Returns false and
@@ -60,6 +63,7 @@ class LoadWindow {
   bool accept_call(int layer, std::size_t size, std::size_t expected, const char* what);
 
   int layers_, logical_, window_;
+  bool skip_negative_ = false;
   int cursor_ = 0;
   std::vector<std::int64_t> ring_;
   std::optional<std::string> error_;

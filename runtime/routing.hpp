@@ -18,16 +18,18 @@ struct LayerMaps {
 ///  - slots_out[i] = log2phy[e][i % logcnt[e]] (replica chosen by position modulo count), or,
 ///    when [local_begin, local_end) is non-empty and e has a replica there, the first such one;
 ///  - counts[e] += 1.
-/// An id outside [0, E) gives slots_out[i] = -1, counts nothing and adds 1 to *errors.
+/// An id outside [0, E) gives slots_out[i] = -1, counts nothing and adds 1 to *errors; with
+/// skip_negative_ids a negative id (a top-k entry that selects no expert, e.g. DeepEP's -1, or a
+/// padded token) gives slots_out[i] = -1 and is not an error.
 template <class Id>
 void route_and_count_host(std::span<const Id> topk_ids, const LayerMaps& maps, int local_begin,
                           int local_end, std::span<int> slots_out, std::span<std::int64_t> counts,
-                          std::int64_t* errors) {
+                          std::int64_t* errors, bool skip_negative_ids = false) {
   for (std::size_t i = 0; i < topk_ids.size(); ++i) {
     const long long e = static_cast<long long>(topk_ids[i]);
     if (e < 0 || e >= maps.num_logical) {
       slots_out[i] = -1;
-      ++*errors;
+      if (!(skip_negative_ids && e < 0)) ++*errors;
       continue;
     }
     const int* reps = maps.log2phy + e * maps.max_replicas;

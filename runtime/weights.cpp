@@ -1,7 +1,10 @@
 #include "runtime/weights.hpp"
 
 #include <algorithm>
+#include <cstdint>
 #include <stdexcept>
+#include <string>
+#include <vector>
 
 namespace eplb::runtime {
 
@@ -55,6 +58,29 @@ void WeightRegistry::validate() const {
     if (layers_[l].empty())
       throw std::invalid_argument("WeightRegistry: layer " + std::to_string(l) +
                                   " has no registered tensor");
+  // No byte may belong to two slots (of one tensor, of two tensors or of two layers): a
+  // migration writing one would corrupt the other. Interleaved tensors (strides) are fine.
+  struct Span {
+    std::uintptr_t begin, end;
+    int layer, slot;
+    const std::string* name;
+  };
+  std::vector<Span> spans;
+  for (int l = 0; l < num_layers(); ++l)
+    for (const auto& t : layers_[l])
+      for (int i = 0; i < slots_per_rank_; ++i) {
+        const auto b = reinterpret_cast<std::uintptr_t>(t.base) + static_cast<std::uintptr_t>(i) * t.stride;
+        spans.push_back({b, b + t.bytes_per_slot, l, i, &t.name});
+      }
+  std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) { return a.begin < b.begin; });
+  for (std::size_t j = 1; j < spans.size(); ++j)
+    if (spans[j].begin < spans[j - 1].end) {
+      auto where = [](const Span& s) {
+        return "layer " + std::to_string(s.layer) + " tensor '" + *s.name + "' slot " + std::to_string(s.slot);
+      };
+      throw std::invalid_argument("WeightRegistry: the bytes of " + where(spans[j - 1]) + " and " +
+                                  where(spans[j]) + " overlap (each slot needs memory of its own)");
+    }
 }
 
 std::uint64_t WeightRegistry::layout_hash() const {

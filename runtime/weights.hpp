@@ -9,8 +9,10 @@
 namespace eplb::runtime {
 
 /// One tensor of one layer holding this rank's k = R/P local slots: slot i's bytes are
-/// [base + i*stride, base + i*stride + bytes_per_slot). Memory is the engine's (host memory
-/// with the MPI transport, device memory with NCCL); eplb never allocates or frees it.
+/// [base + i*stride, base + i*stride + bytes_per_slot). The memory belongs to the caller (the
+/// inference engine: host memory with the MPI transport, device memory with NCCL), must stay
+/// valid while the eplb Engine lives, and must not be shared by two registered tensors; eplb
+/// never allocates or frees it.
 struct TensorView {
   std::string name;
   std::byte* base = nullptr;
@@ -38,7 +40,7 @@ class WeightRegistry {
   /// Bytes of one expert of `layer`, all tensors together.
   std::size_t bytes_per_expert(int layer) const;  ///< throws as tensors() does
   std::size_t max_bytes_per_expert() const;
-  /// Throws std::invalid_argument if some layer has no tensor.
+  /// Throws std::invalid_argument if some layer has no tensor or two slots share a byte.
   void validate() const;
   /// Hash of (layers, per layer: tensor count and bytes per slot), for config agreement.
   std::uint64_t layout_hash() const;

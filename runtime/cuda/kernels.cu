@@ -16,7 +16,8 @@ __global__ void route_and_count_kernel(const Id* __restrict__ ids, long long n,
                                        const int* __restrict__ logcnt, int E, int X,
                                        int local_begin, int local_end, int* __restrict__ slots,
                                        unsigned long long* __restrict__ counts,
-                                       unsigned long long* __restrict__ errors) {
+                                       unsigned long long* __restrict__ errors,
+                                       bool skip_negative) {
   extern __shared__ unsigned int hist[];
   if (kSmem) {
     for (int e = threadIdx.x; e < E; e += blockDim.x) hist[e] = 0;
@@ -28,7 +29,7 @@ __global__ void route_and_count_kernel(const Id* __restrict__ ids, long long n,
        i += stride) {
     const long long e = static_cast<long long>(ids[i]);
     if (e < 0 || e >= E) {
-      ++bad;
+      bad += !(skip_negative && e < 0);
       if (slots) slots[i] = -1;
       continue;
     }
@@ -70,7 +71,8 @@ __global__ void window_sum_kernel(const unsigned long long* __restrict__ ring, i
 
 template <class Id>
 int launch_typed(const Id* ids, long long n, const DeviceLayerMaps& m, int lb, int le, int* slots,
-                  unsigned long long* counts, unsigned long long* errors, cudaStream_t s) {
+                  unsigned long long* counts, unsigned long long* errors, cudaStream_t s,
+                  bool skip_negative) {
   if (n <= 0) return cudaSuccess;
   long long blocks = (n + kThreads - 1) / kThreads;
   if (blocks > 1024) blocks = 1024;
@@ -79,10 +81,12 @@ int launch_typed(const Id* ids, long long n, const DeviceLayerMaps& m, int lb, i
   if (m.num_logical <= kSmemExperts && n > 4096) {
     route_and_count_kernel<Id, true><<<static_cast<int>(blocks), kThreads,
                                        m.num_logical * sizeof(unsigned int), s>>>(
-        ids, n, m.log2phy, m.logcnt, m.num_logical, m.max_replicas, lb, le, slots, counts, errors);
+        ids, n, m.log2phy, m.logcnt, m.num_logical, m.max_replicas, lb, le, slots, counts, errors,
+        skip_negative);
   } else {
     route_and_count_kernel<Id, false><<<static_cast<int>(blocks), kThreads, 0, s>>>(
-        ids, n, m.log2phy, m.logcnt, m.num_logical, m.max_replicas, lb, le, slots, counts, errors);
+        ids, n, m.log2phy, m.logcnt, m.num_logical, m.max_replicas, lb, le, slots, counts, errors,
+        skip_negative);
   }
   return cudaGetLastError();
 }
@@ -163,12 +167,12 @@ int launch_copy_batch(const CopySpec* ops, unsigned long long n, int blocks, int
 int launch_route_and_count(const void* ids, bool ids_are_int64, long long n,
                             const DeviceLayerMaps& maps, int local_begin, int local_end,
                             int* slots_out, unsigned long long* counts,
-                            unsigned long long* errors, CUstream_st* stream) {
+                            unsigned long long* errors, CUstream_st* stream, bool skip_negative_ids) {
   if (ids_are_int64)
     return launch_typed(static_cast<const long long*>(ids), n, maps, local_begin, local_end, slots_out,
-                 counts, errors, stream);
+                 counts, errors, stream, skip_negative_ids);
   return launch_typed(static_cast<const int*>(ids), n, maps, local_begin, local_end, slots_out, counts,
-                 errors, stream);
+                 errors, stream, skip_negative_ids);
 }
 
 int launch_window_sum(const unsigned long long* ring, int window, long long n, long long* out,

@@ -20,11 +20,14 @@ struct DeviceLayerMaps {
 /// physical slot to slots_out (device, may be null) exactly as route_and_count_host does
 /// (position % count, or the first replica in [local_begin, local_end) when non-empty), and
 /// adds 1 to counts[e] (device, [E] uint64). Out-of-range ids add 1 to *errors (device) and
-/// get slot -1. Stream-ordered; no host synchronisation.
+/// get slot -1; with skip_negative_ids, negative ids (no expert selected: DeepEP's -1, padded
+/// tokens) get slot -1 and are not errors (pass RuntimeConfig::skip_negative_ids).
+/// Stream-ordered; no host synchronisation.
 int launch_route_and_count(const void* topk_ids, bool ids_are_int64, long long n,
                             const DeviceLayerMaps& maps, int local_begin, int local_end,
                             int* slots_out, unsigned long long* counts,
-                            unsigned long long* errors, CUstream_st* stream);
+                            unsigned long long* errors, CUstream_st* stream,
+                            bool skip_negative_ids = false);
 
 /// One device-to-device copy of launch_copy_batch.
 struct CopySpec {

@@ -19,7 +19,8 @@ int copy_kernel_threads();
 /// comm::NcclTransport (collective over `mpi`) whose copies run as kernels of
 /// copy_kernel_blocks() blocks: one launch per phase instead of one copy call per tensor
 /// per expert, whose host cost held back migration (docs/MIGRATION.md). Connects every
-/// peer before returning (NcclTransport::connect_peers) unless EPLB_NCCL_CONNECT=0.
+/// peer before returning (NcclTransport::connect_peers) unless EPLB_NCCL_CONNECT=0. The
+/// transport works on `stream`, which must outlive it (and so the Engine that owns it).
 std::unique_ptr<comm::NcclTransport> make_nccl_transport(const comm::MpiComm& mpi,
                                                          comm::cuda_stream stream);
 

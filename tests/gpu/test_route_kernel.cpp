@@ -20,6 +20,7 @@ using eplb::algo::Topology;
 struct Case {
   int tokens, k, experts, slots, ranks;
   bool int64_ids, prefer_local, with_bad_ids;
+  bool skip_negative = false;  // RuntimeConfig::skip_negative_ids
   // GoogleTest prints parameters into test listings that CTest parses: keep it plain.
   friend void PrintTo(const Case& c, std::ostream* os) {
     *os << c.tokens << "x" << c.k << "_E" << c.experts << "_R" << c.slots;
@@ -59,6 +60,7 @@ void run_case(const Case& c, bool via_reset = false, int layer = 1) {
   if (c.with_bad_ids && n > 3) {
     ids[1] = static_cast<Id>(c.experts);
     ids[n - 1] = static_cast<Id>(-2);
+    ids[0] = static_cast<Id>(-1);
   }
   const int k_local = t.slots_per_rank();
   const int lb = c.prefer_local ? k_local : 0, le = c.prefer_local ? 2 * k_local : 0;
@@ -70,13 +72,14 @@ void run_case(const Case& c, bool via_reset = false, int layer = 1) {
   const eplb::runtime::LayerMaps hm{
       p.log2phy().data() + static_cast<std::size_t>(layer) * c.experts * p.max_replicas(),
       p.logcnt(layer).data(), c.experts, p.max_replicas()};
-  eplb::runtime::route_and_count_host<Id>(ids, hm, lb, le, want_slots, want_counts, &want_errors);
+  eplb::runtime::route_and_count_host<Id>(ids, hm, lb, le, want_slots, want_counts, &want_errors,
+                                          c.skip_negative);
 
   eplb::comm::DeviceBuffer d_ids(ids.size() * sizeof(Id)), d_slots(ids.size() * sizeof(int));
   eplb::comm::copy_async(d_ids.get(), ids.data(), d_ids.size(), stream.get());
   EPLB_CUDA_CHECK(eplb::runtime::cuda::launch_route_and_count(
       d_ids.get(), sizeof(Id) == 8, n, maps.layer(layer), lb, le, d_slots.as<int>(),
-      window.counts(layer), window.errors(), stream.get()));
+      window.counts(layer), window.errors(), stream.get(), c.skip_negative));
   std::vector<int> got_slots(ids.size());
   eplb::comm::copy_async(got_slots.data(), d_slots.get(), d_slots.size(), stream.get());
   std::vector<std::int64_t> got(static_cast<std::size_t>(2 * c.experts));
@@ -106,12 +109,16 @@ INSTANTIATE_TEST_SUITE_P(
                     Case{256, 8, 64, 80, 8, true, true, false}, Case{4096, 6, 256, 288, 32, false, true, true},
                     Case{3000, 8, 384, 448, 64, true, false, true},
                     Case{100000, 8, 160, 320, 16, false, true, false},
-                    Case{512, 4, 10000, 10240, 8, true, false, true}),
+                    Case{512, 4, 10000, 10240, 8, true, false, true},
+                    Case{4096, 6, 256, 288, 32, false, true, true, true},
+                    Case{3000, 8, 384, 448, 64, true, false, true, true},
+                    Case{256, 8, 64, 80, 8, false, false, true, true}),
     [](const testing::TestParamInfo<Case>& i) {
       const Case& c = i.param;
       return std::to_string(c.tokens) + "x" + std::to_string(c.k) + "_E" + std::to_string(c.experts) +
              "_R" + std::to_string(c.slots) + (c.int64_ids ? "_i64" : "_i32") +
-             (c.prefer_local ? "_local" : "") + (c.with_bad_ids ? "_badids" : "");
+             (c.prefer_local ? "_local" : "") + (c.with_bad_ids ? "_badids" : "") +
+             (c.skip_negative ? "_skipneg" : "");
     });
 
 TEST(DeviceWindow, SumsOverTheWindowAndForgetsOldPasses) {

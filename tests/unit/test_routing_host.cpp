@@ -31,9 +31,9 @@ struct Routed {
 };
 
 template <class Id>
-Routed route(const std::vector<Id>& ids, int lb, int le) {
+Routed route(const std::vector<Id>& ids, int lb, int le, bool skip_negative = false) {
   Routed r{std::vector<int>(ids.size(), -7), std::vector<std::int64_t>(4, 0), 0};
-  route_and_count_host<Id>(ids, maps_of(kPlacement), lb, le, r.slots, r.counts, &r.errors);
+  route_and_count_host<Id>(ids, maps_of(kPlacement), lb, le, r.slots, r.counts, &r.errors, skip_negative);
   return r;
 }
 
@@ -77,6 +77,14 @@ TEST(RoutingHost, IdsOutsideTheExpertsAreCountedAsErrorsAndRouteNowhere) {
   EXPECT_EQ(r.errors, 4);
   EXPECT_EQ(r.slots, (std::vector<int>{-1, -1, -1, 5, -1}));  // token 3: replica 3 % 2 of {3, 5}
   EXPECT_EQ(r.counts, (std::vector<std::int64_t>{0, 0, 0, 1}));
+}
+
+TEST(RoutingHost, WithSkipNegativeIdsNegativeIdsRouteNowhereWithoutAnError) {
+  const std::vector<std::int32_t> ids = {-1, 4, 2, std::numeric_limits<std::int32_t>::min(), 3};
+  const auto r = route(ids, 0, 0, true);
+  EXPECT_EQ(r.errors, 1);  // only the 4 (>= E) is an error
+  EXPECT_EQ(r.slots, (std::vector<int>{-1, -1, 2, -1, 3}));  // entry 4: replica 4 % 2 of {3, 5}
+  EXPECT_EQ(r.counts, (std::vector<std::int64_t>{0, 0, 1, 1}));
 }
 
 }  // namespace

@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstddef>
+#include <string>
 #include <limits>
 #include <vector>
 
@@ -37,6 +39,29 @@ TEST(LoadWindowInput, BadLayerOrLengthIsRejectedForTheNextRebalance) {
   EXPECT_EQ(sum[4 + 3], 1);
 }
 
+TEST(LoadWindowInput, NegativeIdsAreSkippedOnlyWhenAskedTo) {
+  const std::vector<std::int64_t> ids = {2, -1, 3, -1, 2};
+  std::vector<std::int64_t> sum(4);
+  LoadWindow strict(1, 4, 2);
+  EXPECT_EQ(strict.record(0, ids), 2);
+  const auto e = strict.take_error();
+  ASSERT_TRUE(e);
+  EXPECT_NE(e->find("2 expert id(s) outside [0, 4), first -1 at flat index 1"), std::string::npos) << *e;
+  strict.sum(sum);
+  EXPECT_EQ(sum, (std::vector<std::int64_t>{0, 0, 0, 0})) << "the batch was counted";
+
+  LoadWindow padded(1, 4, 2, /*skip_negative_ids=*/true);
+  EXPECT_EQ(padded.record(0, ids), 0);
+  EXPECT_FALSE(padded.take_error());
+  padded.sum(sum);
+  EXPECT_EQ(sum, (std::vector<std::int64_t>{0, 0, 2, 1}));
+  // Ids >= E are still errors, and their batch is not counted.
+  EXPECT_EQ(padded.record(0, std::vector<std::int64_t>{-1, 4, 1}), 1);
+  ASSERT_TRUE(padded.take_error());
+  padded.sum(sum);
+  EXPECT_EQ(sum, (std::vector<std::int64_t>{0, 0, 2, 1}));
+}
+
 TEST(LoadWindowInput, ShapeThatCannotBeAllocatedIsRejected) {
   const int big = std::numeric_limits<int>::max();
   try {
@@ -55,6 +80,33 @@ TEST(WeightRegistryInput, LayerOutsideTheRegistryIsRejected) {
   EXPECT_THROW((void)r.tensors(2), std::invalid_argument);
   EXPECT_THROW((void)r.tensors(-1), std::invalid_argument);
   EXPECT_THROW((void)r.bytes_per_expert(5), std::invalid_argument);
+}
+
+TEST(WeightRegistryInput, SlotsSharingMemoryAreRejectedInterleavedTensorsAccepted) {
+  std::vector<std::byte> mem(1024);
+  // Two tensors interleaved in one buffer (w1 and w3 of a slot side by side): fine.
+  eplb::runtime::WeightRegistry ok(2, 4);
+  for (int l = 0; l < 2; ++l) {
+    ok.add(l, "w1", mem.data() + l * 256, 16, 32);
+    ok.add(l, "w3", mem.data() + l * 256 + 16, 16, 32);
+  }
+  EXPECT_NO_THROW(ok.validate());
+  // The same buffer registered for two layers.
+  eplb::runtime::WeightRegistry twice(2, 4);
+  twice.add(0, "w", mem.data(), 64);
+  twice.add(1, "w", mem.data() + 192, 64);  // slot 0 of layer 1 = slot 3 of layer 0
+  try {
+    twice.validate();
+    ADD_FAILURE() << "overlapping slots accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("layer 0 tensor 'w' slot 3 and layer 1 tensor 'w' slot 0 overlap"),
+              std::string::npos) << e.what();
+  }
+  // Two tensors of one layer offset by less than their extent: b's slot 0 lies in a's slot 1.
+  eplb::runtime::WeightRegistry shifted(1, 2);
+  shifted.add(0, "a", mem.data(), 64);
+  shifted.add(0, "b", mem.data() + 100, 64);
+  EXPECT_THROW(shifted.validate(), std::invalid_argument);
 }
 
 TEST(RuntimeConfigInput, NanMinGainIsRejected) {
