@@ -1,6 +1,7 @@
 #include "runtime/checkpoint.hpp"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -9,8 +10,10 @@
 #include <cstring>
 #include <ctime>
 #include <filesystem>
+#include <limits>
 #include <new>
 #include <sstream>
+#include <utility>
 
 #include "algo/placement.hpp"
 #include "eplb/config.hpp"
@@ -70,6 +73,9 @@ std::string type_text(hid_t t) {
     case H5T_FLOAT: return "float" + std::to_string(8 * size);
     case H5T_STRING: return "string";
     case H5T_COMPOUND: return "compound";
+    case H5T_ENUM: return "enum";
+    case H5T_ARRAY: return "array";
+    case H5T_VLEN: return "variable-length sequence";
     default: return "HDF5 class " + std::to_string(static_cast<int>(c));
   }
 }
@@ -80,9 +86,10 @@ H5Object scalar_space() { return H5Object::dataspace(EPLB_H5_CHECK(H5Screate(H5S
 
 void put_attr(hid_t loc, const char* name, hid_t file_type, hid_t mem_type, const void* v) {
   const auto space = scalar_space();
-  const auto a = H5Object::attribute(
+  auto a = H5Object::attribute(
       EPLB_H5_CHECK(H5Acreate2(loc, name, file_type, space.get(), H5P_DEFAULT, H5P_DEFAULT)));
   EPLB_H5_CHECK(H5Awrite(a.get(), mem_type, v));
+  a.close();
 }
 void put_i64(hid_t loc, const char* name, std::int64_t v) {
   put_attr(loc, name, H5T_STD_I64LE, H5T_NATIVE_INT64, &v);
@@ -131,13 +138,32 @@ class Reader {
     if (want_int ? c != H5T_INTEGER : (c != H5T_FLOAT && c != H5T_INTEGER))
       bad(std::string("attribute '") + name + "' has type " + type_text(t.get()) + ", expected " +
           (want_int ? "an integer" : "a number"));
-    T v{};
-    hid_t mem = H5T_NATIVE_DOUBLE;
-    if constexpr (std::is_same_v<T, std::int64_t>) mem = H5T_NATIVE_INT64;
-    if constexpr (std::is_same_v<T, std::uint64_t>) mem = H5T_NATIVE_UINT64;
-    if constexpr (std::is_same_v<T, std::int32_t>) mem = H5T_NATIVE_INT32;
-    EPLB_H5_CHECK(H5Aread(a.get(), mem, &v));
-    return v;
+    if constexpr (std::is_integral_v<T>) {
+      // Read at 64 bits and range-check here: HDF5's conversion to a narrower type clamps
+      // silently (num_layers = 2^32 + 4 would become 2^31 - 1).
+      if (H5Tget_size(t.get()) > 8)
+        bad(std::string("attribute '") + name + "' has type " + type_text(t.get()) +
+            ", expected at most 64 bits");
+      const auto narrow = [&](auto v) {
+        if (!std::in_range<T>(v))
+          bad(std::string("attribute '") + name + "' = " + std::to_string(v) +
+              " is outside the range of " + (std::is_signed_v<T> ? "int" : "uint") +
+              std::to_string(8 * sizeof(T)));
+        return static_cast<T>(v);
+      };
+      if (H5Tget_sign(t.get()) == H5T_SGN_NONE) {
+        std::uint64_t v = 0;
+        EPLB_H5_CHECK(H5Aread(a.get(), H5T_NATIVE_UINT64, &v));
+        return narrow(v);
+      }
+      std::int64_t v = 0;
+      EPLB_H5_CHECK(H5Aread(a.get(), H5T_NATIVE_INT64, &v));
+      return narrow(v);
+    } else {
+      T v{};
+      EPLB_H5_CHECK(H5Aread(a.get(), H5T_NATIVE_DOUBLE, &v));
+      return v;
+    }
   }
 
   std::string string(hid_t loc, const char* name) const {
@@ -161,12 +187,21 @@ class Reader {
     return buf;
   }
 
+  /// Opens dataset `name`; missing or with a header HDF5 cannot decode is a CheckpointError.
+  H5Object open_dataset(hid_t file, const char* name) const {
+    if (EPLB_H5_CHECK(H5Lexists(file, name, H5P_DEFAULT)) <= 0)
+      bad(std::string("missing dataset '") + name + "'");
+    try {
+      return H5Object::dataset(EPLB_H5_CHECK(H5Dopen2(file, name, H5P_DEFAULT)));
+    } catch (const H5Error& e) {
+      bad(std::string("dataset '") + name + "' cannot be opened (damaged header?): " + e.what());
+    }
+  }
+
   /// Opens a dataset after checking that it exists, its class / size / sign and its shape.
   H5Object dataset(hid_t file, const char* name, H5T_class_t cls, std::size_t size, bool is_signed,
                    const std::vector<hsize_t>& shape, const char* shape_names) const {
-    if (EPLB_H5_CHECK(H5Lexists(file, name, H5P_DEFAULT)) <= 0)
-      bad(std::string("missing dataset '") + name + "'");
-    auto d = H5Object::dataset(EPLB_H5_CHECK(H5Dopen2(file, name, H5P_DEFAULT)));
+    auto d = open_dataset(file, name);
     const auto t = H5Object::datatype(EPLB_H5_CHECK(H5Dget_type(d.get())));
     const bool type_ok =
         H5Tget_class(t.get()) == cls &&
@@ -188,14 +223,59 @@ class Reader {
     return d;
   }
 
+  /// The storage layout of dataset `d` (shape `dims`, checked by dataset()), before anything
+  /// is read: HDF5 1.10 trusts the chunk dimensions of the file, and a chunk rank other than
+  /// the dataset's or a chunk larger than the data makes H5Dread crash or allocate without
+  /// bound. A fixed dimension's chunk must lie in [1, dim] (what HDF5 itself allows when it
+  /// creates a dataset); an extendible dimension's in [1, max(dim, kMaxExtendibleChunk)] (eplb
+  /// writes 256-row chunks for an empty table). Returns whether a filter changes the stored
+  /// size (compression: anything but Fletcher32 and shuffle).
+  bool check_layout(const H5Object& d, const char* name, const std::vector<hsize_t>& dims) const {
+    constexpr hsize_t kMaxExtendibleChunk = 1024;
+    const auto dcpl = H5Object::plist(EPLB_H5_CHECK(H5Dget_create_plist(d.get())));
+    const H5D_layout_t layout = H5Pget_layout(dcpl.get());
+    if (layout < 0) h5::fail("H5Pget_layout(dcpl.get())", __FILE__, __LINE__);
+    if (layout != H5D_CHUNKED) return false;
+    std::vector<hsize_t> chunk(H5S_MAX_RANK + 1, 0);
+    const int rank =
+        EPLB_H5_CHECK(H5Pget_chunk(dcpl.get(), static_cast<int>(chunk.size()), chunk.data()));
+    chunk.resize(static_cast<std::size_t>(std::clamp(rank, 0, H5S_MAX_RANK + 1)));
+    std::vector<hsize_t> maxdims(dims.size());
+    {
+      const auto space = H5Object::dataspace(EPLB_H5_CHECK(H5Dget_space(d.get())));
+      std::vector<hsize_t> cur(dims.size());
+      EPLB_H5_CHECK(H5Sget_simple_extent_dims(space.get(), cur.data(), maxdims.data()));
+    }
+    bool fits = chunk.size() == dims.size();
+    for (std::size_t i = 0; fits && i < dims.size(); ++i)
+      fits = chunk[i] >= 1 &&
+             chunk[i] <= (maxdims[i] == dims[i] ? dims[i] : std::max(dims[i], kMaxExtendibleChunk));
+    if (!fits)
+      bad(std::string("dataset '") + name + "' has chunks " + shape_text(chunk) +
+          " that do not fit its shape " + shape_text(dims) + " (damaged layout)");
+    bool compressed = false;
+    const int nfilters = EPLB_H5_CHECK(H5Pget_nfilters(dcpl.get()));
+    for (int i = 0; i < nfilters; ++i) {
+      unsigned flags = 0, config = 0;
+      std::size_t ncd = 0;
+      const H5Z_filter_t f = EPLB_H5_CHECK(
+          H5Pget_filter2(dcpl.get(), static_cast<unsigned>(i), &flags, &ncd, nullptr, 0, nullptr, &config));
+      compressed = compressed || (f != H5Z_FILTER_FLETCHER32 && f != H5Z_FILTER_SHUFFLE);
+    }
+    return compressed;
+  }
+
   /// Elements of a dataset of shape `dims` (checked by dataset()) with `elem_bytes` per element
-  /// in the file, before anything is allocated for them: the product must not overflow or
-  /// pass kMaxElements, and the file must hold at least that many bytes for the dataset (a
-  /// small file declaring a huge shape whose chunks were never written is rejected here
-  /// instead of allocating memory for fill values).
+  /// in the file, before anything is allocated for them: the layout must fit (check_layout),
+  /// the product must not overflow or pass kMaxElements, and the file must hold the dataset's
+  /// data. Uncompressed: at least that many bytes, in the dataset and in the whole file (a small
+  /// file declaring a huge shape whose chunks were never written is rejected here instead of
+  /// allocating memory for fill values). Compressed (the stored size says nothing about the
+  /// shape): every chunk the shape needs; the data itself is checked by the filters on read.
   std::size_t elements(const H5Object& d, const char* name, const std::vector<hsize_t>& dims,
                        std::size_t elem_bytes) const {
     constexpr std::uint64_t kMaxElements = std::uint64_t{1} << 32;
+    const bool compressed = check_layout(d, name, dims);
     std::uint64_t n = 1;
     for (const hsize_t x : dims) {
       if (x != 0 && n > kMaxElements / x)
@@ -204,6 +284,23 @@ class Reader {
       n *= x;
     }
     if (n == 0) return 0;
+    if (elem_bytes == 0 || n > std::numeric_limits<std::uint64_t>::max() / elem_bytes)
+      bad(std::string("dataset '") + name + "' has elements of " + std::to_string(elem_bytes) +
+          " bytes");
+    if (compressed) {
+      const auto dcpl = H5Object::plist(EPLB_H5_CHECK(H5Dget_create_plist(d.get())));
+      std::vector<hsize_t> chunk(dims.size());
+      EPLB_H5_CHECK(H5Pget_chunk(dcpl.get(), static_cast<int>(chunk.size()), chunk.data()));
+      hsize_t needed = 1, stored = 0;
+      for (std::size_t i = 0; i < dims.size(); ++i) needed *= (dims[i] + chunk[i] - 1) / chunk[i];
+      const auto space = H5Object::dataspace(EPLB_H5_CHECK(H5Dget_space(d.get())));
+      EPLB_H5_CHECK(H5Dget_num_chunks(d.get(), space.get(), &stored));
+      if (stored < needed)
+        bad(std::string("dataset '") + name + "' holds " + std::to_string(stored) + " of the " +
+            std::to_string(needed) + " chunks its shape " + shape_text(dims) +
+            " needs (unwritten or truncated)");
+      return static_cast<std::size_t>(n);
+    }
     const hsize_t stored = H5Dget_storage_size(d.get());
     hsize_t file_bytes = 0;
     {
@@ -213,7 +310,7 @@ class Reader {
     if (file_bytes < n * elem_bytes)  // the chunk index may claim more than the file has
       bad(std::string("dataset '") + name + "' needs " + std::to_string(n * elem_bytes) +
           " bytes for its shape " + shape_text(dims) + ", the whole file has " +
-          std::to_string(file_bytes) + " (uncompressed checkpoints only)");
+          std::to_string(file_bytes));
     if (stored < n * elem_bytes)
       bad(std::string("dataset '") + name + "' holds " + std::to_string(stored) +
           " bytes in the file, its shape " + shape_text(dims) + " needs " +
@@ -250,11 +347,12 @@ void put_dataset(hid_t file, const char* name, hid_t file_type, hid_t mem_type,
   const auto dcpl = H5Object::plist(EPLB_H5_CHECK(H5Pcreate(H5P_DATASET_CREATE)));
   EPLB_H5_CHECK(H5Pset_chunk(dcpl.get(), static_cast<int>(chunk.size()), chunk.data()));
   EPLB_H5_CHECK(H5Pset_fletcher32(dcpl.get()));
-  const auto d = H5Object::dataset(EPLB_H5_CHECK(
+  auto d = H5Object::dataset(EPLB_H5_CHECK(
       H5Dcreate2(file, name, file_type, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT)));
   bool any = true;
   for (auto v : dims) any = any && v > 0;
   if (any) EPLB_H5_CHECK(H5Dwrite(d.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data));
+  d.close();  // writes the cached chunks: a full disk fails here, and must throw
 }
 
 /// In-memory record of one rebalance_stats row (fixed-size string for a flat compound).
@@ -303,6 +401,60 @@ H5Object stats_mem_type() {
   for (const auto& m : stats_members())
     EPLB_H5_CHECK(H5Tinsert(t.get(), m.name, m.offset, m.type ? m.type : str.get()));
   return t;
+}
+
+/// The file type of rebalance_stats, before H5Dread converts it: HDF5 1.10 trusts the member
+/// offsets and sizes of the file and reads or writes outside its buffers when they lie. Every
+/// member must lie inside the compound, no two may overlap, and each member eplb reads must be
+/// of its class (integer, float, fixed-length string) so that the conversion can be set up.
+void check_stats_type(const Reader& rd, hid_t ft) {
+  const std::string where = std::string("dataset '") + kStats + "' member '";
+  const std::size_t size = H5Tget_size(ft);
+  const int n = EPLB_H5_CHECK(H5Tget_nmembers(ft));
+  struct Extent {
+    std::size_t begin, end;
+    std::string name;
+  };
+  std::vector<Extent> extents;
+  const auto known = stats_members();
+  for (int i = 0; i < n; ++i) {
+    const auto index = static_cast<unsigned>(i);
+    char* raw = H5Tget_member_name(ft, index);
+    if (!raw) h5::fail("H5Tget_member_name(ft, index)", __FILE__, __LINE__);
+    const std::string name = raw;
+    H5free_memory(raw);
+    const auto mt = H5Object::datatype(EPLB_H5_CHECK(H5Tget_member_type(ft, index)));
+    const std::size_t offset = H5Tget_member_offset(ft, index);
+    const std::size_t msize = H5Tget_size(mt.get());
+    if (msize == 0 || offset > size || msize > size - offset)
+      rd.bad(where + name + "' (offset " + std::to_string(offset) + ", " + std::to_string(msize) +
+             " bytes) lies outside the compound of " + std::to_string(size) + " bytes");
+    extents.push_back({offset, offset + msize, name});
+    const auto m = std::find_if(known.begin(), known.end(),
+                                [&](const Member& k) { return name == k.name; });
+    if (m == known.end()) continue;  // a member this reader ignores
+    const H5T_class_t want = m->type ? H5Tget_class(m->type) : H5T_STRING;
+    const H5T_class_t have = H5Tget_class(mt.get());
+    bool ok = have == want;
+    if (ok && want == H5T_STRING) ok = EPLB_H5_CHECK(H5Tis_variable_str(mt.get())) == 0;
+    if (ok && want == H5T_INTEGER) ok = msize <= 8;
+    if (ok && want == H5T_FLOAT) ok = msize == 4 || msize == 8;
+    if (!ok)
+      rd.bad(where + name + "' has type " +
+             (have == H5T_STRING && H5Tis_variable_str(mt.get()) > 0 ? "variable-length string"
+                                                                    : type_text(mt.get())) +
+             ", expected " +
+             (want == H5T_INTEGER ? "an integer of at most 64 bits"
+              : want == H5T_FLOAT ? "float32 or float64"
+                                  : "a fixed-length string"));
+  }
+  std::sort(extents.begin(), extents.end(),
+            [](const Extent& a, const Extent& b) { return a.begin < b.begin; });
+  for (std::size_t i = 1; i < extents.size(); ++i)
+    if (extents[i].begin < extents[i - 1].end)
+      rd.bad(where + extents[i - 1].name + "' and member '" + extents[i].name +
+             "' overlap (offsets " + std::to_string(extents[i - 1].begin) + " and " +
+             std::to_string(extents[i].begin) + ")");
 }
 
 StatsRecord to_record(const CheckpointStatsRow& r) {
@@ -400,8 +552,9 @@ void write_file(const std::string& path, const Checkpoint& c) {
     // One chunk per pass of the ring: a corrupt chunk names one pass, and reads stay small.
     put_dataset(root, kWindow, H5T_STD_I64LE, H5T_NATIVE_INT64, {W, L, E}, {1, L, E},
                 c.window.data());
-    const auto win = H5Object::dataset(EPLB_H5_CHECK(H5Dopen2(root, kWindow, H5P_DEFAULT)));
+    auto win = H5Object::dataset(EPLB_H5_CHECK(H5Dopen2(root, kWindow, H5P_DEFAULT)));
     put_i32(win.get(), "cursor", c.window_cursor);
+    win.close();
 
     std::vector<StatsRecord> rows;
     rows.reserve(c.stats.size());
@@ -515,9 +668,21 @@ void write_checkpoint(const std::string& path, const Checkpoint& c) {
 
 Checkpoint read_checkpoint(const std::string& path) {
   Reader rd(path);
-  std::error_code ec;
-  if (!std::filesystem::exists(path, ec)) rd.bad("no such file");
-  if (!std::filesystem::is_regular_file(path, ec)) rd.bad("not a regular file");
+  {
+    // Opened here first so that the system's reason is reported: HDF5 calls an unreadable file
+    // "not HDF5", and std::filesystem a symlink loop "missing". O_NONBLOCK: a FIFO must not
+    // block the open.
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) {
+      const int err = errno;
+      if (err == ENOENT) rd.bad("no such file");
+      rd.bad(std::string("cannot open: ") + std::strerror(err));
+    }
+    struct stat st {};
+    const bool regular = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+    ::close(fd);
+    if (!regular) rd.bad("not a regular file");
+  }
   h5::quiet_errors();
   const htri_t is_h5 = H5Fis_hdf5(path.c_str());
   if (is_h5 <= 0) {
@@ -584,9 +749,7 @@ Checkpoint read_checkpoint(const std::string& path) {
       c.window_cursor = rd.number<std::int32_t>(d.get(), "cursor", " on dataset 'window'");
     }
     {
-      if (EPLB_H5_CHECK(H5Lexists(root, kStats, H5P_DEFAULT)) <= 0)
-        rd.bad(std::string("missing dataset '") + kStats + "'");
-      const auto d = H5Object::dataset(EPLB_H5_CHECK(H5Dopen2(root, kStats, H5P_DEFAULT)));
+      const auto d = rd.open_dataset(root, kStats);
       const auto space = H5Object::dataspace(EPLB_H5_CHECK(H5Dget_space(d.get())));
       if (EPLB_H5_CHECK(H5Sget_simple_extent_ndims(space.get())) != 1)
         rd.bad(std::string("dataset '") + kStats + "' is not one-dimensional");
@@ -599,6 +762,7 @@ Checkpoint read_checkpoint(const std::string& path) {
           h5::take_error_stack();
           rd.bad(std::string("dataset '") + kStats + "' lacks field '" + m.name + "'");
         }
+      check_stats_type(rd, ft.get());
       std::vector<StatsRecord> rows(rd.elements(checked, kStats, {n}, H5Tget_size(ft.get())));
       const auto mem = stats_mem_type();
       if (n > 0) rd.read(checked, kStats, mem.get(), rows.data());

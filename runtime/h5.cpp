@@ -1,6 +1,9 @@
 #include "runtime/h5.hpp"
 
+#include <algorithm>
+#include <cstddef>
 #include <cstdio>
+#include <exception>
 
 namespace eplb::runtime::h5 {
 namespace {
@@ -11,7 +14,10 @@ herr_t collect(unsigned n, const H5E_error2_t* e, void* out) {
   (void)n;
   s += e->func_name ? e->func_name : "?";
   s += "(): ";
+  const std::size_t from = s.size();
   s += e->desc ? e->desc : "(no description)";
+  // Some descriptions (the sec2 driver's write failure) hold line breaks: keep one line.
+  std::replace(s.begin() + static_cast<std::ptrdiff_t>(from), s.end(), '\n', ' ');
   return 0;
 }
 
@@ -50,9 +56,15 @@ void H5Object::close() {
 
 void H5Object::reset() noexcept {
   if (id_ < 0) return;
-  if (closer_(std::exchange(id_, H5I_INVALID_HID)) < 0)
-    // Destructors must not throw; comm's log_error needs MPI, which this target avoids.
-    std::fprintf(stderr, "eplb: closing an HDF5 object failed: %s\n", take_error_stack().c_str());
+  if (closer_(std::exchange(id_, H5I_INVALID_HID)) >= 0) return;
+  // While an exception propagates it carries the real error, and a cause such as a full disk
+  // fails every close after it: a line per object would bury that error (kilobytes of them).
+  if (std::uncaught_exceptions() > 0) {
+    H5Eclear2(H5E_DEFAULT);
+    return;
+  }
+  // Destructors must not throw; comm's log_error needs MPI, which this target avoids.
+  std::fprintf(stderr, "eplb: closing an HDF5 object failed: %s\n", take_error_stack().c_str());
 }
 
 H5File H5File::create_exclusive(const std::string& path) {

@@ -39,7 +39,9 @@ T check(T rc, const char* call, const char* file, int line) {
 }
 
 /// One owned identifier (dataset, dataspace, datatype, attribute, property list, group)
-/// with the close function of its kind. Move-only; the destructor closes and never throws.
+/// with the close function of its kind. Move-only; the destructor closes and never throws:
+/// a failing close is logged to stderr, except while an exception propagates (that exception
+/// holds the error; the close failures that follow it are dropped).
 class H5Object {
  public:
   using Closer = herr_t (*)(hid_t);

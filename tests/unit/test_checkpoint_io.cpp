@@ -1,9 +1,15 @@
 // HDF5 checkpoint files: round trip, atomic replacement, and every kind of bad file.
 #include <gtest/gtest.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <csignal>
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 
 #include "../checkpoint_files.hpp"
 
@@ -196,6 +202,206 @@ TEST_F(CheckpointFile, DeclaredButUnwrittenWindowIsRejectedBeforeAllocating) {
         f.get(), "window", H5T_STD_I64LE, space.get(), H5P_DEFAULT, plist.get(), H5P_DEFAULT)));
   }
   expect_bad({"dataset 'window' holds 0 bytes", "(unwritten or truncated)"});
+}
+
+// ---- damaged layouts and types, hostile paths (a reviewer's fuzzing found each) ----------
+
+std::string le32(std::uint32_t v) {
+  std::string s(4, '\0');
+  for (int i = 0; i < 4; ++i) s[static_cast<std::size_t>(i)] = static_cast<char>((v >> (8 * i)) & 0xff);
+  return s;
+}
+
+/// Offset of the only occurrence of `pattern` in the file (the test fails if there is not
+/// exactly one).
+std::size_t find_once(const std::string& path, const std::string& pattern) {
+  std::ifstream in(path, std::ios::binary);
+  const std::string d((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const auto at = d.find(pattern);
+  EXPECT_NE(at, std::string::npos) << "pattern not in " << path;
+  EXPECT_EQ(d.find(pattern, at + 1), std::string::npos) << "pattern twice in " << path;
+  return at;
+}
+
+void overwrite(const std::string& path, std::size_t offset, const std::string& bytes) {
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekp(static_cast<std::streamoff>(offset));
+  f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  ASSERT_TRUE(f.flush()) << path;
+}
+
+/// Offset of phy2log's chunk layout message (version 3, chunked, rank + 1 = 3, B-tree address,
+/// chunk dims L=2 R=6, element size 4) in a file of small_checkpoint(); the object headers of
+/// eplb's files (HDF5's earliest format) carry no checksum, so an edit goes unnoticed.
+std::size_t phy2log_layout(const std::string& path) {
+  const auto dims = find_once(path, le32(2) + le32(6) + le32(4));
+  std::ifstream in(path, std::ios::binary);
+  in.seekg(static_cast<std::streamoff>(dims - 11));
+  char head[3] = {};
+  in.read(head, 3);
+  EXPECT_EQ(std::string(head, 3), std::string("\x03\x02\x03", 3)) << "not a layout message";
+  return dims - 11;
+}
+
+TEST_F(CheckpointFile, ChunkLargerThanTheDatasetIsRejectedBeforeReading) {
+  write_checkpoint(path, eplb::test::small_checkpoint());
+  overwrite(path, phy2log_layout(path) + 11 + 4, le32(65300));  // H5Dread crashed on this
+  expect_bad({"dataset 'phy2log' has chunks [2][65300] that do not fit its shape [2][6]"});
+}
+
+TEST_F(CheckpointFile, ChunkOfAnotherRankIsRejectedBeforeReading) {
+  write_checkpoint(path, eplb::test::small_checkpoint());
+  overwrite(path, phy2log_layout(path) + 2, "\x04");  // H5Dread allocated without bound
+  expect_bad({"dataset 'phy2log' has chunks [2][6][4] that do not fit its shape [2][6]"});
+}
+
+TEST_F(CheckpointFile, CompoundMemberOutsideTheRowOrOverlappingIsRejected) {
+  write_checkpoint(path, eplb::test::small_checkpoint());
+  // The compound's member entry: the name padded to 8 bytes, then its byte offset.
+  const auto offset_at = find_once(path, std::string("skip_reason\0\0\0\0\0", 16)) + 16;
+  overwrite(path, offset_at + 3, "\xff");  // H5Dread's conversion crashed on this
+  expect_bad({"dataset 'rebalance_stats' member 'skip_reason' (offset ", "lies outside the compound of"});
+  overwrite(path, offset_at, le32(8));  // inside the row, on top of 'pass' (HDF5 sees this one)
+  expect_bad({"dataset 'rebalance_stats' cannot be opened", "overlaps"});
+}
+
+TEST_F(CheckpointFile, CompoundMemberOfTheWrongTypeIsNamed) {
+  write_checkpoint(path, eplb::test::small_checkpoint());
+  {  // rebalance_stats rewritten with 'epoch' as an 8-byte string
+    auto f = eplb::test::edit(path);
+    const auto old = eplb::test::H5Object::dataset(
+        EPLB_H5_CHECK(H5Dopen2(f.get(), "rebalance_stats", H5P_DEFAULT)));
+    const auto ft = eplb::test::H5Object::datatype(EPLB_H5_CHECK(H5Dget_type(old.get())));
+    const auto str8 = eplb::test::H5Object::datatype(EPLB_H5_CHECK(H5Tcopy(H5T_C_S1)));
+    EPLB_H5_CHECK(H5Tset_size(str8.get(), 8));
+    const auto nt = eplb::test::H5Object::datatype(
+        EPLB_H5_CHECK(H5Tcreate(H5T_COMPOUND, H5Tget_size(ft.get()))));
+    for (unsigned i = 0; i < static_cast<unsigned>(H5Tget_nmembers(ft.get())); ++i) {
+      char* name = H5Tget_member_name(ft.get(), i);
+      const auto mt = eplb::test::H5Object::datatype(EPLB_H5_CHECK(H5Tget_member_type(ft.get(), i)));
+      EPLB_H5_CHECK(H5Tinsert(nt.get(), name, H5Tget_member_offset(ft.get(), i),
+                              std::strcmp(name, "epoch") == 0 ? str8.get() : mt.get()));
+      H5free_memory(name);
+    }
+    EPLB_H5_CHECK(H5Ldelete(f.get(), "rebalance_stats", H5P_DEFAULT));
+    const hsize_t rows = 2;
+    const auto space = eplb::test::H5Object::dataspace(EPLB_H5_CHECK(H5Screate_simple(1, &rows, nullptr)));
+    const auto d = eplb::test::H5Object::dataset(EPLB_H5_CHECK(H5Dcreate2(
+        f.get(), "rebalance_stats", nt.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT)));
+    const std::vector<char> zeros(2 * H5Tget_size(nt.get()), 0);
+    EPLB_H5_CHECK(H5Dwrite(d.get(), nt.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, zeros.data()));
+  }
+  expect_bad({"dataset 'rebalance_stats' member 'epoch' has type string, expected an integer"});
+}
+
+/// Rewrites dataset `name` with the deflate filter alone (what `h5repack -f GZIP=6` does),
+/// keeping its type, shape, chunks, data and a `cursor` attribute.
+void deflate_dataset(const std::string& path, const char* name) {
+  using eplb::test::H5Object;
+  auto f = eplb::test::edit(path);
+  const auto old = H5Object::dataset(EPLB_H5_CHECK(H5Dopen2(f.get(), name, H5P_DEFAULT)));
+  const auto type = H5Object::datatype(EPLB_H5_CHECK(H5Dget_type(old.get())));
+  const auto space = H5Object::dataspace(EPLB_H5_CHECK(H5Dget_space(old.get())));
+  const auto old_dcpl = H5Object::plist(EPLB_H5_CHECK(H5Dget_create_plist(old.get())));
+  hsize_t chunk[3] = {};
+  const int rank = EPLB_H5_CHECK(H5Pget_chunk(old_dcpl.get(), 3, chunk));
+  std::vector<char> data(static_cast<std::size_t>(H5Sget_simple_extent_npoints(space.get())) *
+                         H5Tget_size(type.get()));
+  EPLB_H5_CHECK(H5Dread(old.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, data.data()));
+  std::int32_t cursor = 0;
+  const bool has_cursor = EPLB_H5_CHECK(H5Aexists(old.get(), "cursor")) > 0;
+  if (has_cursor) {
+    const auto a = H5Object::attribute(EPLB_H5_CHECK(H5Aopen(old.get(), "cursor", H5P_DEFAULT)));
+    EPLB_H5_CHECK(H5Aread(a.get(), H5T_NATIVE_INT32, &cursor));
+  }
+  EPLB_H5_CHECK(H5Ldelete(f.get(), name, H5P_DEFAULT));
+  const auto dcpl = H5Object::plist(EPLB_H5_CHECK(H5Pcreate(H5P_DATASET_CREATE)));
+  EPLB_H5_CHECK(H5Pset_chunk(dcpl.get(), rank, chunk));
+  EPLB_H5_CHECK(H5Pset_deflate(dcpl.get(), 6));
+  const auto d = H5Object::dataset(EPLB_H5_CHECK(
+      H5Dcreate2(f.get(), name, type.get(), space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT)));
+  EPLB_H5_CHECK(H5Dwrite(d.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, data.data()));
+  if (has_cursor) {
+    const auto one = H5Object::dataspace(EPLB_H5_CHECK(H5Screate(H5S_SCALAR)));
+    const auto a = H5Object::attribute(EPLB_H5_CHECK(
+        H5Acreate2(d.get(), "cursor", H5T_STD_I32LE, one.get(), H5P_DEFAULT, H5P_DEFAULT)));
+    EPLB_H5_CHECK(H5Awrite(a.get(), H5T_NATIVE_INT32, &cursor));
+  }
+}
+
+TEST_F(CheckpointFile, CompressedFileIsRead) {
+  if (H5Zfilter_avail(H5Z_FILTER_DEFLATE) <= 0) GTEST_SKIP() << "this HDF5 has no deflate filter";
+  const auto c = eplb::test::small_checkpoint();
+  write_checkpoint(path, c);
+  for (const char* name : {"phy2log", "window", "rebalance_stats"}) deflate_dataset(path, name);
+  expect_same(c, read_checkpoint(path));
+}
+
+TEST_F(CheckpointFile, UnopenablePathsNameTheSystemError) {
+  const std::string file = path;
+  write_checkpoint(file, eplb::test::small_checkpoint());
+  path = (dir / "loop1.h5").string();  // loop1 -> loop2 -> loop1
+  fs::create_symlink(dir / "loop2.h5", path);
+  fs::create_symlink(path, dir / "loop2.h5");
+  expect_bad({"cannot open: ", std::strerror(ELOOP)});
+  path = file + "/inner.h5";  // the parent is a regular file
+  expect_bad({"cannot open: ", std::strerror(ENOTDIR)});
+  if (::geteuid() != 0) {  // root reads whatever the mode says
+    path = file;
+    fs::permissions(path, fs::perms::none);
+    expect_bad({"cannot open: ", std::strerror(EACCES)});
+  }
+}
+
+TEST_F(CheckpointFile, IntegerAttributeOutsideItsRangeIsNamed) {
+  auto set_i64 = [&](const char* name, std::int64_t v) {
+    auto f = eplb::test::edit(path);
+    EPLB_H5_CHECK(H5Adelete(f.get(), name));
+    const auto one = eplb::test::H5Object::dataspace(EPLB_H5_CHECK(H5Screate(H5S_SCALAR)));
+    const auto a = eplb::test::H5Object::attribute(EPLB_H5_CHECK(
+        H5Acreate2(f.get(), name, H5T_STD_I64LE, one.get(), H5P_DEFAULT, H5P_DEFAULT)));
+    EPLB_H5_CHECK(H5Awrite(a.get(), H5T_NATIVE_INT64, &v));
+  };
+  write_checkpoint(path, eplb::test::small_checkpoint());
+  set_i64("num_layers", (std::int64_t{1} << 32) + 4);  // was clamped to 2^31 - 1
+  expect_bad({"attribute 'num_layers' = 4294967300 is outside the range of int32"});
+  write_checkpoint(path, eplb::test::small_checkpoint());
+  set_i64("staging_bytes", -1);  // was clamped to 0
+  expect_bad({"attribute 'staging_bytes' = -1 is outside the range of uint64"});
+}
+
+TEST_F(CheckpointFile, WriteOnAFullDiskReportsOneError) {
+  // In a child process: HDF5 1.10.8 leaves a file whose H5Fclose failed half-closed, and the
+  // library's own close of it at exit crashes; the child leaves through _exit.
+  const std::string log = (dir / "stderr.txt").string();
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    if (!std::freopen(log.c_str(), "w", stderr)) ::_exit(3);
+    // RLIMIT_FSIZE makes every write past the limit fail (EFBIG), as a full disk does (ENOSPC).
+    std::signal(SIGXFSZ, SIG_IGN);
+    rlimit small{};
+    ::getrlimit(RLIMIT_FSIZE, &small);
+    small.rlim_cur = 4096;
+    if (::setrlimit(RLIMIT_FSIZE, &small) != 0) ::_exit(3);
+    int rc = 1;
+    try {
+      write_checkpoint(path, eplb::test::small_checkpoint());
+    } catch (const eplb::Error& e) {
+      rc = std::strstr(e.what(), "File too large") ? 0 : 2;  // the cause, in the one error
+    }
+    std::fflush(stderr);
+    ::_exit(rc);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status)) << "the child died";
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "0: threw naming the cause, 1: did not throw, 2: other error";
+  std::ifstream in(log);
+  const std::string err((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_LE(std::count(err.begin(), err.end(), '\n'), 1) << err.substr(0, 2000);
+  EXPECT_FALSE(fs::exists(path));
+  EXPECT_EQ(files_in_dir(), 1u);  // stderr.txt: the temporary is removed
 }
 
 TEST(CheckpointValidate, CountsAndCountersStayFarFromOverflow) {
