@@ -134,9 +134,9 @@ LoadMatrix read_load_csv(std::istream& in, const std::string& source) {
       in, source, m.num_layers, m.num_logical,
       [&](std::string_view tok, int line, int col) {
         const double v = parse_token<double>(tok, source, line, col, "a number");
-        if (!std::isfinite(v) || v < 0)
+        if (!(v >= 0 && v <= LoadView::kMaxLoad))  // NaN fails too
           throw ParseError(source, line, col,
-                           "load must be finite and >= 0, got '" + shown(tok) + "'");
+                           "load must be finite, >= 0 and <= 1e30, got '" + shown(tok) + "'");
         return v;
       });
   return m;

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -18,16 +19,18 @@ void LoadView::validate() const {
                                 std::to_string(num_logical) + "] matrix");
   // Fast path: one branch-free pass (NaN fails both comparisons); the error message is
   // looked for only when some value is bad.
-  if (detail::all_nonneg_finite(values.data(), values.size())) return;
+  if (detail::all_in_range(values.data(), values.size(), kMaxLoad)) return;
   for (std::size_t i = 0; i < values.size(); ++i) {
     const double v = values[i];
-    if (std::isfinite(v) && v >= 0) continue;
-    const char* what = std::isnan(v) ? "NaN" : (std::isinf(v) ? "infinite" : "negative");
-    throw std::invalid_argument("load matrix: " + std::string(what) + " load " +
-                                std::to_string(v) + " at layer " +
-                                std::to_string(i / num_logical) + ", expert " +
+    if (v >= 0 && v <= kMaxLoad) continue;
+    const char* what = std::isnan(v) ? "NaN" : (std::isinf(v) ? "infinite" : (v < 0 ? "negative" : "too large a"));
+    char text[32];
+    std::snprintf(text, sizeof text, "%g", v);
+    throw std::invalid_argument("load matrix: " + std::string(what) + " load " + text +
+                                " at layer " + std::to_string(i / num_logical) + ", expert " +
                                 std::to_string(i % num_logical) +
-                                " (loads must be finite and >= 0)");
+                                " (loads must be finite, >= 0 and <= 1e30: the policies add "
+                                "them up in 32-bit floats)");
   }
 }
 

@@ -18,8 +18,11 @@ struct LoadView {
     return values.subspan(static_cast<std::size_t>(layer) * num_logical,
                           static_cast<std::size_t>(num_logical));
   }
+  /// The largest load accepted: a layer's sum must stay finite in 32-bit floats (the deepseek
+  /// policy works in float, as the reference does) for any E up to 2^20.
+  static constexpr double kMaxLoad = 1e30;
   /// Throws std::invalid_argument on a size that disagrees with the shape, or on the first
-  /// NaN, infinite or negative value (naming its layer and expert).
+  /// NaN, infinite, negative or too large (> kMaxLoad) value (naming its layer and expert).
   void validate() const;
   /// validate(), and the shape equals topo's (L, E).
   void validate(const Topology& topo) const;

@@ -21,11 +21,11 @@ constexpr int kLanes = SimdScratch::kLanes;
 /// passes cost about what their faster sort saves.
 constexpr int kNarrowSortMin = 128;
 
-bool all_nonneg_finite_scalar(const double* v, std::size_t n) {
+bool all_in_range_scalar(const double* v, std::size_t n, double max) {
   // Branch-free (NaN fails both comparisons).
   unsigned ok = 1;
   for (std::size_t i = 0; i < n; ++i)
-    ok &= static_cast<unsigned>(v[i] >= 0.0) & static_cast<unsigned>(v[i] <= std::numeric_limits<double>::max());
+    ok &= static_cast<unsigned>(v[i] >= 0.0) & static_cast<unsigned>(v[i] <= max);
   return ok != 0;
 }
 
@@ -95,9 +95,9 @@ void map_slots_offset(const int* item, int first, int* out, int n) {
 }
 void lane_counts(const std::int32_t* cnt, int lane, int* out, int n) { avx512::lane_counts(cnt, lane, out, n); }
 
-bool all_nonneg_finite(const double* v, std::size_t n) {
-  if (!simd_rows_available()) return all_nonneg_finite_scalar(v, n);
-  return avx512::all_nonneg_finite(v, static_cast<long long>(n));
+bool all_in_range(const double* v, std::size_t n, double max) {
+  if (!simd_rows_available()) return all_in_range_scalar(v, n, max);
+  return avx512::all_in_range(v, static_cast<long long>(n), max);
 }
 
 void min_max(const int* v, std::size_t n, int& mn, int& mx) {
@@ -115,7 +115,7 @@ void group_sums(const float*, int, int, double*) {}
 void map_slots(const int*, const int*, int*, int) {}
 void map_slots_offset(const int*, int, int*, int) {}
 void lane_counts(const std::int32_t*, int, int*, int) {}
-bool all_nonneg_finite(const double* v, std::size_t n) { return all_nonneg_finite_scalar(v, n); }
+bool all_in_range(const double* v, std::size_t n, double max) { return all_in_range_scalar(v, n, max); }
 void min_max(const int* v, std::size_t n, int& mn, int& mx) { min_max_scalar(v, n, mn, mx); }
 
 #endif

@@ -72,6 +72,6 @@ void min_max(const int* v, std::size_t n, int& mn, int& mx);
 
 /// Whether every value is >= 0 and finite (-0.0 counts as 0). Uses AVX-512 where the CPU has
 /// it, a scalar loop elsewhere.
-bool all_nonneg_finite(const double* v, std::size_t n);
+bool all_in_range(const double* v, std::size_t n, double max);
 
 }  // namespace eplb::algo::detail

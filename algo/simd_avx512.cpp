@@ -549,8 +549,8 @@ void lane_counts(const int* cnt, int lane, int* out, int n) {
   for (; e < n; ++e) out[e] = cnt[static_cast<long long>(e) * kLanes + lane];
 }
 
-bool all_nonneg_finite(const double* v, long long n) {
-  const __m512d zero = _mm512_setzero_pd(), mx = _mm512_set1_pd(1.7976931348623157e308);  // DBL_MAX
+bool all_in_range(const double* v, long long n, double max) {
+  const __m512d zero = _mm512_setzero_pd(), mx = _mm512_set1_pd(max);
   __mmask8 ok = 0xff;
   long long i = 0;
   for (; i + 8 <= n; i += 8) {
@@ -558,7 +558,7 @@ bool all_nonneg_finite(const double* v, long long n) {
     ok &= _mm512_cmp_pd_mask(x, zero, _CMP_GE_OQ) & _mm512_cmp_pd_mask(x, mx, _CMP_LE_OQ);
   }
   unsigned tail = 1;  // NaN fails both comparisons
-  for (; i < n; ++i) tail &= static_cast<unsigned>(v[i] >= 0.0) & static_cast<unsigned>(v[i] <= 1.7976931348623157e308);
+  for (; i < n; ++i) tail &= static_cast<unsigned>(v[i] >= 0.0) & static_cast<unsigned>(v[i] <= max);
   return ok == 0xff && tail;
 }
 

@@ -34,7 +34,7 @@ void group_sums(const float* w, int groups, int gs, double* out);
 void map_slots(const int* item, const int* lid, int* out, int n);
 void map_slots_offset(const int* item, int first, int* out, int n);
 void lane_counts(const int* cnt, int lane, int* out, int n);
-bool all_nonneg_finite(const double* v, long long n);
+bool all_in_range(const double* v, long long n, double max);
 /// n >= 16.
 void min_max(const int* v, long long n, int& mn, int& mx);
 

@@ -78,13 +78,16 @@ TEST(LoadCsv, ErrorsCarryLineAndColumn) {
   EXPECT_EQ(parse_error("# only comments\n\n"), "load.csv:3:1: no data rows (empty input)");
   EXPECT_EQ(parse_error(""), "load.csv:1:1: no data rows (empty input)");
   EXPECT_EQ(parse_error("1,,2\n"), "load.csv:1:3: empty field");
-  EXPECT_EQ(parse_error("1,-2\n"), "load.csv:1:3: load must be finite and >= 0, got '-2'");
-  EXPECT_EQ(parse_error("nan 1\n"), "load.csv:1:1: load must be finite and >= 0, got 'nan'");
+  EXPECT_EQ(parse_error("1,-2\n"), "load.csv:1:3: load must be finite, >= 0 and <= 1e30, got '-2'");
+  EXPECT_EQ(parse_error("nan 1\n"), "load.csv:1:1: load must be finite, >= 0 and <= 1e30, got 'nan'");
 }
 
 TEST(LoadCsv, OddInputsAreNamed) {
   EXPECT_EQ(parse_error("1,1e400\n"), "load.csv:1:3: number out of range: '1e400'");
-  EXPECT_EQ(parse_error("inf 1\n"), "load.csv:1:1: load must be finite and >= 0, got 'inf'");
+  EXPECT_EQ(parse_error("inf 1\n"), "load.csv:1:1: load must be finite, >= 0 and <= 1e30, got 'inf'");
+  // Finite, but a layer's sum would overflow the policies' 32-bit floats (or even doubles).
+  EXPECT_EQ(parse_error("1 2 1e308 1.7e308\n"), "load.csv:1:5: load must be finite, >= 0 and <= 1e30, got '1e308'");
+  EXPECT_EQ(parse_error("1e30 1e31\n"), "load.csv:1:6: load must be finite, >= 0 and <= 1e30, got '1e31'");
   EXPECT_EQ(parse_error("1," + std::string(100, 'x') + "\n"),
             "load.csv:1:3: not a number: '" + std::string(40, 'x') + "...'");
   EXPECT_EQ(parse_error("1,\x01\x02\n"), std::string("load.csv:1:3: not a number: '?") + "?'");
