@@ -2,8 +2,14 @@
 // main() plumbing shared by the single-process tools (eplb-plan, eplb-eval).
 #include <CLI/CLI.hpp>
 
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <exception>
+#include <filesystem>
+#include <fstream>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -25,15 +31,43 @@ inline std::optional<int> parse_or_exit(CLI::App& app, int argc, char** argv) {
   return std::nullopt;
 }
 
-/// Throws std::invalid_argument naming `opt` unless a file can be created beside `path`
-/// (checked before the work, so that an unwritable output does not fail only at the end).
+/// Throws std::invalid_argument naming `opt` unless a file can be created beside `path` and
+/// `path` is not a directory (checked before the work, so that an unwritable output does not
+/// fail only at the end).
 inline void require_writable(const char* opt, const std::string& path) {
   if (path.empty()) return;
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec))
+    throw std::invalid_argument(std::string(opt) + ": '" + path + "' is a directory");
   const std::string probe = path + ".writable-check";
   std::FILE* f = std::fopen(probe.c_str(), "w");
   if (!f) throw std::invalid_argument(std::string(opt) + ": cannot write '" + path + "'");
   std::fclose(f);
   std::remove(probe.c_str());
+}
+
+/// Writes `path` (option `opt`) with write(std::ostream&) through a temporary file beside it
+/// and a rename: a failed write (a full disk) leaves no half-written file, and an existing
+/// file stays as it was.
+template <class Write>
+void write_file_atomically(const char* opt, const std::string& path, Write write) {
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  {
+    std::ofstream f(tmp);
+    if (!f) throw std::invalid_argument(std::string(opt) + ": cannot write '" + path + "'");
+    write(f);
+    f.close();  // flushes; sets failbit when a write or the close failed
+    if (!f) {
+      std::remove(tmp.c_str());
+      throw std::runtime_error(std::string(opt) + ": error writing '" + path +
+                               "' (disk full?); the file was not written");
+    }
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int err = errno;
+    std::remove(tmp.c_str());
+    throw std::runtime_error(std::string(opt) + ": cannot write '" + path + "': " + std::strerror(err));
+  }
 }
 
 /// Runs body() (which returns the exit code); an exception becomes "<program>: error: <what>"

@@ -198,19 +198,18 @@ int main(int argc, char** argv) {
     }
 
     if (!csv_path.empty()) {
-      std::ofstream f(csv_path);
-      if (!f) throw std::invalid_argument("--csv: cannot write '" + csv_path + "'");
-      f << "policy,window,imbalance_mean,imbalance_worst,slots_changed_frac,remote_frac,"
-           "same_node_remote_frac,bytes_moved,plan_us,node_local_traffic\n";
-      char buf[256];
-      for (const auto& r : rows) {
-        std::snprintf(buf, sizeof buf, "%s,%d,%.6f,%.6f,%.6f,%.6f,%.6f,%.0f,%.2f,%.6f\n",
-                      r.policy.c_str(), r.window, r.imbalance_mean, r.imbalance_worst,
-                      r.slots_changed_frac, r.remote_frac, r.same_node_remote_frac,
-                      r.bytes_moved, r.plan_us, r.node_local_traffic);
-        f << buf;
-      }
-      if (!f.flush()) throw std::runtime_error("error writing '" + csv_path + "'");
+      eplb::tools::write_file_atomically("--csv", csv_path, [&](std::ostream& f) {
+        f << "policy,window,imbalance_mean,imbalance_worst,slots_changed_frac,remote_frac,"
+             "same_node_remote_frac,bytes_moved,plan_us,node_local_traffic\n";
+        char buf[256];
+        for (const auto& r : rows) {
+          std::snprintf(buf, sizeof buf, "%s,%d,%.6f,%.6f,%.6f,%.6f,%.6f,%.0f,%.2f,%.6f\n",
+                        r.policy.c_str(), r.window, r.imbalance_mean, r.imbalance_worst,
+                        r.slots_changed_frac, r.remote_frac, r.same_node_remote_frac,
+                        r.bytes_moved, r.plan_us, r.node_local_traffic);
+          f << buf;
+        }
+      });
     }
 
     // Summary: balance over all windows; moves per rebalance over windows 1.. (window 0

@@ -137,10 +137,9 @@ int main(int argc, char** argv) {
     } else if (has_hdf5_extension(out_path)) {
       write_checkpoint_placement(out_path, topo, policy->name(), placement);
     } else {
-      std::ofstream f(out_path);
-      if (!f) throw std::invalid_argument("--out: cannot write '" + out_path + "'");
-      eplb::algo::write_placement_csv(f, placement);
-      if (!f.flush()) throw std::runtime_error("error writing '" + out_path + "'");
+      eplb::tools::write_file_atomically("--out", out_path, [&](std::ostream& f) {
+        eplb::algo::write_placement_csv(f, placement);
+      });
     }
     // Which implementation ran (the deepseek policy has a batched AVX-512 path).
     std::string_view path;

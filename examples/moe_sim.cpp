@@ -8,14 +8,17 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdint>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <sstream>
 
 #include "algo/policy.hpp"
+#include "comm/mpi.hpp"
 #include "eplb/config.hpp"
 #include "runtime/engine.hpp"
 #include "cli_util.hpp"
@@ -94,16 +97,17 @@ std::vector<TensorSpec> parse_tensors(const std::string& text) {
 /// of them alike, before the simulation rather than at its end.
 void check_writable(const char* opt, const std::string& path, int rank) {
   if (path.empty()) return;
-  int ok = 1;
+  char why[512] = {};  // rank 0's reason; empty = writable
   if (rank == 0) {
     try {
       eplb::tools::require_writable(opt, path);
-    } catch (const std::invalid_argument&) {
-      ok = 0;
+    } catch (const std::invalid_argument& e) {
+      std::snprintf(why, sizeof why, "%s", e.what());
     }
   }
-  MPI_Bcast(&ok, 1, MPI_INT, 0, MPI_COMM_WORLD);
-  if (!ok) throw std::invalid_argument(std::string(opt) + ": cannot write '" + path + "'");
+  MPI_Bcast(why, sizeof why, MPI_CHAR, 0, MPI_COMM_WORLD);
+  why[sizeof why - 1] = '\0';
+  if (why[0]) throw std::invalid_argument(why);
 }
 
 /// Router whose expert popularity drifts: per-layer logits follow a mean-reverting random
@@ -230,11 +234,28 @@ int run(int argc, char** argv, int rank, int size) {
       ->capture_default_str();
   app.add_option("--resume", o.resume,
                  "continue from this checkpoint (same ranks and settings) for --passes more passes");
+  std::optional<CLI::ParseError> parse_error;
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    if (rank == 0) app.exit(e);
-    return e.get_exit_code() == 0 ? 0 : 2;
+    parse_error = e;
+  }
+  // An MPMD launch (mpirun ... : ...) can give ranks different options; every check below
+  // assumes that all ranks fail or pass it alike. So agree first: on the parse outcome and on
+  // every option's value (a hash of them all), before any rank can stop on its own.
+  {
+    const int rc = parse_error ? (parse_error->get_exit_code() == 0 ? 0 : 2) : -1;
+    const std::string text = parse_error ? std::string() : app.config_to_str(true, false);
+    std::uint64_t v[4] = {static_cast<std::uint64_t>(rc + 1), eplb::comm::fnv1a(text.data(), text.size()), 0, 0};
+    v[2] = ~v[0];
+    v[3] = ~v[1];
+    MPI_Allreduce(MPI_IN_PLACE, v, 4, MPI_UINT64_T, MPI_MIN, MPI_COMM_WORLD);
+    const bool same = v[0] == ~v[2] && v[1] == ~v[3];
+    if (parse_error && (rank == 0 || !same)) app.exit(*parse_error);
+    if (!same)
+      throw std::invalid_argument("the ranks were started with different options (an MPMD launch?); "
+                                  "moe_sim needs the same options on every rank");
+    if (parse_error) return rc;
   }
 
   const auto specs = parse_tensors(o.tensors);
@@ -308,6 +329,12 @@ int run(int argc, char** argv, int rank, int size) {
   if (engine.pass() > INT_MAX / 2 || o.passes > INT_MAX / 2 - engine.pass())
     throw std::invalid_argument("passes done (" + std::to_string(engine.pass()) + ") + --passes " +
                                 std::to_string(o.passes) + " is more than this simulation counts");
+  // The router's drift is replayed pass by pass up to the checkpoint (~0.2 us per layer and
+  // expert): refuse a replay of more than a few minutes instead of looking hung.
+  if (static_cast<double>(engine.pass()) * t.num_layers * t.num_logical > 1e9)
+    throw std::invalid_argument("--resume: the checkpoint is at pass " + std::to_string(engine.pass()) +
+                                "; replaying the router's drift up to it (passes x layers x experts > "
+                                "1e9) would take minutes");
   const int first_pass = static_cast<int>(engine.pass()) + 1;
 
   std::size_t expert_bytes = 0;
@@ -406,18 +433,18 @@ int run(int argc, char** argv, int rank, int size) {
     std::printf("  verification: %s (%lld bad slot tensors)\n", verify_failures ? "FAILED" : "every slot holds its expert's bytes",
                 verify_failures);
     if (!o.csv.empty()) {
-      std::ofstream f(o.csv);
-      f << "pass,epoch,skipped,balancedness_before,balancedness_after,imbalance_before,imbalance_after,"
-           "slots_changed,remote_transfers,local_copies,bytes_remote,bytes_local,t_collect_ms,"
-           "t_policy_ms,t_broadcast_ms,t_plan_ms,t_migrate_ms,t_total_ms,verify_failures\n";
-      for (const auto& r : rows)
-        f << r.step << ',' << r.s.epoch << ',' << r.s.skipped << ',' << r.s.balancedness_before << ','
-          << r.s.balancedness_after << ',' << r.s.imbalance_before << ',' << r.s.imbalance_after << ','
-          << r.s.plan.slots_changed << ',' << r.s.plan.remote_units << ','
-          << r.s.plan.local_units + r.s.plan.fanout_copies << ',' << r.s.moved.total_remote_bytes << ','
-          << r.s.moved.total_local_bytes << ',' << r.t_max[0] << ',' << r.t_max[1] << ','
-          << r.t_max[2] << ',' << r.t_max[3] << ',' << r.t_max[4] << ',' << r.t_max[5] << ',' << r.bad << '\n';
-      if (!f.flush()) throw std::runtime_error("cannot write " + o.csv);
+      eplb::tools::write_file_atomically("--csv", o.csv, [&](std::ostream& f) {
+        f << "pass,epoch,skipped,balancedness_before,balancedness_after,imbalance_before,imbalance_after,"
+             "slots_changed,remote_transfers,local_copies,bytes_remote,bytes_local,t_collect_ms,"
+             "t_policy_ms,t_broadcast_ms,t_plan_ms,t_migrate_ms,t_total_ms,verify_failures\n";
+        for (const auto& r : rows)
+          f << r.step << ',' << r.s.epoch << ',' << r.s.skipped << ',' << r.s.balancedness_before << ','
+            << r.s.balancedness_after << ',' << r.s.imbalance_before << ',' << r.s.imbalance_after << ','
+            << r.s.plan.slots_changed << ',' << r.s.plan.remote_units << ','
+            << r.s.plan.local_units + r.s.plan.fanout_copies << ',' << r.s.moved.total_remote_bytes << ','
+            << r.s.moved.total_local_bytes << ',' << r.t_max[0] << ',' << r.t_max[1] << ','
+            << r.t_max[2] << ',' << r.t_max[3] << ',' << r.t_max[4] << ',' << r.t_max[5] << ',' << r.bad << '\n';
+      });
     }
   }
   return verify_failures ? 1 : 0;
