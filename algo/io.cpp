@@ -1,6 +1,8 @@
 #include "algo/io.hpp"
 
+#include <cerrno>
 #include <charconv>
+#include <cstring>
 #include <climits>
 #include <filesystem>
 #include <cmath>
@@ -146,8 +148,13 @@ LoadMatrix read_load_csv_file(const std::string& path) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec))
     throw std::invalid_argument("load file '" + path + "' is a directory");
+  errno = 0;
   std::ifstream f(path);
-  if (!f) throw std::invalid_argument("cannot open load file '" + path + "'");
+  if (!f) {
+    const int err = errno;  // set by the underlying open() on POSIX systems
+    throw std::invalid_argument("cannot open load file '" + path + "'" +
+                                (err ? std::string(": ") + std::strerror(err) : std::string()));
+  }
   return read_load_csv(f, path);
 }
 

@@ -101,9 +101,12 @@ void check_config_agreement(const MpiComm& comm, const std::vector<ConfigField>&
   std::string diff;
   for (std::size_t i = 0; i < fields.size(); ++i) {
     const std::uint64_t lo = v[2 * i], hi = ~v[2 * i + 1];
-    if (lo != hi)
-      diff += (diff.empty() ? "" : ", ") + fields[i].name + " (min " + std::to_string(lo) +
-              ", max " + std::to_string(hi) + ")";
+    if (lo == hi) continue;
+    diff += (diff.empty() ? "" : ", ") + fields[i].name;
+    if (fields[i].shown.empty())
+      diff += " (min " + std::to_string(lo) + ", max " + std::to_string(hi) + ")";
+    else
+      diff += " (" + fields[i].shown + " on rank " + std::to_string(comm.rank()) + ")";
   }
   if (!diff.empty())
     throw InvalidInput("configuration differs between ranks: " + diff);

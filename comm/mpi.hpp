@@ -64,11 +64,15 @@ void throw_if_any_failed(const MpiComm& comm, const std::optional<std::string>& 
 struct ConfigField {
   std::string name;
   std::uint64_t value;
+  /// How this rank's value reads, when `value` is a hash or bit pattern (a policy name, a
+  /// double); empty: `value` itself is shown.
+  std::string shown = {};
 };
 
 /// Compares the fields across ranks (two allreduces). On any difference every rank throws
-/// InvalidInput naming each differing field with its smallest and largest value. All ranks
-/// must pass the same number of fields in the same order (the count is checked first).
+/// InvalidInput naming each differing field with its smallest and largest value (or, for a
+/// field with `shown`, this rank's value). All ranks must pass the same number of fields in
+/// the same order (the count is checked first).
 void check_config_agreement(const MpiComm& comm, const std::vector<ConfigField>& fields);
 
 /// Whether MPI accepts device pointers: compiled against an MPI that declares CUDA support

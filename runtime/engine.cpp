@@ -4,6 +4,7 @@
 #include <climits>
 #include <chrono>
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <thread>
 
@@ -74,6 +75,8 @@ Engine::Engine(MPI_Comm comm, RuntimeConfig config, WeightRegistry weights,
   comm::throw_if_any_failed(comm_, local);
 
   const std::uint64_t min_gain_bits = std::bit_cast<std::uint64_t>(config_.min_gain);
+  char min_gain_text[32];
+  std::snprintf(min_gain_text, sizeof min_gain_text, "%.17g", config_.min_gain);
   comm::check_config_agreement(
       comm_, {{"num_layers", static_cast<std::uint64_t>(topo.num_layers)},
               {"num_logical", static_cast<std::uint64_t>(topo.num_logical)},
@@ -81,11 +84,11 @@ Engine::Engine(MPI_Comm comm, RuntimeConfig config, WeightRegistry weights,
               {"num_ranks", static_cast<std::uint64_t>(topo.num_ranks)},
               {"num_nodes", static_cast<std::uint64_t>(topo.num_nodes)},
               {"num_groups", static_cast<std::uint64_t>(topo.num_groups)},
-              {"policy (hash of name)", hash_string(config_.policy_name())},
+              {"policy", hash_string(config_.policy_name()), "'" + config_.policy_name() + "'"},
               {"window_passes", static_cast<std::uint64_t>(config_.window_passes)},
               {"rebalance_interval", static_cast<std::uint64_t>(config_.rebalance_interval)},
               {"first_rebalance", static_cast<std::uint64_t>(config_.first_rebalance)},
-              {"min_gain (bits)", min_gain_bits},
+              {"min_gain", min_gain_bits, min_gain_text},
               {"staging_bytes", config_.staging_bytes},
               {"max_experts_per_batch", static_cast<std::uint64_t>(config_.max_experts_per_batch)},
               {"max_layers_per_window", static_cast<std::uint64_t>(config_.max_layers_per_window)},

@@ -608,6 +608,28 @@ TEST(EngineConfig, MismatchNamesTheField) {
   }
 }
 
+TEST(EngineConfig, PolicyAndMinGainMismatchShowEachRanksValue) {
+  const int P = world_size();
+  if (P < 2) GTEST_SKIP() << "needs two ranks";
+  const Topology t{2, 4, 4 * P, P, 1, 1};
+  HostWeights w(t, {32});
+  auto cfg = config_for(t);
+  const bool odd = world_rank() == P - 1;
+  cfg.policy = odd ? "deepseek" : "sticky";
+  cfg.min_gain = odd ? 0.01 : 0.0;
+  try {
+    Engine e(MPI_COMM_WORLD, cfg, std::move(w.registry));
+    ADD_FAILURE() << "accepted mismatched configs";
+  } catch (const eplb::InvalidInput& e) {
+    std::string want = odd ? "policy ('deepseek' on rank " : "policy ('sticky' on rank ";
+    want += std::to_string(world_rank());
+    want += ')';
+    EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(odd ? "min_gain (0.01" : "min_gain (0 on rank"), std::string::npos)
+        << e.what();
+  }
+}
+
 TEST(EngineConfig, WeightLayoutMismatchNamesTheField) {
   const int P = world_size();
   Topology t{2, 2, 2 * P, P, 1, 1};
