@@ -1,4 +1,4 @@
-#include "algo/deepseek.hpp"
+#include "eplb/algo/deepseek.hpp"
 
 #include <algorithm>
 #include <exception>

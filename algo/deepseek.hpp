@@ -6,8 +6,8 @@
 #include <span>
 #include <vector>
 
-#include "algo/simd.hpp"
-#include "algo/policy.hpp"
+#include "eplb/algo/simd.hpp"
+#include "eplb/algo/policy.hpp"
 
 namespace eplb::algo {
 

@@ -1,4 +1,4 @@
-#include "algo/io.hpp"
+#include "eplb/algo/io.hpp"
 
 #include <cerrno>
 #include <charconv>

@@ -4,8 +4,8 @@
 #include <stdexcept>
 #include <string>
 
-#include "algo/load.hpp"
-#include "algo/placement.hpp"
+#include "eplb/algo/load.hpp"
+#include "eplb/algo/placement.hpp"
 
 namespace eplb::algo {
 

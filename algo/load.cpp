@@ -1,6 +1,6 @@
-#include "algo/load.hpp"
+#include "eplb/algo/load.hpp"
 
-#include "algo/simd.hpp"
+#include "eplb/algo/simd.hpp"
 
 #include <algorithm>
 #include <cmath>

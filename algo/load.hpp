@@ -3,8 +3,8 @@
 #include <span>
 #include <vector>
 
-#include "algo/placement.hpp"
-#include "algo/topology.hpp"
+#include "eplb/algo/placement.hpp"
+#include "eplb/algo/topology.hpp"
 
 namespace eplb::algo {
 

@@ -1,4 +1,4 @@
-#include "algo/migration.hpp"
+#include "eplb/algo/migration.hpp"
 
 #include <algorithm>
 #include <exception>

@@ -6,8 +6,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "algo/placement.hpp"
-#include "algo/topology.hpp"
+#include "eplb/algo/placement.hpp"
+#include "eplb/algo/topology.hpp"
 
 namespace eplb::algo {
 

@@ -1,6 +1,6 @@
-#include "algo/placement.hpp"
+#include "eplb/algo/placement.hpp"
 
-#include "algo/simd.hpp"
+#include "eplb/algo/simd.hpp"
 
 #include <algorithm>
 #include <stdexcept>

@@ -3,7 +3,7 @@
 #include <span>
 #include <vector>
 
-#include "algo/topology.hpp"
+#include "eplb/algo/topology.hpp"
 
 namespace eplb::algo {
 

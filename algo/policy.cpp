@@ -1,11 +1,11 @@
-#include "algo/policy.hpp"
+#include "eplb/algo/policy.hpp"
 
 #include <stdexcept>
 #include <string>
 
-#include "algo/deepseek.hpp"
-#include "algo/spill.hpp"
-#include "algo/sticky.hpp"
+#include "eplb/algo/deepseek.hpp"
+#include "eplb/algo/spill.hpp"
+#include "eplb/algo/sticky.hpp"
 
 namespace eplb::algo {
 

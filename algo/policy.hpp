@@ -5,9 +5,9 @@
 #include <string_view>
 #include <vector>
 
-#include "algo/load.hpp"
-#include "algo/placement.hpp"
-#include "algo/topology.hpp"
+#include "eplb/algo/load.hpp"
+#include "eplb/algo/placement.hpp"
+#include "eplb/algo/topology.hpp"
 
 namespace eplb::algo {
 

@@ -1,7 +1,7 @@
 // The algo layer's vector kernels: dispatch and the scalar code (see simd.hpp). Built with the
 // project's ordinary flags; the AVX-512 code is in simd_avx512.cpp and runs only after
 // simd_rows_available() has checked the CPU.
-#include "algo/simd.hpp"
+#include "eplb/algo/simd.hpp"
 
 #include <algorithm>
 #include <cstdlib>
@@ -9,7 +9,7 @@
 #include <string_view>
 
 #if defined(EPLB_HAVE_AVX512_KERNEL)
-#include "algo/simd_avx512.hpp"
+#include "eplb/algo/simd_avx512.hpp"
 #endif
 
 namespace eplb::algo::detail {

@@ -10,7 +10,7 @@
 // waiting on latencies. Eight independent rows advance together in one register, so each
 // step costs about what one row's step costs alone. Sorting is a fixed comparator network,
 // the same for every lane.
-#include "algo/simd_avx512.hpp"
+#include "eplb/algo/simd_avx512.hpp"
 
 #include <immintrin.h>
 

@@ -3,7 +3,7 @@
 /// AVX-512 flags). Callers in simd.cpp check the CPU first; buffers are sized by the caller.
 #include <cstdint>
 
-#include "algo/simd.hpp"
+#include "eplb/algo/simd.hpp"
 
 namespace eplb::algo::detail::avx512 {
 

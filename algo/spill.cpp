@@ -1,10 +1,10 @@
-#include "algo/spill.hpp"
+#include "eplb/algo/spill.hpp"
 
 #include <algorithm>
 #include <numeric>
 #include <stdexcept>
 
-#include "algo/deepseek.hpp"
+#include "eplb/algo/deepseek.hpp"
 
 namespace eplb::algo {
 namespace {

@@ -7,7 +7,7 @@
 /// that leaves the group's node: node_local_traffic() measures it.
 #include <vector>
 
-#include "algo/policy.hpp"
+#include "eplb/algo/policy.hpp"
 
 namespace eplb::algo {
 

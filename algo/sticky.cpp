@@ -1,6 +1,6 @@
-#include "algo/sticky.hpp"
+#include "eplb/algo/sticky.hpp"
 
-#include "algo/deepseek.hpp"
+#include "eplb/algo/deepseek.hpp"
 
 #include <algorithm>
 #include <bit>

@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "algo/policy.hpp"
+#include "eplb/algo/policy.hpp"
 
 namespace eplb::algo {
 

@@ -1,4 +1,4 @@
-#include "algo/topology.hpp"
+#include "eplb/algo/topology.hpp"
 
 #include <stdexcept>
 

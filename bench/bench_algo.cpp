@@ -6,8 +6,8 @@
 #include <type_traits>
 #include <vector>
 
-#include "algo/migration.hpp"
-#include "algo/policy.hpp"
+#include "eplb/algo/migration.hpp"
+#include "eplb/algo/policy.hpp"
 #include "bench/shapes.hpp"
 
 namespace {

@@ -10,14 +10,14 @@
 #include <fstream>
 #include <random>
 
-#include "algo/policy.hpp"
+#include "eplb/algo/policy.hpp"
 #include "bench/mpi_bench.hpp"
-#include "runtime/engine.hpp"
+#include "eplb/runtime/engine.hpp"
 #if EPLB_HAVE_NCCL
-#include "comm/nccl.hpp"
-#include "runtime/cuda/transport.hpp"
-#include "runtime/cuda/device_state.hpp"
-#include "runtime/cuda/device_weights.hpp"
+#include "eplb/comm/nccl.hpp"
+#include "eplb/runtime/cuda/transport.hpp"
+#include "eplb/runtime/cuda/device_state.hpp"
+#include "eplb/runtime/cuda/device_weights.hpp"
 #endif
 
 namespace {

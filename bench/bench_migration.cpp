@@ -13,15 +13,15 @@
 #include <fstream>
 #include <random>
 
-#include "algo/migration.hpp"
-#include "algo/policy.hpp"
+#include "eplb/algo/migration.hpp"
+#include "eplb/algo/policy.hpp"
 #include "bench/mpi_bench.hpp"
-#include "comm/mpi_transport.hpp"
+#include "eplb/comm/mpi_transport.hpp"
 #include "eplb/config.hpp"
-#include "runtime/migrate.hpp"
+#include "eplb/runtime/migrate.hpp"
 #if EPLB_HAVE_NCCL
-#include "comm/nccl.hpp"
-#include "runtime/cuda/transport.hpp"
+#include "eplb/comm/nccl.hpp"
+#include "eplb/runtime/cuda/transport.hpp"
 #endif
 
 namespace {

@@ -3,9 +3,9 @@
 
 #include <random>
 
-#include "algo/placement.hpp"
-#include "comm/cuda.hpp"
-#include "runtime/cuda/device_state.hpp"
+#include "eplb/algo/placement.hpp"
+#include "eplb/comm/cuda.hpp"
+#include "eplb/runtime/cuda/device_state.hpp"
 
 namespace {
 

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "algo/load.hpp"
+#include "eplb/algo/load.hpp"
 
 namespace eplb::bench {
 

@@ -1,5 +1,5 @@
 # `cmake --install` and find_package(eplb): the libraries, their headers (under
-# include/eplb/, so that a consumer includes "algo/policy.hpp" as eplb's own sources do) and a
+# include/eplb/, included as "eplb/algo/policy.hpp", as eplb's own sources do) and a
 # package configuration with exported targets eplb::algo, eplb::comm, eplb::runtime,
 # eplb::checkpoint_io (those that were built).
 include(GNUInstallDirs)
@@ -21,7 +21,7 @@ endforeach()
 install(TARGETS ${_eplb_targets} EXPORT eplbTargets
         ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
         LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
-        INCLUDES DESTINATION ${EPLB_INCLUDE_DIR} ${CMAKE_INSTALL_INCLUDEDIR})
+        INCLUDES DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 # Headers of the built layers (the AVX-512 kernel's header is internal but harmless).
 set(_eplb_header_dirs algo)
 if(TARGET eplb_comm)
@@ -31,7 +31,7 @@ foreach(d IN LISTS _eplb_header_dirs)
   install(DIRECTORY ${PROJECT_SOURCE_DIR}/${d}/ DESTINATION ${EPLB_INCLUDE_DIR}/${d}
           FILES_MATCHING PATTERN "*.hpp")
 endforeach()
-install(FILES ${PROJECT_BINARY_DIR}/generated/eplb/config.hpp
+install(FILES ${EPLB_BUILD_INCLUDE_DIR}/eplb/config.hpp
         DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/eplb)  # "eplb/config.hpp"
 install(EXPORT eplbTargets NAMESPACE eplb:: DESTINATION ${EPLB_CMAKE_DIR})
 configure_package_config_file(${PROJECT_SOURCE_DIR}/cmake/eplbConfig.cmake.in

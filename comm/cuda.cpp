@@ -1,4 +1,4 @@
-#include "comm/cuda.hpp"
+#include "eplb/comm/cuda.hpp"
 
 #include <cuda_runtime.h>
 

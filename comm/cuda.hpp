@@ -4,7 +4,7 @@
 #include <cstddef>
 #include <utility>
 
-#include "comm/error.hpp"
+#include "eplb/comm/error.hpp"
 
 struct CUstream_st;
 struct CUevent_st;

@@ -1,4 +1,4 @@
-#include "comm/error.hpp"
+#include "eplb/comm/error.hpp"
 
 #include <mpi.h>
 

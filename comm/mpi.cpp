@@ -1,10 +1,12 @@
-#include "comm/mpi.hpp"
+#include "eplb/comm/mpi.hpp"
 
 #include <algorithm>
 #include <climits>
 #include <cstdio>
 #include <cstring>
+#include <string>
 #include <utility>
+#include <vector>
 #if __has_include(<mpi-ext.h>)
 #include <mpi-ext.h>  // Open MPI extensions: MPIX_Query_cuda_support
 #endif
@@ -103,10 +105,28 @@ void check_config_agreement(const MpiComm& comm, const std::vector<ConfigField>&
     const std::uint64_t lo = v[2 * i], hi = ~v[2 * i + 1];
     if (lo == hi) continue;
     diff += (diff.empty() ? "" : ", ") + fields[i].name;
-    if (fields[i].shown.empty())
+    if (fields[i].shown.empty()) {
       diff += " (min " + std::to_string(lo) + ", max " + std::to_string(hi) + ")";
-    else
-      diff += " (" + fields[i].shown + " on rank " + std::to_string(comm.rank()) + ")";
+      continue;
+    }
+    // Every rank is here for the same fields (the reduction decided): gather the texts and
+    // name each distinct one with the first rank that has it.
+    constexpr int kText = 64;
+    char mine[kText] = {};
+    std::snprintf(mine, sizeof mine, "%s", fields[i].shown.c_str());
+    std::vector<char> all(static_cast<std::size_t>(comm.size()) * kText);
+    EPLB_MPI_CHECK(MPI_Allgather(mine, kText, MPI_CHAR, all.data(), kText, MPI_CHAR, comm.get()));
+    std::vector<std::string> seen;
+    std::string list;
+    for (int r = 0; r < comm.size(); ++r) {
+      const char* t = all.data() + static_cast<std::size_t>(r) * kText;
+      std::string s(t, strnlen(t, kText));
+      if (std::find(seen.begin(), seen.end(), s) != seen.end()) continue;
+      seen.push_back(s);
+      if (seen.size() <= 4) list += (list.empty() ? "" : ", ") + s + " on rank " + std::to_string(r);
+    }
+    if (seen.size() > 4) list += ", and " + std::to_string(seen.size() - 4) + " more";
+    diff += " (" + list + ")";
   }
   if (!diff.empty())
     throw InvalidInput("configuration differs between ranks: " + diff);

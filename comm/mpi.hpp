@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "comm/error.hpp"
+#include "eplb/comm/error.hpp"
 
 #define EPLB_MPI_CHECK(call) ::eplb::comm::check_mpi((call), #call, __FILE__, __LINE__)
 
@@ -71,7 +71,8 @@ struct ConfigField {
 
 /// Compares the fields across ranks (two allreduces). On any difference every rank throws
 /// InvalidInput naming each differing field with its smallest and largest value (or, for a
-/// field with `shown`, this rank's value). All ranks must pass the same number of fields in
+/// field with `shown`, each distinct text with the first rank that has it: one more allgather,
+/// on this error path only). All ranks must pass the same number of fields in
 /// the same order (the count is checked first).
 void check_config_agreement(const MpiComm& comm, const std::vector<ConfigField>& fields);
 

@@ -1,4 +1,4 @@
-#include "comm/mpi_transport.hpp"
+#include "eplb/comm/mpi_transport.hpp"
 
 #include <algorithm>
 #include <chrono>

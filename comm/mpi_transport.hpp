@@ -2,8 +2,8 @@
 /// \file Host-memory transport over MPI non-blocking point-to-point.
 #include <vector>
 
-#include "comm/mpi.hpp"
-#include "comm/transport.hpp"
+#include "eplb/comm/mpi.hpp"
+#include "eplb/comm/transport.hpp"
 
 namespace eplb::comm {
 

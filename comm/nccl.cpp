@@ -1,4 +1,4 @@
-#include "comm/nccl.hpp"
+#include "eplb/comm/nccl.hpp"
 
 #include <cuda_runtime.h>
 #include <nccl.h>

@@ -5,9 +5,9 @@
 #include <string>
 #include <vector>
 
-#include "comm/cuda.hpp"
-#include "comm/mpi.hpp"
-#include "comm/transport.hpp"
+#include "eplb/comm/cuda.hpp"
+#include "eplb/comm/mpi.hpp"
+#include "eplb/comm/transport.hpp"
 
 struct ncclComm;
 

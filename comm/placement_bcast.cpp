@@ -1,4 +1,4 @@
-#include "comm/placement_bcast.hpp"
+#include "eplb/comm/placement_bcast.hpp"
 
 #include <climits>
 #include <cstring>

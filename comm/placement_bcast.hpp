@@ -5,8 +5,8 @@
 #include <span>
 #include <string>
 
-#include "algo/placement.hpp"
-#include "comm/mpi.hpp"
+#include "eplb/algo/placement.hpp"
+#include "eplb/comm/mpi.hpp"
 
 namespace eplb::comm {
 

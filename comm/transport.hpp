@@ -27,15 +27,18 @@ inline bool migration_tracing() {
   return on;
 }
 
-/// Seconds from environment variable `name` when it holds a positive number, else `fallback`
-/// (the transports' wait bounds: EPLB_NCCL_TIMEOUT_S, EPLB_TRANSFER_TIMEOUT_S). A value that is
-/// set but not a positive finite number is reported on stderr once per call.
+/// Seconds from environment variable `name` when it holds a positive number (surrounding
+/// blanks allowed; "inf" and anything above 1e9 mean 1e9: no practical bound, e.g. under a
+/// debugger), else `fallback` (the transports' wait bounds: EPLB_NCCL_TIMEOUT_S,
+/// EPLB_TRANSFER_TIMEOUT_S). A value that is set but not a positive number is reported on
+/// stderr (once per transport created).
 inline double seconds_from_env(const char* name, double fallback) {
   const char* v = std::getenv(name);
   if (!v || !*v) return fallback;
   char* end = nullptr;
   const double s = std::strtod(v, &end);
-  if (end != v && *end == '\0' && s > 0 && s <= 1e9) return s;
+  while (end && (*end == ' ' || *end == '\t')) ++end;
+  if (end != v && *end == '\0' && s > 0) return s < 1e9 ? s : 1e9;  // NaN fails s > 0
   std::fprintf(stderr, "eplb: ignoring %s='%s' (not a positive number of seconds); using %g s\n",
                name, v, fallback);
   return fallback;

@@ -2,6 +2,7 @@
 // main() plumbing shared by the single-process tools (eplb-plan, eplb-eval).
 #include <CLI/CLI.hpp>
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -37,8 +38,10 @@ inline std::optional<int> parse_or_exit(CLI::App& app, int argc, char** argv) {
 inline void require_writable(const char* opt, const std::string& path) {
   if (path.empty()) return;
   std::error_code ec;
-  if (std::filesystem::is_directory(path, ec))
+  const auto st = std::filesystem::status(path, ec);
+  if (std::filesystem::is_directory(st))
     throw std::invalid_argument(std::string(opt) + ": '" + path + "' is a directory");
+  if (std::filesystem::exists(st) && !std::filesystem::is_regular_file(st)) return;  // /dev/stdout, a FIFO
   const std::string probe = path + ".writable-check";
   std::FILE* f = std::fopen(probe.c_str(), "w");
   if (!f) throw std::invalid_argument(std::string(opt) + ": cannot write '" + path + "'");
@@ -46,27 +49,43 @@ inline void require_writable(const char* opt, const std::string& path) {
   std::remove(probe.c_str());
 }
 
-/// Writes `path` (option `opt`) with write(std::ostream&) through a temporary file beside it
-/// and a rename: a failed write (a full disk) leaves no half-written file, and an existing
-/// file stays as it was.
+/// Writes `path` (option `opt`) with write(std::ostream&). A regular file (or a new one; a
+/// symbolic link counts as its target) is written through a temporary file beside it and a
+/// rename: a failed write (a full disk) leaves no half-written file, an existing file stays as
+/// it was, and the new one keeps its permissions. Anything else (/dev/stdout, a FIFO) is
+/// written directly.
 template <class Write>
 void write_file_atomically(const char* opt, const std::string& path, Write write) {
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  {
-    std::ofstream f(tmp);
+  namespace fs = std::filesystem;
+  auto failed = [&](const std::string& why) {
+    return std::runtime_error(std::string(opt) + ": error writing '" + path + "': " + why);
+  };
+  std::error_code ec;
+  const auto st = fs::status(path, ec);  // of the link's target, for a link
+  fs::path target = path;
+  if (fs::is_regular_file(st) && fs::is_symlink(path, ec)) target = fs::canonical(path, ec);
+  if (ec || (fs::exists(st) && !fs::is_regular_file(st))) {
+    std::ofstream f(path);
     if (!f) throw std::invalid_argument(std::string(opt) + ": cannot write '" + path + "'");
     write(f);
-    f.close();  // flushes; sets failbit when a write or the close failed
-    if (!f) {
-      std::remove(tmp.c_str());
-      throw std::runtime_error(std::string(opt) + ": error writing '" + path +
-                               "' (disk full?); the file was not written");
-    }
+    if (!f.flush()) throw failed("the write failed");
+    return;
   }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int err = errno;
+  const std::string tmp = target.string() + ".tmp." + std::to_string(::getpid());
+  // O_EXCL: never through a file or link that is already there.
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) throw std::invalid_argument(std::string(opt) + ": cannot write '" + path + "': " + std::strerror(errno));
+  ::close(fd);
+  try {
+    std::ofstream f(tmp, std::ios::trunc);
+    write(f);
+    f.close();  // flushes; sets failbit when a write or the close failed
+    if (!f) throw failed("disk full? The file was not written");
+    if (fs::exists(st)) fs::permissions(tmp, st.permissions(), ec);  // keep the old file's mode
+    if (std::rename(tmp.c_str(), target.c_str()) != 0) throw failed(std::strerror(errno));
+  } catch (...) {
     std::remove(tmp.c_str());
-    throw std::runtime_error(std::string(opt) + ": cannot write '" + path + "': " + std::strerror(err));
+    throw;
   }
 }
 

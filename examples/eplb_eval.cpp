@@ -14,11 +14,11 @@
 #include <vector>
 
 #include "cli_util.hpp"
-#include "algo/io.hpp"
-#include "algo/migration.hpp"
-#include "algo/policy.hpp"
+#include "eplb/algo/io.hpp"
+#include "eplb/algo/migration.hpp"
+#include "eplb/algo/policy.hpp"
 #include "bench/shapes.hpp"
-#include "algo/spill.hpp"
+#include "eplb/algo/spill.hpp"
 #include "eplb/config.hpp"
 
 namespace {

@@ -11,12 +11,12 @@
 #include <vector>
 
 #include "cli_util.hpp"
-#include "algo/deepseek.hpp"
-#include "algo/io.hpp"
-#include "algo/policy.hpp"
+#include "eplb/algo/deepseek.hpp"
+#include "eplb/algo/io.hpp"
+#include "eplb/algo/policy.hpp"
 #include "eplb/config.hpp"
 #if EPLB_PLAN_CHECKPOINTS
-#include "runtime/checkpoint.hpp"
+#include "eplb/runtime/checkpoint.hpp"
 #endif
 
 namespace {

@@ -11,7 +11,7 @@
 #include <random>
 #include <vector>
 
-#include "runtime/engine.hpp"
+#include "eplb/runtime/engine.hpp"
 
 namespace {
 constexpr int L = 4, E = 16, kTokens = 256, kTopK = 2;

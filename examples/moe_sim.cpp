@@ -17,14 +17,14 @@
 #include <random>
 #include <sstream>
 
-#include "algo/policy.hpp"
-#include "comm/mpi.hpp"
+#include "eplb/algo/policy.hpp"
+#include "eplb/comm/mpi.hpp"
 #include "eplb/config.hpp"
-#include "runtime/engine.hpp"
+#include "eplb/runtime/engine.hpp"
 #include "cli_util.hpp"
 #include "sim_backend.hpp"
 #if EPLB_HAVE_HDF5
-#include "runtime/engine_checkpoint.hpp"
+#include "eplb/runtime/engine_checkpoint.hpp"
 #endif
 
 namespace {
@@ -330,11 +330,12 @@ int run(int argc, char** argv, int rank, int size) {
     throw std::invalid_argument("passes done (" + std::to_string(engine.pass()) + ") + --passes " +
                                 std::to_string(o.passes) + " is more than this simulation counts");
   // The router's drift is replayed pass by pass up to the checkpoint (~0.2 us per layer and
-  // expert): refuse a replay of more than a few minutes instead of looking hung.
-  if (static_cast<double>(engine.pass()) * t.num_layers * t.num_logical > 1e9)
+  // expert, progress shown below): refuse only what would take hours (a damaged pass count).
+  const double replay_steps = static_cast<double>(engine.pass()) * t.num_layers * t.num_logical;
+  if (replay_steps > 2e10)
     throw std::invalid_argument("--resume: the checkpoint is at pass " + std::to_string(engine.pass()) +
                                 "; replaying the router's drift up to it (passes x layers x experts > "
-                                "1e9) would take minutes");
+                                "2e10) would take hours");
   const int first_pass = static_cast<int>(engine.pass()) + 1;
 
   std::size_t expert_bytes = 0;
@@ -358,7 +359,11 @@ int run(int argc, char** argv, int rank, int size) {
   }
 
   Router router(o, rank);
-  for (int pass = 1; pass < first_pass; ++pass) router.next_pass(pass);  // replay the drift
+  for (int pass = 1; pass < first_pass; ++pass) {  // replay the drift
+    router.next_pass(pass);
+    if (rank == 0 && replay_steps > 2e8 && pass % std::max(1, first_pass / 10) == 0)
+      std::printf("  replaying the router's drift: pass %d of %d\n", pass, first_pass - 1);
+  }
   std::vector<std::int32_t> ids;
   std::vector<Row> rows;
   long long verify_failures = 0;

@@ -1,7 +1,7 @@
 #include "sim_backend.hpp"
 
 #include "eplb/config.hpp"
-#include "runtime/pattern.hpp"
+#include "eplb/runtime/pattern.hpp"
 
 namespace eplb::sim {
 namespace {

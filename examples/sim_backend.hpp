@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "runtime/engine.hpp"
+#include "eplb/runtime/engine.hpp"
 
 namespace eplb::sim {
 

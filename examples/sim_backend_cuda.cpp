@@ -1,9 +1,9 @@
 // moe_sim's CUDA backend: device weights, the routing kernel into the device window, device
 // maps switched per layer, NCCL migration. Built only with CUDA and NCCL.
-#include "comm/nccl.hpp"
-#include "runtime/cuda/transport.hpp"
-#include "runtime/cuda/device_state.hpp"
-#include "runtime/cuda/device_weights.hpp"
+#include "eplb/comm/nccl.hpp"
+#include "eplb/runtime/cuda/transport.hpp"
+#include "eplb/runtime/cuda/device_state.hpp"
+#include "eplb/runtime/cuda/device_weights.hpp"
 #include "sim_backend.hpp"
 
 namespace eplb::sim {

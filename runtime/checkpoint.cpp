@@ -1,4 +1,4 @@
-#include "runtime/checkpoint.hpp"
+#include "eplb/runtime/checkpoint.hpp"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -15,9 +15,9 @@
 #include <sstream>
 #include <utility>
 
-#include "algo/placement.hpp"
+#include "eplb/algo/placement.hpp"
 #include "eplb/config.hpp"
-#include "runtime/h5.hpp"
+#include "eplb/runtime/h5.hpp"
 
 namespace eplb::runtime {
 namespace {
@@ -299,6 +299,14 @@ class Reader {
         bad(std::string("dataset '") + name + "' holds " + std::to_string(stored) + " of the " +
             std::to_string(needed) + " chunks its shape " + shape_text(dims) +
             " needs (unwritten or truncated)");
+      // Deflate expands at most ~1032x: a small file must not make the reader allocate and
+      // zero-fill gigabytes for a shape its compressed data cannot hold.
+      constexpr std::uint64_t kMaxRatio = 1100;
+      const hsize_t zbytes = H5Dget_storage_size(d.get());
+      if (n * elem_bytes / kMaxRatio > zbytes)
+        bad(std::string("dataset '") + name + "' declares " + std::to_string(n * elem_bytes) +
+            " bytes for its shape " + shape_text(dims) + " but stores " + std::to_string(zbytes) +
+            " compressed (more than deflate can expand)");
       return static_cast<std::size_t>(n);
     }
     const hsize_t stored = H5Dget_storage_size(d.get());

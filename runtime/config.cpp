@@ -1,9 +1,9 @@
-#include "runtime/config.hpp"
+#include "eplb/runtime/config.hpp"
 
 #include <cmath>
 #include <stdexcept>
 
-#include "algo/policy.hpp"
+#include "eplb/algo/policy.hpp"
 
 namespace eplb::runtime {
 

@@ -3,7 +3,7 @@
 #include <cstddef>
 #include <string>
 
-#include "algo/topology.hpp"
+#include "eplb/algo/topology.hpp"
 
 namespace eplb::runtime {
 

@@ -1,4 +1,4 @@
-#include "runtime/engine.hpp"
+#include "eplb/runtime/engine.hpp"
 
 #include <bit>
 #include <climits>
@@ -8,8 +8,8 @@
 #include <cstring>
 #include <thread>
 
-#include "comm/mpi_transport.hpp"
-#include "comm/placement_bcast.hpp"
+#include "eplb/comm/mpi_transport.hpp"
+#include "eplb/comm/placement_bcast.hpp"
 
 namespace eplb::runtime {
 namespace {
@@ -75,6 +75,9 @@ Engine::Engine(MPI_Comm comm, RuntimeConfig config, WeightRegistry weights,
   comm::throw_if_any_failed(comm_, local);
 
   const std::uint64_t min_gain_bits = std::bit_cast<std::uint64_t>(config_.min_gain);
+  std::string policy_text = "'";  // (appended, not "'" + name + "'": GCC 12's -Wrestrict misfires)
+  policy_text += config_.policy_name();
+  policy_text += '\'';
   char min_gain_text[32];
   std::snprintf(min_gain_text, sizeof min_gain_text, "%.17g", config_.min_gain);
   comm::check_config_agreement(
@@ -84,7 +87,7 @@ Engine::Engine(MPI_Comm comm, RuntimeConfig config, WeightRegistry weights,
               {"num_ranks", static_cast<std::uint64_t>(topo.num_ranks)},
               {"num_nodes", static_cast<std::uint64_t>(topo.num_nodes)},
               {"num_groups", static_cast<std::uint64_t>(topo.num_groups)},
-              {"policy", hash_string(config_.policy_name()), "'" + config_.policy_name() + "'"},
+              {"policy", hash_string(config_.policy_name()), policy_text},
               {"window_passes", static_cast<std::uint64_t>(config_.window_passes)},
               {"rebalance_interval", static_cast<std::uint64_t>(config_.rebalance_interval)},
               {"first_rebalance", static_cast<std::uint64_t>(config_.first_rebalance)},
@@ -195,8 +198,10 @@ RebalanceStats Engine::rebalance() {
   });
   comm::throw_if_any_failed<Error>(comm_, failure);
   if (const auto m = source_mismatch(source_, config_); m && !input_error) input_error = *m;
-  // Ranks whose step() counts differ would sum windows of different passes (and a model with
-  // a collective per pass would be out of step with itself): rejected on every rank.
+  // Ranks that enter a rebalance at different pass counts (rebalance() called by hand at
+  // different points) would sum windows of different passes: rejected on every rank. (A rank
+  // that calls step() more often than the others is not seen here: each rank's automatic
+  // rebalance comes at the same pass count of its own.)
   std::int64_t passes[2] = {pass_, -pass_};  // MIN gives min and -max
   EPLB_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, passes, 2, MPI_INT64_T, MPI_MIN, comm_.get()));
   if (passes[0] != -passes[1] && !input_error)

@@ -7,16 +7,16 @@
 #include <string>
 #include <vector>
 
-#include "algo/migration.hpp"
-#include "algo/placement.hpp"
-#include "algo/policy.hpp"
-#include "comm/mpi.hpp"
-#include "comm/transport.hpp"
-#include "runtime/config.hpp"
-#include "runtime/hooks.hpp"
-#include "runtime/load_window.hpp"
-#include "runtime/migrate.hpp"
-#include "runtime/weights.hpp"
+#include "eplb/algo/migration.hpp"
+#include "eplb/algo/placement.hpp"
+#include "eplb/algo/policy.hpp"
+#include "eplb/comm/mpi.hpp"
+#include "eplb/comm/transport.hpp"
+#include "eplb/runtime/config.hpp"
+#include "eplb/runtime/hooks.hpp"
+#include "eplb/runtime/load_window.hpp"
+#include "eplb/runtime/migrate.hpp"
+#include "eplb/runtime/weights.hpp"
 
 namespace eplb::runtime {
 

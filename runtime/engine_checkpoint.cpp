@@ -1,4 +1,4 @@
-#include "runtime/engine_checkpoint.hpp"
+#include "eplb/runtime/engine_checkpoint.hpp"
 
 #include <optional>
 

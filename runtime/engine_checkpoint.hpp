@@ -7,8 +7,8 @@
 #include <string>
 #include <vector>
 
-#include "runtime/checkpoint.hpp"
-#include "runtime/engine.hpp"
+#include "eplb/runtime/checkpoint.hpp"
+#include "eplb/runtime/engine.hpp"
 
 namespace eplb::runtime {
 

@@ -1,4 +1,4 @@
-#include "runtime/h5.hpp"
+#include "eplb/runtime/h5.hpp"
 
 #include <algorithm>
 #include <cstddef>

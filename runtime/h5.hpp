@@ -8,7 +8,7 @@
 #include <type_traits>
 #include <utility>
 
-#include "comm/error.hpp"
+#include "eplb/comm/error.hpp"
 
 #define EPLB_H5_CHECK(call) ::eplb::runtime::h5::check((call), #call, __FILE__, __LINE__)
 

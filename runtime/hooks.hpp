@@ -5,7 +5,7 @@
 #include <span>
 #include <string>
 
-#include "algo/placement.hpp"
+#include "eplb/algo/placement.hpp"
 
 namespace eplb::runtime {
 

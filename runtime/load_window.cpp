@@ -1,4 +1,4 @@
-#include "runtime/load_window.hpp"
+#include "eplb/runtime/load_window.hpp"
 
 #include <cmath>
 #include <stdexcept>

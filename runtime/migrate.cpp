@@ -1,4 +1,4 @@
-#include "runtime/migrate.hpp"
+#include "eplb/runtime/migrate.hpp"
 
 #include <algorithm>
 #include <exception>

@@ -3,9 +3,9 @@
 #include <cstddef>
 #include <functional>
 
-#include "algo/migration.hpp"
-#include "comm/transport.hpp"
-#include "runtime/weights.hpp"
+#include "eplb/algo/migration.hpp"
+#include "eplb/comm/transport.hpp"
+#include "eplb/runtime/weights.hpp"
 
 namespace eplb::runtime {
 

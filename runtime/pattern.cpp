@@ -1,4 +1,4 @@
-#include "runtime/pattern.hpp"
+#include "eplb/runtime/pattern.hpp"
 
 #include <cstring>
 

@@ -7,8 +7,8 @@
 #include <string>
 #include <vector>
 
-#include "algo/placement.hpp"
-#include "runtime/weights.hpp"
+#include "eplb/algo/placement.hpp"
+#include "eplb/runtime/weights.hpp"
 
 namespace eplb::runtime {
 

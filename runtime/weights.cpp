@@ -1,4 +1,4 @@
-#include "runtime/weights.hpp"
+#include "eplb/runtime/weights.hpp"
 
 #include <algorithm>
 #include <cstdint>

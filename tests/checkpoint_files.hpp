@@ -9,8 +9,8 @@
 #include <string>
 #include <vector>
 
-#include "runtime/checkpoint.hpp"
-#include "runtime/h5.hpp"
+#include "eplb/runtime/checkpoint.hpp"
+#include "eplb/runtime/h5.hpp"
 
 namespace eplb::test {
 

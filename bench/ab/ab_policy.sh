@@ -16,14 +16,16 @@ avx=(-mavx512f -mavx512vl -mavx512dq -mavx512bw)
 for side in old new; do
   src=$root rename=()
   [[ $side == old ]] && src=$out/old-src rename=(-Deplb=eplb_old)
+  # Headers are included as "eplb/algo/..." (older revisions: "algo/...", found through -I$src).
+  rm -rf "$out/inc-$side" && mkdir -p "$out/inc-$side/eplb" && ln -s "$src/algo" "$out/inc-$side/eplb/algo"
   objs=()
   for f in "$src"/algo/*.cpp; do
     b=$(basename "$f" .cpp) extra=()
     [[ $b == simd_avx512 ]] && extra=("${avx[@]}")
-    g++ "${flags[@]}" "${rename[@]}" "${extra[@]}" -I"$src" -c "$f" -o "$out/${side}_$b.o"
+    g++ "${flags[@]}" "${rename[@]}" "${extra[@]}" -I"$out/inc-$side" -I"$src" -c "$f" -o "$out/${side}_$b.o"
     objs+=("$out/${side}_$b.o")
   done
-  g++ "${flags[@]}" "${rename[@]}" -DSIDE=${side}_ -I"$src" -c "$root/bench/ab/side.cpp" -o "$out/${side}_side.o"
+  g++ "${flags[@]}" "${rename[@]}" -DSIDE=${side}_ -I"$out/inc-$side" -I"$src" -c "$root/bench/ab/side.cpp" -o "$out/${side}_side.o"
   rm -f "$out/lib_$side.a" && ar rcs "$out/lib_$side.a" "${objs[@]}" "$out/${side}_side.o"
 done
 g++ -O2 -std=c++20 "$root/bench/ab/main.cpp" -Wl,--start-group "$out/lib_old.a" "$out/lib_new.a" -Wl,--end-group -o "$out/ab"

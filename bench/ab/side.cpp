@@ -4,7 +4,7 @@
 #include <ctime>
 #include <memory>
 
-#include "algo/policy.hpp"
+#include "eplb/algo/policy.hpp"
 #include "bench/shapes.hpp"
 
 #define CAT2(a, b) a##b

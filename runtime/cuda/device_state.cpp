@@ -1,4 +1,4 @@
-#include "runtime/cuda/device_state.hpp"
+#include "eplb/runtime/cuda/device_state.hpp"
 
 #include <algorithm>
 #include <stdexcept>

@@ -7,10 +7,10 @@
 #include <string>
 #include <vector>
 
-#include "algo/placement.hpp"
-#include "comm/cuda.hpp"
-#include "runtime/cuda/kernels.hpp"
-#include "runtime/hooks.hpp"
+#include "eplb/algo/placement.hpp"
+#include "eplb/comm/cuda.hpp"
+#include "eplb/runtime/cuda/kernels.hpp"
+#include "eplb/runtime/hooks.hpp"
 
 namespace eplb::runtime::cuda {
 

@@ -1,6 +1,6 @@
-#include "runtime/cuda/device_weights.hpp"
+#include "eplb/runtime/cuda/device_weights.hpp"
 
-#include "runtime/pattern.hpp"
+#include "eplb/runtime/pattern.hpp"
 
 namespace eplb::runtime::cuda {
 

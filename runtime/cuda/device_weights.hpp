@@ -5,9 +5,9 @@
 #include <string>
 #include <vector>
 
-#include "algo/placement.hpp"
-#include "comm/cuda.hpp"
-#include "runtime/weights.hpp"
+#include "eplb/algo/placement.hpp"
+#include "eplb/comm/cuda.hpp"
+#include "eplb/runtime/weights.hpp"
 
 namespace eplb::runtime::cuda {
 

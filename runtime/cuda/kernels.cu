@@ -1,4 +1,4 @@
-#include "runtime/cuda/kernels.hpp"
+#include "eplb/runtime/cuda/kernels.hpp"
 
 #include <cuda_runtime.h>
 

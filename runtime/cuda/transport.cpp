@@ -1,4 +1,4 @@
-#include "runtime/cuda/transport.hpp"
+#include "eplb/runtime/cuda/transport.hpp"
 
 #include <algorithm>
 #include <cstdlib>
@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "runtime/cuda/kernels.hpp"
+#include "eplb/runtime/cuda/kernels.hpp"
 
 namespace eplb::runtime::cuda {
 namespace {

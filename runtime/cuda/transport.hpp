@@ -2,7 +2,7 @@
 /// \file The NCCL weight transport with eplb's batched-copy kernel for its copies.
 #include <memory>
 
-#include "comm/nccl.hpp"
+#include "eplb/comm/nccl.hpp"
 
 namespace eplb::runtime::cuda {
 

@@ -7,13 +7,13 @@
 #include <string>
 #include <vector>
 
-#include "comm/nccl.hpp"
-#include "runtime/cuda/transport.hpp"
-#include "runtime/cuda/device_state.hpp"
-#include "runtime/cuda/device_weights.hpp"
-#include "runtime/engine.hpp"
-#include "runtime/migrate.hpp"
-#include "algo/policy.hpp"
+#include "eplb/comm/nccl.hpp"
+#include "eplb/runtime/cuda/transport.hpp"
+#include "eplb/runtime/cuda/device_state.hpp"
+#include "eplb/runtime/cuda/device_weights.hpp"
+#include "eplb/runtime/engine.hpp"
+#include "eplb/runtime/migrate.hpp"
+#include "eplb/algo/policy.hpp"
 
 namespace {
 using eplb::algo::Topology;

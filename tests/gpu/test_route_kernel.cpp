@@ -5,10 +5,10 @@
 #include <cstdint>
 #include <random>
 
-#include "algo/placement.hpp"
-#include "comm/cuda.hpp"
-#include "runtime/cuda/device_state.hpp"
-#include "runtime/routing.hpp"
+#include "eplb/algo/placement.hpp"
+#include "eplb/comm/cuda.hpp"
+#include "eplb/runtime/cuda/device_state.hpp"
+#include "eplb/runtime/routing.hpp"
 
 namespace {
 using eplb::algo::Placement;

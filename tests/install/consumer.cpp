@@ -3,10 +3,10 @@
 #include <cstdio>
 #include <vector>
 
-#include "algo/policy.hpp"
+#include "eplb/algo/policy.hpp"
 #include "eplb/config.hpp"
 #if CONSUMER_HAS_RUNTIME
-#include "runtime/config.hpp"
+#include "eplb/runtime/config.hpp"
 #endif
 
 int main() {

@@ -8,8 +8,8 @@
 
 #include "mpi_test_util.hpp"
 #include "../checkpoint_files.hpp"
-#include "runtime/engine_checkpoint.hpp"
-#include "runtime/pattern.hpp"
+#include "eplb/runtime/engine_checkpoint.hpp"
+#include "eplb/runtime/pattern.hpp"
 
 namespace {
 namespace fs = std::filesystem;

@@ -14,8 +14,8 @@
 #include <stdexcept>
 #include <vector>
 
-#include "algo/deepseek.hpp"
-#include "algo/simd.hpp"
+#include "eplb/algo/deepseek.hpp"
+#include "eplb/algo/simd.hpp"
 
 namespace {
 using eplb::algo::DeepseekPolicy;

@@ -4,7 +4,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "algo/deepseek.hpp"
+#include "eplb/algo/deepseek.hpp"
 #include "vectors.hpp"
 
 namespace {

@@ -6,10 +6,10 @@
 #include <random>
 #include <tuple>
 
-#include "algo/load.hpp"
-#include "algo/migration.hpp"
-#include "algo/policy.hpp"
-#include "algo/spill.hpp"
+#include "eplb/algo/load.hpp"
+#include "eplb/algo/migration.hpp"
+#include "eplb/algo/policy.hpp"
+#include "eplb/algo/spill.hpp"
 
 namespace {
 using eplb::algo::LoadMatrix;

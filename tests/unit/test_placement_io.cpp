@@ -3,7 +3,7 @@
 
 #include <sstream>
 
-#include "algo/io.hpp"
+#include "eplb/algo/io.hpp"
 
 namespace {
 using eplb::algo::Placement;

@@ -7,7 +7,7 @@
 #include <limits>
 #include <random>
 
-#include "algo/policy.hpp"
+#include "eplb/algo/policy.hpp"
 
 namespace {
 using eplb::algo::LoadMatrix;

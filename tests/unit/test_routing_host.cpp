@@ -8,8 +8,8 @@
 #include <map>
 #include <vector>
 
-#include "algo/placement.hpp"
-#include "runtime/routing.hpp"
+#include "eplb/algo/placement.hpp"
+#include "eplb/runtime/routing.hpp"
 
 namespace {
 using eplb::algo::Placement;

@@ -8,9 +8,9 @@
 #include <limits>
 #include <vector>
 
-#include "runtime/config.hpp"
-#include "runtime/load_window.hpp"
-#include "runtime/weights.hpp"
+#include "eplb/runtime/config.hpp"
+#include "eplb/runtime/load_window.hpp"
+#include "eplb/runtime/weights.hpp"
 
 namespace {
 using eplb::runtime::LoadWindow;

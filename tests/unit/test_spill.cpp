@@ -1,8 +1,8 @@
 // hierarchical-spill: replicas of hot experts may use another node's slots.
 #include <gtest/gtest.h>
 
-#include "algo/deepseek.hpp"
-#include "algo/spill.hpp"
+#include "eplb/algo/deepseek.hpp"
+#include "eplb/algo/spill.hpp"
 #include "bench/shapes.hpp"
 
 namespace {

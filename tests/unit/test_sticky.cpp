@@ -5,10 +5,10 @@
 #include <algorithm>
 #include <random>
 
-#include "algo/deepseek.hpp"
-#include "algo/migration.hpp"
-#include "algo/policy.hpp"
-#include "algo/sticky.hpp"
+#include "eplb/algo/deepseek.hpp"
+#include "eplb/algo/migration.hpp"
+#include "eplb/algo/policy.hpp"
+#include "eplb/algo/sticky.hpp"
 #include "bench/shapes.hpp"
 
 namespace {

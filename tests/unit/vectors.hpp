@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "algo/topology.hpp"
+#include "eplb/algo/topology.hpp"
 
 namespace eplb::test {
 
