@@ -72,7 +72,8 @@ class Engine {
   const std::vector<RebalanceStats>& history() const { return history_; }
 
   /// Borrowed; must outlive the engine or be reset to null. With a source set, step() and
-  /// rebalance() use it instead of window() (e.g. a device window on the GPU).
+  /// rebalance() use it instead of window() (e.g. a device window on the GPU): what is
+  /// recorded into window() is then not read.
   void set_load_source(LoadSource* source) { source_ = source; }
   /// Borrowed; must outlive the engine or be reset to null. Told about every migration layer
   /// by layer (e.g. device maps).

@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <random>
 
@@ -542,36 +543,34 @@ TEST_F(EngineBadInput, PassCountsDifferingBetweenRanksAreRejectedEverywhere) {
   EXPECT_EQ(bad_slots_anywhere(*engine), 0u);
 }
 
-TEST(EngineConfig, TransportFactoryReturningNothingIsAnErrorEverywhere) {
+/// An engine whose transport factory does on_bad() on the last rank (and makes an MPI host
+/// transport elsewhere) fails on every rank with an eplb::Error that contains `words`.
+void expect_transport_failure_everywhere(
+    const std::function<std::unique_ptr<eplb::comm::Transport>()>& on_bad, const char* words) {
   const Topology t{2, 4, 4 * world_size(), world_size(), 1, 1};
   HostWeights host(t, {64});
   const int bad = world_size() - 1;
   try {
     Engine e(MPI_COMM_WORLD, config_for(t), std::move(host.registry), {},
-             [bad](const eplb::comm::MpiComm& c) -> std::unique_ptr<eplb::comm::Transport> {
-               if (c.rank() == bad) return nullptr;
+             [&](const eplb::comm::MpiComm& c) -> std::unique_ptr<eplb::comm::Transport> {
+               if (c.rank() == bad) return on_bad();
                return std::make_unique<eplb::comm::MpiHostTransport>(c);
              });
     ADD_FAILURE() << "the engine started without a transport on rank " << bad;
   } catch (const eplb::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("returned no transport"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(words), std::string::npos) << e.what();
   }
 }
 
+TEST(EngineConfig, TransportFactoryReturningNothingIsAnErrorEverywhere) {
+  expect_transport_failure_everywhere([] { return std::unique_ptr<eplb::comm::Transport>(); },
+                                      "returned no transport");
+}
+
 TEST(EngineConfig, TransportFailingOnOneRankFailsEverywhere) {
-  const Topology t{2, 4, 4 * world_size(), world_size(), 1, 1};
-  HostWeights host(t, {64});
-  const int bad = world_size() - 1;
-  try {
-    Engine e(MPI_COMM_WORLD, config_for(t), std::move(host.registry), {},
-             [bad](const eplb::comm::MpiComm& c) -> std::unique_ptr<eplb::comm::Transport> {
-               if (c.rank() == bad) throw std::runtime_error("no NCCL here (simulated)");
-               return std::make_unique<eplb::comm::MpiHostTransport>(c);
-             });
-    ADD_FAILURE() << "the engine started without a transport on rank " << bad;
-  } catch (const eplb::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("no NCCL here (simulated)"), std::string::npos) << e.what();
-  }
+  expect_transport_failure_everywhere(
+      []() -> std::unique_ptr<eplb::comm::Transport> { throw std::runtime_error("no NCCL here (simulated)"); },
+      "no NCCL here (simulated)");
 }
 
 TEST_F(EngineBadInput, SkipBelowMinGainKeepsPlacement) {
