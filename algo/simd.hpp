@@ -70,8 +70,8 @@ void lane_counts(const std::int32_t* cnt, int lane, int* out, int n);
 /// Minimum and maximum of v[0..n) (n >= 1), vectorised where the CPU has AVX-512.
 void min_max(const int* v, std::size_t n, int& mn, int& mx);
 
-/// Whether every value is >= 0 and finite (-0.0 counts as 0). Uses AVX-512 where the CPU has
-/// it, a scalar loop elsewhere.
+/// Whether every value is in [0, max] (NaN fails; -0.0 counts as 0). Uses AVX-512 where the
+/// CPU has it, a scalar loop elsewhere.
 bool all_in_range(const double* v, std::size_t n, double max);
 
 }  // namespace eplb::algo::detail

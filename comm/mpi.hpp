@@ -71,8 +71,8 @@ struct ConfigField {
 
 /// Compares the fields across ranks (two allreduces). On any difference every rank throws
 /// InvalidInput naming each differing field with its smallest and largest value (or, for a
-/// field with `shown`, each distinct text with the first rank that has it: one more allgather,
-/// on this error path only). All ranks must pass the same number of fields in
+/// field with `shown`, up to four distinct texts (cut to 63 characters), each with the first
+/// rank that has it: one more allgather, on this error path only). All ranks must pass the same number of fields in
 /// the same order (the count is checked first).
 void check_config_agreement(const MpiComm& comm, const std::vector<ConfigField>& fields);
 

@@ -34,7 +34,7 @@ inline std::optional<int> parse_or_exit(CLI::App& app, int argc, char** argv) {
 
 /// Throws std::invalid_argument naming `opt` unless a file can be created beside `path` and
 /// `path` is not a directory (checked before the work, so that an unwritable output does not
-/// fail only at the end).
+/// fail only at the end). An existing device or FIFO (/dev/stdout) is accepted unprobed.
 inline void require_writable(const char* opt, const std::string& path) {
   if (path.empty()) return;
   std::error_code ec;
@@ -62,9 +62,10 @@ void write_file_atomically(const char* opt, const std::string& path, Write write
   };
   std::error_code ec;
   const auto st = fs::status(path, ec);  // of the link's target, for a link
+  const bool is_new = st.type() == fs::file_type::not_found;
   fs::path target = path;
   if (fs::is_regular_file(st) && fs::is_symlink(path, ec)) target = fs::canonical(path, ec);
-  if (ec || (fs::exists(st) && !fs::is_regular_file(st))) {
+  if ((ec && !is_new) || (!is_new && !fs::is_regular_file(st))) {
     std::ofstream f(path);
     if (!f) throw std::invalid_argument(std::string(opt) + ": cannot write '" + path + "'");
     write(f);

@@ -61,8 +61,9 @@ struct RuntimeConfig {
   bool device_allreduce = false;
   /// Negative expert ids in the router output are padding, not errors: a top-k entry that
   /// selects no expert (DeepEP's -1) or a padded token. The host window's record() skips
-  /// them; pass the flag to cuda::launch_route_and_count too. Off: any id outside [0, E)
-  /// rejects its batch and fails the next rebalance on every rank (catches garbage ids).
+  /// them; pass the flag to cuda::launch_route_and_count too. Off: any id outside [0, E) is an
+  /// error (catches garbage ids): the host window drops its whole batch, the device kernel
+  /// only that id; either way the next rebalance fails on every rank.
   bool skip_negative_ids = false;
 
   /// Throws std::invalid_argument naming the first bad field.
