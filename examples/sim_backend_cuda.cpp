@@ -49,9 +49,8 @@ class CudaBackend final : public Backend {
     stream_.synchronize();  // the previous layer's upload is done before the host reuses ids
     comm::copy_async(ids_.get(), ids.data(), bytes, stream_.get());
     const int k = topo_.slots_per_rank();
-    EPLB_CUDA_CHECK(runtime::cuda::launch_route_and_count(
-        ids_.get(), false, static_cast<long long>(ids.size()), maps_->layer(layer), rank_ * k,
-        (rank_ + 1) * k, slots_.as<int>(), window_.counts(layer), window_.errors(), stream_.get()));
+    window_.route_and_count(layer, ids_.get(), false, static_cast<long long>(ids.size()),
+                            maps_->layer(layer), rank_ * k, (rank_ + 1) * k, slots_.as<int>());
   }
 
  private:

@@ -61,7 +61,8 @@ struct RuntimeConfig {
   bool device_allreduce = false;
   /// Negative expert ids in the router output are padding, not errors: a top-k entry that
   /// selects no expert (DeepEP's -1) or a padded token. The host window's record() skips
-  /// them; pass the flag to cuda::launch_route_and_count too. Off: any id outside [0, E) is an
+  /// them; give the flag to a cuda::DeviceLoadWindow too (checked at every rebalance), whose
+  /// route_and_count() passes it to the kernel. Off: any id outside [0, E) is an
   /// error (catches garbage ids): the host window drops its whole batch, the device kernel
   /// only that id; either way the next rebalance fails on every rank.
   bool skip_negative_ids = false;

@@ -15,10 +15,15 @@ namespace eplb::runtime {
 namespace {
 /// Why `source` does not fit `cfg`, or nullopt.
 std::optional<std::string> source_mismatch(const LoadSource* source, const RuntimeConfig& cfg) {
-  if (!source || source->window_passes() == 0 || source->window_passes() == cfg.window_passes)
-    return std::nullopt;
-  return "the load source keeps a window of " + std::to_string(source->window_passes()) +
-         " passes, RuntimeConfig::window_passes is " + std::to_string(cfg.window_passes);
+  if (!source) return std::nullopt;
+  if (source->window_passes() != 0 && source->window_passes() != cfg.window_passes)
+    return "the load source keeps a window of " + std::to_string(source->window_passes()) +
+           " passes, RuntimeConfig::window_passes is " + std::to_string(cfg.window_passes);
+  if (const auto skips = source->skips_negative_ids(); skips && *skips != cfg.skip_negative_ids)
+    return std::string("the load source ") + (*skips ? "skips" : "rejects") +
+           " negative ids, RuntimeConfig::skip_negative_ids is " +
+           (cfg.skip_negative_ids ? "true" : "false");
+  return std::nullopt;
 }
 
 /// Runs f() on this rank; an exception becomes `prefix` + its text in `error`, for the ranks

@@ -22,6 +22,9 @@ class LoadSource {
   /// RuntimeConfig::window_passes at every rebalance and restore: a window of another length
   /// would plan from other passes than the ranks agreed on.
   virtual int window_passes() const { return 0; }
+  /// Whether this source skips negative router ids (nullopt: not known). When known, the
+  /// engine checks it against RuntimeConfig::skip_negative_ids at every rebalance.
+  virtual std::optional<bool> skips_negative_ids() const { return std::nullopt; }
 
   /// Optional device path (RuntimeConfig::device_allreduce with a CUDA-aware MPI): reduce
   /// the window into a device buffer of [L][E] int64 and return it (and the first input

@@ -2,12 +2,14 @@
 
 #include <algorithm>
 #include <stdexcept>
+#include <string>
 
 namespace eplb::runtime::cuda {
 
 DeviceLoadWindow::DeviceLoadWindow(int num_layers, int num_logical, int window_passes,
-                                   comm::cuda_stream stream)
-    : layers_(num_layers), logical_(num_logical), window_(window_passes), stream_(stream) {
+                                   comm::cuda_stream stream, bool skip_negative_ids)
+    : layers_(num_layers), logical_(num_logical), window_(window_passes), stream_(stream),
+      skip_negative_(skip_negative_ids) {
   if (num_layers < 1 || num_logical < 1 || window_passes < 1)
     throw std::invalid_argument("DeviceLoadWindow: num_layers, num_logical, window_passes must be >= 1");
   const std::size_t n = static_cast<std::size_t>(layers_) * logical_;
@@ -22,6 +24,20 @@ DeviceLoadWindow::DeviceLoadWindow(int num_layers, int num_logical, int window_p
 unsigned long long* DeviceLoadWindow::counts(int layer) const {
   return ring_.as<unsigned long long>() +
          (static_cast<std::size_t>(cursor_) * layers_ + layer) * logical_;
+}
+
+void DeviceLoadWindow::route_and_count(int layer, const void* topk_ids, bool ids_are_int64,
+                                       long long n, const DeviceLayerMaps& maps, int local_begin,
+                                       int local_end, int* slots_out) const {
+  if (layer < 0 || layer >= layers_)
+    throw std::invalid_argument("DeviceLoadWindow::route_and_count: layer " + std::to_string(layer) +
+                                " outside [0, " + std::to_string(layers_) + ")");
+  if (maps.num_logical != logical_)
+    throw std::invalid_argument("DeviceLoadWindow::route_and_count: maps of " +
+                                std::to_string(maps.num_logical) + " experts, the window counts " +
+                                std::to_string(logical_));
+  EPLB_CUDA_CHECK(launch_route_and_count(topk_ids, ids_are_int64, n, maps, local_begin, local_end,
+                                         slots_out, counts(layer), errors(), stream_, skip_negative_));
 }
 
 std::optional<std::string> DeviceLoadWindow::collect(std::span<std::int64_t> out) {

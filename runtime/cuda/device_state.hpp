@@ -20,7 +20,17 @@ namespace eplb::runtime::cuda {
 /// together) into pinned memory, and waits for it.
 class DeviceLoadWindow final : public LoadSource {
  public:
-  DeviceLoadWindow(int num_layers, int num_logical, int window_passes, comm::cuda_stream stream);
+  /// skip_negative_ids: as RuntimeConfig::skip_negative_ids (the engine checks that they agree).
+  DeviceLoadWindow(int num_layers, int num_logical, int window_passes, comm::cuda_stream stream,
+                   bool skip_negative_ids = false);
+
+  /// launch_route_and_count on the window's stream, into the current pass's counters of
+  /// `layer` and the window's error counter, with the window's skip_negative_ids: the
+  /// routing kernel without the arguments that are easy to get wrong. Throws CudaError.
+  void route_and_count(int layer, const void* topk_ids, bool ids_are_int64, long long n,
+                       const DeviceLayerMaps& maps, int local_begin, int local_end,
+                       int* slots_out) const;
+  std::optional<bool> skips_negative_ids() const override { return skip_negative_; }
 
   /// Counters of `layer` in the current pass (device, [E]).
   unsigned long long* counts(int layer) const;
@@ -42,6 +52,7 @@ class DeviceLoadWindow final : public LoadSource {
  private:
   int layers_, logical_, window_, cursor_ = 0;
   comm::cuda_stream stream_;
+  bool skip_negative_;
   comm::DeviceBuffer ring_, errors_, sum_;
   comm::PinnedBuffer host_;
 };

@@ -121,6 +121,28 @@ INSTANTIATE_TEST_SUITE_P(
              (c.skip_negative ? "_skipneg" : "");
     });
 
+TEST(DeviceWindow, RouteAndCountUsesTheWindowsCountersAndSkipFlag) {
+  SKIP_WITHOUT_GPU();
+  const Topology t{2, 4, 8, 2, 1, 1};
+  const auto p = Placement::contiguous(t);
+  eplb::comm::CudaStream stream;
+  eplb::runtime::cuda::DeviceMaps maps(t, p, stream.get());
+  const std::vector<std::int32_t> ids = {0, -1, 3, 3, 1};
+  eplb::comm::DeviceBuffer d(ids.size() * sizeof(std::int32_t));
+  eplb::comm::copy_async(d.get(), ids.data(), d.size(), stream.get());
+  for (const bool skip : {false, true}) {
+    eplb::runtime::cuda::DeviceLoadWindow window(2, 4, 1, stream.get(), skip);
+    EXPECT_EQ(window.skips_negative_ids(), std::optional<bool>(skip));
+    window.route_and_count(1, d.get(), false, static_cast<long long>(ids.size()), maps.layer(1), 0, 0, nullptr);
+    std::vector<std::int64_t> got(8);
+    const auto err = window.collect(got);
+    EXPECT_EQ(got, (std::vector<std::int64_t>{0, 0, 0, 0, 1, 1, 0, 2})) << "skip " << skip;
+    EXPECT_EQ(err.has_value(), !skip) << (err ? *err : "no error");
+  }
+  eplb::runtime::cuda::DeviceLoadWindow window(2, 4, 1, stream.get());
+  EXPECT_THROW(window.route_and_count(2, d.get(), false, 1, maps.layer(0), 0, 0, nullptr), std::invalid_argument);
+}
+
 TEST(DeviceWindow, SumsOverTheWindowAndForgetsOldPasses) {
   SKIP_WITHOUT_GPU();
   const Topology t{1, 8, 8, 1, 1, 1};

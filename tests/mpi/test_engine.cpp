@@ -362,6 +362,41 @@ TEST_F(EngineBadInput, LoadSourceFailingOnOneRankReachesEveryRank) {
   EXPECT_EQ(bad_slots_anywhere(*engine), 0u);
 }
 
+/// A load source (uniform counts) that reports whether it skips negative ids.
+class SkippingSource final : public eplb::runtime::LoadSource {
+ public:
+  explicit SkippingSource(bool skips) : skips_(skips) {}
+  std::optional<std::string> collect(std::span<std::int64_t> out) override {
+    std::fill(out.begin(), out.end(), 1);
+    return std::nullopt;
+  }
+  void end_pass() override {}
+  std::optional<bool> skips_negative_ids() const override { return skips_; }
+
+ private:
+  bool skips_;
+};
+
+TEST_F(EngineBadInput, LoadSourceSkippingNegativeIdsUnlikeTheConfigIsRejected) {
+  // The fixture's config has skip_negative_ids = false; one rank's source skips them.
+  const int bad = world_size() - 1;
+  SkippingSource src(world_rank() == bad);
+  engine->set_load_source(&src);
+  const auto before = engine->placement();
+  try {
+    engine->rebalance();
+    ADD_FAILURE() << "rebalance accepted a source that counts differently from the config";
+  } catch (const eplb::InvalidInput& e) {
+    const std::string want = "[rank " + std::to_string(bad) +
+                             "] the load source skips negative ids, RuntimeConfig::skip_negative_ids is false";
+    EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(engine->placement(), before);
+  engine->set_load_source(nullptr);
+  EXPECT_NO_THROW(engine->rebalance());
+  EXPECT_EQ(bad_slots_anywhere(*engine), 0u);
+}
+
 /// A map listener that fails (as a CUDA error would) on one rank, in prepare or in commit.
 struct FailingListener final : eplb::runtime::MapListener {
   bool fail_prepare = false, fail_commit = false;
