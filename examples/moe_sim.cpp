@@ -34,6 +34,7 @@ constexpr int kExitSkipped = 77;
 
 struct Options {
   int layers = 12, experts = 64, slots = 0, nodes = 1, groups = 8, topk = 6, tokens = 256;
+  int padded_tokens = 0;  // the last ones of each pass: every top-k entry -1 (DeepEP's padding)
   int passes = 600, interval = 50, window = 100;
   unsigned seed = 1;
   double skew = 1.2, drift = 0.15, min_gain = 0.0;
@@ -142,6 +143,10 @@ class Router {
     ids.resize(static_cast<std::size_t>(o_.tokens) * o_.topk);
     for (int t = 0; t < o_.tokens; ++t) {
       std::int32_t* row = ids.data() + static_cast<std::size_t>(t) * o_.topk;
+      if (t >= o_.tokens - o_.padded_tokens) {  // padding rows: no expert selected
+        std::fill(row, row + o_.topk, -1);
+        continue;
+      }
       for (int k = 0; k < o_.topk; ++k) {
         std::int32_t e = 0;
         // Distinct experts per token; a popularity so skewed that draws keep repeating falls
@@ -195,6 +200,9 @@ int run(int argc, char** argv, int rank, int size) {
   app.add_option("--groups", o.groups, "expert groups (hierarchical policy)")->capture_default_str();
   app.add_option("--topk", o.topk, "experts per token")->capture_default_str();
   app.add_option("--tokens", o.tokens, "tokens per rank per pass")->capture_default_str();
+  app.add_option("--padded-tokens", o.padded_tokens,
+                 "of those, padding rows routed to -1 (skip_negative_ids on when > 0)")
+      ->capture_default_str();
   app.add_option("--passes", o.passes, "forward passes to simulate")->capture_default_str();
   app.add_option("--interval", o.interval, "passes between rebalances")->capture_default_str();
   app.add_option("--window", o.window, "passes in the load window")->capture_default_str();
@@ -288,9 +296,12 @@ int run(int argc, char** argv, int rank, int size) {
   cfg.distributed_planning = !o.rank0_planning;
   cfg.align_slots = o.align;
   cfg.device_allreduce = o.device_allreduce;
+  cfg.skip_negative_ids = o.padded_tokens > 0;
   t.validate();
   if (o.topk < 1 || o.topk > o.experts || o.tokens < 1 || o.passes < 0)
     throw std::invalid_argument("need 1 <= topk <= experts, tokens >= 1, passes >= 0");
+  if (o.padded_tokens < 0 || o.padded_tokens >= o.tokens)
+    throw std::invalid_argument("need 0 <= --padded-tokens < --tokens");
   check_writable("--csv", o.csv, rank);
   check_writable("--checkpoint", o.checkpoint, rank);
 
@@ -314,7 +325,7 @@ int run(int argc, char** argv, int rank, int size) {
     }
   }
   // Weights: one buffer per (layer, tensor) holding this rank's k slots, on the host or GPU.
-  auto backend = o.device == "cuda" ? eplb::sim::make_cuda_backend(t, specs, o.window, rank)
+  auto backend = o.device == "cuda" ? eplb::sim::make_cuda_backend(t, specs, o.window, rank, cfg.skip_negative_ids)
                                     : eplb::sim::make_host_backend(t, specs);
   const auto initial = eplb::algo::Placement::contiguous(t);
   backend->fill(initial, rank);

@@ -42,7 +42,7 @@ std::unique_ptr<Backend> make_host_backend(const algo::Topology& t, const std::v
 
 #if !EPLB_HAVE_NCCL
 int cuda_devices() { return 0; }
-std::unique_ptr<Backend> make_cuda_backend(const algo::Topology&, const std::vector<TensorSpec>&, int, int) {
+std::unique_ptr<Backend> make_cuda_backend(const algo::Topology&, const std::vector<TensorSpec>&, int, int, bool) {
   throw std::invalid_argument("--device cuda: this build of eplb has no CUDA/NCCL support");
 }
 #endif

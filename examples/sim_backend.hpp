@@ -38,7 +38,8 @@ std::unique_ptr<Backend> make_host_backend(const algo::Topology& t, const std::v
 /// CUDA devices visible to this process (0 without CUDA support or without a device).
 int cuda_devices();
 /// Throws std::invalid_argument when this build has no CUDA/NCCL or no device is visible.
+/// skip_negative_ids: RuntimeConfig::skip_negative_ids, for the device load window.
 std::unique_ptr<Backend> make_cuda_backend(const algo::Topology& t, const std::vector<TensorSpec>& specs,
-                                           int window_passes, int rank);
+                                           int window_passes, int rank, bool skip_negative_ids);
 
 }  // namespace eplb::sim

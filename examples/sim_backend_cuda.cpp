@@ -17,11 +17,12 @@ std::vector<runtime::cuda::TensorSpec> to_device_specs(const std::vector<TensorS
 
 class CudaBackend final : public Backend {
  public:
-  CudaBackend(const algo::Topology& t, const std::vector<TensorSpec>& specs, int window, int rank)
+  CudaBackend(const algo::Topology& t, const std::vector<TensorSpec>& specs, int window, int rank,
+              bool skip_negative_ids)
       : device_(comm::select_device_for_rank(rank)),
         topo_(t),
         weights_(t.num_layers, t.slots_per_rank(), to_device_specs(specs)),
-        window_(t.num_layers, t.num_logical, window, stream_.get()) {}
+        window_(t.num_layers, t.num_logical, window, stream_.get(), skip_negative_ids) {}
   const char* name() const override { return "cuda (device memory, NCCL transport)"; }
   runtime::WeightRegistry registry() override { return weights_.registry(); }
   void fill(const algo::Placement& p, int rank) override {
@@ -69,10 +70,10 @@ class CudaBackend final : public Backend {
 int cuda_devices() { return comm::cuda_device_count(); }
 
 std::unique_ptr<Backend> make_cuda_backend(const algo::Topology& t, const std::vector<TensorSpec>& specs,
-                                           int window_passes, int rank) {
+                                           int window_passes, int rank, bool skip_negative_ids) {
   if (comm::cuda_device_count() == 0)
     throw std::invalid_argument("--device cuda: no CUDA device is visible to rank " + std::to_string(rank));
-  return std::make_unique<CudaBackend>(t, specs, window_passes, rank);
+  return std::make_unique<CudaBackend>(t, specs, window_passes, rank, skip_negative_ids);
 }
 
 }  // namespace eplb::sim
