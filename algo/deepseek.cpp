@@ -1,15 +1,14 @@
 #include "eplb/algo/deepseek.hpp"
 
 #include <algorithm>
-#include <exception>
-#include <mutex>
 #include <numeric>
-#include <thread>
 #include <bit>
 #include <cstring>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+
+#include "eplb/algo/parallel.hpp"
 
 namespace eplb::algo {
 namespace detail {
@@ -384,24 +383,9 @@ void DeepseekPolicy::rebalance_into(LoadView load, const Topology& topo,
   int* cnt_all = batched ? detail::grow(logcnt_, static_cast<std::size_t>(L) * topo.num_logical) : nullptr;
   const int T = std::max(1, std::min(threads_, L));
   if (ws_.size() < static_cast<std::size_t>(T)) ws_.resize(static_cast<std::size_t>(T));
-  if (T == 1) {
-    plan_layers(0, L, load, topo, ws_[0], out_all, cnt_all);
-  } else {
-    std::vector<std::thread> pool;
-    std::exception_ptr error;
-    std::mutex error_mutex;
-    for (int t = 0; t < T; ++t)
-      pool.emplace_back([&, t] {
-        try {
-          plan_layers(L * t / T, L * (t + 1) / T, load, topo, ws_[t], out_all, cnt_all);
-        } catch (...) {
-          std::lock_guard<std::mutex> lock(error_mutex);
-          if (!error) error = std::current_exception();
-        }
-      });
-    for (auto& th : pool) th.join();
-    if (error) std::rethrow_exception(error);
-  }
+  detail::run_shares(T, [&](int t) {
+    plan_layers(L * t / T, L * (t + 1) / T, load, topo, ws_[static_cast<std::size_t>(t)], out_all, cnt_all);
+  });
   if (batched) {  // hand the buffers over (the previous placement's come back for reuse)
     phy2log_.resize(static_cast<std::size_t>(L) * R);
     logcnt_.resize(static_cast<std::size_t>(L) * topo.num_logical);

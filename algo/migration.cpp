@@ -1,10 +1,9 @@
 #include "eplb/algo/migration.hpp"
 
 #include <algorithm>
-#include <exception>
-#include <mutex>
 #include <stdexcept>
-#include <thread>
+
+#include "eplb/algo/parallel.hpp"
 
 namespace eplb::algo {
 namespace {
@@ -442,41 +441,11 @@ void plan_migration(const Placement& from, const Placement& to, const Topology& 
   }
   const int T = static_cast<int>(std::max<long long>(1, std::min<long long>({options.threads, L, changed / 2048})));
   if (shares.size() < static_cast<std::size_t>(T)) shares.resize(static_cast<std::size_t>(T));
-  if (T == 1) {
-    plan_layers(from, to, topo, options, plan.layers_, 0, L, shares[0]);
-  } else {
-    std::vector<std::thread> pool;
-    std::exception_ptr error;
-    std::mutex error_mutex;
-    auto keep_first = [&] {
-      std::lock_guard<std::mutex> lock(error_mutex);
-      if (!error) error = std::current_exception();
-    };
-    int started = 1;  // shares [0, started) are planned; a thread that cannot start leaves
-    try {             // its layers to this thread, so the plan stays whole
-      pool.reserve(static_cast<std::size_t>(T - 1));
-      for (; started < T; ++started) {
-        const int t = started;
-        pool.emplace_back([&, t] {
-          try {
-            plan_layers(from, to, topo, options, plan.layers_, L * t / T, L * (t + 1) / T, shares[t]);
-          } catch (...) {
-            keep_first();
-          }
-        });
-      }
-    } catch (...) {  // std::system_error (no more threads) or std::bad_alloc
-    }
-    try {
-      plan_layers(from, to, topo, options, plan.layers_, 0, L / T, shares[0]);  // this thread's
-      for (int t = started; t < T; ++t)
-        plan_layers(from, to, topo, options, plan.layers_, L * t / T, L * (t + 1) / T, shares[t]);
-    } catch (...) {
-      keep_first();
-    }
-    for (auto& th : pool) th.join();
-    if (error) std::rethrow_exception(error);
-  }
+  // A share whose thread cannot start is planned by this thread: the plan stays whole.
+  detail::run_shares(T, [&](int t) {
+    plan_layers(from, to, topo, options, plan.layers_, L * t / T, L * (t + 1) / T,
+                shares[static_cast<std::size_t>(t)]);
+  });
   // Totals over the shares (sums and maxima: the same for any split).
   MigrationStats& st = plan.stats_;
   st = MigrationStats{};
