@@ -254,11 +254,15 @@ int run(int argc, char** argv, int rank, int size) {
   {
     const int rc = parse_error ? (parse_error->get_exit_code() == 0 ? 0 : 2) : -1;
     const std::string text = parse_error ? std::string() : app.config_to_str(true, false);
-    std::uint64_t v[4] = {static_cast<std::uint64_t>(rc + 1), eplb::comm::fnv1a(text.data(), text.size()), 0, 0};
-    v[2] = ~v[0];
-    v[3] = ~v[1];
-    MPI_Allreduce(MPI_IN_PLACE, v, 4, MPI_UINT64_T, MPI_MIN, MPI_COMM_WORLD);
-    const bool same = v[0] == ~v[2] && v[1] == ~v[3];
+    bool same = true;
+    try {
+      eplb::comm::check_config_agreement(
+          eplb::comm::MpiComm(MPI_COMM_WORLD),
+          {{"parse outcome", static_cast<std::uint64_t>(rc + 1)},
+           {"options (hash)", eplb::comm::fnv1a(text.data(), text.size())}});
+    } catch (const eplb::InvalidInput&) {
+      same = false;
+    }
     if (parse_error && (rank == 0 || !same)) app.exit(*parse_error);
     if (!same)
       throw std::invalid_argument("the ranks were started with different options (an MPMD launch?); "
