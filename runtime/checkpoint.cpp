@@ -227,15 +227,20 @@ class Reader {
   /// is read: HDF5 1.10 trusts the chunk dimensions of the file, and a chunk rank other than
   /// the dataset's or a chunk larger than the data makes H5Dread crash or allocate without
   /// bound. A fixed dimension's chunk must lie in [1, dim] (what HDF5 itself allows when it
-  /// creates a dataset); an extendible dimension's in [1, max(dim, kMaxExtendibleChunk)] (eplb
-  /// writes 256-row chunks for an empty table). Returns whether a filter changes the stored
-  /// size (compression: anything but Fletcher32 and shuffle).
-  bool check_layout(const H5Object& d, const char* name, const std::vector<hsize_t>& dims) const {
+  /// creates a dataset); an extendible dimension's in [1, max(dim, kMaxExtendibleChunk)]
+  /// (eplb's only extendible dimension is the stats table's, written in chunks of min(256,
+  /// rows) rows). Returns the chunk shape (empty: not chunked) and whether a filter changes the
+  /// stored size (compression: anything but Fletcher32 and shuffle).
+  struct Layout {
+    std::vector<hsize_t> chunk;
+    bool compressed = false;
+  };
+  Layout check_layout(const H5Object& d, const char* name, const std::vector<hsize_t>& dims) const {
     constexpr hsize_t kMaxExtendibleChunk = 1024;
     const auto dcpl = H5Object::plist(EPLB_H5_CHECK(H5Dget_create_plist(d.get())));
     const H5D_layout_t layout = H5Pget_layout(dcpl.get());
     if (layout < 0) h5::fail("H5Pget_layout(dcpl.get())", __FILE__, __LINE__);
-    if (layout != H5D_CHUNKED) return false;
+    if (layout != H5D_CHUNKED) return {};
     std::vector<hsize_t> chunk(H5S_MAX_RANK + 1, 0);
     const int rank =
         EPLB_H5_CHECK(H5Pget_chunk(dcpl.get(), static_cast<int>(chunk.size()), chunk.data()));
@@ -262,7 +267,7 @@ class Reader {
           H5Pget_filter2(dcpl.get(), static_cast<unsigned>(i), &flags, &ncd, nullptr, 0, nullptr, &config));
       compressed = compressed || (f != H5Z_FILTER_FLETCHER32 && f != H5Z_FILTER_SHUFFLE);
     }
-    return compressed;
+    return {std::move(chunk), compressed};
   }
 
   /// Elements of a dataset of shape `dims` (checked by dataset()) with `elem_bytes` per element
@@ -275,7 +280,7 @@ class Reader {
   std::size_t elements(const H5Object& d, const char* name, const std::vector<hsize_t>& dims,
                        std::size_t elem_bytes) const {
     constexpr std::uint64_t kMaxElements = std::uint64_t{1} << 32;
-    const bool compressed = check_layout(d, name, dims);
+    const Layout layout = check_layout(d, name, dims);
     std::uint64_t n = 1;
     for (const hsize_t x : dims) {
       if (x != 0 && n > kMaxElements / x)
@@ -287,10 +292,8 @@ class Reader {
     if (elem_bytes == 0 || n > std::numeric_limits<std::uint64_t>::max() / elem_bytes)
       bad(std::string("dataset '") + name + "' has elements of " + std::to_string(elem_bytes) +
           " bytes");
-    if (compressed) {
-      const auto dcpl = H5Object::plist(EPLB_H5_CHECK(H5Dget_create_plist(d.get())));
-      std::vector<hsize_t> chunk(dims.size());
-      EPLB_H5_CHECK(H5Pget_chunk(dcpl.get(), static_cast<int>(chunk.size()), chunk.data()));
+    if (layout.compressed) {  // filters need chunks: layout.chunk is the checked chunk shape
+      const std::vector<hsize_t>& chunk = layout.chunk;
       hsize_t needed = 1, stored = 0;
       for (std::size_t i = 0; i < dims.size(); ++i) needed *= (dims[i] + chunk[i] - 1) / chunk[i];
       const auto space = H5Object::dataspace(EPLB_H5_CHECK(H5Dget_space(d.get())));
