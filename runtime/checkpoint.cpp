@@ -120,9 +120,15 @@ class Reader {
   }
 
   H5Object open_attr(hid_t loc, const char* name, const char* where) const {
-    if (EPLB_H5_CHECK(H5Aexists(loc, name)) <= 0)
-      bad(std::string("missing attribute '") + name + "'" + where);
-    auto a = H5Object::attribute(EPLB_H5_CHECK(H5Aopen(loc, name, H5P_DEFAULT)));
+    htri_t exists = 0;
+    H5Object a;
+    try {  // a damaged object header fails its checksum here
+      exists = EPLB_H5_CHECK(H5Aexists(loc, name));
+      if (exists > 0) a = H5Object::attribute(EPLB_H5_CHECK(H5Aopen(loc, name, H5P_DEFAULT)));
+    } catch (const H5Error& e) {
+      bad(std::string("attribute '") + name + "' cannot be read (damaged header?): " + e.what());
+    }
+    if (exists <= 0) bad(std::string("missing attribute '") + name + "'" + where);
     const auto space = H5Object::dataspace(EPLB_H5_CHECK(H5Aget_space(a.get())));
     if (EPLB_H5_CHECK(H5Sget_simple_extent_npoints(space.get())) != 1)
       bad(std::string("attribute '") + name + "' is not a scalar");
@@ -529,8 +535,8 @@ CheckpointStatsRow from_record(const StatsRecord& s) {
   return r;
 }
 
-void write_file(const std::string& path, const Checkpoint& c) {
-  auto file = H5File::create_exclusive(path);
+void write_file(const std::string& path, const Checkpoint& c, CheckpointFileFormat format) {
+  auto file = H5File::create_exclusive(path, format == CheckpointFileFormat::checksummed);
   {
     const hid_t root = file.get();
     const auto& t = c.config.topology;
@@ -656,7 +662,7 @@ void Checkpoint::validate() const {
   }
 }
 
-void write_checkpoint(const std::string& path, const Checkpoint& c) {
+void write_checkpoint(const std::string& path, const Checkpoint& c, CheckpointFileFormat format) {
   c.validate();
   if (path.empty()) throw CheckpointError("checkpoint: empty path");
   // Same directory as the target so that rename() is atomic; the pid keeps concurrent writers
@@ -665,7 +671,7 @@ void write_checkpoint(const std::string& path, const Checkpoint& c) {
   const std::string tmp = path + ".tmp." + std::to_string(::getpid());
   ::unlink(tmp.c_str());
   try {
-    write_file(tmp, c);
+    write_file(tmp, c, format);
     fsync_path(tmp, false);
     if (std::rename(tmp.c_str(), path.c_str()) != 0)
       throw Error("rename('" + tmp + "', '" + path + "') failed: " + std::strerror(errno));

@@ -60,6 +60,8 @@ struct CheckpointStatsRow {
   std::string skip_reason;  ///< stored truncated to kSkipReasonBytes - 1 bytes
 
   static constexpr int kSkipReasonBytes = 128;
+
+  friend bool operator==(const CheckpointStatsRow&, const CheckpointStatsRow&) = default;
 };
 
 /// Everything a checkpoint holds. Shapes: phy2log [L][R], window [W][L][E] (W =
@@ -80,13 +82,27 @@ struct Checkpoint {
   /// Throws CheckpointError naming the first inconsistent field (shapes, ranges, a placement
   /// that leaves an expert without a replica, negative counts).
   void validate() const;
+
+  friend bool operator==(const Checkpoint&, const Checkpoint&) = default;
+};
+
+/// The HDF5 file format of a checkpoint file (docs/CHECKPOINT.md, "File format").
+enum class CheckpointFileFormat {
+  /// HDF5 1.10's format: every metadata block (superblock, object headers with the attributes,
+  /// chunk indexes) carries a checksum and every dataset the Fletcher32 filter, so any damaged
+  /// byte is an error on read. Readable by HDF5 >= 1.10 (2016).
+  checksummed,
+  /// HDF5's earliest format, for HDF5 1.8 tools: its object headers and B-trees carry no
+  /// checksum, so a damaged attribute can be read as a different value, or crash HDF5.
+  earliest,
 };
 
 /// Writes `c` to `path` atomically: a temporary file `path.tmp.<pid>` in the same directory,
 /// flushed, fsync'ed, renamed over `path`, directory fsync'ed. On failure the temporary file
 /// is removed and `path` is left as it was. Throws CheckpointError for an invalid `c` and
 /// H5Error / eplb::Error for I/O failures. Serial: call on one process only.
-void write_checkpoint(const std::string& path, const Checkpoint& c);
+void write_checkpoint(const std::string& path, const Checkpoint& c,
+                      CheckpointFileFormat format = CheckpointFileFormat::checksummed);
 
 /// Reads and validates a checkpoint (any supported format version). Throws CheckpointError
 /// "checkpoint 'path': ..." naming the problem (missing file, not HDF5 or truncated, checksum

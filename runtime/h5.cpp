@@ -67,9 +67,11 @@ void H5Object::reset() noexcept {
   std::fprintf(stderr, "eplb: closing an HDF5 object failed: %s\n", take_error_stack().c_str());
 }
 
-H5File H5File::create_exclusive(const std::string& path) {
+H5File H5File::create_exclusive(const std::string& path, bool checksummed) {
   quiet_errors();
   const auto fapl = file_access_plist();
+  if (checksummed)
+    EPLB_H5_CHECK(H5Pset_libver_bounds(fapl.get(), H5F_LIBVER_V110, H5F_LIBVER_V110));
   return H5File(H5Object(
       EPLB_H5_CHECK(H5Fcreate(path.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, fapl.get())), H5Fclose));
 }

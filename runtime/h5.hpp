@@ -85,8 +85,10 @@ class H5Object {
 /// file locking off so that files on NFS and in containers open). Move-only.
 class H5File {
  public:
-  /// Creates a new file; fails (H5Error) if it exists.
-  static H5File create_exclusive(const std::string& path);
+  /// Creates a new file; fails (H5Error) if it exists. `checksummed`: in HDF5 1.10's format,
+  /// where every metadata block carries a checksum (needs HDF5 >= 1.10 to read); otherwise in
+  /// HDF5's earliest format, whose object headers and B-trees carry none.
+  static H5File create_exclusive(const std::string& path, bool checksummed = true);
   /// Opens read-only or read-write.
   static H5File open(const std::string& path, bool writable = false);
 
