@@ -1,5 +1,6 @@
 #include "eplb/algo/io.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <cstring>
@@ -79,8 +80,12 @@ std::vector<T> read_matrix(std::istream& in, const std::string& source, int& row
   std::string line;
   int lineno = 0;
   bool too_long = false;
+  int end_line = 1, end_col = 1;  // where the input ends, for "no data rows"
   while (read_line(in, line, too_long)) {
     ++lineno;
+    // A last line without '\n' ends on itself, any other one before the next line.
+    end_line = in.eof() ? lineno : lineno + 1;
+    end_col = in.eof() ? static_cast<int>(std::min<std::size_t>(line.size(), INT_MAX - 1)) + 1 : 1;
     if (too_long || lineno == INT_MAX)
       throw ParseError(source, lineno, 1, "line longer than 64 MiB or too many lines (not a text file?)");
     if (lineno == 1 && line.starts_with("\xEF\xBB\xBF")) line.erase(0, 3);  // UTF-8 byte order mark
@@ -124,7 +129,7 @@ std::vector<T> read_matrix(std::istream& in, const std::string& source, int& row
     ++rows;
   }
   if (in.bad()) throw ParseError(source, lineno + 1, 1, "read error");
-  if (rows == 0) throw ParseError(source, lineno + 1, 1, "no data rows (empty input)");
+  if (rows == 0) throw ParseError(source, end_line, end_col, "no data rows (empty input)");
   return values;
 }
 

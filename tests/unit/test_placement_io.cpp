@@ -1,6 +1,8 @@
 // Placement derivation, topology validation and the CSV readers.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+#include <random>
 #include <sstream>
 
 #include "eplb/algo/io.hpp"
@@ -77,6 +79,8 @@ TEST(LoadCsv, ErrorsCarryLineAndColumn) {
   EXPECT_EQ(parse_error("1,2,3\n4,x5,6\n"), "load.csv:2:3: not a number: 'x5'");
   EXPECT_EQ(parse_error("# only comments\n\n"), "load.csv:3:1: no data rows (empty input)");
   EXPECT_EQ(parse_error(""), "load.csv:1:1: no data rows (empty input)");
+  // The end of the input: after the last line's text when it has no newline.
+  EXPECT_EQ(parse_error("# a comment"), "load.csv:1:12: no data rows (empty input)");
   EXPECT_EQ(parse_error("1,,2\n"), "load.csv:1:3: empty field");
   EXPECT_EQ(parse_error("1,-2\n"), "load.csv:1:3: load must be finite, >= 0 and <= 1e30, got '-2'");
   EXPECT_EQ(parse_error("nan 1\n"), "load.csv:1:1: load must be finite, >= 0 and <= 1e30, got 'nan'");
@@ -151,6 +155,130 @@ TEST(PlacementCsv, MalformedInputIsNamed) {
        }) {
     EXPECT_EQ(placement_error(b.text), b.error) << "input: " << b.text;
   }
+}
+
+// ---- mutated inputs: the readers either name a position or read exactly the file's numbers --
+
+/// The numbers of a text in the CSV syntax, by a second, simpler reading (split on commas,
+/// spaces and tabs; strtod / strtol): the reference a mutated input's accepted result must equal.
+std::vector<std::vector<std::string>> reference_tokens(const std::string& text) {
+  std::vector<std::vector<std::string>> rows;
+  std::istringstream in(text);
+  std::string line;
+  bool first = true;
+  while (std::getline(in, line)) {
+    if (first && line.rfind("\xEF\xBB\xBF", 0) == 0) line.erase(0, 3);
+    first = false;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    const auto start = line.find_first_not_of(" \t");
+    if (start == std::string::npos || line[start] == '#') continue;
+    std::vector<std::string> toks;
+    std::string cur;
+    for (char c : line + ",") {
+      if (c == ',' || c == ' ' || c == '\t') {
+        if (!cur.empty()) toks.push_back(cur);
+        cur.clear();
+      } else {
+        cur += c;
+      }
+    }
+    rows.push_back(toks);
+  }
+  return rows;
+}
+
+/// One to three random edits of `text`, biased towards the bytes the syntax cares about.
+std::string mutate(std::string text, std::mt19937& rng) {
+  static const std::string alphabet = std::string(",, \t\n\n\r#-+.eE0123456789xinfa_") + '\0' + "\xff\xEF";
+  auto pick = [&](std::size_t n) { return std::uniform_int_distribution<std::size_t>(0, n - 1)(rng); };
+  const int edits = 1 + static_cast<int>(pick(3));
+  for (int k = 0; k < edits; ++k) {
+    const char c = alphabet[pick(alphabet.size())];
+    const std::size_t at = text.empty() ? 0 : pick(text.size() + 1);
+    switch (pick(4)) {
+      case 0: if (at < text.size()) text[at] = c; break;
+      case 1: text.insert(text.begin() + static_cast<std::ptrdiff_t>(at), c); break;
+      case 2: if (at < text.size()) text.erase(at, 1 + pick(3)); break;
+      default: {
+        const std::size_t from = pick(text.size() + 1), len = pick(12);
+        text.insert(at, text.substr(from, len));
+      }
+    }
+  }
+  return text;
+}
+
+/// what() of a ParseError must start "SOURCE:LINE:COL: " with LINE in [1, lines + 1].
+void expect_position(const eplb::algo::ParseError& e, const std::string& source,
+                     const std::string& text) {
+  const std::string w = e.what();
+  const std::string prefix = source + ":" + std::to_string(e.line()) + ":" + std::to_string(e.column()) + ": ";
+  EXPECT_EQ(w.rfind(prefix, 0), 0u) << w;
+  EXPECT_GE(e.line(), 1);
+  EXPECT_LE(e.line(), static_cast<int>(std::count(text.begin(), text.end(), '\n')) + 1) << w;
+  EXPECT_GE(e.column(), 1) << w;
+}
+
+TEST(LoadCsv, MutatedInputsAreReadExactlyOrNamePosition) {
+  const std::vector<std::string> seeds = {
+      "# L=3 E=4\n1, 2, 3, 4\n5.5,6e2,0,7\n  8\t9 10 11\n",
+      "\xEF\xBB\xBF" "0.25,1e30,3\r\n4,5,6\r\n",
+      "1 2\n\n# c\n3 4\n",
+  };
+  std::mt19937 rng(12345);
+  int accepted = 0, rejected = 0;
+  for (int i = 0; i < 30000; ++i) {
+    const std::string text = mutate(seeds[static_cast<std::size_t>(i) % seeds.size()], rng);
+    try {
+      const auto m = parse(text);
+      ++accepted;
+      const auto ref = reference_tokens(text);
+      ASSERT_EQ(static_cast<int>(ref.size()), m.num_layers) << text;
+      std::vector<double> want;
+      for (const auto& row : ref) {
+        ASSERT_EQ(static_cast<int>(row.size()), m.num_logical) << text;
+        for (const auto& t : row) want.push_back(std::strtod(t.c_str(), nullptr));
+      }
+      ASSERT_EQ(m.values, want) << text;
+      for (double v : m.values) ASSERT_TRUE(v >= 0 && v <= 1e30) << text;
+    } catch (const eplb::algo::ParseError& e) {
+      ++rejected;
+      expect_position(e, "load.csv", text);
+    }
+  }
+  // Both outcomes are exercised (the edits are not all harmless, nor all fatal).
+  EXPECT_GT(accepted, 1000);
+  EXPECT_GT(rejected, 1000);
+}
+
+TEST(PlacementCsv, MutatedInputsAreReadExactlyOrNamed) {
+  const std::vector<std::string> seeds = {"0,1,2,0\n2, 2, 1, 0\n", "# p\n1 0 2 2\n\n0\t1\t2\t1\n"};
+  std::mt19937 rng(54321);
+  int accepted = 0, rejected = 0;
+  for (int i = 0; i < 30000; ++i) {
+    const std::string text = mutate(seeds[static_cast<std::size_t>(i) % seeds.size()], rng);
+    std::istringstream in(text);
+    try {
+      const auto p = eplb::algo::read_placement_csv(in, "p.csv", 3);
+      ++accepted;
+      const auto ref = reference_tokens(text);
+      ASSERT_EQ(static_cast<int>(ref.size()), p.num_layers()) << text;
+      for (int l = 0; l < p.num_layers(); ++l) {
+        const auto row = p.phy2log(l);
+        ASSERT_EQ(ref[static_cast<std::size_t>(l)].size(), row.size()) << text;
+        for (std::size_t j = 0; j < row.size(); ++j)
+          ASSERT_EQ(std::strtol(ref[static_cast<std::size_t>(l)][j].c_str(), nullptr, 10), row[j]) << text;
+      }
+    } catch (const eplb::algo::ParseError& e) {
+      ++rejected;
+      expect_position(e, "p.csv", text);
+    } catch (const std::invalid_argument& e) {  // well-formed, but not a placement
+      ++rejected;
+      EXPECT_EQ(std::string(e.what()).rfind("p.csv: placement: ", 0), 0u) << e.what();
+    }
+  }
+  EXPECT_GT(accepted, 1000);
+  EXPECT_GT(rejected, 1000);
 }
 
 }  // namespace
