@@ -535,8 +535,33 @@ CheckpointStatsRow from_record(const StatsRecord& s) {
   return r;
 }
 
+/// Writes `bytes` to a new file `path` (O_EXCL) and fsyncs it; throws eplb::Error naming the
+/// system's reason (a full disk: ENOSPC) and leaves removing the file to the caller.
+void write_bytes(const std::string& path, const std::vector<unsigned char>& bytes) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+  if (fd < 0) throw Error("open('" + path + "') for writing failed: " + std::strerror(errno));
+  std::size_t done = 0;
+  int err = 0;
+  while (done < bytes.size()) {
+    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      err = n < 0 ? errno : EIO;
+      break;
+    }
+    done += static_cast<std::size_t>(n);
+  }
+  const char* step = "write";
+  if (err == 0 && ::fsync(fd) != 0) err = errno, step = "fsync";
+  if (::close(fd) != 0 && err == 0) err = errno, step = "close";
+  if (err != 0)
+    throw Error(std::string(step) + "('" + path + "') failed after " + std::to_string(done) + " of " +
+                std::to_string(bytes.size()) + " bytes: " + std::strerror(err));
+}
+
+/// Builds the file in memory (H5File::create_in_memory), then writes it to `path`.
 void write_file(const std::string& path, const Checkpoint& c, CheckpointFileFormat format) {
-  auto file = H5File::create_exclusive(path, format == CheckpointFileFormat::checksummed);
+  auto file = H5File::create_in_memory(path, format == CheckpointFileFormat::checksummed);
   {
     const hid_t root = file.get();
     const auto& t = c.config.topology;
@@ -582,11 +607,16 @@ void write_file(const std::string& path, const Checkpoint& c, CheckpointFileForm
     put_dataset(root, kStats, packed.get(), mem.get(), {static_cast<hsize_t>(rows.size())}, {256},
                 rows.data());
   }
+  const std::vector<unsigned char> bytes = file.image();
   file.close();
+  write_bytes(path, bytes);
+  // The image was taken from memory and its superblock patched (H5File::image): check that
+  // HDF5 opens the file before it replaces a good one. Read-only: a failure here writes nothing.
+  H5File::open(path).close();
 }
 
-void fsync_path(const std::string& path, bool directory) {
-  const int fd = ::open(path.c_str(), (directory ? O_DIRECTORY : 0) | O_RDONLY | O_CLOEXEC);
+void fsync_directory(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_DIRECTORY | O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw Error("open('" + path + "') for fsync failed: " + std::strerror(errno));
   const int rc = ::fsync(fd);
   const int err = errno;
@@ -671,12 +701,11 @@ void write_checkpoint(const std::string& path, const Checkpoint& c, CheckpointFi
   const std::string tmp = path + ".tmp." + std::to_string(::getpid());
   ::unlink(tmp.c_str());
   try {
-    write_file(tmp, c, format);
-    fsync_path(tmp, false);
+    write_file(tmp, c, format);  // fsync'ed
     if (std::rename(tmp.c_str(), path.c_str()) != 0)
       throw Error("rename('" + tmp + "', '" + path + "') failed: " + std::strerror(errno));
     auto dir = std::filesystem::path(path).parent_path();
-    fsync_path(dir.empty() ? "." : dir.string(), true);
+    fsync_directory(dir.empty() ? "." : dir.string());
   } catch (...) {
     ::unlink(tmp.c_str());
     throw;

@@ -7,6 +7,7 @@
 #include <string>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "eplb/comm/error.hpp"
 
@@ -85,16 +86,22 @@ class H5Object {
 /// file locking off so that files on NFS and in containers open). Move-only.
 class H5File {
  public:
-  /// Creates a new file; fails (H5Error) if it exists. `checksummed`: in HDF5 1.10's format,
-  /// where every metadata block carries a checksum (needs HDF5 >= 1.10 to read); otherwise in
-  /// HDF5's earliest format, whose object headers and B-trees carry none.
-  static H5File create_exclusive(const std::string& path, bool checksummed = true);
+  /// Creates a file that lives in memory only (HDF5's core driver without backing store;
+  /// `name` only names it in messages): nothing reaches the disk until the caller writes
+  /// image() out. So a full disk fails the caller's write(), not HDF5's: HDF5 1.10.8 leaves a
+  /// file whose flush or close failed half-closed, and crashes at process exit closing it.
+  /// `checksummed`: in HDF5 1.10's format, where every metadata block carries a checksum
+  /// (needs HDF5 >= 1.10 to read); otherwise in HDF5's earliest format, whose object headers
+  /// and B-trees carry none.
+  static H5File create_in_memory(const std::string& name, bool checksummed = true);
   /// Opens read-only or read-write.
   static H5File open(const std::string& path, bool writable = false);
 
   hid_t get() const { return file_.get(); }
   /// Flushes and closes; throws H5Error on failure (data may not be on disk).
   void close();
+  /// The bytes of the whole file, as they would be on disk (flushes first).
+  std::vector<unsigned char> image();
 
  private:
   explicit H5File(H5Object f) : file_(std::move(f)) {}
