@@ -30,18 +30,31 @@ bool MpiHostTransport::wait_bounded(std::vector<MPI_Request>& reqs, const std::v
   // MPI_Testall in a loop (as MPI_Waitall polls internally), the clock read every 256 tests.
   const auto t0 = std::chrono::steady_clock::now();
   const int n = static_cast<int>(reqs.size());
-  for (unsigned spin = 1;; ++spin) {
-    int done = 0;
-    EPLB_MPI_CHECK(MPI_Testall(n, reqs.data(), &done, MPI_STATUSES_IGNORE));
-    if (done) return true;
-    if (spin % 256 == 0 &&
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() > timeout_s_)
-      break;
+  try {
+    for (unsigned spin = 1;; ++spin) {
+      int done = 0;
+      EPLB_MPI_CHECK(MPI_Testall(n, reqs.data(), &done, MPI_STATUSES_IGNORE));
+      if (done) return true;
+      if (spin % 256 == 0 &&
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() > timeout_s_)
+        break;
+    }
+  } catch (...) {  // MPI_Testall failed: the requests must not outlive the error either
+    release(reqs, is_recv);
+    throw;
   }
-  // A peer never posted its side. A receive is cancelled and then waited for, which the MPI
-  // standard makes local: afterwards nothing writes into its buffer. Sends often cannot be
-  // cancelled (Open MPI): they are released, and since such a send could still match a later
-  // receive of this communicator, the transport refuses further batches (broken_).
+  release(reqs, is_recv);  // a peer never posted its side
+  if (!throw_on_timeout) return false;
+  throw Error("[rank " + std::to_string(comm_.rank()) + "] MPI transfers of a migration batch did "
+              "not complete within " + std::to_string(timeout_s_) + " s (a peer failed or hangs; "
+              "EPLB_TRANSFER_TIMEOUT_S); the weights are partly moved");
+}
+
+void MpiHostTransport::release(std::vector<MPI_Request>& reqs, const std::vector<char>& is_recv) noexcept {
+  // A receive is cancelled and then waited for, which the MPI standard makes local: afterwards
+  // nothing writes into its buffer. Sends often cannot be cancelled (Open MPI): they are
+  // released, and since such a send could still match a later receive of this communicator,
+  // the transport refuses further batches (broken_).
   for (std::size_t i = 0; i < reqs.size(); ++i) {
     MPI_Request& r = reqs[i];
     if (r == MPI_REQUEST_NULL) continue;
@@ -55,10 +68,6 @@ bool MpiHostTransport::wait_bounded(std::vector<MPI_Request>& reqs, const std::v
   reqs.clear();
   broken_ = true;
   receiving_.clear();  // late delivery: this batch's receives never reach their destinations
-  if (!throw_on_timeout) return false;
-  throw Error("[rank " + std::to_string(comm_.rank()) + "] MPI transfers of a migration batch did "
-              "not complete within " + std::to_string(timeout_s_) + " s (a peer failed or hangs; "
-              "EPLB_TRANSFER_TIMEOUT_S); the weights are partly moved");
 }
 
 void MpiHostTransport::begin_batch() {

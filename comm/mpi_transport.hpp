@@ -64,6 +64,8 @@ class MpiHostTransport final : public Transport {
   /// (returns false instead when `throw_on_timeout` is false).
   bool wait_bounded(std::vector<MPI_Request>& reqs, const std::vector<char>& is_recv,
                     bool throw_on_timeout);
+  /// Cancels and completes the receives, frees the sends, marks the transport broken.
+  void release(std::vector<MPI_Request>& reqs, const std::vector<char>& is_recv) noexcept;
 
   void run_deferred(std::size_t upto);  // copy-lane copies issued before `upto`
   void deliver(std::size_t upto);       // late_transfer_lane: receives of batches before `upto`

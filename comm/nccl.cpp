@@ -124,6 +124,17 @@ void NcclComm::wait_ready(const char* what) {
   });
 }
 
+void NcclComm::wait_event(cuda_event event, const char* what) {
+  poll(what, [&] {
+    const cudaError_t q = cudaEventQuery(event);
+    if (q != cudaSuccess && q != cudaErrorNotReady) {
+      abort();
+      EPLB_CUDA_CHECK(q);
+    }
+    return q == cudaSuccess;
+  });
+}
+
 void NcclComm::wait_stream(cuda_stream stream, const char* what) {
   poll(what, [&] {
     const cudaError_t q = cudaStreamQuery(stream);
@@ -191,38 +202,62 @@ void NcclTransport::end_batch() {
   const ncclResult_t rc = ncclGroupEnd();
   check_in_batch(rc, "ncclGroupEnd", __LINE__);
   if (rc == ncclInProgress) comm_.wait_ready("ncclGroupEnd");
+  issued(2);  // the group's kernel, and NCCL's own bookkeeping on the stream
+}
+
+void NcclTransport::issued(std::size_t n) {
+  issued_ += n;
+  if (issued_ < kIssueAhead || in_group_) return;  // never wait with a group open
+  issued_ = 0;
+  if (throttle_[0]) {  // the previous point's work is done before more is queued
+    comm_.wait_event(throttle_[0]->get(), "migration (transfers queued ahead)");
+    comm_.wait_event(throttle_[1]->get(), "migration (copies queued ahead)");
+  } else {
+    throttle_[0].emplace(false);
+    throttle_[1].emplace(false);
+  }
+  throttle_[0]->record(stream_);
+  throttle_[1]->record(copy_stream_->get());
 }
 
 void NcclTransport::copy(std::byte* dst, const std::byte* src, std::size_t bytes, Lane lane) {
   copy_async(dst, src, bytes, lane_stream(lane));
+  issued(1);
 }
 
 void NcclTransport::copy_all(std::span<const CopyOp> ops, Lane lane) {
   if (copy_batch_) {
     EPLB_CUDA_CHECK(copy_batch_(ops, lane_stream(lane)));
+    issued(1);
     return;
   }
-  dsts_.clear();
-  srcs_.clear();
-  sizes_.clear();
-  for (const auto& op : ops) {
-    if (!op.bytes) continue;
-    dsts_.push_back(op.dst);
-    srcs_.push_back(op.src);
-    sizes_.push_back(op.bytes);
+  // In chunks, each counted: where the batch call is not available it is one copy per op.
+  for (std::size_t at = 0; at < ops.size(); at += kIssueAhead) {
+    dsts_.clear();
+    srcs_.clear();
+    sizes_.clear();
+    for (const auto& op : ops.subspan(at, std::min(kIssueAhead, ops.size() - at))) {
+      if (!op.bytes) continue;
+      dsts_.push_back(op.dst);
+      srcs_.push_back(op.src);
+      sizes_.push_back(op.bytes);
+    }
+    copy_batch_async(dsts_.data(), srcs_.data(), sizes_.data(), dsts_.size(), lane_stream(lane));
+    issued(dsts_.size());
   }
-  copy_batch_async(dsts_.data(), srcs_.data(), sizes_.data(), dsts_.size(), lane_stream(lane));
 }
 
 Transport::Mark NcclTransport::mark(Lane lane) {
   // Timing-capable events only when tracing reads them (cheaper to wait on otherwise).
   if (next_event_ == static_cast<int>(events_.size())) events_.emplace_back(migration_tracing());
   events_[static_cast<std::size_t>(next_event_)].record(lane_stream(lane));
+  issued(1);
   return next_event_++;
 }
 
 void NcclTransport::wait(Lane lane, Mark m) {
   EPLB_CUDA_CHECK(cudaStreamWaitEvent(lane_stream(lane), events_.at(static_cast<std::size_t>(m)).get(), 0));
+  issued(1);
 }
 
 double NcclTransport::elapsed_ms(Mark from, Mark to) {

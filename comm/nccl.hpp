@@ -47,6 +47,8 @@ class NcclComm {
   void wait_ready(const char* what);
   /// Waits for `stream` with the same bound, checking the communicator for async errors.
   void wait_stream(cuda_stream stream, const char* what);
+  /// Waits for a recorded `event` with the same bound.
+  void wait_event(cuda_event event, const char* what);
   void abort() noexcept;
 
  private:
@@ -118,6 +120,17 @@ class NcclTransport final : public Transport {
   std::vector<std::size_t> sizes_;
   int next_event_ = 0;
   bool in_group_ = false;
+  /// Bounded issue-ahead: stream operations issued since the last throttle point, and the
+  /// events recorded there (transfer, copy). A CUDA stream queues about a thousand operations;
+  /// past that the next launch blocks the host, where no timeout runs. Without a bound, a rank
+  /// whose peer stopped posting (it failed host-side) could queue until it blocks inside a
+  /// launch and never reach synchronize()'s bounded wait: every rank would hang.
+  static constexpr std::size_t kIssueAhead = 128;
+  std::size_t issued_ = 0;
+  std::optional<CudaEvent> throttle_[2];
+  /// Counts `n` stream operations; every kIssueAhead of them (outside a group) waits, bounded
+  /// like synchronize(), for the operations issued before the previous throttle point.
+  void issued(std::size_t n);
   /// check_nccl for a call inside a batch; on failure first closes the open group and aborts
   /// this rank's communicator (its later calls fail at once; peers waiting on this batch
   /// are released by their own bounded wait, EPLB_NCCL_TIMEOUT_S).

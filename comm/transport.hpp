@@ -91,7 +91,9 @@ class Transport {
   virtual double elapsed_ms(Mark /*from*/, Mark /*to*/) { return -1; }
   /// Returns when every operation issued so far, on both lanes, is complete.
   virtual void synchronize() = 0;
-  /// Memory for staging, in this transport's memory space.
+  /// Memory for staging, in this transport's memory space. The engine frees it after the
+  /// transport is destroyed (so that transfers still in flight after a failure never target
+  /// freed memory): the Buffer's deleter must not use the transport.
   virtual Buffer allocate(std::size_t bytes) = 0;
 };
 

@@ -190,19 +190,20 @@ RebalanceStats Engine::rebalance() {
   // waiting: every rank agrees on failures (Error), then on rejected input (InvalidInput),
   // before the allreduce, and once more on the device path's copy back; the same sequence
   // of collectives on every rank and both paths.
+  std::optional<std::string> mismatch;
   capture(failure, "collecting this rank's load failed: ", [&] {
     if (source_ && config_.device_allreduce && cuda_aware_mpi_)
       device_sum = source_->reduce_on_device(input_error);
-    if (device_sum) return;
-    if (source_) {
+    if (!device_sum && source_) {
       input_error = source_->collect(local_load_);
-    } else {
+    } else if (!device_sum) {
       input_error = window_.take_error();
       window_.sum(local_load_);
     }
+    mismatch = source_mismatch(source_, config_);  // the source's hooks may throw too
   });
   comm::throw_if_any_failed<Error>(comm_, failure);
-  if (const auto m = source_mismatch(source_, config_); m && !input_error) input_error = *m;
+  if (mismatch && !input_error) input_error = *mismatch;
   // Ranks that enter a rebalance at different pass counts (rebalance() called by hand at
   // different points) would sum windows of different passes: rejected on every rank. (A rank
   // that calls step() more often than the others is not seen here: each rank's automatic

@@ -44,7 +44,12 @@ struct RebalanceStats {
   double t_total_ms = 0;
 };
 
-/// Makes the weight transport once the engine's communicator exists.
+/// Makes the weight transport once the engine's communicator exists. Called on every rank;
+/// a failure on one rank reaches the others (the engine agrees on it after the call), but only
+/// if the factory runs no collective of its own after a rank-local step that can fail: such a
+/// rank would skip that collective while the others wait in it. Make those failures
+/// collective inside the factory (comm::throw_if_any_failed), as cuda::make_nccl_transport
+/// does: its device selection's error goes into NcclComm's first agreement.
 using TransportFactory = std::function<std::unique_ptr<comm::Transport>(const comm::MpiComm&)>;
 
 /// The per-rank runtime. Construct on every rank of the communicator; call step() after
@@ -128,9 +133,11 @@ class Engine {
   LoadWindow window_;
   algo::Placement placement_;
   std::unique_ptr<algo::Policy> policy_;
-  std::unique_ptr<comm::Transport> transport_;
+  // Declared before transport_, so freed after it: a migration that failed mid-batch leaves
+  // transfers in flight into staging_, which the transport's destructor waits for or aborts.
   comm::Buffer staging_{nullptr, [](std::byte*) {}};
   std::size_t staging_size_ = 0;
+  std::unique_ptr<comm::Transport> transport_;
   algo::MigrationOptions migration_options_;
   algo::MigrationPlan plan_;  ///< the last rebalance's plan (kept: the next one reuses its storage)
   bool cuda_aware_mpi_ = false;

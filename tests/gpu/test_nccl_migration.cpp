@@ -253,4 +253,40 @@ TEST(NcclMigration, APeerThatNeverArrivesTimesOutInsteadOfHanging) {
   unsetenv("EPLB_NCCL_TIMEOUT_S");
 }
 
+// A peer that stops posting while this rank still has much to issue: before the bounded
+// issue-ahead, rank 0 queued NCCL kernels behind the stalled one until a CUDA launch blocked
+// the host (a stream holds about a thousand operations), where no timeout runs, so it never
+// reached synchronize()'s bounded wait. Now it waits, bounded, every kIssueAhead operations.
+TEST(NcclMigration, APeerThatStopsPostingTimesOutWhileIssuing) {
+  int rank = 0;
+  const int P = world(&rank);
+  if (P < 2) GTEST_SKIP() << "needs 2 ranks";
+  SKIP_WITHOUT_GPUS(P);
+  eplb::comm::select_device_for_rank(rank);
+  setenv("EPLB_NCCL_TIMEOUT_S", "5", 1);
+  eplb::comm::CudaStream stream;
+  eplb::comm::MpiComm mpi(MPI_COMM_WORLD);
+  eplb::comm::NcclTransport tr(mpi, stream.get());
+  eplb::comm::DeviceBuffer buf(4096);
+  const auto t0 = std::chrono::steady_clock::now();
+  if (rank == 0) {  // 3000 batches to rank 1, which posts nothing
+    int issued = 0;
+    try {
+      for (; issued < 3000; ++issued) {
+        tr.begin_batch();
+        tr.send(static_cast<const std::byte*>(buf.get()), buf.size(), 1);
+        tr.end_batch();
+      }
+      tr.synchronize();
+      ADD_FAILURE() << "3000 sends to a rank that never receives completed";
+    } catch (const eplb::NcclError& e) {
+      EXPECT_NE(std::string(e.what()).find("did not complete"), std::string::npos) << e.what();
+      EXPECT_LT(issued, 3000) << "the wait came only at synchronize()";
+    }
+    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 60.0);
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  unsetenv("EPLB_NCCL_TIMEOUT_S");
+}
+
 }  // namespace

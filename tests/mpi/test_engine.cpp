@@ -397,6 +397,39 @@ TEST_F(EngineBadInput, LoadSourceSkippingNegativeIdsUnlikeTheConfigIsRejected) {
   EXPECT_EQ(bad_slots_anywhere(*engine), 0u);
 }
 
+/// A load source whose window_passes() hook throws on one rank (after collect succeeded).
+class ThrowingHookSource final : public eplb::runtime::LoadSource {
+ public:
+  explicit ThrowingHookSource(bool fail) : fail_(fail) {}
+  std::optional<std::string> collect(std::span<std::int64_t> out) override {
+    std::fill(out.begin(), out.end(), 1);
+    return std::nullopt;
+  }
+  void end_pass() override {}
+  int window_passes() const override {
+    if (fail_) throw std::runtime_error("hook failed (simulated)");
+    return 0;
+  }
+
+ private:
+  bool fail_;
+};
+
+TEST_F(EngineBadInput, LoadSourceHookThrowingOnOneRankReachesEveryRank) {
+  const int bad = world_size() - 1;
+  ThrowingHookSource src(world_rank() == bad);
+  engine->set_load_source(&src);
+  const auto before = engine->placement();
+  // Before, the hook ran outside the agreement: that rank threw while the others waited in the
+  // next allreduce (a hang; the test's timeout catches it).
+  expect_error_everywhere([&] { engine->rebalance(); },
+                          "[rank " + std::to_string(bad) + "] collecting this rank's load failed: "
+                          "hook failed (simulated)");
+  EXPECT_EQ(engine->placement(), before);
+  engine->set_load_source(nullptr);
+  EXPECT_NO_THROW(engine->rebalance());
+}
+
 /// A map listener that fails (as a CUDA error would) on one rank, in prepare or in commit.
 struct FailingListener final : eplb::runtime::MapListener {
   bool fail_prepare = false, fail_commit = false;
