@@ -124,26 +124,21 @@ void NcclComm::wait_ready(const char* what) {
   });
 }
 
+bool NcclComm::completed(int query_result) {
+  const auto q = static_cast<cudaError_t>(query_result);
+  if (q != cudaSuccess && q != cudaErrorNotReady) {
+    abort();
+    EPLB_CUDA_CHECK(q);
+  }
+  return q == cudaSuccess;
+}
+
 void NcclComm::wait_event(cuda_event event, const char* what) {
-  poll(what, [&] {
-    const cudaError_t q = cudaEventQuery(event);
-    if (q != cudaSuccess && q != cudaErrorNotReady) {
-      abort();
-      EPLB_CUDA_CHECK(q);
-    }
-    return q == cudaSuccess;
-  });
+  poll(what, [&] { return completed(cudaEventQuery(event)); });
 }
 
 void NcclComm::wait_stream(cuda_stream stream, const char* what) {
-  poll(what, [&] {
-    const cudaError_t q = cudaStreamQuery(stream);
-    if (q != cudaSuccess && q != cudaErrorNotReady) {
-      abort();
-      EPLB_CUDA_CHECK(q);
-    }
-    return q == cudaSuccess;
-  });
+  poll(what, [&] { return completed(cudaStreamQuery(stream)); });
 }
 
 namespace {

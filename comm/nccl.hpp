@@ -54,6 +54,9 @@ class NcclComm {
  private:
   template <class Done>
   void poll(const char* what, Done done);
+  /// A cudaEventQuery / cudaStreamQuery result: true when complete, false when not yet; an
+  /// error aborts the communicator and throws CudaError.
+  bool completed(int query_result);
   ncclComm* comm_ = nullptr;
   bool failed_ = false;
   double timeout_s_ = 120;

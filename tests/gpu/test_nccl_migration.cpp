@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -223,70 +224,72 @@ TEST(NcclMigration, OutOfRangeIdsAreReportedOnEveryRank) {
   EXPECT_EQ(total_bad(weights.verify(engine.placement(), rank).size()), 0u);
 }
 
-TEST(NcclMigration, APeerThatNeverArrivesTimesOutInsteadOfHanging) {
-  int rank = 0;
-  const int P = world(&rank);
-  if (P < 2) GTEST_SKIP() << "needs 2 ranks";
-  SKIP_WITHOUT_GPUS(P);
-  eplb::comm::select_device_for_rank(rank);
-  setenv("EPLB_NCCL_TIMEOUT_S", "5", 1);
-  eplb::comm::CudaStream stream;
-  eplb::comm::MpiComm mpi(MPI_COMM_WORLD);
-  eplb::comm::NcclTransport tr(mpi, stream.get());
-  eplb::comm::DeviceBuffer buf(1 << 20);
-  const auto t0 = std::chrono::steady_clock::now();
-  bool threw = false;
-  if (rank == 0) {  // rank 0 receives from rank 1, which never sends
-    try {
-      tr.begin_batch();
-      tr.recv(static_cast<std::byte*>(buf.get()), buf.size(), 1);
-      tr.end_batch();
-      tr.synchronize();
-    } catch (const eplb::NcclError& e) {
-      threw = true;
-      EXPECT_NE(std::string(e.what()).find("did not complete"), std::string::npos) << e.what();
-    }
-    EXPECT_TRUE(threw);
-    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 60.0);
+/// Two ranks or more, one GPU each, an NcclTransport with a 5 s timeout; rank 0 talks to
+/// rank 1, which never posts its side.
+class NcclTimeout : public testing::Test {
+ protected:
+  void SetUp() override {
+    const int P = world(&rank);
+    if (P < 2) GTEST_SKIP() << "needs 2 ranks";
+    SKIP_WITHOUT_GPUS(P);
+    eplb::comm::select_device_for_rank(rank);
+    setenv("EPLB_NCCL_TIMEOUT_S", "5", 1);
+    stream.emplace();
+    mpi.emplace(MPI_COMM_WORLD);
+    tr.emplace(*mpi, stream->get());
+    buf.emplace(std::size_t{1} << 20);
+    t0 = std::chrono::steady_clock::now();
   }
-  MPI_Barrier(MPI_COMM_WORLD);
-  unsetenv("EPLB_NCCL_TIMEOUT_S");
+  void TearDown() override {
+    if (!tr) return;
+    if (rank == 0) {
+      EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 60.0);
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    unsetenv("EPLB_NCCL_TIMEOUT_S");
+  }
+  std::byte* data() { return static_cast<std::byte*>(buf->get()); }
+
+  int rank = 0;
+  std::optional<eplb::comm::CudaStream> stream;
+  std::optional<eplb::comm::MpiComm> mpi;
+  std::optional<eplb::comm::NcclTransport> tr;
+  std::optional<eplb::comm::DeviceBuffer> buf;  // after the skips: no GPU, no allocation
+  std::chrono::steady_clock::time_point t0;
+};
+
+TEST_F(NcclTimeout, APeerThatNeverArrivesTimesOutInsteadOfHanging) {
+  if (rank != 0) return;  // rank 0 receives from rank 1, which never sends
+  try {
+    tr->begin_batch();
+    tr->recv(data(), buf->size(), 1);
+    tr->end_batch();
+    tr->synchronize();
+    ADD_FAILURE() << "a receive from a rank that never sends completed";
+  } catch (const eplb::NcclError& e) {
+    EXPECT_NE(std::string(e.what()).find("did not complete"), std::string::npos) << e.what();
+  }
 }
 
 // A peer that stops posting while this rank still has much to issue: before the bounded
 // issue-ahead, rank 0 queued NCCL kernels behind the stalled one until a CUDA launch blocked
 // the host (a stream holds about a thousand operations), where no timeout runs, so it never
 // reached synchronize()'s bounded wait. Now it waits, bounded, every kIssueAhead operations.
-TEST(NcclMigration, APeerThatStopsPostingTimesOutWhileIssuing) {
-  int rank = 0;
-  const int P = world(&rank);
-  if (P < 2) GTEST_SKIP() << "needs 2 ranks";
-  SKIP_WITHOUT_GPUS(P);
-  eplb::comm::select_device_for_rank(rank);
-  setenv("EPLB_NCCL_TIMEOUT_S", "5", 1);
-  eplb::comm::CudaStream stream;
-  eplb::comm::MpiComm mpi(MPI_COMM_WORLD);
-  eplb::comm::NcclTransport tr(mpi, stream.get());
-  eplb::comm::DeviceBuffer buf(4096);
-  const auto t0 = std::chrono::steady_clock::now();
-  if (rank == 0) {  // 3000 batches to rank 1, which posts nothing
-    int issued = 0;
-    try {
-      for (; issued < 3000; ++issued) {
-        tr.begin_batch();
-        tr.send(static_cast<const std::byte*>(buf.get()), buf.size(), 1);
-        tr.end_batch();
-      }
-      tr.synchronize();
-      ADD_FAILURE() << "3000 sends to a rank that never receives completed";
-    } catch (const eplb::NcclError& e) {
-      EXPECT_NE(std::string(e.what()).find("did not complete"), std::string::npos) << e.what();
-      EXPECT_LT(issued, 3000) << "the wait came only at synchronize()";
+TEST_F(NcclTimeout, APeerThatStopsPostingTimesOutWhileIssuing) {
+  if (rank != 0) return;  // 3000 batches to rank 1, which posts nothing
+  int issued = 0;
+  try {
+    for (; issued < 3000; ++issued) {
+      tr->begin_batch();
+      tr->send(data(), 4096, 1);
+      tr->end_batch();
     }
-    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 60.0);
+    tr->synchronize();
+    ADD_FAILURE() << "3000 sends to a rank that never receives completed";
+  } catch (const eplb::NcclError& e) {
+    EXPECT_NE(std::string(e.what()).find("did not complete"), std::string::npos) << e.what();
+    EXPECT_LT(issued, 3000) << "the wait came only at synchronize()";
   }
-  MPI_Barrier(MPI_COMM_WORLD);
-  unsetenv("EPLB_NCCL_TIMEOUT_S");
 }
 
 }  // namespace

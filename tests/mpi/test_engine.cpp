@@ -330,19 +330,26 @@ void expect_error_everywhere(F f, const std::string& words) {
   }
 }
 
-/// A load source that fails (as a CUDA error would) on one rank only.
+/// A load source that fails (as a CUDA error would) on one rank only: in collect(), or in
+/// its window_passes() hook after collect() succeeded.
 class FailingSource final : public eplb::runtime::LoadSource {
  public:
-  explicit FailingSource(bool fail) : fail_(fail) {}
+  enum class Where { collect, hook };
+  explicit FailingSource(bool fail, Where where = Where::collect) : fail_(fail), where_(where) {}
   std::optional<std::string> collect(std::span<std::int64_t> out) override {
-    if (fail_) throw std::runtime_error("device lost (simulated)");
+    if (fail_ && where_ == Where::collect) throw std::runtime_error("device lost (simulated)");
     std::fill(out.begin(), out.end(), 1);
     return std::nullopt;
   }
   void end_pass() override {}
+  int window_passes() const override {
+    if (fail_ && where_ == Where::hook) throw std::runtime_error("hook failed (simulated)");
+    return 0;
+  }
 
  private:
   bool fail_;
+  Where where_;
 };
 
 TEST_F(EngineBadInput, LoadSourceFailingOnOneRankReachesEveryRank) {
@@ -397,27 +404,9 @@ TEST_F(EngineBadInput, LoadSourceSkippingNegativeIdsUnlikeTheConfigIsRejected) {
   EXPECT_EQ(bad_slots_anywhere(*engine), 0u);
 }
 
-/// A load source whose window_passes() hook throws on one rank (after collect succeeded).
-class ThrowingHookSource final : public eplb::runtime::LoadSource {
- public:
-  explicit ThrowingHookSource(bool fail) : fail_(fail) {}
-  std::optional<std::string> collect(std::span<std::int64_t> out) override {
-    std::fill(out.begin(), out.end(), 1);
-    return std::nullopt;
-  }
-  void end_pass() override {}
-  int window_passes() const override {
-    if (fail_) throw std::runtime_error("hook failed (simulated)");
-    return 0;
-  }
-
- private:
-  bool fail_;
-};
-
 TEST_F(EngineBadInput, LoadSourceHookThrowingOnOneRankReachesEveryRank) {
   const int bad = world_size() - 1;
-  ThrowingHookSource src(world_rank() == bad);
+  FailingSource src(world_rank() == bad, FailingSource::Where::hook);
   engine->set_load_source(&src);
   const auto before = engine->placement();
   // Before, the hook ran outside the agreement: that rank threw while the others waited in the
