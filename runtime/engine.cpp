@@ -375,7 +375,11 @@ RebalanceStats Engine::rebalance() {
   placement_ = std::move(msg.placement);
   epoch_ = msg.epoch;
   st.t_total_ms = ms_since(t_start);
-  history_.push_back(st);
+  {  // std::bad_alloc on one rank must not skip the agreements below
+    std::optional<std::string> record_error;
+    capture(record_error, "recording the rebalance failed: ", [&] { history_.push_back(st); });
+    if (!commit_error) commit_error = std::move(record_error);
+  }
   // Two agreements: every rank must know whether the migration failed anywhere (then this
   // engine refuses further rebalances: unmatched messages of the failed one may be in flight)
   // even when a lower rank's map-listener error is the one reported.
