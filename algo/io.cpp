@@ -83,13 +83,14 @@ std::vector<T> read_matrix(std::istream& in, const std::string& source, int& row
   int end_line = 1, end_col = 1;  // where the input ends, for "no data rows"
   while (read_line(in, line, too_long)) {
     ++lineno;
-    // A last line without '\n' ends on itself, any other one before the next line.
-    end_line = in.eof() ? lineno : lineno + 1;
-    end_col = in.eof() ? static_cast<int>(std::min<std::size_t>(line.size(), INT_MAX - 1)) + 1 : 1;
     if (too_long || lineno == INT_MAX)
       throw ParseError(source, lineno, 1, "line longer than 64 MiB or too many lines (not a text file?)");
     if (lineno == 1 && line.starts_with("\xEF\xBB\xBF")) line.erase(0, 3);  // UTF-8 byte order mark
     if (!line.empty() && line.back() == '\r') line.pop_back();
+    // A last line without '\n' ends on itself (columns as in other messages: after the byte
+    // order mark, without '\r'), any other one before the next line.
+    end_line = in.eof() ? lineno : lineno + 1;
+    end_col = in.eof() ? static_cast<int>(std::min<std::size_t>(line.size(), INT_MAX - 1)) + 1 : 1;
     std::size_t first = line.find_first_not_of(" \t");
     if (first == std::string::npos || line[first] == '#') continue;
     int count = 0;

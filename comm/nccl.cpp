@@ -223,7 +223,9 @@ void NcclTransport::copy(std::byte* dst, const std::byte* src, std::size_t bytes
 void NcclTransport::copy_all(std::span<const CopyOp> ops, Lane lane) {
   if (copy_batch_) {
     EPLB_CUDA_CHECK(copy_batch_(ops, lane_stream(lane)));
-    issued(1);
+    // An upper bound on its launches: the batched-copy kernel takes up to 1024 ops per launch
+    // (runtime/cuda/kernels.cu), and counting more than were issued only waits earlier.
+    issued(1 + ops.size() / kIssueAhead);
     return;
   }
   // In chunks, each counted: where the batch call is not available it is one copy per op.

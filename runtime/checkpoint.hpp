@@ -89,8 +89,9 @@ struct Checkpoint {
 /// The HDF5 file format of a checkpoint file (docs/CHECKPOINT.md, "File format").
 enum class CheckpointFileFormat {
   /// HDF5 1.10's format: every metadata block (superblock, object headers with the attributes,
-  /// chunk indexes) carries a checksum and every dataset the Fletcher32 filter, so any damaged
-  /// byte is an error on read. Readable by HDF5 >= 1.10 (2016).
+  /// chunk indexes) carries a checksum and every dataset the Fletcher32 filter, so a damaged
+  /// byte is an error on read unless HDF5 does not use it (free space, padding): never a
+  /// different value. Readable by HDF5 >= 1.10 (2016).
   checksummed,
   /// HDF5's earliest format, for HDF5 1.8 tools: its object headers and B-trees carry no
   /// checksum, so a damaged attribute can be read as a different value, or crash HDF5.

@@ -424,6 +424,8 @@ void Engine::restore(algo::Placement placement, std::span<const std::int64_t> ri
     if (epoch < 0 || pass < 0) throw std::invalid_argument("restore: negative epoch or pass");
   } catch (const std::exception& e) {
     local = e.what();
+  } catch (...) {  // a load source's hook may throw anything: the others must still hear of it
+    local = "restore: the load source threw an exception not derived from std::exception";
   }
   comm::throw_if_any_failed(comm_, local);
   comm::check_config_agreement(

@@ -63,6 +63,8 @@ Checkpoint snapshot(const Engine& engine, std::span<const CheckpointStatsRow> ea
     bad_input = std::string("checkpoint: ") + e.what();
   } catch (const std::exception& e) {  // e.g. a CUDA error copying the device window
     failure = std::string("checkpoint: ") + e.what();
+  } catch (...) {  // a load source may throw anything
+    failure = "checkpoint: the load source threw an exception not derived from std::exception";
   }
   comm::throw_if_any_failed<Error>(engine.comm(), failure);
   comm::throw_if_any_failed(engine.comm(), bad_input);

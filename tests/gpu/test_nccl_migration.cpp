@@ -237,7 +237,10 @@ class NcclTimeout : public testing::Test {
     stream.emplace();
     mpi.emplace(MPI_COMM_WORLD);
     tr.emplace(*mpi, stream->get());
-    buf.emplace(std::size_t{1} << 20);
+    // Connected first (NCCL connects lazily otherwise, at the first group's end, which then
+    // waits for the peer: nothing would queue on the stream).
+    tr->connect_peers();
+    buf.emplace(std::size_t{64} << 20);  // more than NCCL's buffers: a send that waits for the peer
     t0 = std::chrono::steady_clock::now();
   }
   void TearDown() override {
@@ -272,22 +275,22 @@ TEST_F(NcclTimeout, APeerThatNeverArrivesTimesOutInsteadOfHanging) {
 }
 
 // A peer that stops posting while this rank still has much to issue: before the bounded
-// issue-ahead, rank 0 queued NCCL kernels behind the stalled one until a CUDA launch blocked
-// the host (a stream holds about a thousand operations), where no timeout runs, so it never
+// issue-ahead, rank 0 queued work behind its stalled transfer until a CUDA launch blocked the
+// host (a stream holds about a thousand operations), where no timeout runs, so it never
 // reached synchronize()'s bounded wait. Now it waits, bounded, every kIssueAhead operations.
 TEST_F(NcclTimeout, APeerThatStopsPostingTimesOutWhileIssuing) {
-  if (rank != 0) return;  // 3000 batches to rank 1, which posts nothing
+  if (rank != 0) return;  // one send to rank 1, which posts nothing; then 3000 copies behind it
   int issued = 0;
   try {
-    for (; issued < 3000; ++issued) {
-      tr->begin_batch();
-      tr->send(data(), 4096, 1);
-      tr->end_batch();
-    }
+    tr->begin_batch();
+    tr->send(data(), buf->size(), 1);
+    tr->end_batch();
+    for (; issued < 3000; ++issued)
+      tr->copy(data() + 8192, data(), 4096, eplb::comm::Lane::transfer);
     tr->synchronize();
-    ADD_FAILURE() << "3000 sends to a rank that never receives completed";
+    ADD_FAILURE() << "a send to a rank that never receives completed";
   } catch (const eplb::NcclError& e) {
-    EXPECT_NE(std::string(e.what()).find("did not complete"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("queued ahead) did not complete"), std::string::npos) << e.what();
     EXPECT_LT(issued, 3000) << "the wait came only at synchronize()";
   }
 }

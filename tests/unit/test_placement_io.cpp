@@ -217,6 +217,14 @@ void expect_position(const eplb::algo::ParseError& e, const std::string& source,
   EXPECT_GE(e.line(), 1);
   EXPECT_LE(e.line(), static_cast<int>(std::count(text.begin(), text.end(), '\n')) + 1) << w;
   EXPECT_GE(e.column(), 1) << w;
+  // The column lies on that line, at most one past its last byte.
+  std::istringstream in(text);
+  std::string line;
+  for (int i = 0; i < e.line() && std::getline(in, line); ++i) {
+  }
+  if (e.line() <= static_cast<int>(std::count(text.begin(), text.end(), '\n')) + 1) {
+    EXPECT_LE(e.column(), static_cast<int>(line.size()) + 1) << w;
+  }
 }
 
 TEST(LoadCsv, MutatedInputsAreReadExactlyOrNamePosition) {
