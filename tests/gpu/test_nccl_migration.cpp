@@ -240,7 +240,7 @@ class NcclTimeout : public testing::Test {
     // Connected first (NCCL connects lazily otherwise, at the first group's end, which then
     // waits for the peer: nothing would queue on the stream).
     tr->connect_peers();
-    buf.emplace(std::size_t{64} << 20);  // more than NCCL's buffers: a send that waits for the peer
+    buf.emplace(std::size_t{64} << 20);
     t0 = std::chrono::steady_clock::now();
   }
   void TearDown() override {
@@ -279,16 +279,18 @@ TEST_F(NcclTimeout, APeerThatNeverArrivesTimesOutInsteadOfHanging) {
 // host (a stream holds about a thousand operations), where no timeout runs, so it never
 // reached synchronize()'s bounded wait. Now it waits, bounded, every kIssueAhead operations.
 TEST_F(NcclTimeout, APeerThatStopsPostingTimesOutWhileIssuing) {
-  if (rank != 0) return;  // one send to rank 1, which posts nothing; then 3000 copies behind it
+  // One receive from rank 1, which sends nothing (on 2 H200s a 64 MiB send to a peer that
+  // posted nothing completed), then 3000 copies behind it on the same stream.
+  if (rank != 0) return;
   int issued = 0;
   try {
     tr->begin_batch();
-    tr->send(data(), buf->size(), 1);
+    tr->recv(data(), buf->size() / 2, 1);
     tr->end_batch();
     for (; issued < 3000; ++issued)
-      tr->copy(data() + 8192, data(), 4096, eplb::comm::Lane::transfer);
+      tr->copy(data() + buf->size() / 2 + 8192, data() + buf->size() / 2, 4096, eplb::comm::Lane::transfer);
     tr->synchronize();
-    ADD_FAILURE() << "a send to a rank that never receives completed";
+    ADD_FAILURE() << "a receive from a rank that never sends completed";
   } catch (const eplb::NcclError& e) {
     EXPECT_NE(std::string(e.what()).find("queued ahead) did not complete"), std::string::npos) << e.what();
     EXPECT_LT(issued, 3000) << "the wait came only at synchronize()";
