@@ -16,6 +16,11 @@ namespace {
 /// Why `source` does not fit `cfg`, or nullopt.
 std::optional<std::string> source_mismatch(const LoadSource* source, const RuntimeConfig& cfg) {
   if (!source) return std::nullopt;
+  if (const auto shape = source->layers_and_experts();
+      shape && (shape->first != cfg.topology.num_layers || shape->second != cfg.topology.num_logical))
+    return "the load source counts " + std::to_string(shape->first) + " layers x " +
+           std::to_string(shape->second) + " experts, the topology has " +
+           std::to_string(cfg.topology.num_layers) + " x " + std::to_string(cfg.topology.num_logical);
   if (source->window_passes() != 0 && source->window_passes() != cfg.window_passes)
     return "the load source keeps a window of " + std::to_string(source->window_passes()) +
            " passes, RuntimeConfig::window_passes is " + std::to_string(cfg.window_passes);

@@ -2,6 +2,7 @@
 /// \file Extension points of the engine for other memory spaces (the CUDA backend).
 #include <cstdint>
 #include <optional>
+#include <utility>
 #include <span>
 #include <string>
 
@@ -25,6 +26,10 @@ class LoadSource {
   /// Whether this source skips negative router ids (nullopt: not known). When known, the
   /// engine checks it against RuntimeConfig::skip_negative_ids at every rebalance.
   virtual std::optional<bool> skips_negative_ids() const { return std::nullopt; }
+  /// The layers and experts this source counts (nullopt: not known). When known, the engine
+  /// checks them against the topology at every rebalance and restore, before any collective
+  /// touches the source's buffers (reduce_on_device hands MPI a device buffer of that shape).
+  virtual std::optional<std::pair<int, int>> layers_and_experts() const { return std::nullopt; }
 
   /// Optional device path (RuntimeConfig::device_allreduce with a CUDA-aware MPI): reduce
   /// the window into a device buffer of [L][E] int64 and return it (and the first input

@@ -134,9 +134,7 @@ DeviceMaps::DeviceMaps(const algo::Topology& topo, const algo::Placement& initia
 }
 
 void DeviceMaps::reset(const algo::Placement& placement) {
-  if (placement.num_layers() != layers_ || placement.num_logical() != logical_ ||
-      placement.num_slots() != xcap_ + logical_ - 1)
-    throw std::invalid_argument("DeviceMaps::reset: placement shape differs from the maps'");
+  check_shape(placement, "DeviceMaps::reset");
   comm::CudaEvent done(false);
   done.record(stream_);
   done.synchronize();  // earlier copies out of the pinned mirror are complete
@@ -168,9 +166,23 @@ void DeviceMaps::stage(const algo::Placement& p) {
   staged_x_ = X;
 }
 
-void DeviceMaps::prepare(const algo::Placement& next) { stage(next); }
+void DeviceMaps::check_shape(const algo::Placement& p, const char* what) const {
+  if (p.num_layers() != layers_ || p.num_logical() != logical_ || p.num_slots() != xcap_ + logical_ - 1)
+    throw std::invalid_argument(std::string(what) + ": placement shape L=" + std::to_string(p.num_layers()) +
+                                " E=" + std::to_string(p.num_logical()) + " R=" + std::to_string(p.num_slots()) +
+                                " differs from the maps' L=" + std::to_string(layers_) + " E=" +
+                                std::to_string(logical_) + " R=" + std::to_string(xcap_ + logical_ - 1));
+}
+
+void DeviceMaps::prepare(const algo::Placement& next) {
+  check_shape(next, "DeviceMaps::prepare");  // before the pinned mirror is written
+  stage(next);
+}
 
 void DeviceMaps::commit_layer(int l) {
+  if (l < 0 || l >= layers_)
+    throw std::invalid_argument("DeviceMaps::commit_layer: layer " + std::to_string(l) +
+                                " outside [0, " + std::to_string(layers_) + ")");
   // Kernels enqueued after this copy (same stream) read the new rows with the new stride;
   // those enqueued before it read the old ones.
   const std::size_t off = static_cast<std::size_t>(l) * logical_;

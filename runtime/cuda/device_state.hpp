@@ -40,6 +40,9 @@ class DeviceLoadWindow final : public LoadSource {
   std::optional<std::string> collect(std::span<std::int64_t> out) override;
   void end_pass() override;
   int window_passes() const override { return window_; }
+  std::optional<std::pair<int, int>> layers_and_experts() const override {
+    return std::pair{layers_, logical_};
+  }
   std::int64_t* reduce_on_device(std::optional<std::string>& error) override;
   void download_reduced(std::span<std::int64_t> out) override;
 
@@ -77,6 +80,8 @@ class DeviceMaps final : public MapListener {
   /// Copies `p`'s log2phy ([E][X] per layer, X = p.max_replicas()) and logcnt into the
   /// pinned mirror, each layer at the start of its region: L*E*X entries, not L*E*Xcap.
   void stage(const algo::Placement& p);
+  /// Throws std::invalid_argument (named `what`) unless `p` has the maps' L, E and R.
+  void check_shape(const algo::Placement& p, const char* what) const;
   int layers_, logical_, xcap_;
   int staged_x_ = 0;         ///< row stride of the mirror's content
   std::vector<int> stride_;  ///< [L]: row stride of each layer's content on the device

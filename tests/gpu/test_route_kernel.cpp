@@ -253,6 +253,22 @@ TEST(DeviceMaps, ResetReplacesEveryLayer) {
   eplb::runtime::cuda::DeviceMaps maps(Topology{2, 64, 80, 4, 1, 1},
                                        Placement::contiguous(Topology{2, 64, 80, 4, 1, 1}), stream.get());
   EXPECT_THROW(maps.reset(Placement::contiguous(other)), std::invalid_argument);
+  // prepare() checked too (it wrote the pinned mirror past its end before), and the layer of
+  // commit_layer(); the maps stay as they were.
+  const Topology more_layers{3, 64, 80, 4, 1, 1};
+  EXPECT_THROW(maps.prepare(Placement::contiguous(other)), std::invalid_argument);
+  EXPECT_THROW(maps.prepare(Placement::contiguous(more_layers)), std::invalid_argument);
+  EXPECT_THROW(maps.commit_layer(2), std::invalid_argument);
+  EXPECT_THROW(maps.commit_layer(-1), std::invalid_argument);
+  EXPECT_EQ(maps.layer(1).max_replicas, 2);  // contiguous 80 slots over 64 experts: X = 2
+}
+
+TEST(DeviceLoadWindow, DeclaresItsShape) {
+  SKIP_WITHOUT_GPU();
+  eplb::comm::CudaStream stream;
+  eplb::runtime::cuda::DeviceLoadWindow w(3, 16, 4, stream.get());
+  ASSERT_TRUE(w.layers_and_experts());
+  EXPECT_EQ(*w.layers_and_experts(), (std::pair<int, int>{3, 16}));
 }
 
 TEST(DeviceMaps, PrepareAndCommitFollowEveryPlacement) {

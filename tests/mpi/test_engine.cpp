@@ -369,25 +369,28 @@ TEST_F(EngineBadInput, LoadSourceFailingOnOneRankReachesEveryRank) {
   EXPECT_EQ(bad_slots_anywhere(*engine), 0u);
 }
 
-/// A load source (uniform counts) that reports whether it skips negative ids.
-class SkippingSource final : public eplb::runtime::LoadSource {
+/// A load source (uniform counts) that declares whether it skips negative ids and its shape.
+class DeclaringSource final : public eplb::runtime::LoadSource {
  public:
-  explicit SkippingSource(bool skips) : skips_(skips) {}
+  explicit DeclaringSource(bool skips, std::optional<std::pair<int, int>> shape = std::nullopt)
+      : skips_(skips), shape_(shape) {}
   std::optional<std::string> collect(std::span<std::int64_t> out) override {
     std::fill(out.begin(), out.end(), 1);
     return std::nullopt;
   }
   void end_pass() override {}
   std::optional<bool> skips_negative_ids() const override { return skips_; }
+  std::optional<std::pair<int, int>> layers_and_experts() const override { return shape_; }
 
  private:
   bool skips_;
+  std::optional<std::pair<int, int>> shape_;
 };
 
 TEST_F(EngineBadInput, LoadSourceSkippingNegativeIdsUnlikeTheConfigIsRejected) {
   // The fixture's config has skip_negative_ids = false; one rank's source skips them.
   const int bad = world_size() - 1;
-  SkippingSource src(world_rank() == bad);
+  DeclaringSource src(world_rank() == bad);
   engine->set_load_source(&src);
   const auto before = engine->placement();
   try {
@@ -414,6 +417,29 @@ TEST_F(EngineBadInput, LoadSourceHookThrowingOnOneRankReachesEveryRank) {
   expect_error_everywhere([&] { engine->rebalance(); },
                           "[rank " + std::to_string(bad) + "] collecting this rank's load failed: "
                           "hook failed (simulated)");
+  EXPECT_EQ(engine->placement(), before);
+  engine->set_load_source(nullptr);
+  EXPECT_NO_THROW(engine->rebalance());
+}
+
+TEST_F(EngineBadInput, LoadSourceOfAnotherShapeIsRejectedBeforeAnyCollective) {
+  // One rank's source counts one layer too many (a device window built for another model): its
+  // buffers must not reach the allreduce (the device path hands MPI the source's buffer).
+  const int bad = world_size() - 1;
+  const auto& topo = engine->config().topology;
+  DeclaringSource src(false, world_rank() == bad ? std::pair{topo.num_layers + 1, topo.num_logical}
+                                                 : std::pair{topo.num_layers, topo.num_logical});
+  engine->set_load_source(&src);
+  const auto before = engine->placement();
+  try {
+    engine->rebalance();
+    ADD_FAILURE() << "rebalance accepted a source of another shape";
+  } catch (const eplb::InvalidInput& e) {
+    const std::string want = "[rank " + std::to_string(bad) + "] the load source counts " +
+                             std::to_string(topo.num_layers + 1) + " layers x " +
+                             std::to_string(topo.num_logical) + " experts, the topology has";
+    EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
+  }
   EXPECT_EQ(engine->placement(), before);
   engine->set_load_source(nullptr);
   EXPECT_NO_THROW(engine->rebalance());
