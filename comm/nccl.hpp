@@ -66,8 +66,9 @@ class NcclComm {
 /// Device-memory transport: the sends and receives of a batch go into one NCCL group on the
 /// given stream (the transfer lane); copies are cudaMemcpyAsync on that stream or on the
 /// transport's second stream (the copy lane), ordered across lanes by CUDA events, so
-/// packing and unpacking overlap transfers without host synchronisation. synchronize() is
-/// the only host wait (bounded).
+/// packing and unpacking overlap transfers without host synchronisation. The host waits at
+/// synchronize() and, every kIssueAhead stream operations, for the work queued before the
+/// previous throttle point (issued()); each wait is bounded by EPLB_NCCL_TIMEOUT_S.
 class NcclTransport final : public Transport {
  public:
   /// Runs independent device copies on a stream (cudaError_t as int). The runtime supplies a

@@ -83,7 +83,8 @@ class Transport {
   /// A point in the work issued so far on `lane`...
   using Mark = int;
   virtual Mark mark(Lane) { return 0; }
-  /// ...after which work issued later on `lane` starts (no host wait).
+  /// ...after which work issued later on `lane` starts (no host wait for the mark itself;
+  /// NcclTransport may wait, bounded, at any call to keep its queue short).
   virtual void wait(Lane, Mark) {}
   /// Milliseconds from mark `from` to mark `to` on the device clock, for tracing; valid
   /// after synchronize() and before the next mark(). Negative where marks cannot be timed

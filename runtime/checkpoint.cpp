@@ -369,7 +369,7 @@ void put_dataset(hid_t file, const char* name, hid_t file_type, hid_t mem_type,
   bool any = true;
   for (auto v : dims) any = any && v > 0;
   if (any) EPLB_H5_CHECK(H5Dwrite(d.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data));
-  d.close();  // writes the cached chunks: a full disk fails here, and must throw
+  d.close();  // writes the cached chunks (in memory: a failure here is HDF5's or out of memory)
 }
 
 /// In-memory record of one rebalance_stats row (fixed-size string for a flat compound).

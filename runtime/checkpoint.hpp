@@ -86,7 +86,7 @@ struct Checkpoint {
   friend bool operator==(const Checkpoint&, const Checkpoint&) = default;
 };
 
-/// The HDF5 file format of a checkpoint file (docs/CHECKPOINT.md, "File format").
+/// The HDF5 file format of a checkpoint file (docs/CHECKPOINT.md, "HDF5 file format").
 enum class CheckpointFileFormat {
   /// HDF5 1.10's format: every metadata block (superblock, object headers with the attributes,
   /// chunk indexes) carries a checksum and every dataset the Fletcher32 filter, so a damaged

@@ -49,7 +49,8 @@ struct RebalanceStats {
 /// if the factory runs no collective of its own after a rank-local step that can fail: such a
 /// rank would skip that collective while the others wait in it. Make those failures
 /// collective inside the factory (comm::throw_if_any_failed), as cuda::make_nccl_transport
-/// does: its device selection's error goes into NcclComm's first agreement.
+/// does: its rank-local set-up errors (sizing the copy kernel, creating the copy stream) go
+/// into NcclComm's first agreement.
 using TransportFactory = std::function<std::unique_ptr<comm::Transport>(const comm::MpiComm&)>;
 
 /// The per-rank runtime. Construct on every rank of the communicator; call step() after

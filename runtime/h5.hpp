@@ -82,8 +82,9 @@ class H5Object {
   Closer closer_ = nullptr;
 };
 
-/// An open HDF5 file (sec2 driver, strong close degree: closing closes every object in it,
-/// file locking off so that files on NFS and in containers open). Move-only.
+/// An open HDF5 file (the sec2 driver when opened, the core driver in memory when made by
+/// create_in_memory; strong close degree: closing closes every object in it; file locking
+/// off so that files on NFS and in containers open). Move-only.
 class H5File {
  public:
   /// Creates a file that lives in memory only (HDF5's core driver without backing store;

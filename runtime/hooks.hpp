@@ -27,7 +27,8 @@ class LoadSource {
   /// engine checks it against RuntimeConfig::skip_negative_ids at every rebalance.
   virtual std::optional<bool> skips_negative_ids() const { return std::nullopt; }
   /// The layers and experts this source counts (nullopt: not known). When known, the engine
-  /// checks them against the topology at every rebalance and restore, before any collective
+  /// checks them against the topology at every rebalance and every restore that brings a
+  /// window, before any collective
   /// touches the source's buffers (reduce_on_device hands MPI a device buffer of that shape).
   virtual std::optional<std::pair<int, int>> layers_and_experts() const { return std::nullopt; }
 
