@@ -387,24 +387,30 @@ class DeclaringSource final : public eplb::runtime::LoadSource {
   std::optional<std::pair<int, int>> shape_;
 };
 
+/// Sets `src` (which does not fit the engine on one rank), expects InvalidInput holding `want`
+/// from rebalance() on every rank with the placement untouched, then rebalances without it.
+void expect_source_rejected(eplb::runtime::Engine& engine, eplb::runtime::LoadSource& src,
+                            const std::string& want) {
+  engine.set_load_source(&src);
+  const auto before = engine.placement();
+  try {
+    engine.rebalance();
+    ADD_FAILURE() << "rebalance accepted a source that does not fit; expected: " << want;
+  } catch (const eplb::InvalidInput& e) {
+    EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(engine.placement(), before);
+  engine.set_load_source(nullptr);
+  EXPECT_NO_THROW(engine.rebalance());
+  EXPECT_EQ(bad_slots_anywhere(engine), 0u);
+}
+
 TEST_F(EngineBadInput, LoadSourceSkippingNegativeIdsUnlikeTheConfigIsRejected) {
   // The fixture's config has skip_negative_ids = false; one rank's source skips them.
   const int bad = world_size() - 1;
   DeclaringSource src(world_rank() == bad);
-  engine->set_load_source(&src);
-  const auto before = engine->placement();
-  try {
-    engine->rebalance();
-    ADD_FAILURE() << "rebalance accepted a source that counts differently from the config";
-  } catch (const eplb::InvalidInput& e) {
-    const std::string want = "[rank " + std::to_string(bad) +
-                             "] the load source skips negative ids, RuntimeConfig::skip_negative_ids is false";
-    EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
-  }
-  EXPECT_EQ(engine->placement(), before);
-  engine->set_load_source(nullptr);
-  EXPECT_NO_THROW(engine->rebalance());
-  EXPECT_EQ(bad_slots_anywhere(*engine), 0u);
+  expect_source_rejected(*engine, src, "[rank " + std::to_string(bad) +
+                         "] the load source skips negative ids, RuntimeConfig::skip_negative_ids is false");
 }
 
 TEST_F(EngineBadInput, LoadSourceHookThrowingOnOneRankReachesEveryRank) {
@@ -429,20 +435,9 @@ TEST_F(EngineBadInput, LoadSourceOfAnotherShapeIsRejectedBeforeAnyCollective) {
   const auto& topo = engine->config().topology;
   DeclaringSource src(false, world_rank() == bad ? std::pair{topo.num_layers + 1, topo.num_logical}
                                                  : std::pair{topo.num_layers, topo.num_logical});
-  engine->set_load_source(&src);
-  const auto before = engine->placement();
-  try {
-    engine->rebalance();
-    ADD_FAILURE() << "rebalance accepted a source of another shape";
-  } catch (const eplb::InvalidInput& e) {
-    const std::string want = "[rank " + std::to_string(bad) + "] the load source counts " +
-                             std::to_string(topo.num_layers + 1) + " layers x " +
-                             std::to_string(topo.num_logical) + " experts, the topology has";
-    EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
-  }
-  EXPECT_EQ(engine->placement(), before);
-  engine->set_load_source(nullptr);
-  EXPECT_NO_THROW(engine->rebalance());
+  expect_source_rejected(*engine, src, "[rank " + std::to_string(bad) + "] the load source counts " +
+                         std::to_string(topo.num_layers + 1) + " layers x " +
+                         std::to_string(topo.num_logical) + " experts, the topology has");
 }
 
 /// A map listener that fails (as a CUDA error would) on one rank, in prepare or in commit.
