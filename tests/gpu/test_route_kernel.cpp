@@ -27,6 +27,13 @@ struct Case {
   }
 };
 
+/// Router ids in device memory, copied on `stream` (keep `ids` alive until the stream has run).
+eplb::comm::DeviceBuffer ids_on_device(const std::vector<std::int32_t>& ids, eplb::comm::cuda_stream stream) {
+  eplb::comm::DeviceBuffer d(ids.size() * sizeof(std::int32_t));
+  eplb::comm::copy_async(d.get(), ids.data(), d.size(), stream);
+  return d;
+}
+
 Placement random_placement(const Topology& t, std::mt19937& rng) {
   std::vector<int> p;
   for (int l = 0; l < t.num_layers; ++l) {
@@ -128,8 +135,7 @@ TEST(DeviceWindow, RouteAndCountUsesTheWindowsCountersAndSkipFlag) {
   eplb::comm::CudaStream stream;
   eplb::runtime::cuda::DeviceMaps maps(t, p, stream.get());
   const std::vector<std::int32_t> ids = {0, -1, 3, 3, 1};
-  eplb::comm::DeviceBuffer d(ids.size() * sizeof(std::int32_t));
-  eplb::comm::copy_async(d.get(), ids.data(), d.size(), stream.get());
+  const auto d = ids_on_device(ids, stream.get());
   for (const bool skip : {false, true}) {
     eplb::runtime::cuda::DeviceLoadWindow window(2, 4, 1, stream.get(), skip);
     EXPECT_EQ(window.skips_negative_ids(), std::optional<bool>(skip));
@@ -151,8 +157,7 @@ TEST(DeviceWindow, SumsOverTheWindowAndForgetsOldPasses) {
   eplb::runtime::cuda::DeviceMaps maps(t, p, stream.get());
   eplb::runtime::cuda::DeviceLoadWindow window(1, 8, 2, stream.get());
   std::vector<std::int32_t> ids = {3, 3, 5};
-  eplb::comm::DeviceBuffer d(ids.size() * 4);
-  eplb::comm::copy_async(d.get(), ids.data(), d.size(), stream.get());
+  const auto d = ids_on_device(ids, stream.get());
   for (int pass = 0; pass < 3; ++pass) {
     EPLB_CUDA_CHECK(eplb::runtime::cuda::launch_route_and_count(d.get(), false, 3, maps.layer(0), 0, 0, nullptr,
                                                                 window.counts(0), window.errors(), stream.get()));
@@ -323,8 +328,7 @@ TEST(DeviceWindow, RingRoundTripForCheckpoints) {
   eplb::runtime::cuda::DeviceLoadWindow a(2, 8, 3, stream.get()), b(2, 8, 3, stream.get());
   ASSERT_TRUE(a.has_ring());
   std::vector<std::int32_t> ids = {1, 6, 6, 7, 0};
-  eplb::comm::DeviceBuffer d(ids.size() * 4);
-  eplb::comm::copy_async(d.get(), ids.data(), d.size(), stream.get());
+  const auto d = ids_on_device(ids, stream.get());
   for (int pass = 0; pass < 4; ++pass) {  // the ring wraps: pass 3 is back in row 0
     for (int l = 0; l < 2; ++l)
       for (int rep = 0; rep <= pass + l; ++rep)
