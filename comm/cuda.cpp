@@ -3,9 +3,13 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <string>
+#include <thread>
 #include <vector>
+
+#include "eplb/comm/transport.hpp"  // seconds_from_env
 
 namespace eplb::comm {
 
@@ -17,6 +21,8 @@ void check_cuda(int rc, const char* call, const char* file, int line) {
                                              cudaGetErrorString(err),
                                          file, line));
 }
+
+double cuda_timeout_seconds() { return seconds_from_env("EPLB_CUDA_TIMEOUT_S", 120.0); }
 
 int cuda_device_count() noexcept {
   int n = 0;
@@ -80,6 +86,35 @@ CudaEvent& CudaEvent::operator=(CudaEvent&& o) noexcept {
 }
 void CudaEvent::record(cuda_stream s) const { EPLB_CUDA_CHECK(cudaEventRecord(e_, s)); }
 void CudaEvent::synchronize() const { EPLB_CUDA_CHECK(cudaEventSynchronize(e_)); }
+void CudaEvent::wait(const char* what, double timeout_s) const {
+  // Polls instead of cudaEventSynchronize, which has no bound. The pause grows from 5 us to
+  // 200 us: a short wait ends within a few microseconds of the work, a long one costs little
+  // CPU.
+  const auto t0 = std::chrono::steady_clock::now();
+  auto pause = std::chrono::microseconds(5);
+  for (;;) {
+    const cudaError_t q = cudaEventQuery(e_);
+    if (q == cudaSuccess) return;
+    if (q != cudaErrorNotReady)
+      throw CudaError(detail::format_failure(detail::world_rank_or_minus_one(), what,
+                                             std::string(cudaGetErrorName(q)) + ": " +
+                                                 cudaGetErrorString(q),
+                                             __FILE__, __LINE__));
+    if (std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() > timeout_s) {
+      char bound[32];
+      std::snprintf(bound, sizeof bound, "%g", timeout_s);
+      throw CudaError(detail::format_failure(
+          detail::world_rank_or_minus_one(), what,
+          std::string("did not complete within ") + bound +
+              " s: work queued before it on the stream does not end (a kernel, or a collective "
+              "whose peer failed); the stream is unusable, end the job (EPLB_CUDA_TIMEOUT_S sets "
+              "the bound)",
+          __FILE__, __LINE__));
+    }
+    std::this_thread::sleep_for(pause);
+    pause = std::min(2 * pause, std::chrono::microseconds(200));
+  }
+}
 float CudaEvent::elapsed_ms(const CudaEvent& a, const CudaEvent& b) {
   float ms = 0;
   EPLB_CUDA_CHECK(cudaEventElapsedTime(&ms, a.e_, b.e_));

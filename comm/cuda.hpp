@@ -19,6 +19,11 @@ using cuda_event = CUevent_st*;
 /// Throws CudaError "[rank r] <call> failed: <cudaGetErrorString> (file:line)" unless rc == 0.
 void check_cuda(int rc, const char* call, const char* file, int line);
 
+/// Seconds a rank waits for work queued on a CUDA stream outside NCCL (the load window's
+/// copies, map uploads) before giving up (EPLB_CUDA_TIMEOUT_S, default 120;
+/// docs/ENVIRONMENT.md).
+double cuda_timeout_seconds();
+
 /// Number of CUDA devices visible to this process; 0 when there is no driver or device
 /// (never throws).
 int cuda_device_count() noexcept;
@@ -62,6 +67,11 @@ class CudaEvent {
   cuda_event get() const { return e_; }
   void record(cuda_stream s) const;
   void synchronize() const;
+  /// Waits for the work recorded before the event, polling, for at most timeout_s seconds.
+  /// Throws CudaError naming `what` on a CUDA error, or when the work has not completed in
+  /// time: then the work stays queued (something before it on the stream does not end: a
+  /// kernel, or a collective whose peer failed) and the stream is unusable; end the job.
+  void wait(const char* what, double timeout_s = cuda_timeout_seconds()) const;
   /// Milliseconds between two recorded, completed events.
   static float elapsed_ms(const CudaEvent& start, const CudaEvent& stop);
 

@@ -1,6 +1,7 @@
 #include "eplb/runtime/cuda/device_state.hpp"
 
 #include <algorithm>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 
@@ -51,7 +52,7 @@ std::optional<std::string> DeviceLoadWindow::collect(std::span<std::int64_t> out
   comm::copy_async(host_.get(), sum, (n + 1) * sizeof(long long), stream_);  // the one D2H copy
   comm::CudaEvent done(false);
   done.record(stream_);
-  done.synchronize();
+  done.wait("DeviceLoadWindow::collect (the window's sum and its copy to the host)");
   const auto* h = host_.as<long long>();
   std::copy(h, h + n, out.begin());
   if (h[n] != 0)
@@ -70,7 +71,7 @@ std::int64_t* DeviceLoadWindow::reduce_on_device(std::optional<std::string>& err
   comm::memset_async(errors_.get(), 0, sizeof(unsigned long long), stream_);
   comm::CudaEvent done(false);
   done.record(stream_);
-  done.synchronize();  // the sum is complete before MPI reads the buffer
+  done.wait("DeviceLoadWindow::reduce_on_device (the window's sum)");  // complete before MPI reads it
   const long long bad = host_.as<long long>()[n];
   if (bad != 0)
     error = std::to_string(bad) + " expert id(s) in topk_ids outside [0, " +
@@ -82,10 +83,13 @@ std::int64_t* DeviceLoadWindow::reduce_on_device(std::optional<std::string>& err
 void DeviceLoadWindow::download_reduced(std::span<std::int64_t> out) {
   const std::size_t n = static_cast<std::size_t>(layers_) * logical_;
   if (out.size() != n) throw std::invalid_argument("DeviceLoadWindow::download_reduced: output is not [L][E]");
-  comm::copy_async(out.data(), sum_.get(), n * sizeof(long long), stream_);
+  // Through the pinned buffer: cudaMemcpyAsync into pageable memory returns only when the copy
+  // has run, so a stuck stream would hold the host there, out of reach of the bounded wait.
+  comm::copy_async(host_.get(), sum_.get(), n * sizeof(long long), stream_);
   comm::CudaEvent done(false);
   done.record(stream_);
-  done.synchronize();
+  done.wait("DeviceLoadWindow::download_reduced (the reduced load's copy to the host)");
+  std::memcpy(out.data(), host_.get(), n * sizeof(long long));
 }
 
 void DeviceLoadWindow::end_pass() {
@@ -95,25 +99,36 @@ void DeviceLoadWindow::end_pass() {
 }
 
 void DeviceLoadWindow::download_ring(std::span<std::int64_t> ring, int& cursor) const {
-  if (ring.size() != static_cast<std::size_t>(window_) * layers_ * logical_)
+  const std::size_t n = static_cast<std::size_t>(layers_) * logical_;
+  if (ring.size() != static_cast<std::size_t>(window_) * n)
     throw std::invalid_argument("DeviceLoadWindow::download_ring: wrong size");
-  comm::copy_async(ring.data(), ring_.get(), ring_.size(), stream_);
+  // One pass at a time through the pinned buffer (see download_reduced); a checkpoint's cost.
   comm::CudaEvent done(false);
-  done.record(stream_);
-  done.synchronize();
+  for (int w = 0; w < window_; ++w) {
+    comm::copy_async(host_.get(), ring_.as<unsigned long long>() + w * n, n * sizeof(long long), stream_);
+    done.record(stream_);
+    done.wait("DeviceLoadWindow::download_ring (the counters' copy to the host)");
+    std::memcpy(ring.data() + w * n, host_.get(), n * sizeof(long long));
+  }
   cursor = cursor_;
 }
 
 void DeviceLoadWindow::upload_ring(std::span<const std::int64_t> ring, int cursor) {
-  if (ring.size() != static_cast<std::size_t>(window_) * layers_ * logical_)
+  const std::size_t n = static_cast<std::size_t>(layers_) * logical_;
+  if (ring.size() != static_cast<std::size_t>(window_) * n)
     throw std::invalid_argument("DeviceLoadWindow::upload_ring: wrong size");
   if (cursor < 0 || cursor >= window_)
     throw std::invalid_argument("DeviceLoadWindow::upload_ring: cursor outside [0, W)");
   // Counts are >= 0 (checked by the engine), so their int64 bytes are the uint64 counters'.
-  comm::copy_async(ring_.get(), ring.data(), ring_.size(), stream_);
+  // One pass at a time through the pinned buffer, each copy complete before the buffer is
+  // refilled (and before the caller's buffer may go away).
   comm::CudaEvent done(false);
-  done.record(stream_);
-  done.synchronize();  // the host buffer may go away after the call
+  for (int w = 0; w < window_; ++w) {
+    std::memcpy(host_.get(), ring.data() + w * n, n * sizeof(long long));
+    comm::copy_async(ring_.as<unsigned long long>() + w * n, host_.get(), n * sizeof(long long), stream_);
+    done.record(stream_);
+    done.wait("DeviceLoadWindow::upload_ring (the counters' copy to the device)");
+  }
   cursor_ = cursor;
 }
 
@@ -137,11 +152,11 @@ void DeviceMaps::reset(const algo::Placement& placement) {
   check_shape(placement, "DeviceMaps::reset");
   comm::CudaEvent done(false);
   done.record(stream_);
-  done.synchronize();  // earlier copies out of the pinned mirror are complete
+  done.wait("DeviceMaps::reset (earlier map uploads)");  // copies out of the pinned mirror are done
   stage(placement);
   for (int l = 0; l < layers_; ++l) commit_layer(l);
   done.record(stream_);
-  done.synchronize();
+  done.wait("DeviceMaps::reset (the maps' upload)");
 }
 
 DeviceLayerMaps DeviceMaps::layer(int l) const {

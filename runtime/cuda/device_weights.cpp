@@ -36,7 +36,7 @@ void DeviceWeightSet::fill(const algo::Placement& placement, int rank) {
       comm::copy_async(buffers_[l * specs_.size() + t].get(), host.data(), host.size(), nullptr);
       comm::CudaEvent e(false);
       e.record(nullptr);
-      e.synchronize();
+      e.wait("DeviceWeightSet::fill");
     }
 }
 
@@ -51,7 +51,7 @@ std::vector<std::string> DeviceWeightSet::verify(const algo::Placement& placemen
     }
   comm::CudaEvent e(false);
   e.record(nullptr);
-  e.synchronize();
+  e.wait("DeviceWeightSet::verify");
   return verify_slots(r, placement, rank);
 }
 

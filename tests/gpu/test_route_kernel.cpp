@@ -1,9 +1,17 @@
 // The routing + counting kernel against its host reference (runtime/routing.hpp).
+#include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstdint>
+#include <cstdlib>
+#include <functional>
+#include <optional>
 #include <random>
+#include <string>
+#include <thread>
 
 #include "eplb/algo/placement.hpp"
 #include "eplb/comm/cuda.hpp"
@@ -317,6 +325,94 @@ TEST(DeviceMaps, PrepareAndCommitFollowEveryPlacement) {
     for (int l = 0; l < t.num_layers; ++l) expect_layer(l, p);
     prev = p;
   }
+}
+
+/// Holds a stream until released: a host function queued on it that waits for a flag (the
+/// model's work that never ends: a stuck kernel, a collective whose peer died).
+class StreamBlocker {
+ public:
+  explicit StreamBlocker(eplb::comm::cuda_stream s) : stream_(s) {
+    EPLB_CUDA_CHECK(cudaLaunchHostFunc(stream_, &StreamBlocker::hold, this));
+  }
+  ~StreamBlocker() { release(); }
+  void release() {
+    if (released_.exchange(true)) return;
+    (void)cudaStreamSynchronize(stream_);
+  }
+
+ private:
+  static void hold(void* self) {
+    while (!static_cast<StreamBlocker*>(self)->released_.load())
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  eplb::comm::cuda_stream stream_;
+  std::atomic<bool> released_{false};
+};
+
+/// EPLB_CUDA_TIMEOUT_S set for the scope.
+struct CudaTimeout {
+  explicit CudaTimeout(const char* s) { setenv("EPLB_CUDA_TIMEOUT_S", s, 1); }
+  ~CudaTimeout() { unsetenv("EPLB_CUDA_TIMEOUT_S"); }
+};
+
+TEST(DeviceWindow, AStuckStreamTimesOutInsteadOfHanging) {
+  SKIP_WITHOUT_GPU();
+  eplb::comm::CudaStream stream;
+  eplb::runtime::cuda::DeviceLoadWindow window(2, 8, 2, stream.get());
+  std::vector<std::int64_t> sum(16, -1);
+  ASSERT_FALSE(window.collect(sum));
+  const CudaTimeout bound("0.5");
+  std::vector<std::int64_t> ring(2 * 2 * 8);
+  int cursor = 0;
+  // Every wait on the model's stream: the rebalance's copies and the checkpoint's.
+  const std::vector<std::pair<const char*, std::function<void()>>> waits = {
+      {"DeviceLoadWindow::collect", [&] { (void)window.collect(sum); }},
+      {"DeviceLoadWindow::reduce_on_device", [&] {
+         std::optional<std::string> err;
+         (void)window.reduce_on_device(err);
+       }},
+      {"DeviceLoadWindow::download_reduced", [&] { window.download_reduced(sum); }},
+      {"DeviceLoadWindow::download_ring", [&] { window.download_ring(ring, cursor); }},
+      {"DeviceLoadWindow::upload_ring", [&] { window.upload_ring(ring, 0); }},
+  };
+  for (const auto& [name, call] : waits) {
+    StreamBlocker blocked(stream.get());
+    const auto t0 = std::chrono::steady_clock::now();
+    try {
+      call();
+      ADD_FAILURE() << name << " returned while its stream was blocked";
+    } catch (const eplb::CudaError& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find(name), std::string::npos) << what;
+      EXPECT_NE(what.find("did not complete within 0.5 s"), std::string::npos) << what;
+    }
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_GE(s, 0.5) << name;
+    EXPECT_LT(s, 10.0) << name;
+    blocked.release();
+  }
+  // Once the stream moves again, so does the window.
+  std::vector<std::int64_t> after(16, -1);
+  EXPECT_FALSE(window.collect(after));
+  EXPECT_EQ(after, std::vector<std::int64_t>(16, 0));
+}
+
+TEST(DeviceMaps, AStuckStreamTimesOutInsteadOfHanging) {
+  SKIP_WITHOUT_GPU();
+  const Topology t{2, 8, 8, 1, 1, 1};
+  const auto p = Placement::contiguous(t);
+  eplb::comm::CudaStream stream;
+  eplb::runtime::cuda::DeviceMaps maps(t, p, stream.get());
+  const CudaTimeout bound("0.5");
+  StreamBlocker blocked(stream.get());
+  try {
+    maps.reset(p);
+    ADD_FAILURE() << "DeviceMaps::reset returned while its stream was blocked";
+  } catch (const eplb::CudaError& e) {
+    EXPECT_NE(std::string(e.what()).find("DeviceMaps::reset"), std::string::npos) << e.what();
+  }
+  blocked.release();
+  maps.reset(p);
 }
 
 TEST(DeviceWindow, RingRoundTripForCheckpoints) {
