@@ -41,7 +41,16 @@ void broadcast_placement(const MpiComm& comm, int root, const algo::Topology& to
                          std::int64_t expected_epoch, PlacementMessage& msg) {
   const int ib = placement_index_bytes(topo.num_logical);
   const std::size_t count = static_cast<std::size_t>(topo.num_layers) * topo.num_slots;
-  std::vector<unsigned char> buf(sizeof(Header) + count * ib, 0);
+  // Every rank's buffer exists before the broadcast: a rank that failed to allocate it must
+  // not leave the others in MPI_Bcast.
+  std::vector<unsigned char> buf;
+  std::optional<std::string> alloc_error;
+  try {
+    buf.assign(sizeof(Header) + count * ib, 0);
+  } catch (const std::exception& e) {
+    alloc_error = std::string("broadcast_placement: allocating the message failed: ") + e.what();
+  }
+  throw_if_any_failed<Error>(comm, alloc_error);
   Header h{};
   if (comm.rank() == root) {
     if (msg.status == PlanStatus::ok) {
@@ -97,6 +106,8 @@ void broadcast_placement(const MpiComm& comm, int root, const algo::Topology& to
                                           std::move(p));
         } catch (const std::invalid_argument& e) {
           problem = std::string("received placement is invalid: ") + e.what();
+        } catch (const std::exception& e) {  // std::bad_alloc: agreed on like the rest
+          problem = std::string("unpacking the received placement failed: ") + e.what();
         }
       }
     }
@@ -134,7 +145,16 @@ void allgather_placement(const MpiComm& comm, const algo::Topology& topo,
   }
   const auto mine = layer_share(topo.num_layers, me, P);
   const std::size_t my_count = static_cast<std::size_t>(mine.last - mine.first) * R;
-  std::vector<unsigned char> send(static_cast<std::size_t>(counts[me]), 0), recv(total);
+  // Both buffers exist on every rank before the collective (see broadcast_placement).
+  std::vector<unsigned char> send, recv;
+  std::optional<std::string> alloc_error;
+  try {
+    send.assign(static_cast<std::size_t>(counts[me]), 0);
+    recv.resize(total);
+  } catch (const std::exception& e) {
+    alloc_error = std::string("allgather_placement: allocating the buffers failed: ") + e.what();
+  }
+  throw_if_any_failed<Error>(comm, alloc_error);
   SliceHeader h{};
   std::optional<std::string> mine_error = error;
   if (!mine_error && slice.size() != my_count)  // sent like a planning error: no rank-local throw
@@ -149,22 +169,36 @@ void allgather_placement(const MpiComm& comm, const algo::Topology& topo,
   }
   EPLB_MPI_CHECK(MPI_Allgatherv(send.data(), counts[me], MPI_BYTE, recv.data(), counts.data(),
                                 displs.data(), MPI_BYTE, comm.get()));
-  std::vector<int> all(static_cast<std::size_t>(topo.num_layers) * R);
-  std::size_t at = 0;
-  for (int r = 0; r < P; ++r) {
-    SliceHeader hr;
-    std::memcpy(&hr, recv.data() + displs[r], sizeof hr);
-    hr.note[sizeof hr.note - 1] = '\0';
-    if (hr.failed)
-      throw InvalidInput("[rank " + std::to_string(r) + "] rebalance planning failed: " + hr.note);
-    const auto s = layer_share(topo.num_layers, r, P);
-    const std::span<int> part(all.data() + at, static_cast<std::size_t>(s.last - s.first) * R);
-    const unsigned char* payload = recv.data() + displs[r] + sizeof hr;
-    if (ib == 2) unpack<std::int16_t>(payload, part);
-    else unpack<std::int32_t>(payload, part);
-    at += part.size();
+  // Everything below sees the same gathered bytes on every rank, so a planning failure or an
+  // invalid placement is found on all of them; a rank-local failure (std::bad_alloc) is agreed
+  // on first, so that no rank throws alone.
+  std::optional<std::string> planning_error, local_error;
+  try {
+    std::vector<int> all(static_cast<std::size_t>(topo.num_layers) * R);
+    std::size_t at = 0;
+    for (int r = 0; r < P && !planning_error; ++r) {
+      SliceHeader hr;
+      std::memcpy(&hr, recv.data() + displs[r], sizeof hr);
+      hr.note[sizeof hr.note - 1] = '\0';
+      if (hr.failed) {
+        planning_error = "[rank " + std::to_string(r) + "] rebalance planning failed: " + hr.note;
+        break;
+      }
+      const auto s = layer_share(topo.num_layers, r, P);
+      const std::span<int> part(all.data() + at, static_cast<std::size_t>(s.last - s.first) * R);
+      const unsigned char* payload = recv.data() + displs[r] + sizeof hr;
+      if (ib == 2) unpack<std::int16_t>(payload, part);
+      else unpack<std::int32_t>(payload, part);
+      at += part.size();
+    }
+    if (!planning_error) out.assign(topo.num_layers, topo.num_logical, topo.num_slots, all);
+  } catch (const std::invalid_argument& e) {
+    planning_error = std::string("gathered placement is invalid: ") + e.what();
+  } catch (const std::exception& e) {
+    local_error = std::string("allgather_placement: unpacking failed: ") + e.what();
   }
-  out.assign(topo.num_layers, topo.num_logical, topo.num_slots, all);
+  throw_if_any_failed<Error>(comm, local_error);
+  if (planning_error) throw InvalidInput(*planning_error);
 }
 
 }  // namespace eplb::comm

@@ -48,7 +48,8 @@ LayerShare layer_share(int num_layers, int rank, int size);
 /// MPI_Allgatherv of fixed-size headers and the slices packed as int16/int32 (sizes follow
 /// from the topology, so no size exchange); then, on every rank alike: InvalidInput naming
 /// the lowest failing rank's error if any rank failed, else `out` = the whole placement
-/// (std::invalid_argument if it is not a valid placement: the same on every rank).
+/// (InvalidInput if it is not a valid placement: the same on every rank). A rank-local failure
+/// (an allocation) is agreed on first and thrown as Error on every rank.
 void allgather_placement(const MpiComm& comm, const algo::Topology& topo,
                          std::span<const int> slice, const std::optional<std::string>& error,
                          algo::Placement& out);

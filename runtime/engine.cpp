@@ -230,18 +230,23 @@ RebalanceStats Engine::rebalance() {
     std::copy(local_load_.begin(), local_load_.end(), global_load_.begin());
     comm::allreduce_sum(comm_, global_load_, global_load_);
   }
-  comm::throw_if_any_failed<Error>(comm_, failure);
   for (std::size_t i = 0; i < global_load_.size(); ++i)
     load_f64_[i] = static_cast<double>(global_load_[i]);
   const algo::LoadView load{load_f64_, topo.num_layers, topo.num_logical};
+  // The current placement's balance, agreed on with the copy back: evaluate() allocates, and a
+  // rank that threw here would leave the others in the collectives below.
+  std::optional<algo::BalanceReport> before;
+  if (!failure)
+    capture(failure, "evaluating the current placement failed: ",
+            [&] { before = algo::evaluate(load, placement_, topo); });
+  comm::throw_if_any_failed<Error>(comm_, failure);
   st.t_collect_ms = ms_since(t);
 
   // 2. Plan, 3. distribute. Split over the ranks (each plans its share of the layers, one
   // allgather; docs/DESIGN.md) when the policy plans layers independently, else rank 0 plans
   // and broadcasts. Either way every rank ends with the same placement or the same error.
-  const auto before = algo::evaluate(load, placement_, topo);
-  st.balancedness_before = before.balancedness();
-  st.imbalance_before = before.imbalance_mean();
+  st.balancedness_before = before->balancedness();
+  st.imbalance_before = before->imbalance_mean();
   std::optional<algo::BalanceReport> after;
   comm::PlacementMessage msg;
   // Whether to keep the current placement (status skip + note) or move to msg.placement.
@@ -283,7 +288,11 @@ RebalanceStats Engine::rebalance() {
     t = Clock::now();
     comm::allgather_placement(comm_, topo, slice, plan_error, msg.placement);
     msg.epoch = epoch_ + 1;
-    decide();
+    // decide() evaluates (allocates) on every rank: a failure anywhere is agreed on before the
+    // status broadcast, so that no rank leaves while the others wait in it.
+    std::optional<std::string> decide_error;
+    capture(decide_error, "evaluating the new placement failed: ", decide);
+    comm::throw_if_any_failed<Error>(comm_, decide_error);
     // Every rank computed the same decision from the same numbers; rank 0's is the one all
     // follow, so that even a rank whose floating point differed cannot go its own way.
     std::int32_t status = static_cast<std::int32_t>(msg.status);
