@@ -171,7 +171,15 @@ std::optional<RebalanceStats> Engine::step() {
   try {
     if (due) stats = rebalance();
   } catch (...) {
-    end_pass();
+    // The rebalance's error (agreed on by every rank) is the one to report: a second failure
+    // here, on this rank only, must not replace it.
+    try {
+      end_pass();
+    } catch (const std::exception& e) {
+      eplb::detail::log_error(std::string("ending the pass after a failed rebalance also failed: ") + e.what());
+    } catch (...) {
+      eplb::detail::log_error("ending the pass after a failed rebalance also failed");
+    }
     throw;
   }
   end_pass();

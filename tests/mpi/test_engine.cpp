@@ -331,17 +331,19 @@ void expect_error_everywhere(F f, const std::string& words) {
 }
 
 /// A load source that fails (as a CUDA error would) on one rank only: in collect(), or in
-/// its window_passes() hook after collect() succeeded.
+/// its window_passes() hook after collect() succeeded, or in collect() and end_pass().
 class FailingSource final : public eplb::runtime::LoadSource {
  public:
-  enum class Where { collect, hook };
+  enum class Where { collect, hook, collect_and_end_pass };
   explicit FailingSource(bool fail, Where where = Where::collect) : fail_(fail), where_(where) {}
   std::optional<std::string> collect(std::span<std::int64_t> out) override {
-    if (fail_ && where_ == Where::collect) throw std::runtime_error("device lost (simulated)");
+    if (fail_ && where_ != Where::hook) throw std::runtime_error("device lost (simulated)");
     std::fill(out.begin(), out.end(), 1);
     return std::nullopt;
   }
-  void end_pass() override {}
+  void end_pass() override {
+    if (fail_ && where_ == Where::collect_and_end_pass) throw std::runtime_error("end_pass failed (simulated)");
+  }
   int window_passes() const override {
     if (fail_ && where_ == Where::hook) throw std::runtime_error("hook failed (simulated)");
     return 0;
@@ -367,6 +369,27 @@ TEST_F(EngineBadInput, LoadSourceFailingOnOneRankReachesEveryRank) {
   engine->set_load_source(nullptr);
   EXPECT_NO_THROW(engine->rebalance());
   EXPECT_EQ(bad_slots_anywhere(*engine), 0u);
+}
+
+TEST(EngineStep, AFailureEndingThePassDoesNotReplaceTheAgreedError) {
+  Topology t{2, 8, 3 * world_size(), world_size(), 1, 1};
+  if (t.num_slots < t.num_logical) t.num_logical = t.num_slots;
+  HostWeights w(t, {64});
+  const auto initial = eplb::algo::Placement::contiguous(t);
+  eplb::runtime::fill_slots(w.registry, initial, world_rank());
+  auto cfg = config_for(t);
+  cfg.rebalance_interval = 1;  // step() rebalances at every pass
+  cfg.first_rebalance = 1;
+  Engine engine(MPI_COMM_WORLD, cfg, std::move(w.registry), initial);
+  const int bad = world_size() - 1;
+  FailingSource src(world_rank() == bad, FailingSource::Where::collect_and_end_pass);
+  engine.set_load_source(&src);
+  // Every rank, the failing one included, reports the agreed collect failure (not the
+  // failing rank's own end_pass error, which is only logged).
+  expect_error_everywhere([&] { (void)engine.step(); },
+                          "[rank " + std::to_string(bad) + "] collecting this rank's load failed: "
+                          "device lost (simulated)");
+  EXPECT_EQ(engine.placement(), initial);
 }
 
 /// A load source (uniform counts) that declares whether it skips negative ids and its shape.
