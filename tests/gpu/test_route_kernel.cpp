@@ -42,6 +42,16 @@ eplb::comm::DeviceBuffer ids_on_device(const std::vector<std::int32_t>& ids, epl
   return d;
 }
 
+/// A topology, its contiguous placement, a stream and the device maps of that placement.
+struct ContiguousMaps {
+  explicit ContiguousMaps(const Topology& topo)
+      : t(topo), p(Placement::contiguous(t)), maps(t, p, stream.get()) {}
+  Topology t;
+  Placement p;
+  eplb::comm::CudaStream stream;
+  eplb::runtime::cuda::DeviceMaps maps;
+};
+
 Placement random_placement(const Topology& t, std::mt19937& rng) {
   std::vector<int> p;
   for (int l = 0; l < t.num_layers; ++l) {
@@ -138,10 +148,8 @@ INSTANTIATE_TEST_SUITE_P(
 
 TEST(DeviceWindow, RouteAndCountUsesTheWindowsCountersAndSkipFlag) {
   SKIP_WITHOUT_GPU();
-  const Topology t{2, 4, 8, 2, 1, 1};
-  const auto p = Placement::contiguous(t);
-  eplb::comm::CudaStream stream;
-  eplb::runtime::cuda::DeviceMaps maps(t, p, stream.get());
+  ContiguousMaps on({2, 4, 8, 2, 1, 1});
+  auto& [t, p, stream, maps] = on;
   const std::vector<std::int32_t> ids = {0, -1, 3, 3, 1};
   const auto d = ids_on_device(ids, stream.get());
   for (const bool skip : {false, true}) {
@@ -159,10 +167,8 @@ TEST(DeviceWindow, RouteAndCountUsesTheWindowsCountersAndSkipFlag) {
 
 TEST(DeviceWindow, SumsOverTheWindowAndForgetsOldPasses) {
   SKIP_WITHOUT_GPU();
-  const Topology t{1, 8, 8, 1, 1, 1};
-  const auto p = Placement::contiguous(t);
-  eplb::comm::CudaStream stream;
-  eplb::runtime::cuda::DeviceMaps maps(t, p, stream.get());
+  ContiguousMaps on({1, 8, 8, 1, 1, 1});
+  auto& [t, p, stream, maps] = on;
   eplb::runtime::cuda::DeviceLoadWindow window(1, 8, 2, stream.get());
   std::vector<std::int32_t> ids = {3, 3, 5};
   const auto d = ids_on_device(ids, stream.get());
@@ -399,10 +405,8 @@ TEST(DeviceWindow, AStuckStreamTimesOutInsteadOfHanging) {
 
 TEST(DeviceMaps, AStuckStreamTimesOutInsteadOfHanging) {
   SKIP_WITHOUT_GPU();
-  const Topology t{2, 8, 8, 1, 1, 1};
-  const auto p = Placement::contiguous(t);
-  eplb::comm::CudaStream stream;
-  eplb::runtime::cuda::DeviceMaps maps(t, p, stream.get());
+  ContiguousMaps on({2, 8, 8, 1, 1, 1});
+  auto& [t, p, stream, maps] = on;
   const CudaTimeout bound("0.5");
   StreamBlocker blocked(stream.get());
   try {
@@ -417,10 +421,8 @@ TEST(DeviceMaps, AStuckStreamTimesOutInsteadOfHanging) {
 
 TEST(DeviceWindow, RingRoundTripForCheckpoints) {
   SKIP_WITHOUT_GPU();
-  const Topology t{2, 8, 8, 1, 1, 1};
-  const auto p = Placement::contiguous(t);
-  eplb::comm::CudaStream stream;
-  eplb::runtime::cuda::DeviceMaps maps(t, p, stream.get());
+  ContiguousMaps on({2, 8, 8, 1, 1, 1});
+  auto& [t, p, stream, maps] = on;
   eplb::runtime::cuda::DeviceLoadWindow a(2, 8, 3, stream.get()), b(2, 8, 3, stream.get());
   ASSERT_TRUE(a.has_ring());
   std::vector<std::int32_t> ids = {1, 6, 6, 7, 0};
