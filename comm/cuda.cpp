@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -22,7 +24,21 @@ void check_cuda(int rc, const char* call, const char* file, int line) {
                                          file, line));
 }
 
-double cuda_timeout_seconds() { return seconds_from_env("EPLB_CUDA_TIMEOUT_S", 120.0); }
+double cuda_timeout_seconds() {
+  // Read at every wait (a program may change it), parsed, and a bad value reported, only when
+  // it changed.
+  static std::mutex m;
+  static std::optional<std::string> last;
+  static double value = 120.0;
+  const char* v = std::getenv("EPLB_CUDA_TIMEOUT_S");
+  const std::string now = v ? v : "";
+  const std::lock_guard<std::mutex> lock(m);
+  if (!last || *last != now) {
+    value = seconds_from_env("EPLB_CUDA_TIMEOUT_S", 120.0);
+    last = now;
+  }
+  return value;
+}
 
 int cuda_device_count() noexcept {
   int n = 0;
@@ -87,12 +103,12 @@ CudaEvent& CudaEvent::operator=(CudaEvent&& o) noexcept {
 void CudaEvent::record(cuda_stream s) const { EPLB_CUDA_CHECK(cudaEventRecord(e_, s)); }
 void CudaEvent::synchronize() const { EPLB_CUDA_CHECK(cudaEventSynchronize(e_)); }
 void CudaEvent::wait(const char* what, double timeout_s) const {
-  // Polls instead of cudaEventSynchronize, which has no bound. The pause grows from 5 us to
-  // 200 us: a short wait ends within a few microseconds of the work, a long one costs little
-  // CPU.
+  // Polls instead of cudaEventSynchronize, which has no bound. The first polls only yield (a
+  // sleep lasts at least Linux's timer slack, ~50 us), so a short wait ends within a few
+  // microseconds of the work; then the pause grows to 200 us, so a long one costs little CPU.
   const auto t0 = std::chrono::steady_clock::now();
   auto pause = std::chrono::microseconds(5);
-  for (;;) {
+  for (int poll = 0;; ++poll) {
     const cudaError_t q = cudaEventQuery(e_);
     if (q == cudaSuccess) return;
     if (q != cudaErrorNotReady)
@@ -110,6 +126,10 @@ void CudaEvent::wait(const char* what, double timeout_s) const {
               "whose peer failed); the stream is unusable, end the job (EPLB_CUDA_TIMEOUT_S sets "
               "the bound)",
           __FILE__, __LINE__));
+    }
+    if (poll < 200) {
+      std::this_thread::yield();
+      continue;
     }
     std::this_thread::sleep_for(pause);
     pause = std::min(2 * pause, std::chrono::microseconds(200));

@@ -96,19 +96,19 @@ void broadcast_placement(const MpiComm& comm, int root, const algo::Topology& to
     } else {
       got.epoch = h.epoch;
       got.status = static_cast<PlanStatus>(h.status);
-      got.note = h.note;
-      if (got.status == PlanStatus::ok) {
-        std::vector<int> p(count);
-        if (ib == 2) unpack<std::int16_t>(payload, p);
-        else unpack<std::int32_t>(payload, p);
-        try {
+      try {  // everything that allocates: a std::bad_alloc is agreed on like the rest
+        got.note = h.note;
+        if (got.status == PlanStatus::ok) {
+          std::vector<int> p(count);
+          if (ib == 2) unpack<std::int16_t>(payload, p);
+          else unpack<std::int32_t>(payload, p);
           got.placement = algo::Placement(topo.num_layers, topo.num_logical, topo.num_slots,
                                           std::move(p));
-        } catch (const std::invalid_argument& e) {
-          problem = std::string("received placement is invalid: ") + e.what();
-        } catch (const std::exception& e) {  // std::bad_alloc: agreed on like the rest
-          problem = std::string("unpacking the received placement failed: ") + e.what();
         }
+      } catch (const std::invalid_argument& e) {
+        problem = std::string("received placement is invalid: ") + e.what();
+      } catch (const std::exception& e) {
+        problem = std::string("unpacking the received placement failed: ") + e.what();
       }
     }
   }

@@ -29,9 +29,10 @@ inline bool migration_tracing() {
 
 /// Seconds from environment variable `name` when it holds a positive number (surrounding
 /// blanks allowed; "inf" and anything above 1e9 mean 1e9: no practical bound, e.g. under a
-/// debugger), else `fallback` (the transports' wait bounds: EPLB_NCCL_TIMEOUT_S,
-/// EPLB_TRANSFER_TIMEOUT_S). A value that is set but not a positive number is reported on
-/// stderr (once per transport created); an empty one means the default silently.
+/// debugger), else `fallback` (the wait bounds: EPLB_NCCL_TIMEOUT_S, EPLB_TRANSFER_TIMEOUT_S,
+/// EPLB_CUDA_TIMEOUT_S). A value that is set but not a positive number is reported on stderr
+/// (once per transport created; for EPLB_CUDA_TIMEOUT_S once per value); an empty one means
+/// the default silently.
 inline double seconds_from_env(const char* name, double fallback) {
   const char* v = std::getenv(name);
   if (!v || !*v) return fallback;

@@ -121,8 +121,11 @@ void DeviceLoadWindow::upload_ring(std::span<const std::int64_t> ring, int curso
     throw std::invalid_argument("DeviceLoadWindow::upload_ring: cursor outside [0, W)");
   // Counts are >= 0 (checked by the engine), so their int64 bytes are the uint64 counters'.
   // One pass at a time through the pinned buffer, each copy complete before the buffer is
-  // refilled (and before the caller's buffer may go away).
+  // refilled (and before the caller's buffer may go away). First, copies into the buffer that
+  // a timed-out wait left queued must be done before the host writes it.
   comm::CudaEvent done(false);
+  done.record(stream_);
+  done.wait("DeviceLoadWindow::upload_ring (work queued before it)");
   for (int w = 0; w < window_; ++w) {
     std::memcpy(host_.get(), ring.data() + w * n, n * sizeof(long long));
     comm::copy_async(ring_.as<unsigned long long>() + w * n, host_.get(), n * sizeof(long long), stream_);
@@ -151,12 +154,14 @@ DeviceMaps::DeviceMaps(const algo::Topology& topo, const algo::Placement& initia
 void DeviceMaps::reset(const algo::Placement& placement) {
   check_shape(placement, "DeviceMaps::reset");
   comm::CudaEvent done(false);
+  stuck_ = true;  // until both waits below have returned
   done.record(stream_);
   done.wait("DeviceMaps::reset (earlier map uploads)");  // copies out of the pinned mirror are done
   stage(placement);
   for (int l = 0; l < layers_; ++l) commit_layer(l);
   done.record(stream_);
   done.wait("DeviceMaps::reset (the maps' upload)");
+  stuck_ = false;
 }
 
 DeviceLayerMaps DeviceMaps::layer(int l) const {
@@ -191,6 +196,12 @@ void DeviceMaps::check_shape(const algo::Placement& p, const char* what) const {
 
 void DeviceMaps::prepare(const algo::Placement& next) {
   check_shape(next, "DeviceMaps::prepare");  // before the pinned mirror is written
+  if (stuck_) {  // after a timed-out reset(): its copies out of the mirror may still be queued
+    comm::CudaEvent done(false);
+    done.record(stream_);
+    done.wait("DeviceMaps::prepare (map uploads queued before a timed-out reset)");
+    stuck_ = false;
+  }
   stage(next);
 }
 

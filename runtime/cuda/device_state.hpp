@@ -84,6 +84,9 @@ class DeviceMaps final : public MapListener {
   void check_shape(const algo::Placement& p, const char* what) const;
   int layers_, logical_, xcap_;
   int staged_x_ = 0;         ///< row stride of the mirror's content
+  /// A wait in reset() timed out: copies out of the pinned mirror may still be queued, so
+  /// prepare() drains the stream (bounded) before it rewrites the mirror.
+  bool stuck_ = false;
   std::vector<int> stride_;  ///< [L]: row stride of each layer's content on the device
   comm::cuda_stream stream_;
   comm::DeviceBuffer log2phy_, logcnt_;

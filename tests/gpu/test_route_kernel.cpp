@@ -334,7 +334,8 @@ TEST(DeviceMaps, PrepareAndCommitFollowEveryPlacement) {
 }
 
 /// Holds a stream until released: a host function queued on it that waits for a flag (the
-/// model's work that never ends: a stuck kernel, a collective whose peer died).
+/// model's work that never ends: a stuck kernel, a collective whose peer died). It lets go by
+/// itself after 20 s, so that a wait without a bound shows as a failed test, not a hung one.
 class StreamBlocker {
  public:
   explicit StreamBlocker(eplb::comm::cuda_stream s) : stream_(s) {
@@ -348,17 +349,29 @@ class StreamBlocker {
 
  private:
   static void hold(void* self) {
-    while (!static_cast<StreamBlocker*>(self)->released_.load())
+    const auto t0 = std::chrono::steady_clock::now();
+    while (!static_cast<StreamBlocker*>(self)->released_.load() &&
+           std::chrono::steady_clock::now() - t0 < std::chrono::seconds(20))
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   eplb::comm::cuda_stream stream_;
   std::atomic<bool> released_{false};
 };
 
-/// EPLB_CUDA_TIMEOUT_S set for the scope.
-struct CudaTimeout {
-  explicit CudaTimeout(const char* s) { setenv("EPLB_CUDA_TIMEOUT_S", s, 1); }
-  ~CudaTimeout() { unsetenv("EPLB_CUDA_TIMEOUT_S"); }
+/// EPLB_CUDA_TIMEOUT_S set for the scope (the previous value, or its absence, restored).
+class CudaTimeout {
+ public:
+  explicit CudaTimeout(const char* s) {
+    if (const char* v = std::getenv("EPLB_CUDA_TIMEOUT_S")) previous_ = v;
+    setenv("EPLB_CUDA_TIMEOUT_S", s, 1);
+  }
+  ~CudaTimeout() {
+    if (previous_) setenv("EPLB_CUDA_TIMEOUT_S", previous_->c_str(), 1);
+    else unsetenv("EPLB_CUDA_TIMEOUT_S");
+  }
+
+ private:
+  std::optional<std::string> previous_;
 };
 
 TEST(DeviceWindow, AStuckStreamTimesOutInsteadOfHanging) {
@@ -413,9 +426,12 @@ TEST(DeviceMaps, AStuckStreamTimesOutInsteadOfHanging) {
     maps.reset(p);
     ADD_FAILURE() << "DeviceMaps::reset returned while its stream was blocked";
   } catch (const eplb::CudaError& e) {
-    EXPECT_NE(std::string(e.what()).find("DeviceMaps::reset"), std::string::npos) << e.what();
+    const std::string what = e.what();
+    EXPECT_NE(what.find("DeviceMaps::reset"), std::string::npos) << what;
+    EXPECT_NE(what.find("did not complete within 0.5 s"), std::string::npos) << what;
   }
   blocked.release();
+  maps.prepare(p);  // after the timed-out reset: waits for its queued uploads, then stages
   maps.reset(p);
 }
 

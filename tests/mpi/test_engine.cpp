@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <climits>
 #include <cmath>
 #include <functional>
 #include <limits>
@@ -924,6 +925,23 @@ TEST(Collectives, PlacementBroadcastVerifiesEpoch) {
       const std::string w = e.what();
       EXPECT_NE(w.find("[rank 1]"), std::string::npos) << w;
       EXPECT_NE(w.find("epoch 5, expected 6"), std::string::npos) << w;
+    }
+  }
+  // A rank that cannot allocate the message buffer (here the last rank, given a topology
+  // whose message is larger than any vector: std::length_error) makes every rank fail before
+  // the broadcast, instead of leaving the others in it.
+  if (comm.size() > 1) {
+    const Topology huge{INT_MAX, 40000, INT_MAX, 1, 1, 1};
+    eplb::comm::PlacementMessage m4;
+    if (comm.rank() == 0) m4 = msg;
+    const int last = comm.size() - 1;
+    try {
+      eplb::comm::broadcast_placement(comm, 0, comm.rank() == last ? huge : small, 5, m4);
+      ADD_FAILURE() << "a rank without a message buffer took part in the broadcast";
+    } catch (const eplb::Error& e) {
+      const std::string w = e.what();
+      EXPECT_NE(w.find("[rank " + std::to_string(last) + "]"), std::string::npos) << w;
+      EXPECT_NE(w.find("allocating the message failed"), std::string::npos) << w;
     }
   }
   // A root whose placement does not fit the topology sends the error instead of throwing
