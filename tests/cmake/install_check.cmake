@@ -1,7 +1,7 @@
 # `cmake --install` of the build tree into a scratch prefix, then tests/install (a separate
 # project using find_package(eplb)) configured, built and run against it. Run by CTest:
 #   cmake -DBUILD=<eplb build dir> -DSRC=<tests/install> -DDIR=<scratch> [-DCUDA_ROOT=...]
-#         -DGENERATOR=... -P install_check.cmake
+#         [-DCONSUMER_CXX_FLAGS=<eplb's CMAKE_CXX_FLAGS>] -DGENERATOR=... -P install_check.cmake
 # With -DEPLB_SOURCE_DIR=<eplb source tree> (and SRC=<tests/subproject>, no BUILD) nothing is
 # installed: the consumer builds eplb itself through add_subdirectory (MPI only, no CUDA or
 # HDF5, no build type: the quickest build that still has the runtime).
@@ -20,6 +20,11 @@ else()
   set(extra -DCMAKE_PREFIX_PATH=${DIR}/prefix -DCMAKE_BUILD_TYPE=Release)
   if(CUDA_ROOT)
     list(APPEND extra -DCUDAToolkit_ROOT=${CUDA_ROOT})
+  endif()
+  # The installed libraries are static: a consumer links what they were compiled with (in a
+  # sanitizer build, the sanitizer's runtime), so it is built with eplb's own CXX flags.
+  if(CONSUMER_CXX_FLAGS)
+    list(APPEND extra "-DCMAKE_CXX_FLAGS=${CONSUMER_CXX_FLAGS}")
   endif()
 endif()
 run("configure the consumer" ${CMAKE_COMMAND} -S ${SRC} -B ${DIR}/consumer -G ${GENERATOR} ${extra})
