@@ -337,7 +337,11 @@ RebalanceStats Engine::rebalance() {
     st.balancedness_after = st.balancedness_before;
     st.imbalance_after = st.imbalance_before;
     st.t_total_ms = ms_since(t_start);
-    history_.push_back(st);
+    // The history grows by one on every rank or on none (a rank that threw alone here would
+    // leave the others in their next collective).
+    std::optional<std::string> record_error;
+    capture(record_error, "recording the skipped rebalance failed: ", [&] { history_.push_back(st); });
+    comm::throw_if_any_failed<Error>(comm_, record_error);
     return st;
   }
 

@@ -1,5 +1,6 @@
 #include "eplb/runtime/engine_checkpoint.hpp"
 
+#include <algorithm>
 #include <optional>
 
 namespace eplb::runtime {
@@ -50,18 +51,27 @@ CheckpointStatsRow to_stats_row(const RebalanceStats& s) {
 
 Checkpoint snapshot(const Engine& engine, std::span<const CheckpointStatsRow> earlier) {
   Checkpoint c;
-  c.writer = kWriterEngine;
-  c.config = checkpoint_config(engine);
-  c.epoch = engine.epoch();
-  c.pass = engine.pass();
   std::vector<std::int64_t> ring;
   int cursor = 0;
   std::optional<std::string> bad_input, failure;
+  // Everything that can throw on one rank (the window's copy, every allocation) comes before
+  // the agreements: after them there is only the allreduce, and a rank that threw alone would
+  // leave the others in it.
   try {
+    c.writer = kWriterEngine;
+    c.config = checkpoint_config(engine);
+    c.epoch = engine.epoch();
+    c.pass = engine.pass();
     engine.window_ring(ring, cursor);  // the load source's window when one is set
+    c.window.resize(ring.size());
+    const auto p = engine.placement().phy2log();
+    c.phy2log.assign(p.begin(), p.end());
+    c.stats.reserve(earlier.size() + engine.history().size());
+    c.stats.assign(earlier.begin(), earlier.end());
+    for (const auto& s : engine.history()) c.stats.push_back(to_stats_row(s));
   } catch (const std::invalid_argument& e) {
     bad_input = std::string("checkpoint: ") + e.what();
-  } catch (const std::exception& e) {  // e.g. a CUDA error copying the device window
+  } catch (const std::exception& e) {  // e.g. a CUDA error copying the device window, bad_alloc
     failure = std::string("checkpoint: ") + e.what();
   } catch (...) {  // a load source may throw anything
     failure = "checkpoint: the load source threw an exception not derived from std::exception";
@@ -69,12 +79,7 @@ Checkpoint snapshot(const Engine& engine, std::span<const CheckpointStatsRow> ea
   comm::throw_if_any_failed<Error>(engine.comm(), failure);
   comm::throw_if_any_failed(engine.comm(), bad_input);
   c.window_cursor = cursor;
-  c.window.resize(ring.size());
   comm::allreduce_sum(engine.comm(), ring, c.window);
-  const auto p = engine.placement().phy2log();
-  c.phy2log.assign(p.begin(), p.end());
-  c.stats.assign(earlier.begin(), earlier.end());
-  for (const auto& s : engine.history()) c.stats.push_back(to_stats_row(s));
   return c;
 }
 
@@ -104,30 +109,44 @@ std::vector<CheckpointStatsRow> resume_from_checkpoint(Engine& engine, const std
                                           c.writer == kWriterEngine);
       if (!diff.empty())
         throw CheckpointError("checkpoint '" + path + "' does not match the running job: " + diff);
+      if (c.phy2log.size() != static_cast<std::size_t>(topo.num_layers) * topo.num_slots)
+        throw CheckpointError("checkpoint '" + path + "': phy2log has " +
+                              std::to_string(c.phy2log.size()) + " entries, the job's L*R is " +
+                              std::to_string(static_cast<long long>(topo.num_layers) * topo.num_slots));
     } catch (const std::exception& e) {
       local = e.what();
     }
   }
+  // The receiving buffers exist on every rank before the broadcasts (a rank that failed to
+  // allocate one must not leave the others in them); the ring is allocated on the other ranks
+  // even for a placement-only file, whose flag only the broadcast brings.
+  std::vector<int> phy2log;
+  std::vector<std::int64_t> ring;
+  std::optional<std::string> failure;
+  try {
+    phy2log.resize(static_cast<std::size_t>(topo.num_layers) * topo.num_slots);
+    if (comm.rank() != 0) ring.assign(engine.window().ring().size(), 0);
+  } catch (const std::exception& e) {
+    failure = std::string("resuming from checkpoint: allocating the buffers failed: ") + e.what();
+  }
+  comm::throw_if_any_failed<Error>(comm, failure);
   comm::throw_if_any_failed(comm, local);
 
   // Everything but the window goes to every rank; the window stays on rank 0 (see header).
   // A placement-only file (eplb-plan: W = 0) changes the placement alone.
   std::int64_t head[4] = {c.epoch, c.pass, c.window_cursor, c.config.window_passes == 0};
   EPLB_MPI_CHECK(MPI_Bcast(head, 4, MPI_INT64_T, 0, comm.get()));
-  std::vector<int> phy2log(static_cast<std::size_t>(topo.num_layers) * topo.num_slots);
-  if (comm.rank() == 0) phy2log.assign(c.phy2log.begin(), c.phy2log.end());
+  if (comm.rank() == 0) std::copy(c.phy2log.begin(), c.phy2log.end(), phy2log.begin());
   EPLB_MPI_CHECK(MPI_Bcast(phy2log.data(), static_cast<int>(phy2log.size()), MPI_INT, 0,
                            comm.get()));
   const bool placement_only = head[3] != 0;
-  std::vector<std::int64_t> ring;
   if (placement_only) {  // an empty ring: Engine::restore keeps the running window
     head[0] = engine.epoch();
     head[1] = engine.pass();
     head[2] = 0;
+    std::vector<std::int64_t>().swap(ring);
   } else if (comm.rank() == 0) {
     ring = std::move(c.window);
-  } else {
-    ring.assign(engine.window().ring().size(), 0);
   }
 
   algo::Placement placement;
