@@ -135,6 +135,11 @@ void CudaEvent::wait(const char* what, double timeout_s) const {
     pause = std::min(2 * pause, std::chrono::microseconds(200));
   }
 }
+void wait_stream(cuda_stream s, const char* what, double timeout_s) {
+  CudaEvent done(false);
+  done.record(s);
+  done.wait(what, timeout_s);
+}
 float CudaEvent::elapsed_ms(const CudaEvent& a, const CudaEvent& b) {
   float ms = 0;
   EPLB_CUDA_CHECK(cudaEventElapsedTime(&ms, a.e_, b.e_));

@@ -24,6 +24,10 @@ void check_cuda(int rc, const char* call, const char* file, int line);
 /// docs/ENVIRONMENT.md).
 double cuda_timeout_seconds();
 
+/// Waits for the work queued on `s` so far (an event recorded there, CudaEvent::wait): bounded
+/// by timeout_s; throws CudaError naming `what`.
+void wait_stream(cuda_stream s, const char* what, double timeout_s = cuda_timeout_seconds());
+
 /// Number of CUDA devices visible to this process; 0 when there is no driver or device
 /// (never throws).
 int cuda_device_count() noexcept;

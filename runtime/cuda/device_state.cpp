@@ -50,9 +50,7 @@ std::optional<std::string> DeviceLoadWindow::collect(std::span<std::int64_t> out
   comm::copy_async(sum + n, errors_.get(), sizeof(long long), stream_);
   comm::memset_async(errors_.get(), 0, sizeof(unsigned long long), stream_);
   comm::copy_async(host_.get(), sum, (n + 1) * sizeof(long long), stream_);  // the one D2H copy
-  comm::CudaEvent done(false);
-  done.record(stream_);
-  done.wait("DeviceLoadWindow::collect (the window's sum and its copy to the host)");
+  comm::wait_stream(stream_, "DeviceLoadWindow::collect (the window's sum and its copy to the host)");
   const auto* h = host_.as<long long>();
   std::copy(h, h + n, out.begin());
   if (h[n] != 0)
@@ -69,9 +67,7 @@ std::int64_t* DeviceLoadWindow::reduce_on_device(std::optional<std::string>& err
                                     static_cast<long long>(n), sum, stream_));
   comm::copy_async(host_.as<long long>() + n, errors_.get(), sizeof(long long), stream_);
   comm::memset_async(errors_.get(), 0, sizeof(unsigned long long), stream_);
-  comm::CudaEvent done(false);
-  done.record(stream_);
-  done.wait("DeviceLoadWindow::reduce_on_device (the window's sum)");  // complete before MPI reads it
+  comm::wait_stream(stream_, "DeviceLoadWindow::reduce_on_device (the window's sum)");  // complete before MPI reads it
   const long long bad = host_.as<long long>()[n];
   if (bad != 0)
     error = std::to_string(bad) + " expert id(s) in topk_ids outside [0, " +
@@ -86,9 +82,7 @@ void DeviceLoadWindow::download_reduced(std::span<std::int64_t> out) {
   // Through the pinned buffer: cudaMemcpyAsync into pageable memory returns only when the copy
   // has run, so a stuck stream would hold the host there, out of reach of the bounded wait.
   comm::copy_async(host_.get(), sum_.get(), n * sizeof(long long), stream_);
-  comm::CudaEvent done(false);
-  done.record(stream_);
-  done.wait("DeviceLoadWindow::download_reduced (the reduced load's copy to the host)");
+  comm::wait_stream(stream_, "DeviceLoadWindow::download_reduced (the reduced load's copy to the host)");
   std::memcpy(out.data(), host_.get(), n * sizeof(long long));
 }
 
@@ -103,11 +97,9 @@ void DeviceLoadWindow::download_ring(std::span<std::int64_t> ring, int& cursor) 
   if (ring.size() != static_cast<std::size_t>(window_) * n)
     throw std::invalid_argument("DeviceLoadWindow::download_ring: wrong size");
   // One pass at a time through the pinned buffer (see download_reduced); a checkpoint's cost.
-  comm::CudaEvent done(false);
   for (int w = 0; w < window_; ++w) {
     comm::copy_async(host_.get(), ring_.as<unsigned long long>() + w * n, n * sizeof(long long), stream_);
-    done.record(stream_);
-    done.wait("DeviceLoadWindow::download_ring (the counters' copy to the host)");
+    comm::wait_stream(stream_, "DeviceLoadWindow::download_ring (the counters' copy to the host)");
     std::memcpy(ring.data() + w * n, host_.get(), n * sizeof(long long));
   }
   cursor = cursor_;
@@ -123,14 +115,11 @@ void DeviceLoadWindow::upload_ring(std::span<const std::int64_t> ring, int curso
   // One pass at a time through the pinned buffer, each copy complete before the buffer is
   // refilled (and before the caller's buffer may go away). First, copies into the buffer that
   // a timed-out wait left queued must be done before the host writes it.
-  comm::CudaEvent done(false);
-  done.record(stream_);
-  done.wait("DeviceLoadWindow::upload_ring (work queued before it)");
+  comm::wait_stream(stream_, "DeviceLoadWindow::upload_ring (work queued before it)");
   for (int w = 0; w < window_; ++w) {
     std::memcpy(host_.get(), ring.data() + w * n, n * sizeof(long long));
     comm::copy_async(ring_.as<unsigned long long>() + w * n, host_.get(), n * sizeof(long long), stream_);
-    done.record(stream_);
-    done.wait("DeviceLoadWindow::upload_ring (the counters' copy to the device)");
+    comm::wait_stream(stream_, "DeviceLoadWindow::upload_ring (the counters' copy to the device)");
   }
   cursor_ = cursor;
 }
@@ -153,14 +142,11 @@ DeviceMaps::DeviceMaps(const algo::Topology& topo, const algo::Placement& initia
 
 void DeviceMaps::reset(const algo::Placement& placement) {
   check_shape(placement, "DeviceMaps::reset");
-  comm::CudaEvent done(false);
   stuck_ = true;  // until both waits below have returned
-  done.record(stream_);
-  done.wait("DeviceMaps::reset (earlier map uploads)");  // copies out of the pinned mirror are done
+  comm::wait_stream(stream_, "DeviceMaps::reset (earlier map uploads)");  // copies out of the pinned mirror are done
   stage(placement);
   for (int l = 0; l < layers_; ++l) commit_layer(l);
-  done.record(stream_);
-  done.wait("DeviceMaps::reset (the maps' upload)");
+  comm::wait_stream(stream_, "DeviceMaps::reset (the maps' upload)");
   stuck_ = false;
 }
 
@@ -197,9 +183,7 @@ void DeviceMaps::check_shape(const algo::Placement& p, const char* what) const {
 void DeviceMaps::prepare(const algo::Placement& next) {
   check_shape(next, "DeviceMaps::prepare");  // before the pinned mirror is written
   if (stuck_) {  // after a timed-out reset(): its copies out of the mirror may still be queued
-    comm::CudaEvent done(false);
-    done.record(stream_);
-    done.wait("DeviceMaps::prepare (map uploads queued before a timed-out reset)");
+    comm::wait_stream(stream_, "DeviceMaps::prepare (map uploads queued before a timed-out reset)");
     stuck_ = false;
   }
   stage(next);

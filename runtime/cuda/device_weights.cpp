@@ -34,9 +34,7 @@ void DeviceWeightSet::fill(const algo::Placement& placement, int rank) {
       for (int i = 0; i < k_; ++i)
         fill_pattern(host.data() + i * b, b, l, placement.phy2log(l)[rank * k_ + i], static_cast<int>(t));
       comm::copy_async(buffers_[l * specs_.size() + t].get(), host.data(), host.size(), nullptr);
-      comm::CudaEvent e(false);
-      e.record(nullptr);
-      e.wait("DeviceWeightSet::fill");
+      comm::wait_stream(nullptr, "DeviceWeightSet::fill");
     }
 }
 
@@ -49,9 +47,7 @@ std::vector<std::string> DeviceWeightSet::verify(const algo::Placement& placemen
       comm::copy_async(h.data(), buffers_[l * specs_.size() + t].get(), h.size(), nullptr);
       r.add(l, specs_[t].name, h.data(), specs_[t].bytes_per_slot);
     }
-  comm::CudaEvent e(false);
-  e.record(nullptr);
-  e.wait("DeviceWeightSet::verify");
+  comm::wait_stream(nullptr, "DeviceWeightSet::verify");
   return verify_slots(r, placement, rank);
 }
 
