@@ -154,8 +154,23 @@ int Engine::expert_of_local_slot(int layer, int local) const {
 }
 
 void Engine::end_pass() {
-  if (source_) source_->end_pass();
-  else window_.end_pass();
+  // A failure is this rank's alone: step() rethrows it here, and the next rebalance reports
+  // it on every rank (this rank's window may hold a wrong pass), so that the ranks learn of
+  // it before they plan from that window.
+  auto remember = [this](const char* what) {
+    if (!pass_error_)
+      pass_error_ = "ending pass " + std::to_string(pass_) + " failed on this rank: " + what;
+  };
+  try {
+    if (source_) source_->end_pass();
+    else window_.end_pass();
+  } catch (const std::exception& e) {
+    remember(e.what());
+    throw;
+  } catch (...) {
+    remember("an exception not derived from std::exception");
+    throw;
+  }
 }
 
 std::optional<RebalanceStats> Engine::step() {
@@ -205,6 +220,11 @@ RebalanceStats Engine::rebalance() {
   // of collectives on every rank and both paths.
   std::optional<std::string> mismatch;
   capture(failure, "collecting this rank's load failed: ", [&] {
+    if (pass_error_) {  // reported once, on every rank (Engine::step)
+      const std::string e = std::move(*pass_error_);
+      pass_error_.reset();
+      throw std::runtime_error(e);
+    }
     if (source_ && config_.device_allreduce && cuda_aware_mpi_)
       device_sum = source_->reduce_on_device(input_error);
     if (!device_sum && source_) {
@@ -467,7 +487,10 @@ void Engine::restore(algo::Placement placement, std::span<const std::int64_t> ri
     if (listener_) listener_->reset(placement);
   });
   comm::throw_if_any_failed<Error>(comm_, local);  // on every rank, set or not
-  if (!keep_window) window_.restore(ring, cursor);
+  if (!keep_window) {
+    window_.restore(ring, cursor);
+    pass_error_.reset();  // the window it concerned is replaced
+  }
   placement_ = std::move(placement);
   epoch_ = epoch;
   pass_ = pass;

@@ -92,7 +92,13 @@ class Engine {
   int expert_of_local_slot(int layer, int local) const;
 
   /// Ends the current pass. Collective when it triggers an automatic rebalance (every rank
-  /// reaches the same pass count). Returns that rebalance's stats.
+  /// reaches the same pass count). Returns that rebalance's stats. When closing the pass
+  /// fails (the load source's end_pass(), e.g. a CUDA error), step() throws that error on
+  /// this rank only (no collective is spent on it at every pass); the pass still counts, and
+  /// the next rebalance fails on every rank with Error "[rank r] collecting this rank's load
+  /// failed: ending pass p failed on this rank: ..." before anything changes (this rank's
+  /// window may hold a wrong pass). The one after it runs normally; a restore() with a window
+  /// clears the report.
   std::optional<RebalanceStats> step();
   /// Collective: rebalance now. On bad input anywhere (rejected router output or counts, a
   /// failing policy, a corrupt broadcast) every rank throws InvalidInput / Error and the
@@ -148,6 +154,7 @@ class Engine {
   std::vector<double> load_f64_;
   algo::Placement share_prev_, share_out_;  ///< this rank's layers (split planning)
   std::int64_t epoch_ = 0, pass_ = 0;
+  std::optional<std::string> pass_error_;  ///< end_pass() failed here; reported by the next rebalance
   std::vector<RebalanceStats> history_;
   bool migration_failed_ = false;  ///< agreed: a migration failed on some rank; no more rebalances
 };

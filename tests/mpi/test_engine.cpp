@@ -393,6 +393,59 @@ TEST(EngineStep, AFailureEndingThePassDoesNotReplaceTheAgreedError) {
   EXPECT_EQ(engine.placement(), initial);
 }
 
+/// Uniform counts; end_pass() throws once, at the `fail_at`-th call (never when 0).
+class PassFailingSource final : public eplb::runtime::LoadSource {
+ public:
+  explicit PassFailingSource(int fail_at) : fail_at_(fail_at) {}
+  std::optional<std::string> collect(std::span<std::int64_t> out) override {
+    std::fill(out.begin(), out.end(), 1);
+    return std::nullopt;
+  }
+  void end_pass() override {
+    if (++calls_ == fail_at_) throw std::runtime_error("stream fault (simulated)");
+  }
+
+ private:
+  int fail_at_, calls_ = 0;
+};
+
+TEST(EngineStep, AFailureEndingAPassOnOneRankFailsTheNextRebalanceEverywhere) {
+  Topology t{2, 8, 3 * world_size(), world_size(), 1, 1};
+  if (t.num_slots < t.num_logical) t.num_logical = t.num_slots;
+  HostWeights w(t, {64});
+  const auto initial = eplb::algo::Placement::contiguous(t);
+  eplb::runtime::fill_slots(w.registry, initial, world_rank());
+  auto cfg = config_for(t);
+  cfg.rebalance_interval = 4;
+  cfg.first_rebalance = 4;
+  Engine engine(MPI_COMM_WORLD, cfg, std::move(w.registry), initial);
+  const int bad = world_size() - 1;
+  PassFailingSource src(world_rank() == bad ? 2 : 0);
+  engine.set_load_source(&src);
+  (void)engine.step();  // pass 1
+  // Pass 2: only the bad rank's step() throws (its own error; no collective is involved).
+  if (world_rank() == bad)
+    EXPECT_THROW((void)engine.step(), std::runtime_error);
+  else
+    EXPECT_NO_THROW((void)engine.step());
+  (void)engine.step();  // pass 3
+  // Pass 4 rebalances: every rank hears of the bad rank's pass 2, nothing changes. A rank that
+  // went on alone here would hang the others (the test's timeout catches it).
+  expect_error_everywhere([&] { (void)engine.step(); },
+                          "[rank " + std::to_string(bad) + "] collecting this rank's load failed: "
+                          "ending pass 2 failed on this rank: stream fault (simulated)");
+  EXPECT_EQ(engine.placement(), initial);
+  EXPECT_EQ(engine.pass(), 4);
+  // Reported once: the next rebalance runs (the same pass count on every rank).
+  for (int p = 5; p <= 8; ++p) {
+    std::optional<eplb::runtime::RebalanceStats> st;
+    ASSERT_NO_THROW(st = engine.step());
+    EXPECT_EQ(st.has_value(), p == 8);
+  }
+  EXPECT_EQ(engine.history().size(), 1u);
+  EXPECT_EQ(bad_slots_anywhere(engine), 0u);
+}
+
 /// A load source (uniform counts) that declares whether it skips negative ids and its shape.
 class DeclaringSource final : public eplb::runtime::LoadSource {
  public:
