@@ -9,6 +9,7 @@
 #include "eplb/algo/migration.hpp"
 #include "eplb/algo/policy.hpp"
 #include "bench/shapes.hpp"
+#include "eplb_build_revision.hpp"
 
 namespace {
 
@@ -193,6 +194,8 @@ void BM_ProbeStream(benchmark::State& state) {
 }
 
 const bool registered = [] {
+  // Printed in the context header (and the JSON output): which code a figure measured.
+  benchmark::AddCustomContext("eplb_revision", EPLB_BUILD_REVISION);
   benchmark::RegisterBenchmark("probe/chain_2e7", BM_ProbeChain)->Unit(benchmark::kMillisecond);
   benchmark::RegisterBenchmark("probe/stream_32MB", BM_ProbeStream)->Unit(benchmark::kMillisecond);
   for (const auto& s : eplb::bench::shapes())
