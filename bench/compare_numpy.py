@@ -28,20 +28,23 @@ except ImportError as e:
 
 
 def eplb_us(bench, shape, reps):
-    """Median CPU time per call (µs) and the published numpy ms, from bench_algo's JSON."""
+    """Median CPU time per call (µs), the published numpy ms and the source revision
+    bench_algo was built from, from its JSON."""
     filt = "^policy/deepseek/" + shape + "$"
     out = subprocess.run(
         [bench, f"--benchmark_filter={filt}", "--benchmark_min_time=0.2",
          f"--benchmark_repetitions={reps}", "--benchmark_report_aggregates_only=true",
          "--benchmark_format=json"],
         check=True, capture_output=True, text=True).stdout
-    runs = json.loads(out)["benchmarks"]
+    doc = json.loads(out)
+    revision = doc.get("context", {}).get("eplb_revision", "not printed")
+    runs = doc["benchmarks"]
     med = [r for r in runs if r.get("aggregate_name") == "median"]
     if not med:
         raise RuntimeError(f"bench_algo printed no median for {shape!r} (filter {filt})")
     r = med[0]
     scale = {"ns": 1e-3, "us": 1.0, "ms": 1e3, "s": 1e6}[r["time_unit"]]
-    return r["cpu_time"] * scale, r["numpy_ms"]
+    return r["cpu_time"] * scale, r["numpy_ms"], revision
 
 
 def main():
@@ -65,12 +68,13 @@ def main():
     for rnd in range(1, args.rounds + 1):
         for shape in shapes:
             port_ms = 1e3 * numpy_reference.time_shape(shape, args.repeat)
-            us, published_ms = eplb_us(args.bench, shape, args.reps)
+            us, published_ms, revision = eplb_us(args.bench, shape, args.reps)
             pct_port = 100.0 * us / (1e3 * port_ms)
             pct_pub = 100.0 * us / (1e3 * published_ms)
             worst[shape] = max(worst.get(shape, 0.0), pct_port)
             print(f"{shape:<12} {rnd:>5} {port_ms:>14.2f} {us:>9.1f} {pct_port:>9.2f}% "
                   f"{pct_pub:>14.2f}%", flush=True)
+    print(f"bench_algo built from: {revision}")
     print("worst eplb/port per shape: " +
           ", ".join(f"{s} {worst[s]:.2f}%" for s in shapes))
     return 0
