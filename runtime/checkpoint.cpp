@@ -194,9 +194,17 @@ class Reader {
   }
 
   /// Opens dataset `name`; missing or with a header HDF5 cannot decode is a CheckpointError.
+  /// Only a hard link is followed: a soft or external link could lead to another file (one
+  /// that does not exist, or a FIFO whose open never returns) before anything is checked.
   H5Object open_dataset(hid_t file, const char* name) const {
     if (EPLB_H5_CHECK(H5Lexists(file, name, H5P_DEFAULT)) <= 0)
       bad(std::string("missing dataset '") + name + "'");
+    H5L_info_t link{};
+    EPLB_H5_CHECK(H5Lget_info(file, name, &link, H5P_DEFAULT));
+    if (link.type != H5L_TYPE_HARD)
+      bad(std::string("'") + name + "' is " +
+          (link.type == H5L_TYPE_SOFT ? "a soft" : link.type == H5L_TYPE_EXTERNAL ? "an external" : "a user-defined") +
+          " link, not a dataset stored in this file (eplb writes none; not followed)");
     try {
       return H5Object::dataset(EPLB_H5_CHECK(H5Dopen2(file, name, H5P_DEFAULT)));
     } catch (const H5Error& e) {
@@ -246,6 +254,15 @@ class Reader {
     const auto dcpl = H5Object::plist(EPLB_H5_CHECK(H5Dget_create_plist(d.get())));
     const H5D_layout_t layout = H5Pget_layout(dcpl.get());
     if (layout < 0) h5::fail("H5Pget_layout(dcpl.get())", __FILE__, __LINE__);
+    // Data kept outside the file (a virtual dataset's sources, an external file list) is read
+    // from paths the file names: any file, /dev/zero, or a FIFO whose read never returns (and
+    // resume_from_checkpoint's other ranks would wait for rank 0 without end). Fletcher32
+    // covers only chunks stored in the file, so such data is rejected, not checked.
+    if (layout == H5D_VIRTUAL)
+      bad(std::string("dataset '") + name + "' is a virtual dataset (its data lives in other files)");
+    if (const int ext = EPLB_H5_CHECK(H5Pget_external_count(dcpl.get())); ext > 0)
+      bad(std::string("dataset '") + name + "' keeps its data in " + std::to_string(ext) +
+          " external file(s), not in the checkpoint file");
     if (layout != H5D_CHUNKED) return {};
     std::vector<hsize_t> chunk(H5S_MAX_RANK + 1, 0);
     const int rank =
@@ -271,9 +288,23 @@ class Reader {
       std::size_t ncd = 0;
       const H5Z_filter_t f = EPLB_H5_CHECK(
           H5Pget_filter2(dcpl.get(), static_cast<unsigned>(i), &flags, &ncd, nullptr, 0, nullptr, &config));
+      // HDF5's own filters only: another filter id is a plugin that HDF5 would look for on
+      // HDF5_PLUGIN_PATH and load (foreign code) to read the data.
+      if (f != H5Z_FILTER_FLETCHER32 && f != H5Z_FILTER_SHUFFLE && f != H5Z_FILTER_DEFLATE &&
+          f != H5Z_FILTER_SZIP && f != H5Z_FILTER_NBIT && f != H5Z_FILTER_SCALEOFFSET)
+        bad(std::string("dataset '") + name + "' uses filter " + std::to_string(f) +
+            ", which is not built into HDF5 (a plugin; not loaded)");
       compressed = compressed || (f != H5Z_FILTER_FLETCHER32 && f != H5Z_FILTER_SHUFFLE);
     }
     return {std::move(chunk), compressed};
+  }
+
+  /// Bytes of the file that holds dataset `d`.
+  static hsize_t file_size(const H5Object& d) {
+    hsize_t bytes = 0;
+    const auto f = H5Object::file(EPLB_H5_CHECK(H5Iget_file_id(d.get())));
+    EPLB_H5_CHECK(H5Fget_filesize(f.get(), &bytes));
+    return bytes;
   }
 
   /// Elements of a dataset of shape `dims` (checked by dataset()) with `elem_bytes` per element
@@ -311,7 +342,9 @@ class Reader {
       // Deflate expands at most ~1032x: a small file must not make the reader allocate and
       // zero-fill gigabytes for a shape its compressed data cannot hold.
       constexpr std::uint64_t kMaxRatio = 1100;
-      const hsize_t zbytes = H5Dget_storage_size(d.get());
+      // The stored size is the sum of the chunk sizes the file's chunk index claims: bounded
+      // by the file's real size, so that a damaged index cannot claim room for any shape.
+      const hsize_t zbytes = std::min<hsize_t>(H5Dget_storage_size(d.get()), file_size(d));
       if (n * elem_bytes / kMaxRatio > zbytes)
         bad(std::string("dataset '") + name + "' declares " + std::to_string(n * elem_bytes) +
             " bytes for its shape " + shape_text(dims) + " but stores " + std::to_string(zbytes) +
@@ -319,11 +352,7 @@ class Reader {
       return static_cast<std::size_t>(n);
     }
     const hsize_t stored = H5Dget_storage_size(d.get());
-    hsize_t file_bytes = 0;
-    {
-      const auto f = H5Object::file(EPLB_H5_CHECK(H5Iget_file_id(d.get())));
-      EPLB_H5_CHECK(H5Fget_filesize(f.get(), &file_bytes));
-    }
+    const hsize_t file_bytes = file_size(d);
     if (file_bytes < n * elem_bytes)  // the chunk index may claim more than the file has
       bad(std::string("dataset '") + name + "' needs " + std::to_string(n * elem_bytes) +
           " bytes for its shape " + shape_text(dims) + ", the whole file has " +
@@ -825,6 +854,8 @@ Checkpoint read_checkpoint(const std::string& path) {
     c.validate();
   } catch (const CheckpointError& e) {
     rd.bad(std::string(e.what()).substr(std::strlen("checkpoint: ")));
+  } catch (const std::bad_alloc&) {  // validate() copies phy2log and sums the window
+    rd.bad("not enough memory to check the datasets its attributes describe");
   }
   return c;
 }

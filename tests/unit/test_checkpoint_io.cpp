@@ -1,10 +1,12 @@
 // HDF5 checkpoint files: round trip, atomic replacement, and every kind of bad file.
 #include <gtest/gtest.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
@@ -461,6 +463,100 @@ TEST_F(CheckpointFile, CompressedFileIsRead) {
   write_checkpoint(path, c);
   for (const char* name : {"phy2log", "window", "rebalance_stats"}) deflate_dataset(path, name);
   expect_same(c, read_checkpoint(path));
+}
+
+// ---- data that lives outside the file (a reviewer's crafted files: /dev/zero was read as the
+// window, and a FIFO behind a link or an external file list hung the reader) --------------
+
+/// Replaces dataset `name` of `path` by `make(file)` (which creates the new link or dataset).
+template <class Make>
+void replace_dataset(const std::string& path, const char* name, Make make) {
+  auto f = eplb::test::edit(path);
+  EPLB_H5_CHECK(H5Ldelete(f.get(), name, H5P_DEFAULT));
+  make(f.get());
+}
+
+/// A FIFO nobody writes to: opening or reading it would block for ever (the test's timeout
+/// would catch that), so the reader must reject what points there without opening it.
+std::string make_fifo(const fs::path& dir) {
+  const auto p = (dir / "never_written.fifo").string();
+  EXPECT_EQ(::mkfifo(p.c_str(), 0600), 0) << std::strerror(errno);
+  return p;
+}
+
+TEST_F(CheckpointFile, DatasetBehindAnExternalLinkIsNotFollowed) {
+  const auto c = eplb::test::small_checkpoint();
+  const std::string other = (dir / "other.h5").string();
+  write_checkpoint(other, c);  // a valid target: the link alone is the problem
+  write_checkpoint(path, c);
+  replace_dataset(path, "window", [&](hid_t f) {
+    EPLB_H5_CHECK(H5Lcreate_external(other.c_str(), "/window", f, "window", H5P_DEFAULT, H5P_DEFAULT));
+  });
+  expect_bad({"'window' is an external link, not a dataset stored in this file"});
+  const std::string fifo = make_fifo(dir);
+  replace_dataset(path, "window", [&](hid_t f) {
+    EPLB_H5_CHECK(H5Lcreate_external(fifo.c_str(), "/window", f, "window", H5P_DEFAULT, H5P_DEFAULT));
+  });
+  expect_bad({"'window' is an external link"});
+}
+
+TEST_F(CheckpointFile, DatasetBehindASoftLinkIsNotFollowed) {
+  write_checkpoint(path, eplb::test::small_checkpoint());
+  {
+    auto f = eplb::test::edit(path);
+    EPLB_H5_CHECK(H5Lmove(f.get(), "phy2log", f.get(), "phy2log_moved", H5P_DEFAULT, H5P_DEFAULT));
+    EPLB_H5_CHECK(H5Lcreate_soft("/phy2log_moved", f.get(), "phy2log", H5P_DEFAULT, H5P_DEFAULT));
+  }
+  expect_bad({"'phy2log' is a soft link"});
+}
+
+TEST_F(CheckpointFile, DataInExternalFilesIsRejectedBeforeReading) {
+  const auto c = eplb::test::small_checkpoint();
+  write_checkpoint(path, c);
+  const std::string fifo = make_fifo(dir);
+  for (const std::string& source : {std::string("/dev/zero"), fifo}) {
+    replace_dataset(path, "window", [&](hid_t f) {
+      const hsize_t dims[3] = {3, 2, 4};
+      const auto space = eplb::test::H5Object::dataspace(EPLB_H5_CHECK(H5Screate_simple(3, dims, nullptr)));
+      const auto dcpl = eplb::test::H5Object::plist(EPLB_H5_CHECK(H5Pcreate(H5P_DATASET_CREATE)));
+      EPLB_H5_CHECK(H5Pset_external(dcpl.get(), source.c_str(), 0, 3 * 2 * 4 * 8));
+      const auto d = eplb::test::H5Object::dataset(EPLB_H5_CHECK(H5Dcreate2(
+          f, "window", H5T_STD_I64LE, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT)));
+      const auto one = eplb::test::H5Object::dataspace(EPLB_H5_CHECK(H5Screate(H5S_SCALAR)));
+      const auto a = eplb::test::H5Object::attribute(EPLB_H5_CHECK(
+          H5Acreate2(d.get(), "cursor", H5T_STD_I32LE, one.get(), H5P_DEFAULT, H5P_DEFAULT)));
+      const std::int32_t cursor = 0;
+      EPLB_H5_CHECK(H5Awrite(a.get(), H5T_NATIVE_INT32, &cursor));
+    });
+    SCOPED_TRACE(source);
+    expect_bad({"dataset 'window' keeps its data in 1 external file(s), not in the checkpoint file"});
+  }
+}
+
+/// A filter HDF5 does not have built in (a plugin's id), passing data through unchanged.
+std::size_t passthrough(unsigned, std::size_t, const unsigned[], std::size_t nbytes, std::size_t*, void**) {
+  return nbytes;
+}
+
+TEST_F(CheckpointFile, FilterThatIsNotBuiltIntoHdf5IsRejected) {
+  constexpr H5Z_filter_t kPluginId = 32123;  // in the range for third-party filters
+  const H5Z_class2_t cls = {H5Z_CLASS_T_VERS, kPluginId, 1, 1, "eplb test plugin", nullptr, nullptr, passthrough};
+  ASSERT_GE(H5Zregister(&cls), 0);
+  write_checkpoint(path, eplb::test::small_checkpoint());
+  replace_dataset(path, "phy2log", [&](hid_t f) {
+    const hsize_t dims[2] = {2, 6};
+    const auto space = eplb::test::H5Object::dataspace(EPLB_H5_CHECK(H5Screate_simple(2, dims, nullptr)));
+    const auto dcpl = eplb::test::H5Object::plist(EPLB_H5_CHECK(H5Pcreate(H5P_DATASET_CREATE)));
+    EPLB_H5_CHECK(H5Pset_chunk(dcpl.get(), 2, dims));
+    EPLB_H5_CHECK(H5Pset_filter(dcpl.get(), kPluginId, H5Z_FLAG_MANDATORY, 0, nullptr));
+    const auto d = eplb::test::H5Object::dataset(EPLB_H5_CHECK(
+        H5Dcreate2(f, "phy2log", H5T_STD_I32LE, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT)));
+    const auto c = eplb::test::small_checkpoint();
+    EPLB_H5_CHECK(H5Dwrite(d.get(), H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, c.phy2log.data()));
+  });
+  // Registered here, so HDF5 could read it: the reader refuses it by id alone.
+  expect_bad({"dataset 'phy2log' uses filter 32123, which is not built into HDF5"});
+  EXPECT_GE(H5Zunregister(kPluginId), 0);
 }
 
 TEST_F(CheckpointFile, UnopenablePathsNameTheSystemError) {
