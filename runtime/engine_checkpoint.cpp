@@ -54,6 +54,7 @@ Checkpoint snapshot(const Engine& engine, std::span<const CheckpointStatsRow> ea
   std::vector<std::int64_t> ring;
   int cursor = 0;
   std::optional<std::string> bad_input, failure;
+  std::vector<comm::ConfigField> position;
   // Everything that can throw on one rank (the window's copy, every allocation) comes before
   // the agreements: after them there is only the allreduce, and a rank that threw alone would
   // leave the others in it.
@@ -69,6 +70,8 @@ Checkpoint snapshot(const Engine& engine, std::span<const CheckpointStatsRow> ea
     c.stats.reserve(earlier.size() + engine.history().size());
     c.stats.assign(earlier.begin(), earlier.end());
     for (const auto& s : engine.history()) c.stats.push_back(to_stats_row(s));
+    position = {{"pass (Engine::pass)", static_cast<std::uint64_t>(c.pass)},
+                {"window cursor", static_cast<std::uint64_t>(cursor)}};
   } catch (const std::invalid_argument& e) {
     bad_input = std::string("checkpoint: ") + e.what();
   } catch (const std::exception& e) {  // e.g. a CUDA error copying the device window, bad_alloc
@@ -78,6 +81,9 @@ Checkpoint snapshot(const Engine& engine, std::span<const CheckpointStatsRow> ea
   }
   comm::throw_if_any_failed<Error>(engine.comm(), failure);
   comm::throw_if_any_failed(engine.comm(), bad_input);
+  // Ranks at different passes (one called step() once more) would sum windows of different
+  // passes into one ring and save rank 0's pass: rejected on every rank, as rebalance() does.
+  comm::check_config_agreement(engine.comm(), position);
   c.window_cursor = cursor;
   comm::allreduce_sum(engine.comm(), ring, c.window);
   return c;

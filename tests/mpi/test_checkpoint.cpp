@@ -230,6 +230,24 @@ TEST(CheckpointResume, ScheduleThatDiffersBetweenRanksIsRejectedEverywhere) {
   }
 }
 
+TEST(CheckpointResume, SaveAtDifferentPassesIsRejectedEverywhere) {
+  // The last rank ran one pass more: its window's passes are not the others', and the file
+  // would record rank 0's pass for a ring summed over both.
+  SharedDir dir;
+  const auto path = dir.file("skewed.h5");
+  Job job;
+  run_passes(*job.engine, 1);
+  if (world_rank() == world_size() - 1) run_passes(*job.engine, 1);  // pass 2: no rebalance due
+  try {
+    eplb::runtime::save_checkpoint(*job.engine, path);
+    if (world_size() > 1) ADD_FAILURE() << "saved a checkpoint of ranks at different passes";
+  } catch (const eplb::InvalidInput& e) {
+    EXPECT_GT(world_size(), 1);
+    EXPECT_NE(std::string(e.what()).find("pass (Engine::pass)"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(world_size() == 1, fs::exists(path));
+}
+
 TEST(CheckpointResume, PlacementOnlyFileChangesThePlacementAlone) {
   SharedDir dir;
   const auto path = dir.file("plan.h5");
