@@ -204,10 +204,10 @@ void NcclTransport::issued(std::size_t n) {
   issued_ += n;
   if (issued_ < kIssueAhead || in_group_) return;  // never wait with a group open
   issued_ = 0;
-  if (throttle_[0]) {  // the previous point's work is done before more is queued
+  if (throttle_[0] && throttle_[1]) {  // the previous point's work is done before more is queued
     comm_.wait_event(throttle_[0]->get(), "migration (transfers queued ahead)");
     comm_.wait_event(throttle_[1]->get(), "migration (copies queued ahead)");
-  } else {
+  } else {  // the first point (or the second event's creation failed last time: both anew)
     throttle_[0].emplace(false);
     throttle_[1].emplace(false);
   }

@@ -49,8 +49,9 @@ inline double seconds_from_env(const char* name, double fallback) {
 using Buffer = std::unique_ptr<std::byte, void (*)(std::byte*)>;
 
 /// Point-to-point movement of weight bytes. A migration posts the sends and receives of one
-/// round between begin_batch() and end_batch(); local copies issued after end_batch() are
-/// ordered after the batch's receives. On a device transport all of this is stream-ordered
+/// round between begin_batch() and end_batch(); local copies issued after end_batch() on
+/// Lane::transfer are ordered after the batch's receives (on Lane::copy only behind a
+/// wait(Lane::copy, mark(Lane::transfer))). On a device transport all of this is stream-ordered
 /// and end_batch() does not wait on the host; synchronize() does.
 /// Every rank of the job must issue the matching calls (same peers, same sizes, same order
 /// per peer). Buffers must stay valid until synchronize() (device) or end_batch() (host).

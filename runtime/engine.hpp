@@ -141,7 +141,9 @@ class Engine {
   algo::Placement placement_;
   std::unique_ptr<algo::Policy> policy_;
   // Declared before transport_, so freed after it: a migration that failed mid-batch leaves
-  // transfers in flight into staging_, which the transport's destructor waits for or aborts.
+  // transfers in flight into staging_. The transport's destructor ends its communicator's
+  // work (NCCL: flushed within EPLB_NCCL_TIMEOUT_S, else aborted); copies still queued on its
+  // copy lane are not waited for there, and freeing staging (cudaFree) waits for the device.
   comm::Buffer staging_{nullptr, [](std::byte*) {}};
   std::size_t staging_size_ = 0;
   std::unique_ptr<comm::Transport> transport_;

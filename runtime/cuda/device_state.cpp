@@ -41,6 +41,14 @@ void DeviceLoadWindow::route_and_count(int layer, const void* topk_ids, bool ids
                                          slots_out, counts(layer), errors(), stream_, skip_negative_));
 }
 
+void DeviceLoadWindow::reset_errors() {
+  // Only once the count has reached the host: after a wait that timed out, the counter keeps
+  // its ids for the next rebalance to report (a reset queued before the wait would run once
+  // the stream moves again, and those ids would be lost). Every kernel queued before is done,
+  // and nothing is queued in between (one thread), so no id is counted twice or dropped.
+  comm::memset_async(errors_.get(), 0, sizeof(unsigned long long), stream_);
+}
+
 std::optional<std::string> DeviceLoadWindow::collect(std::span<std::int64_t> out) {
   const std::size_t n = static_cast<std::size_t>(layers_) * logical_;
   if (out.size() != n) throw std::invalid_argument("DeviceLoadWindow::collect: output is not [L][E]");
@@ -48,9 +56,9 @@ std::optional<std::string> DeviceLoadWindow::collect(std::span<std::int64_t> out
   EPLB_CUDA_CHECK(launch_window_sum(ring_.as<unsigned long long>(), window_,
                                     static_cast<long long>(n), sum, stream_));
   comm::copy_async(sum + n, errors_.get(), sizeof(long long), stream_);
-  comm::memset_async(errors_.get(), 0, sizeof(unsigned long long), stream_);
   comm::copy_async(host_.get(), sum, (n + 1) * sizeof(long long), stream_);  // the one D2H copy
   comm::wait_stream(stream_, "DeviceLoadWindow::collect (the window's sum and its copy to the host)");
+  reset_errors();
   const auto* h = host_.as<long long>();
   std::copy(h, h + n, out.begin());
   if (h[n] != 0)
@@ -66,8 +74,8 @@ std::int64_t* DeviceLoadWindow::reduce_on_device(std::optional<std::string>& err
   EPLB_CUDA_CHECK(launch_window_sum(ring_.as<unsigned long long>(), window_,
                                     static_cast<long long>(n), sum, stream_));
   comm::copy_async(host_.as<long long>() + n, errors_.get(), sizeof(long long), stream_);
-  comm::memset_async(errors_.get(), 0, sizeof(unsigned long long), stream_);
   comm::wait_stream(stream_, "DeviceLoadWindow::reduce_on_device (the window's sum)");  // complete before MPI reads it
+  reset_errors();
   const long long bad = host_.as<long long>()[n];
   if (bad != 0)
     error = std::to_string(bad) + " expert id(s) in topk_ids outside [0, " +

@@ -53,6 +53,8 @@ class DeviceLoadWindow final : public LoadSource {
   void upload_ring(std::span<const std::int64_t> ring, int cursor) override;
 
  private:
+  void reset_errors();  ///< queues the error counter's reset (after its count reached the host)
+
   int layers_, logical_, window_, cursor_ = 0;
   comm::cuda_stream stream_;
   bool skip_negative_;

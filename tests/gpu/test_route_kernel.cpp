@@ -416,6 +416,40 @@ TEST(DeviceWindow, AStuckStreamTimesOutInsteadOfHanging) {
   EXPECT_EQ(after, std::vector<std::int64_t>(16, 0));
 }
 
+TEST(DeviceWindow, BadIdsBeforeATimedOutWaitAreReportedByTheNextRebalance) {
+  // The error counter is reset only once its count has reached the host: a reset queued before
+  // a wait that timed out would run when the stream moves again, and the ids would be lost.
+  SKIP_WITHOUT_GPU();
+  ContiguousMaps on({2, 8, 8, 1, 1, 1});
+  auto& [t, p, stream, maps] = on;
+  eplb::runtime::cuda::DeviceLoadWindow window(2, 8, 2, stream.get());
+  const std::vector<std::int32_t> ids = {1, 9, 6, 11};  // two ids outside [0, 8)
+  const auto d = ids_on_device(ids, stream.get());
+  const CudaTimeout bound("0.5");
+  std::vector<std::int64_t> sum(16, -1);
+  for (const bool on_device : {false, true}) {
+    SCOPED_TRACE(on_device ? "reduce_on_device" : "collect");
+    auto take = [&]() -> std::optional<std::string> {
+      if (!on_device) return window.collect(sum);
+      std::optional<std::string> err;
+      (void)window.reduce_on_device(err);
+      return err;
+    };
+    EPLB_CUDA_CHECK(eplb::runtime::cuda::launch_route_and_count(
+        d.get(), false, static_cast<long long>(ids.size()), maps.layer(0), 0, 0, nullptr,
+        window.counts(0), window.errors(), stream.get()));
+    {
+      StreamBlocker blocked(stream.get());
+      EXPECT_THROW((void)take(), eplb::CudaError);
+      blocked.release();
+    }
+    const auto err = take();  // the next rebalance
+    ASSERT_TRUE(err.has_value()) << "the ids counted before the timed-out wait were lost";
+    EXPECT_NE(err->find("2 expert id(s) in topk_ids outside [0, 8)"), std::string::npos) << *err;
+    EXPECT_FALSE(take()) << "reported once";
+  }
+}
+
 TEST(DeviceMaps, AStuckStreamTimesOutInsteadOfHanging) {
   SKIP_WITHOUT_GPU();
   ContiguousMaps on({2, 8, 8, 1, 1, 1});
