@@ -205,6 +205,9 @@ RebalanceStats Engine::rebalance() {
   if (migration_failed_)  // set on every rank by the same agreement: no collective needed
     throw Error("rebalance: an earlier migration failed (the weights may be partly moved and its "
                 "messages still in flight); this engine moves no more weights: end the job");
+  if (restore_failed_)  // likewise
+    throw Error("rebalance: the last restore failed part-way (some ranks' maps or load windows were "
+                "updated, the placement was not); restore again successfully, or end the job");
   const auto& topo = config_.topology;
   const auto t_start = Clock::now();
   RebalanceStats st;
@@ -486,7 +489,14 @@ void Engine::restore(algo::Placement placement, std::span<const std::int64_t> ri
     if (!keep_window && source_) source_->upload_ring(ring, cursor);
     if (listener_) listener_->reset(placement);
   });
-  comm::throw_if_any_failed<Error>(comm_, local);  // on every rank, set or not
+  // On every rank, set or not. The ranks whose update succeeded route with the new maps and
+  // count into the new window, while the engine keeps the old placement: until a restore
+  // succeeds, this engine plans and moves nothing (every rank sets the flag).
+  if (auto e = comm::agree_on_error(comm_, local)) {
+    restore_failed_ = true;
+    throw Error(*e);
+  }
+  restore_failed_ = false;
   if (!keep_window) {
     window_.restore(ring, cursor);
     pass_error_.reset();  // the window it concerned is replaced

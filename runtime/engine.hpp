@@ -126,7 +126,9 @@ class Engine {
   /// a ring; an empty `ring` keeps the window as it is), epoch and pass (resume from a
   /// checkpoint). On bad input on any rank every rank throws InvalidInput and nothing changes.
   /// An Error (the load source or map listener failing on some rank, e.g. a CUDA error) may
-  /// leave the device side half restored: treat it as fatal.
+  /// leave the device side half restored (some ranks' maps and windows updated, the placement
+  /// not): every later rebalance() (and step() when one is due) then throws Error at once on
+  /// every rank until a restore() succeeds; treat it as fatal unless you restore again.
   /// Weights are not moved: load them for the new placement (expert_of_local_slot).
   void restore(algo::Placement placement, std::span<const std::int64_t> ring, int cursor,
                std::int64_t epoch, std::int64_t pass);
@@ -156,6 +158,7 @@ class Engine {
   std::vector<double> load_f64_;
   algo::Placement share_prev_, share_out_;  ///< this rank's layers (split planning)
   std::int64_t epoch_ = 0, pass_ = 0;
+  bool restore_failed_ = false;  ///< the last restore() failed after some ranks updated their device side
   std::optional<std::string> pass_error_;  ///< end_pass() failed here; reported by the next rebalance
   std::vector<RebalanceStats> history_;
   bool migration_failed_ = false;  ///< agreed: a migration failed on some rank; no more rebalances

@@ -38,7 +38,9 @@ void save_checkpoint(const Engine& engine, const std::string& path,
 /// stored one (the load source's window when one is set). A placement-only file (W = 0, as
 /// eplb-plan writes) changes the placement alone (window, epoch and pass stay). On a bad
 /// file every rank throws InvalidInput naming the file and the field,
-/// and the engine is unchanged. Weights are not moved: load them for engine.placement()
+/// and the engine is unchanged. A load source or map listener failing on some rank during the
+/// restore gives Error on every rank and may leave the device side half restored (see
+/// Engine::restore: rebalances then refuse until a restore succeeds). Weights are not moved: load them for engine.placement()
 /// (Engine::expert_of_local_slot). Returns the stored history rows on rank 0 (empty
 /// elsewhere).
 std::vector<CheckpointStatsRow> resume_from_checkpoint(Engine& engine, const std::string& path);

@@ -400,6 +400,57 @@ TEST(CheckpointResume, RestoreResetsTheMapListener) {
   second.engine->set_map_listener(nullptr);
 }
 
+/// A map listener whose reset() fails while `fail` is set (a CUDA error on one rank's GPU).
+struct FailingResetListener final : eplb::runtime::MapListener {
+  bool fail = false;
+  int resets = 0;
+  void prepare(const eplb::algo::Placement&) override {}
+  void commit_layer(int) override {}
+  void reset(const eplb::algo::Placement&) override {
+    if (fail) throw std::runtime_error("maps upload failed (simulated)");
+    ++resets;
+  }
+};
+
+TEST(CheckpointResume, RestoreFailingPartWayStopsRebalancesUntilARestoreSucceeds) {
+  SharedDir dir;
+  const auto path = dir.file("partway.h5");
+  Job first;
+  run_passes(*first.engine, 4);
+  eplb::runtime::save_checkpoint(*first.engine, path);
+  Job second;
+  FailingResetListener maps;
+  maps.fail = world_rank() == world_size() - 1;
+  second.engine->set_map_listener(&maps);
+  const auto before = second.engine->placement();
+  try {
+    eplb::runtime::resume_from_checkpoint(*second.engine, path);
+    ADD_FAILURE() << "a restore whose map update failed on one rank succeeded";
+  } catch (const eplb::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("maps upload failed (simulated)"), std::string::npos) << e.what();
+  }
+  // The other ranks' maps were reset to the file's placement, the engine's placement was not:
+  // no rank may plan or move from that state (a hang here would be one rank going on alone).
+  EXPECT_EQ(second.engine->placement(), before);
+  EXPECT_EQ(maps.resets, world_rank() == world_size() - 1 ? 0 : 1);
+  record_pass(*second.engine);
+  try {
+    (void)second.engine->rebalance();
+    ADD_FAILURE() << "rebalanced after a restore that failed part-way";
+  } catch (const eplb::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("the last restore failed part-way"), std::string::npos) << e.what();
+  }
+  // A restore that succeeds clears it.
+  maps.fail = false;
+  eplb::runtime::resume_from_checkpoint(*second.engine, path);
+  EXPECT_EQ(second.engine->placement(), first.engine->placement());
+  eplb::runtime::fill_slots(second.engine->weights(), second.engine->placement(), world_rank());
+  record_pass(*second.engine);
+  EXPECT_NO_THROW((void)second.engine->rebalance());
+  EXPECT_EQ(bad_slots_anywhere(*second.engine), 0u);
+  second.engine->set_map_listener(nullptr);
+}
+
 /// A job four passes in, with a good checkpoint of that state.
 struct SavedJob {
   SharedDir dir;
