@@ -724,20 +724,43 @@ void Checkpoint::validate() const {
 void write_checkpoint(const std::string& path, const Checkpoint& c, CheckpointFileFormat format) {
   c.validate();
   if (path.empty()) throw CheckpointError("checkpoint: empty path");
+  // An existing file is replaced as itself: through a symbolic link, its target is (the link
+  // stays), and the new file gets its permissions. Anything else that exists there (a device,
+  // a FIFO, a directory) is left alone: rename() would put the file in its place.
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const auto st = fs::status(path, ec);  // of the link's target, for a link
+  const bool exists = fs::exists(st);
+  if (exists && !fs::is_regular_file(st))
+    throw Error("checkpoint: '" + path + "' exists and is not a regular file (a directory, device or "
+                "FIFO); it is not replaced");
+  fs::path target = path;
+  if (exists && fs::is_symlink(path, ec)) {
+    target = fs::canonical(path, ec);
+    if (ec) throw Error("checkpoint: resolving the link '" + path + "' failed: " + ec.message());
+  }
   // Same directory as the target so that rename() is atomic; the pid keeps concurrent writers
   // (other jobs in the same directory) apart, and a file left by a crashed earlier process
   // with the same pid is stale by construction.
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  const std::string tmp = target.string() + ".tmp." + std::to_string(::getpid());
   ::unlink(tmp.c_str());
   try {
     write_file(tmp, c, format);  // fsync'ed
-    if (std::rename(tmp.c_str(), path.c_str()) != 0)
-      throw Error("rename('" + tmp + "', '" + path + "') failed: " + std::strerror(errno));
-    auto dir = std::filesystem::path(path).parent_path();
-    fsync_directory(dir.empty() ? "." : dir.string());
+    if (exists && ::chmod(tmp.c_str(), static_cast<mode_t>(st.permissions())) != 0)
+      throw Error("chmod('" + tmp + "') to the replaced file's mode failed: " + std::strerror(errno));
+    if (std::rename(tmp.c_str(), target.c_str()) != 0)
+      throw Error("rename('" + tmp + "', '" + target.string() + "') failed: " + std::strerror(errno));
   } catch (...) {
     ::unlink(tmp.c_str());
     throw;
+  }
+  // The new file is in place: a failure now must not read as "nothing written".
+  const auto dir = target.parent_path();
+  try {
+    fsync_directory(dir.empty() ? "." : dir.string());
+  } catch (const Error& e) {
+    throw Error("checkpoint '" + path + "' was written, but syncing its directory failed (the new "
+                "file may not survive a power loss): " + e.what());
   }
 }
 

@@ -99,8 +99,12 @@ enum class CheckpointFileFormat {
 };
 
 /// Writes `c` to `path` atomically: a temporary file `path.tmp.<pid>` in the same directory,
-/// flushed, fsync'ed, renamed over `path`, directory fsync'ed. On failure the temporary file
-/// is removed and `path` is left as it was. Throws CheckpointError for an invalid `c` and
+/// flushed, fsync'ed, renamed over `path`, directory fsync'ed. An existing `path` is replaced
+/// as itself: through a symbolic link its target is replaced (the link stays), and the new
+/// file keeps the old one's permissions; a `path` that exists but is not a regular file (a
+/// directory, device or FIFO) is not replaced (eplb::Error). On failure the temporary file
+/// is removed and `path` is left as it was, except when only the final directory sync fails:
+/// then `path` holds the new file and the Error says so. Throws CheckpointError for an invalid `c` and
 /// H5Error / eplb::Error for I/O failures. Serial: call on one process only.
 void write_checkpoint(const std::string& path, const Checkpoint& c,
                       CheckpointFileFormat format = CheckpointFileFormat::checksummed);

@@ -126,6 +126,38 @@ TEST_F(CheckpointFile, FailedWriteKeepsTheOldFile) {
   EXPECT_EQ(read_checkpoint(path).epoch, c.epoch);
 }
 
+TEST_F(CheckpointFile, ReplacesALinksTargetAndKeepsItsMode) {
+  auto c = eplb::test::small_checkpoint();
+  fs::create_directories(dir / "real");
+  const auto real = dir / "real" / "plan.h5";
+  write_checkpoint(real.string(), c);
+  fs::permissions(real, fs::perms::owner_read | fs::perms::owner_write);  // 0600
+  const auto link = dir / "link.h5";
+  fs::create_symlink(real, link);
+  c.epoch = 8;
+  write_checkpoint(link.string(), c);
+  EXPECT_TRUE(fs::is_symlink(link)) << "the link was replaced by a file";
+  EXPECT_EQ(read_checkpoint(real.string()).epoch, 8) << "the link's target was not updated";
+  EXPECT_EQ(fs::status(real).permissions() & fs::perms::all, fs::perms::owner_read | fs::perms::owner_write);
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir / "real"), fs::directory_iterator()), 1);
+}
+
+TEST_F(CheckpointFile, DoesNotReplaceAFifoOrADirectory) {
+  const auto c = eplb::test::small_checkpoint();
+  const auto fifo = dir / "pipe";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  for (const auto& p : {fifo, dir}) {
+    try {
+      write_checkpoint(p.string(), c);
+      ADD_FAILURE() << "wrote over " << p;
+    } catch (const eplb::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("is not a regular file"), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_TRUE(fs::is_fifo(fifo));
+  EXPECT_EQ(files_in_dir(), 1u);  // the FIFO, no temporary
+}
+
 TEST_F(CheckpointFile, MissingFile) { expect_bad({"no such file"}); }
 
 TEST_F(CheckpointFile, NotHdf5) {
