@@ -372,16 +372,32 @@ TEST_F(EngineBadInput, LoadSourceFailingOnOneRankReachesEveryRank) {
   EXPECT_EQ(bad_slots_anywhere(*engine), 0u);
 }
 
+/// A small engine (3 slots per rank, 64-byte experts) from the contiguous placement that
+/// step() rebalances every `interval` passes, from pass `interval` on.
+struct SteppedJob {
+  Topology t;
+  HostWeights w;  // the slots' memory, for the engine's whole life
+  eplb::algo::Placement initial;
+  std::unique_ptr<Engine> engine;
+  static Topology topology() {
+    Topology t{2, 8, 3 * world_size(), world_size(), 1, 1};
+    if (t.num_slots < t.num_logical) t.num_logical = t.num_slots;
+    return t;
+  }
+  explicit SteppedJob(int interval) : t(topology()), w(t, {64}) {
+    initial = eplb::algo::Placement::contiguous(t);
+    eplb::runtime::fill_slots(w.registry, initial, world_rank());
+    auto cfg = config_for(t);
+    cfg.rebalance_interval = interval;
+    cfg.first_rebalance = interval;
+    engine = std::make_unique<Engine>(MPI_COMM_WORLD, cfg, std::move(w.registry), initial);
+  }
+};
+
 TEST(EngineStep, AFailureEndingThePassDoesNotReplaceTheAgreedError) {
-  Topology t{2, 8, 3 * world_size(), world_size(), 1, 1};
-  if (t.num_slots < t.num_logical) t.num_logical = t.num_slots;
-  HostWeights w(t, {64});
-  const auto initial = eplb::algo::Placement::contiguous(t);
-  eplb::runtime::fill_slots(w.registry, initial, world_rank());
-  auto cfg = config_for(t);
-  cfg.rebalance_interval = 1;  // step() rebalances at every pass
-  cfg.first_rebalance = 1;
-  Engine engine(MPI_COMM_WORLD, cfg, std::move(w.registry), initial);
+  SteppedJob job(1);  // step() rebalances at every pass
+  auto& engine = *job.engine;
+  const auto& initial = job.initial;
   const int bad = world_size() - 1;
   FailingSource src(world_rank() == bad, FailingSource::Where::collect_and_end_pass);
   engine.set_load_source(&src);
@@ -410,15 +426,9 @@ class PassFailingSource final : public eplb::runtime::LoadSource {
 };
 
 TEST(EngineStep, AFailureEndingAPassOnOneRankFailsTheNextRebalanceEverywhere) {
-  Topology t{2, 8, 3 * world_size(), world_size(), 1, 1};
-  if (t.num_slots < t.num_logical) t.num_logical = t.num_slots;
-  HostWeights w(t, {64});
-  const auto initial = eplb::algo::Placement::contiguous(t);
-  eplb::runtime::fill_slots(w.registry, initial, world_rank());
-  auto cfg = config_for(t);
-  cfg.rebalance_interval = 4;
-  cfg.first_rebalance = 4;
-  Engine engine(MPI_COMM_WORLD, cfg, std::move(w.registry), initial);
+  SteppedJob job(4);
+  auto& engine = *job.engine;
+  const auto& initial = job.initial;
   const int bad = world_size() - 1;
   PassFailingSource src(world_rank() == bad ? 2 : 0);
   engine.set_load_source(&src);
