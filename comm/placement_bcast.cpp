@@ -16,6 +16,13 @@ struct Header {
   char note[512];
 };
 
+/// FNV-1a over the header with its checksum field zeroed, then the payload: a damaged status,
+/// note or size fails the check as a damaged index does.
+std::uint64_t message_checksum(Header h, const unsigned char* payload, std::size_t payload_bytes) {
+  h.checksum = 0;
+  return fnv1a(payload, payload_bytes, fnv1a(&h, sizeof h));
+}
+
 template <class T>
 void pack(std::span<const int> src, unsigned char* dst) {
   for (std::size_t i = 0; i < src.size(); ++i) {
@@ -71,8 +78,9 @@ void broadcast_placement(const MpiComm& comm, int root, const algo::Topology& to
       if (ib == 2) pack<std::int16_t>(msg.placement.phy2log(), payload);
       else pack<std::int32_t>(msg.placement.phy2log(), payload);
     }
-    h.checksum = fnv1a(payload, count * ib, fnv1a(&h.epoch, sizeof h.epoch));
+    h.checksum = message_checksum(h, payload, count * ib);
     std::memcpy(buf.data(), &h, sizeof h);
+    msg.note.resize(std::strlen(h.note));  // as the others read it (a prefix: no allocation)
   }
   EPLB_MPI_CHECK(MPI_Bcast(buf.data(), static_cast<int>(buf.size()), MPI_BYTE, root, comm.get()));
 
@@ -86,7 +94,7 @@ void broadcast_placement(const MpiComm& comm, int root, const algo::Topology& to
       problem = "placement message has " + std::to_string(h.count) + " indices of " +
                 std::to_string(h.index_bytes) + " bytes, expected " + std::to_string(count) +
                 " of " + std::to_string(ib);
-    } else if (h.checksum != fnv1a(payload, count * ib, fnv1a(&h.epoch, sizeof h.epoch))) {
+    } else if (h.checksum != message_checksum(h, payload, count * ib)) {
       problem = "placement message checksum mismatch (epoch " + std::to_string(h.epoch) + ")";
     } else if (h.epoch != expected_epoch) {
       problem = "placement message for epoch " + std::to_string(h.epoch) + ", expected " +

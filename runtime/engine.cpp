@@ -60,7 +60,7 @@ Engine::Engine(MPI_Comm comm, RuntimeConfig config, WeightRegistry weights,
       weights_(std::move(weights)),
       window_(1, 1, 1) {  // sized in the try below, so that a failure there reaches every rank
   const auto& topo = config_.topology;
-  std::optional<std::string> local;
+  std::optional<std::string> local, failure;  // bad input (InvalidInput); out of memory (Error)
   try {
     config_.validate();
     window_ = LoadWindow(topo.num_layers, topo.num_logical, config_.window_passes,
@@ -79,9 +79,12 @@ Engine::Engine(MPI_Comm comm, RuntimeConfig config, WeightRegistry weights,
     if (initial.empty()) initial = algo::Placement::contiguous(topo);
     initial.check_shape(topo, "initial placement");
     policy_ = algo::make_policy(config_.policy_name());
+  } catch (const std::bad_alloc& e) {  // the load window (W*L*E counters) is the largest
+    failure = std::string("creating the engine failed: ") + e.what();
   } catch (const std::exception& e) {
     local = e.what();
   }
+  comm::throw_if_any_failed<Error>(comm_, failure);
   comm::throw_if_any_failed(comm_, local);
 
   const std::uint64_t min_gain_bits = std::bit_cast<std::uint64_t>(config_.min_gain);
@@ -141,6 +144,10 @@ Engine::Engine(MPI_Comm comm, RuntimeConfig config, WeightRegistry weights,
     load_f64_.assign(n, 0.0);
   });
   comm::throw_if_any_failed<Error>(comm_, local);
+  // The same kind of transport everywhere (a factory that differs between ranks would pair
+  // NCCL calls with MPI ones at the first migration, after weights had started to move).
+  const std::string transport_name(transport_->name());
+  comm::check_config_agreement(comm_, {{"weight transport", hash_string(transport_name), transport_name}});
 }
 
 Engine::~Engine() = default;
@@ -460,7 +467,7 @@ void Engine::window_ring(std::vector<std::int64_t>& ring, int& cursor) const {
 void Engine::restore(algo::Placement placement, std::span<const std::int64_t> ring, int cursor,
                      std::int64_t epoch, std::int64_t pass) {
   const bool keep_window = ring.empty();
-  std::optional<std::string> local;
+  std::optional<std::string> local, failure;  // bad input (InvalidInput); out of memory (Error)
   try {
     placement.check_shape(config_.topology, "restore");
     if (!keep_window) {
@@ -471,17 +478,24 @@ void Engine::restore(algo::Placement placement, std::span<const std::int64_t> ri
       if (const auto m = source_mismatch(source_, config_)) throw std::invalid_argument("restore: " + *m);
     }
     if (epoch < 0 || pass < 0) throw std::invalid_argument("restore: negative epoch or pass");
+  } catch (const std::bad_alloc& e) {  // the probe window (W*L*E counters)
+    failure = std::string("restore: ") + e.what();
   } catch (const std::exception& e) {
     local = e.what();
   } catch (...) {  // a load source's hook may throw anything: the others must still hear of it
     local = "restore: the load source threw an exception not derived from std::exception";
   }
+  comm::throw_if_any_failed<Error>(comm_, failure);
   comm::throw_if_any_failed(comm_, local);
+  // Whether the window is replaced, and its cursor, too: ranks that differed would evict
+  // different passes from then on.
   comm::check_config_agreement(
       comm_, {{"restored placement (hash)",
                comm::fnv1a(placement.phy2log().data(), placement.phy2log().size_bytes())},
               {"restored epoch", static_cast<std::uint64_t>(epoch)},
-              {"restored pass", static_cast<std::uint64_t>(pass)}});
+              {"restored pass", static_cast<std::uint64_t>(pass)},
+              {"restore replaces the window", static_cast<std::uint64_t>(!keep_window)},
+              {"restored window cursor", static_cast<std::uint64_t>(keep_window ? 0 : cursor)}});
   // The device side (a failure there, e.g. a CUDA error, reaches every rank as Error): the
   // window that step() and rebalance() read, and the routing maps, which must agree with
   // the restored placement before the next forward pass.

@@ -738,6 +738,24 @@ TEST(EngineConfig, TransportFailingOnOneRankFailsEverywhere) {
       "no NCCL here (simulated)");
 }
 
+TEST(EngineConfig, TransportOfAnotherKindOnOneRankIsRejectedEverywhere) {
+  const Topology t{2, 4, 4 * world_size(), world_size(), 1, 1};
+  HostWeights host(t, {64});
+  const int odd = world_size() - 1;
+  auto factory = [&](const eplb::comm::MpiComm& c) -> std::unique_ptr<eplb::comm::Transport> {
+    if (c.rank() == odd && c.size() > 1) return std::make_unique<FailingAtSyncTransport>(c, false);
+    return std::make_unique<eplb::comm::MpiHostTransport>(c);
+  };
+  try {
+    Engine e(MPI_COMM_WORLD, config_for(t), std::move(host.registry), {}, factory);
+    EXPECT_EQ(world_size(), 1) << "ranks with different transports started an engine";
+  } catch (const eplb::InvalidInput& e) {
+    const std::string w = e.what();
+    EXPECT_NE(w.find("weight transport"), std::string::npos) << w;
+    EXPECT_NE(w.find("failing-at-sync"), std::string::npos) << w;
+  }
+}
+
 TEST_F(EngineBadInput, SkipBelowMinGainKeepsPlacement) {
   // A fresh engine that skips unless the gain is impossible to reach.
   HostWeights host(t, {64});
