@@ -76,6 +76,18 @@ namespace {
 }  // namespace
 
 void Placement::derive(bool counted) {
+  try {
+    derive_maps(counted);
+  } catch (...) {  // the new shape and arrays are in, the maps half rebuilt: leave it empty
+    layers_ = logical_ = slots_ = max_replicas_ = 0;
+    phy2log_.clear();
+    logcnt_.clear();
+    log2phy_.clear();
+    throw;
+  }
+}
+
+void Placement::derive_maps(bool counted) {
   if (layers_ < 0 || logical_ < 1 || slots_ < logical_)
     throw std::invalid_argument("placement: bad shape L=" + std::to_string(layers_) +
                                 " E=" + std::to_string(logical_) + " R=" + std::to_string(slots_) +

@@ -21,7 +21,9 @@ class Placement {
   /// Slot j holds expert j % E: experts laid out contiguously, the first R - E repeated.
   static Placement contiguous(const Topology& topo);
 
-  /// Replaces the content, reusing storage (no allocation when the shape is unchanged).
+  /// Replaces the content, reusing storage (no allocation when the shape is unchanged). On an
+  /// invalid phy2log (std::invalid_argument) the placement is left empty, not half replaced;
+  /// the same for assign_counted / adopt_counted.
   void assign(int num_layers, int num_logical, int num_slots, std::span<const int> phy2log);
   /// As assign(), for producers that already know the replica counts (the deepseek policy):
   /// skips counting. The counts are still checked against phy2log (std::logic_error if they
@@ -74,8 +76,10 @@ class Placement {
   }
 
  private:
-  /// Checks phy2log and derives log2phy (and logcnt unless `counted`).
+  /// Checks phy2log and derives log2phy (and logcnt unless `counted`); on a failure the
+  /// placement is left empty (its shape and arrays were already replaced).
   void derive(bool counted);
+  void derive_maps(bool counted);
   /// assign_counted / adopt_counted: checks the arrays' sizes against the shape, then sets it.
   void set_counted_shape(int num_layers, int num_logical, int num_slots, std::size_t phy2log_size,
                          std::size_t logcnt_size);

@@ -188,7 +188,7 @@ int run(int argc, char** argv) {
     const auto& plan = plans[static_cast<std::size_t>(it)];
     MPI_Barrier(MPI_COMM_WORLD);
     const auto t0 = Clock::now();
-    const auto c = eplb::runtime::execute_migration(plan, reg, *transport, rank, mem.staging.get(), {},
+    const auto c = eplb::runtime::execute_migration(plan, reg, *transport, rank, {mem.staging.get(), stage}, {},
                                                     exec);
     const double s = eplb::bench::max_over_ranks(std::chrono::duration<double>(Clock::now() - t0).count());
     if (it == 0) {  // warm-up

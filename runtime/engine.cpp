@@ -415,7 +415,7 @@ RebalanceStats Engine::rebalance() {
   t = Clock::now();
   std::optional<std::string> commit_error, migrate_error;
   capture(migrate_error, "moving the weights failed (they may be only partly moved: treat this as fatal): ", [&] {
-    st.moved = execute_migration(plan_, weights_, *transport_, comm_.rank(), staging_.get(),
+    st.moved = execute_migration(plan_, weights_, *transport_, comm_.rank(), {staging_.get(), staging_size_},
                                  [this, &commit_error](int layer) {
                                    if (!listener_ || commit_error) return;
                                    const std::string what = "switching the maps of layer " +

@@ -244,7 +244,7 @@ class Executor {
     for (int l = 0; l < topo_.num_layers; ++l) layouts_.emplace_back(weights.tensors(l));
   }
 
-  MigrationCounters run(std::byte* staging, const std::function<void(int)>& layer_done);
+  MigrationCounters run(std::span<std::byte> staging, const std::function<void(int)>& layer_done);
 
  private:
   using Lane = comm::Lane;
@@ -539,11 +539,17 @@ void Executor::per_tensor(Step& st) {
   }
 }
 
-MigrationCounters Executor::run(std::byte* staging, const std::function<void(int)>& layer_done) {
+MigrationCounters Executor::run(std::span<std::byte> staging_span, const std::function<void(int)>& layer_done) {
   const auto regions = staging_regions(plan_, weights_, opt_);
   c_.staging_bytes = regions.total();
-  if (c_.staging_bytes > 0 && !staging)
-    throw std::invalid_argument("execute_migration: the plan needs staging but none was given");
+  // A buffer sized for other options (e.g. ExecOptions{} against the engine's) would be
+  // written past its end.
+  if (c_.staging_bytes > 0 && (!staging_span.data() || staging_span.size() < c_.staging_bytes))
+    throw std::invalid_argument("execute_migration: the plan needs " + std::to_string(c_.staging_bytes) +
+                                " bytes of staging with these options, " +
+                                std::to_string(staging_span.size()) +
+                                " were given (size it with staging_bytes_needed and the same options)");
+  std::byte* const staging = staging_span.data();
   for (int l = 0; l < topo_.num_layers; ++l) {
     const std::size_t expert_bytes = weights_.bytes_per_expert(l);
     for (const auto& u : plan_.layer(l).units) {
@@ -622,10 +628,13 @@ MigrationCounters Executor::run(std::byte* staging, const std::function<void(int
 }  // namespace
 
 MigrationCounters execute_migration(const algo::MigrationPlan& plan, const WeightRegistry& weights,
-                                    comm::Transport& transport, int me, std::byte* staging,
+                                    comm::Transport& transport, int me, std::span<std::byte> staging,
                                     const std::function<void(int)>& layer_done,
                                     const ExecOptions& options) {
   const auto& topo = plan.topology();
+  if (me < 0 || me >= topo.num_ranks)
+    throw std::invalid_argument("execute_migration: rank " + std::to_string(me) + " outside [0, " +
+                                std::to_string(topo.num_ranks) + ") of the plan's topology");
   if (weights.num_layers() != topo.num_layers || weights.slots_per_rank() != topo.slots_per_rank())
     throw std::invalid_argument("execute_migration: weight registry shape (" +
                                 std::to_string(weights.num_layers()) + " layers, " +

@@ -2,6 +2,7 @@
 /// \file Executes a migration plan on this rank's weights through a transport.
 #include <cstddef>
 #include <functional>
+#include <span>
 
 #include "eplb/algo/migration.hpp"
 #include "eplb/comm/transport.hpp"
@@ -54,16 +55,21 @@ struct ExecOptions {
 std::size_t staging_bytes_needed(const algo::MigrationPlan& plan, const WeightRegistry& weights,
                                  const ExecOptions& options = {});
 
-/// Runs the plan: per window of layers, per round, per batch of units: sends and receives in
-/// one batch, then that batch's local copies and fan-out; staging commits at the end of the
-/// round; layer_done for each layer of the window at its end. `staging` must hold staging_bytes_needed() bytes in the
-/// transport's memory space. After each layer, `layer_done(layer)` is called (device
-/// transports: stream-ordered after that layer's copies); if it throws, the migration still
-/// runs to its end on this rank (the others wait for its sends), later layers are not
-/// reported, and the first exception is rethrown at the end. Collective over the transport's
-/// ranks: every rank must call it with the same plan.
+/// Runs the plan: per window of layers (as many consecutive layers as options allow), per
+/// round, per batch of units: sends and receives in one batch, then that batch's local copies
+/// and fan-out (coalesced mode: packs, transfers, the local copies and the commits of their
+/// staged slots, then unpacks and fan-out as each batch arrives; per-tensor mode: staged slots
+/// committed at the end of the round). `staging` is this rank's staging memory in the
+/// transport's memory space: at least staging_bytes_needed(plan, weights, options) bytes with
+/// the same options (std::invalid_argument otherwise, before anything moves). After each
+/// window, `layer_done(layer)` is called for each of its layers in order (device transports:
+/// stream-ordered after those layers' copies); if it throws, the migration still runs to its
+/// end on this rank (the others wait for its sends), later layers are not reported, and the
+/// first exception is rethrown at the end. Collective over the transport's ranks: every rank
+/// must call it with the same plan and options; `my_rank` in [0, P).
 MigrationCounters execute_migration(const algo::MigrationPlan& plan, const WeightRegistry& weights,
-                                    comm::Transport& transport, int my_rank, std::byte* staging,
+                                    comm::Transport& transport, int my_rank,
+                                    std::span<std::byte> staging,
                                     const std::function<void(int)>& layer_done = {},
                                     const ExecOptions& options = {});
 

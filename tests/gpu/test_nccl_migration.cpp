@@ -171,7 +171,7 @@ TEST(NcclMigration, OverlappedRoundsAndWindowsKeepEveryByte) {
     if (plan.stats().max_rounds > 1) ++multi_round;
     auto staging = transport->allocate(need);
     std::vector<int> done;
-    const auto c = eplb::runtime::execute_migration(plan, reg, *transport, rank, staging.get(),
+    const auto c = eplb::runtime::execute_migration(plan, reg, *transport, rank, {staging.get(), need},
                                                     [&](int l) { done.push_back(l); }, opt);
     EXPECT_EQ(static_cast<int>(done.size()), t.num_layers);
     EXPECT_GT(c.rounds, 0);

@@ -1107,11 +1107,12 @@ TEST(Migration, ThrowingLayerCallbackOnOneRankDoesNotStopTheOthers) {
   eplb::comm::MpiComm comm(MPI_COMM_WORLD);
   eplb::comm::MpiHostTransport transport(comm);
   const eplb::runtime::ExecOptions opt{0, 1, 0, true, 2, true};  // layer by layer, overlapped
-  auto staging = transport.allocate(eplb::runtime::staging_bytes_needed(plan, w.registry, opt));
+  const std::size_t need = eplb::runtime::staging_bytes_needed(plan, w.registry, opt);
+  auto staging = transport.allocate(need);
   int reported = 0;
   bool threw = false;
   try {
-    eplb::runtime::execute_migration(plan, w.registry, transport, me, staging.get(),
+    eplb::runtime::execute_migration(plan, w.registry, transport, me, {staging.get(), need},
                                      [&](int) {
                                        ++reported;
                                        if (me == 0) throw std::runtime_error("callback failed");
@@ -1124,6 +1125,42 @@ TEST(Migration, ThrowingLayerCallbackOnOneRankDoesNotStopTheOthers) {
   EXPECT_EQ(threw, me == 0);
   EXPECT_EQ(reported, me == 0 ? 1 : t.num_layers) << "layers reported after the failure";
   EXPECT_EQ(bad_slots_anywhere_in(w.registry, b), 0u) << "the migration did not complete";
+}
+
+TEST(Migration, StagingSmallerThanTheOptionsNeedIsRejectedBeforeAnythingMoves) {
+  // Staging sized with the default options, then run with the engine's (whole-budget windows):
+  // the executor would write past its end. Every rank sees the same sizes, so every rank
+  // throws, before any transfer.
+  const int P = world_size(), me = world_rank();
+  Topology t{4, 8, 8 * P, P, 1, 1};
+  HostWeights w(t, {1024});
+  const auto a = eplb::algo::Placement::contiguous(t);
+  eplb::runtime::fill_slots(w.registry, a, me);
+  std::vector<int> p2l(a.phy2log().begin(), a.phy2log().end());
+  for (int l = 0; l < t.num_layers; ++l) std::swap(p2l[l * t.num_slots], p2l[l * t.num_slots + 1]);
+  const eplb::algo::Placement b(t.num_layers, t.num_logical, t.num_slots, p2l);
+  const auto plan = eplb::algo::plan_migration(a, b, t);
+  eplb::comm::MpiComm comm(MPI_COMM_WORLD);
+  eplb::comm::MpiHostTransport transport(comm);
+  const std::size_t small = eplb::runtime::staging_bytes_needed(plan, w.registry);
+  const eplb::runtime::ExecOptions engine_like{0, 0, std::size_t{256} << 20, true, 4, false};
+  const std::size_t need = eplb::runtime::staging_bytes_needed(plan, w.registry, engine_like);
+  ASSERT_GT(need, small);
+  auto staging = transport.allocate(need);
+  try {
+    (void)eplb::runtime::execute_migration(plan, w.registry, transport, me, {staging.get(), small}, {},
+                                           engine_like);
+    ADD_FAILURE() << "ran with " << small << " bytes of staging where " << need << " are needed";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("needs " + std::to_string(need) + " bytes of staging"),
+              std::string::npos) << e.what();
+  }
+  EXPECT_EQ(bad_slots_anywhere_in(w.registry, a), 0u) << "weights moved before the check";
+  EXPECT_THROW((void)eplb::runtime::execute_migration(plan, w.registry, transport, P, {staging.get(), need}, {},
+                                                      engine_like),
+               std::invalid_argument);  // a rank outside the plan's topology
+  (void)eplb::runtime::execute_migration(plan, w.registry, transport, me, {staging.get(), need}, {}, engine_like);
+  EXPECT_EQ(bad_slots_anywhere_in(w.registry, b), 0u);
 }
 
 /// execute_migration directly, steps overlapping (the next step packs and sends before this
@@ -1185,7 +1222,7 @@ TEST_P(OverlappedSteps, EveryByteLandsAndLayersCompleteInOrder) {
     auto staging = transport.allocate(need);
     std::vector<int> done;
     const auto counters = eplb::runtime::execute_migration(
-        plan, w.registry, transport, me, staging.get(),
+        plan, w.registry, transport, me, {staging.get(), need},
         [&](int l) {
           done.push_back(l);
           // The lanes have joined (deferred copies included): layer l is complete.

@@ -215,6 +215,17 @@ TEST(PlacementCounted, RejectsCountsThatDisagreeWithPhy2log) {
     EXPECT_THROW(a.assign_counted(1, 4, 6, p2l, bad), std::logic_error);
   // Out-of-range slots are named as by assign().
   EXPECT_THROW(a.assign_counted(1, 4, 6, std::vector<int>{0, 1, 2, 9, 3, 0}, good), std::invalid_argument);
+  // A failed replacement leaves the placement empty, never half replaced (new phy2log, old or
+  // partly rebuilt log2phy), so that nothing can plan from it by mistake.
+  EXPECT_TRUE(a.empty());
+  EXPECT_EQ(a.num_slots(), 0);
+  EXPECT_TRUE(a.phy2log().empty() && a.logcnt().empty() && a.log2phy().empty());
+  b.assign(1, 4, 6, p2l);
+  EXPECT_THROW(b.assign(1, 4, 6, std::vector<int>{0, 1, 2, 0, 0, 0}), std::invalid_argument);  // no expert 3
+  EXPECT_TRUE(b.empty());
+  std::vector<int> counts = {2, 2, 1, 1}, storage = p2l;
+  EXPECT_THROW(b.adopt_counted(1, 4, 6, storage, counts), std::logic_error);
+  EXPECT_TRUE(b.empty());
 }
 
 }  // namespace
