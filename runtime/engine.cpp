@@ -208,6 +208,19 @@ std::optional<RebalanceStats> Engine::step() {
   return stats;
 }
 
+std::optional<std::string> Engine::too_large_load(std::span<const std::int64_t> local) const {
+  const std::int64_t cap = LoadWindow::kMaxCount / comm_.size();
+  const int E = config_.topology.num_logical;
+  for (std::size_t i = 0; i < local.size(); ++i)
+    if (local[i] > cap || local[i] < 0)
+      return "the load of layer " + std::to_string(i / static_cast<std::size_t>(E)) + ", expert " +
+             std::to_string(i % static_cast<std::size_t>(E)) + " summed over this rank's window (" +
+             (local[i] > LoadWindow::kMaxCount ? std::string("more than 2^62") : std::to_string(local[i])) +
+             ") is " + (local[i] < 0 ? "negative" : "more than 2^62 / " + std::to_string(comm_.size()) +
+             " ranks: the sum over the ranks would not fit");
+  return std::nullopt;
+}
+
 RebalanceStats Engine::rebalance() {
   if (migration_failed_)  // set on every rank by the same agreement: no collective needed
     throw Error("rebalance: an earlier migration failed (the weights may be partly moved and its "
@@ -247,6 +260,10 @@ RebalanceStats Engine::rebalance() {
   });
   comm::throw_if_any_failed<Error>(comm_, failure);
   if (mismatch && !input_error) input_error = *mismatch;
+  // The sum over the ranks must stay within LoadWindow::kMaxCount (int64, and a checkpoint's
+  // bound): each rank's share of it is checked here, before the allreduce could wrap. (The
+  // device path's counters are token counts that cannot get near it.)
+  if (!device_sum && !input_error) input_error = too_large_load(local_load_);
   // Ranks that enter a rebalance at different pass counts (rebalance() called by hand at
   // different points) would sum windows of different passes: rejected on every rank. (A rank
   // that calls step() more often than the others is not seen here: each rank's automatic

@@ -4,6 +4,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -135,6 +136,9 @@ class Engine {
 
  private:
   void end_pass();
+  /// The first entry of this rank's window sum that is negative or too large for the sum over
+  /// the ranks to fit LoadWindow::kMaxCount, as an input error.
+  std::optional<std::string> too_large_load(std::span<const std::int64_t> local) const;
 
   RuntimeConfig config_;
   comm::MpiComm comm_;

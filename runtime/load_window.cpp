@@ -1,5 +1,6 @@
 #include "eplb/runtime/load_window.hpp"
 
+#include <climits>
 #include <cmath>
 #include <stdexcept>
 
@@ -39,7 +40,7 @@ void LoadWindow::reject(std::string message) {
 template <class T>
 int LoadWindow::record_impl(int layer, std::span<const T> ids) {
   if (!accept_call(layer, ids.size(), 0, "LoadWindow::record")) return -1;
-  int bad = 0, skipped = 0;
+  long long bad = 0, skipped = 0;
   std::size_t first_bad = 0;
   for (std::size_t i = 0; i < ids.size(); ++i)
     if (ids[i] < 0 || ids[i] >= logical_) {
@@ -51,7 +52,7 @@ int LoadWindow::record_impl(int layer, std::span<const T> ids) {
            " expert id(s) outside [0, " + std::to_string(logical_) + "), first " +
            std::to_string(static_cast<long long>(ids[first_bad])) + " at flat index " +
            std::to_string(first_bad) + "; the batch was not counted");
-    return bad;
+    return bad < INT_MAX ? static_cast<int>(bad) : INT_MAX;
   }
   std::int64_t* c = current(layer);
   if (skipped) {
@@ -69,15 +70,25 @@ int LoadWindow::record(int layer, std::span<const std::int64_t> ids) { return re
 bool LoadWindow::add_counts(int layer, std::span<const std::int64_t> counts) {
   if (!accept_call(layer, counts.size(), static_cast<std::size_t>(logical_), "LoadWindow::add_counts"))
     return false;
-  for (std::size_t e = 0; e < counts.size(); ++e)
+  std::int64_t* c = current(layer);
+  for (std::size_t e = 0; e < counts.size(); ++e) {
     if (counts[e] < 0) {
       reject("negative load " + std::to_string(counts[e]) + " for layer " + std::to_string(layer) +
              ", expert " + std::to_string(e) + "; the counts were not added");
       return false;
     }
-  std::int64_t* c = current(layer);
+    if (!fits(c[e], counts[e], layer, e)) return false;
+  }
   for (std::size_t e = 0; e < counts.size(); ++e) c[e] += counts[e];
   return true;
+}
+
+bool LoadWindow::fits(std::int64_t have, std::int64_t add, int layer, std::size_t e) {
+  if (add <= kMaxCount - have) return true;  // have <= kMaxCount: no overflow
+  reject("load " + std::to_string(add) + " for layer " + std::to_string(layer) + ", expert " +
+         std::to_string(e) + " would take this pass's count past 2^62 (" + std::to_string(have) +
+         " so far); the counts were not added");
+  return false;
 }
 
 bool LoadWindow::add_counts(int layer, std::span<const double> counts) {
@@ -85,7 +96,7 @@ bool LoadWindow::add_counts(int layer, std::span<const double> counts) {
     return false;
   for (std::size_t e = 0; e < counts.size(); ++e) {
     const double v = counts[e];
-    if (!std::isfinite(v) || v < 0 || v > 9.0e18) {
+    if (!std::isfinite(v) || v < 0 || v > static_cast<double>(kMaxCount)) {
       const char* what = std::isnan(v) ? "NaN" : (std::isinf(v) ? "infinite" : (v < 0 ? "negative" : "too large"));
       reject(std::string(what) + " load " + std::to_string(v) + " for layer " +
              std::to_string(layer) + ", expert " + std::to_string(e) +
@@ -94,6 +105,8 @@ bool LoadWindow::add_counts(int layer, std::span<const double> counts) {
     }
   }
   std::int64_t* c = current(layer);
+  for (std::size_t e = 0; e < counts.size(); ++e)
+    if (!fits(c[e], std::llround(counts[e]), layer, e)) return false;
   for (std::size_t e = 0; e < counts.size(); ++e) c[e] += std::llround(counts[e]);
   return true;
 }
@@ -110,7 +123,8 @@ void LoadWindow::sum(std::span<std::int64_t> out) const {
   std::fill(out.begin(), out.end(), 0);
   for (int w = 0; w < window_; ++w) {
     const std::int64_t* c = ring_.data() + static_cast<std::size_t>(w) * n;
-    for (std::size_t i = 0; i < n; ++i) out[i] += c[i];
+    for (std::size_t i = 0; i < n; ++i)  // both <= kMaxCount + 1: saturates, never wraps
+      out[i] = c[i] > kMaxCount - out[i] ? kMaxCount + 1 : out[i] + c[i];
   }
 }
 
@@ -130,6 +144,19 @@ void LoadWindow::restore(std::span<const std::int64_t> ring, int cursor) {
   for (std::size_t i = 0; i < ring.size(); ++i)
     if (ring[i] < 0)
       throw std::invalid_argument("LoadWindow::restore: negative count at index " + std::to_string(i));
+  const std::size_t n = static_cast<std::size_t>(layers_) * logical_;
+  for (std::size_t i = 0; i < n; ++i) {
+    std::int64_t total = 0;
+    for (int w = 0; w < window_; ++w) {
+      const std::int64_t x = ring[static_cast<std::size_t>(w) * n + i];
+      if (x > kMaxCount - total)
+        throw std::invalid_argument("LoadWindow::restore: the counts of layer " +
+                                    std::to_string(i / static_cast<std::size_t>(logical_)) + ", expert " +
+                                    std::to_string(i % static_cast<std::size_t>(logical_)) +
+                                    " add up to more than 2^62 over the window");
+      total += x;
+    }
+  }
   ring_.assign(ring.begin(), ring.end());
   cursor_ = cursor;
 }

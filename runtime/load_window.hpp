@@ -20,6 +20,11 @@ class LoadWindow {
   /// instead of rejecting the batch.
   LoadWindow(int num_layers, int num_logical, int window_passes, bool skip_negative_ids = false);
 
+  /// The largest count one (layer, expert) may reach summed over the window's passes (and, at
+  /// a rebalance, over the ranks): 2^62, the bound a checkpoint's window is held to. Counts
+  /// are int64: without a bound, large added counts wrapped when summed.
+  static constexpr std::int64_t kMaxCount = std::int64_t{1} << 62;
+
   int num_layers() const { return layers_; }
   int num_logical() const { return logical_; }
   int window_passes() const { return window_; }
@@ -31,14 +36,16 @@ class LoadWindow {
   int record(int layer, std::span<const std::int32_t> topk_ids);
   int record(int layer, std::span<const std::int64_t> topk_ids);
   /// Adds per-expert counts of one layer (an engine's own counters). Returns false and
-  /// counts nothing if any value is negative (or NaN / infinite for the double overload), the
-  /// layer is outside [0, L) or counts.size() != E.
+  /// counts nothing if any value is negative (or NaN / infinite for the double overload), would
+  /// take the pass's count for its expert past kMaxCount, the layer is outside [0, L) or
+  /// counts.size() != E.
   bool add_counts(int layer, std::span<const std::int64_t> counts);
   bool add_counts(int layer, std::span<const double> counts);
 
   /// Closes the current pass: the ring advances and the oldest pass is forgotten.
   void end_pass();
-  /// out[L][E] = sum of the counts of the last W passes (the current one included).
+  /// out[L][E] = sum of the counts of the last W passes (the current one included); a sum
+  /// past kMaxCount reads kMaxCount + 1 (the engine rejects it).
   void sum(std::span<std::int64_t> out) const;
 
   /// The first rejected input since the last call, if any (and clears it).
@@ -48,13 +55,16 @@ class LoadWindow {
   std::span<const std::int64_t> ring() const { return ring_; }
   int cursor() const { return cursor_; }
   /// Replaces the ring (e.g. from a checkpoint). Throws std::invalid_argument on a size
-  /// mismatch, a negative count or a cursor outside [0, W).
+  /// mismatch, a negative count, a (layer, expert) whose counts sum past kMaxCount over the
+  /// window, or a cursor outside [0, W).
   void restore(std::span<const std::int64_t> ring, int cursor);
 
  private:
   template <class T>
   int record_impl(int layer, std::span<const T> ids);
   void reject(std::string message);
+  /// Whether `add` more keeps a pass count `have` within kMaxCount; rejects the call if not.
+  bool fits(std::int64_t have, std::int64_t add, int layer, std::size_t e);
   std::int64_t* current(int layer) {
     return ring_.data() + (static_cast<std::size_t>(cursor_) * layers_ + layer) * logical_;
   }

@@ -1,6 +1,7 @@
 #include "eplb/runtime/pattern.hpp"
 
 #include <cstring>
+#include <stdexcept>
 
 namespace eplb::runtime {
 namespace {
@@ -50,7 +51,23 @@ long long check_pattern(const std::byte* src, std::size_t bytes, int layer, int 
   return -1;
 }
 
+namespace {
+/// The placement and rank must fit the registry: slot rank * k + i of every layer must exist.
+void check_fit(const WeightRegistry& weights, const algo::Placement& placement, int rank, const char* what) {
+  const int k = weights.slots_per_rank();
+  if (placement.num_layers() != weights.num_layers() || rank < 0 ||
+      static_cast<long long>(rank + 1) * k > placement.num_slots())
+    throw std::invalid_argument(std::string(what) + ": a placement of " + std::to_string(placement.num_layers()) +
+                                " layers x " + std::to_string(placement.num_slots()) + " slots has no slots " +
+                                std::to_string(static_cast<long long>(rank) * k) + ".." +
+                                std::to_string(static_cast<long long>(rank + 1) * k - 1) + " for rank " +
+                                std::to_string(rank) + " of a registry of " + std::to_string(weights.num_layers()) +
+                                " layers x " + std::to_string(k) + " slots per rank");
+}
+}  // namespace
+
 void fill_slots(const WeightRegistry& weights, const algo::Placement& placement, int rank) {
+  check_fit(weights, placement, rank, "fill_slots");
   const int k = weights.slots_per_rank();
   for (int l = 0; l < weights.num_layers(); ++l) {
     const auto tensors = weights.tensors(l);
@@ -64,6 +81,7 @@ void fill_slots(const WeightRegistry& weights, const algo::Placement& placement,
 
 std::vector<std::string> verify_slots(const WeightRegistry& weights,
                                       const algo::Placement& placement, int rank) {
+  check_fit(weights, placement, rank, "verify_slots");
   std::vector<std::string> bad;
   const int k = weights.slots_per_rank();
   for (int l = 0; l < weights.num_layers(); ++l) {

@@ -3,6 +3,7 @@
 /// the CUDA kernel in runtime/cuda/kernels.cu (tests compare the two).
 #include <cstdint>
 #include <span>
+#include <stdexcept>
 
 namespace eplb::runtime {
 
@@ -25,6 +26,10 @@ template <class Id>
 void route_and_count_host(std::span<const Id> topk_ids, const LayerMaps& maps, int local_begin,
                           int local_end, std::span<int> slots_out, std::span<std::int64_t> counts,
                           std::int64_t* errors, bool skip_negative_ids = false) {
+  if (slots_out.size() < topk_ids.size() || counts.size() < static_cast<std::size_t>(maps.num_logical) ||
+      !errors)
+    throw std::invalid_argument("route_and_count_host: slots_out needs one entry per id, counts one per "
+                                "expert, and errors a counter");
   for (std::size_t i = 0; i < topk_ids.size(); ++i) {
     const long long e = static_cast<long long>(topk_ids[i]);
     if (e < 0 || e >= maps.num_logical) {

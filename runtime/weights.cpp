@@ -26,6 +26,18 @@ void WeightRegistry::add(int layer, std::string name, void* base, std::size_t by
   if (stride < bytes_per_slot)
     throw std::invalid_argument("WeightRegistry::add: tensor '" + name +
                                 "' has stride < bytes_per_slot");
+  // The tensor's last byte, (k - 1) * stride + bytes_per_slot past base, must be addressable: a
+  // negative size cast to size_t (or a huge stride) would wrap, and the overlap check in
+  // validate() could not see it.
+  std::size_t span = 0;
+  const auto b = reinterpret_cast<std::uintptr_t>(base);
+  std::uintptr_t end = 0;
+  if (__builtin_mul_overflow(static_cast<std::size_t>(slots_per_rank_ - 1), stride, &span) ||
+      __builtin_add_overflow(span, bytes_per_slot, &span) || __builtin_add_overflow(b, span, &end))
+    throw std::invalid_argument("WeightRegistry::add: tensor '" + name + "' (" + std::to_string(bytes_per_slot) +
+                                " bytes per slot, stride " + std::to_string(stride) + ", " +
+                                std::to_string(slots_per_rank_) +
+                                " slots) would end past the end of the address space");
   layers_[layer].push_back({std::move(name), static_cast<std::byte*>(base), bytes_per_slot, stride});
 }
 

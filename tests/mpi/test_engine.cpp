@@ -19,6 +19,7 @@
 namespace {
 using eplb::algo::Topology;
 using eplb::runtime::Engine;
+using eplb::runtime::LoadWindow;
 using eplb::runtime::RuntimeConfig;
 using eplb::runtime::WeightRegistry;
 
@@ -311,6 +312,28 @@ TEST_F(EngineBadInput, InfiniteNegativeAndTooLargeDoubleCountsOnOneRank) {
     EXPECT_EQ(engine->window().add_counts(0, c), world_rank() != bad);
     expect_rejected({who.c_str(), k.word, "expert 2"});
   }
+}
+
+TEST_F(EngineBadInput, CountsWhoseSumOverTheRanksWouldWrapAreRejected) {
+  // Each value fits int64 and 2^62, but P of them would not: the allreduce wrapped (two ranks
+  // at 5e18 gave -8.4e18), and the rebalance failed later with an unrelated Error.
+  const int P = world_size(), bad = P - 1;
+  std::vector<std::int64_t> c(static_cast<std::size_t>(t.num_logical), 1);
+  if (world_rank() == bad) c[2] = LoadWindow::kMaxCount / P + 1;  // P = 1: the window rejects it
+  (void)engine->window().add_counts(0, c);
+  const auto before = engine->placement();
+  try {
+    engine->rebalance();
+    ADD_FAILURE() << "rebalance accepted counts whose sum over the ranks does not fit";
+  } catch (const eplb::InvalidInput& e) {
+    const std::string w = e.what();
+    EXPECT_NE(w.find("[rank " + std::to_string(bad) + "]"), std::string::npos) << w;
+    EXPECT_NE(w.find("expert 2"), std::string::npos) << w;
+    if (P > 1) {
+      EXPECT_NE(w.find("is more than 2^62 / " + std::to_string(P) + " ranks"), std::string::npos) << w;
+    }
+  }
+  EXPECT_EQ(engine->placement(), before);
 }
 
 TEST_F(EngineBadInput, NegativeCountsOnOneRank) {

@@ -39,6 +39,41 @@ TEST(LoadWindowInput, BadLayerOrLengthIsRejectedForTheNextRebalance) {
   EXPECT_EQ(sum[4 + 3], 1);
 }
 
+TEST(LoadWindowInput, CountsThatWouldSumPast2To62AreRejectedNotWrapped) {
+  // Each call was checked on its own: INT64_MAX added twice summed to -2 (and three times to a
+  // positive number), which the rebalance then planned from.
+  constexpr std::int64_t kMax = LoadWindow::kMaxCount;
+  LoadWindow w(1, 2, 3);
+  EXPECT_FALSE(w.add_counts(0, std::vector<std::int64_t>{std::numeric_limits<std::int64_t>::max(), 0}));
+  auto e = w.take_error();
+  ASSERT_TRUE(e);
+  EXPECT_NE(e->find("would take this pass's count past 2^62"), std::string::npos) << *e;
+  EXPECT_TRUE(w.add_counts(0, std::vector<std::int64_t>{kMax - 1, 0}));
+  EXPECT_TRUE(w.add_counts(0, std::vector<std::int64_t>{1, 5}));  // exactly 2^62
+  EXPECT_FALSE(w.add_counts(0, std::vector<std::int64_t>{1, 5}));  // one more: rejected whole
+  EXPECT_FALSE(w.add_counts(0, std::vector<double>{1.0, 0.0}));
+  EXPECT_FALSE(w.add_counts(0, std::vector<double>{9.0e18, 0.0}));  // the old bound, above 2^62
+  e = w.take_error();
+  ASSERT_TRUE(e);
+  EXPECT_NE(e->find("expert 0"), std::string::npos) << *e;
+  std::vector<std::int64_t> sum(2);
+  w.sum(sum);
+  EXPECT_EQ(sum, (std::vector<std::int64_t>{kMax, 5})) << "a rejected call counted something";
+  // Passes that each hold 2^62 sum past it: the sum saturates at 2^62 + 1 instead of wrapping
+  // (the engine rejects it as input, naming the layer and expert).
+  w.end_pass();
+  EXPECT_TRUE(w.add_counts(0, std::vector<std::int64_t>{kMax, 0}));
+  w.end_pass();
+  EXPECT_TRUE(w.add_counts(0, std::vector<std::int64_t>{kMax, 0}));
+  w.sum(sum);
+  EXPECT_EQ(sum[0], kMax + 1);
+  EXPECT_EQ(sum[1], 5);
+  // A ring to restore is held to the same bound (a checkpoint's).
+  LoadWindow r(1, 2, 2);
+  EXPECT_THROW(r.restore(std::vector<std::int64_t>{kMax, 0, 1, 0}, 0), std::invalid_argument);
+  EXPECT_NO_THROW(r.restore(std::vector<std::int64_t>{kMax - 1, 0, 1, 0}, 1));
+}
+
 TEST(LoadWindowInput, NegativeIdsAreSkippedOnlyWhenAskedTo) {
   const std::vector<std::int64_t> ids = {2, -1, 3, -1, 2};
   std::vector<std::int64_t> sum(4);
@@ -80,6 +115,22 @@ TEST(WeightRegistryInput, LayerOutsideTheRegistryIsRejected) {
   EXPECT_THROW((void)r.tensors(2), std::invalid_argument);
   EXPECT_THROW((void)r.tensors(-1), std::invalid_argument);
   EXPECT_THROW((void)r.bytes_per_expert(5), std::invalid_argument);
+}
+
+TEST(WeightRegistryInput, TensorsEndingPastTheAddressSpaceAreRejected) {
+  // A negative size cast to size_t: the slot's end wrapped below its start, the overlap check
+  // passed, and the first migration copied ~2^64 bytes.
+  std::vector<std::byte> mem(64);
+  eplb::runtime::WeightRegistry r(1, 4);
+  try {
+    r.add(0, "neg", mem.data(), static_cast<std::size_t>(-64));
+    ADD_FAILURE() << "a tensor of 2^64 - 64 bytes per slot was accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("past the end of the address space"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(r.add(0, "stride", mem.data(), 16, std::numeric_limits<std::size_t>::max() / 2), std::invalid_argument);
+  EXPECT_TRUE(r.tensors(0).empty());
+  EXPECT_NO_THROW(r.add(0, "ok", mem.data(), 16));
 }
 
 TEST(WeightRegistryInput, SlotsSharingMemoryAreRejectedInterleavedTensorsAccepted) {
