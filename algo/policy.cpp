@@ -1,7 +1,10 @@
 #include "eplb/algo/policy.hpp"
 
+#include <charconv>
 #include <stdexcept>
 #include <string>
+#include <system_error>
+#include <vector>
 
 #include "eplb/algo/deepseek.hpp"
 #include "eplb/algo/spill.hpp"
@@ -24,34 +27,42 @@ std::unique_ptr<Policy> make_policy(std::string_view name) {
   if (name.substr(0, 7) == "sticky:") {
     // "sticky:tolerance=0.005:node_tolerance=0.02...": the sticky policy with its knobs set.
     StickyOptions o;
+    const std::string whole(name);
+    auto bad = [&](const std::string& why) { return std::invalid_argument("policy '" + whole + "': " + why); };
     std::string_view rest = name.substr(7);
-    while (!rest.empty()) {
-      const auto comma = rest.find(':');
-      const std::string_view kv = rest.substr(0, comma);
-      rest = comma == std::string_view::npos ? std::string_view{} : rest.substr(comma + 1);
+    if (rest.empty()) throw bad("no knob after 'sticky:' (use 'sticky' for the defaults)");
+    std::vector<std::string> seen;
+    while (true) {
+      const auto colon = rest.find(':');
+      const std::string_view kv = rest.substr(0, colon);
       const auto eq = kv.find('=');
       const std::string key(kv.substr(0, eq));
       const std::string val(eq == std::string_view::npos ? "" : kv.substr(eq + 1));
+      // from_chars: locale-independent, and the whole value must be a number (no "0.5x").
       double v = 0;
-      try {
-        std::size_t used = 0;
-        v = std::stod(val, &used);
-        if (used != val.size()) throw std::invalid_argument(val);
-      } catch (const std::exception&) {
-        throw std::invalid_argument("policy '" + std::string(name) + "': '" + std::string(kv) +
-                                    "' is not key=number");
-      }
+      const auto [end, ec] = std::from_chars(val.data(), val.data() + val.size(), v);
+      if (val.empty() || ec != std::errc() || end != val.data() + val.size())  // inf, nan: the policy says
+        throw bad("'" + std::string(kv) + "' is not key=number");
+      for (const auto& k : seen)
+        if (k == key) throw bad("knob '" + key + "' is given twice");
+      seen.push_back(key);
+      auto flag = [&] {
+        if (v != 0 && v != 1) throw bad("'" + key + "' is 0 or 1, not " + val);
+        return v == 1;
+      };
       if (key == "tolerance") o.tolerance = v;
       else if (key == "node_tolerance") o.node_tolerance = v;
       else if (key == "max_swap_fraction") o.max_swap_fraction = v;
-      else if (key == "keep_counts") o.keep_counts = v != 0;
-      else if (key == "refine_fresh") o.refine_fresh = v != 0;
+      else if (key == "keep_counts") o.keep_counts = flag();
+      else if (key == "refine_fresh") o.refine_fresh = flag();
       else
-        throw std::invalid_argument("policy '" + std::string(name) + "': unknown knob '" + key +
-                                    "' (tolerance, node_tolerance, max_swap_fraction, "
-                                    "keep_counts, refine_fresh)");
+        throw bad("unknown knob '" + key +
+                  "' (tolerance, node_tolerance, max_swap_fraction, keep_counts, refine_fresh)");
+      if (colon == std::string_view::npos) break;
+      rest = rest.substr(colon + 1);
+      if (rest.empty()) throw bad("empty knob after the last ':'");
     }
-    return std::make_unique<StickyPolicy>(o, std::string(name));
+    return std::make_unique<StickyPolicy>(o, whole);
   }
   if (name == "deepseek-refined") {
     StickyOptions o;

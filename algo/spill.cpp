@@ -42,19 +42,24 @@ void SpillPolicy::rebalance_into(LoadView load, const Topology& topo, const Plac
     return;
   }
   const int L = topo.num_layers, E = topo.num_logical, R = topo.num_slots, N = topo.num_nodes;
-  const int G = topo.num_groups, gs = E / G, gpn = G / N, Rn = R / N, Pn = topo.ranks_per_node();
+  const int G = topo.num_groups, gs = E / G, Rn = R / N, Pn = topo.ranks_per_node();
   const int k = topo.slots_per_rank();
   phy2log_.assign(static_cast<std::size_t>(L) * R, 0);
-  std::vector<double> gload(static_cast<std::size_t>(G)), node_load(static_cast<std::size_t>(N));
-  std::vector<int> node_of_group, cnt(static_cast<std::size_t>(E)), free_slots(static_cast<std::size_t>(N));
+  std::vector<float> gload_f(static_cast<std::size_t>(G));
+  std::vector<double> node_load(static_cast<std::size_t>(N));
+  std::vector<int> node_of_group(static_cast<std::size_t>(G)), group_rank(static_cast<std::size_t>(G));
+  std::vector<int> cnt(static_cast<std::size_t>(E)), free_slots(static_cast<std::size_t>(N));
+  detail::PackScratch scratch;
   std::vector<std::vector<int>> node_items(static_cast<std::size_t>(N));  // experts, one per replica
   std::vector<int> gpu_of;
   std::vector<double> item_w;
   for (int l = 0; l < L; ++l) {
     const auto w = load.row(l);
-    // 1. Groups to nodes, as the reference does.
-    for (int g = 0; g < G; ++g) gload[g] = std::accumulate(w.begin() + g * gs, w.begin() + (g + 1) * gs, 0.0);
-    greedy_pack(gload, N, gpn, node_of_group);
+    // 1. Groups to nodes, as the reference does: its packing of the group sums as floats
+    // (one group per node: group g on node g), so that the home nodes are the reference's.
+    for (int g = 0; g < G; ++g)
+      gload_f[g] = static_cast<float>(std::accumulate(w.begin() + g * gs, w.begin() + (g + 1) * gs, 0.0));
+    detail::balanced_packing(gload_f, N, node_of_group, group_rank, scratch);
     // 2. Replica counts over the whole layer: one each, then the largest load per replica.
     std::fill(cnt.begin(), cnt.end(), 1);
     for (int i = E; i < R; ++i) {

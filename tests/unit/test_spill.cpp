@@ -1,6 +1,9 @@
 // hierarchical-spill: replicas of hot experts may use another node's slots.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <vector>
+
 #include "eplb/algo/deepseek.hpp"
 #include "eplb/algo/spill.hpp"
 #include "bench/shapes.hpp"
@@ -44,6 +47,31 @@ TEST(Spill, EveryExpertKeepsAReplicaOnItsGroupsNode) {
         for (int j = home * per_node; j < (home + 1) * per_node; ++j) found |= p.phy2log(l)[j] == e;
         EXPECT_TRUE(found) << "layer " << l << " expert " << e;
       }
+    }
+  }
+}
+
+TEST(Spill, HomeNodesAreTheReferencesIncludingOneGroupPerNode) {
+  // With R = E nothing spills, so every node must hold exactly the reference's experts. The
+  // group -> node step was a plain greedy packing in double: with one group per node the
+  // reference puts group g on node g, and near-ties in float decided otherwise.
+  for (const Topology t : {Topology{6, 2, 2, 2, 2, 2}, Topology{6, 16, 16, 4, 4, 4}, Topology{6, 32, 32, 8, 4, 8},
+                           Topology{6, 64, 64, 16, 8, 8}}) {
+    for (unsigned seed = 1; seed <= 4; ++seed) {
+      const auto load = eplb::bench::lognormal_load(t, seed);
+      eplb::algo::DeepseekPolicy ref;
+      eplb::algo::SpillPolicy spill;
+      const auto a = ref.rebalance(load.view(), t);
+      const auto b = spill.rebalance(load.view(), t);
+      const int per_node = t.num_slots / t.num_nodes;
+      for (int l = 0; l < t.num_layers; ++l)
+        for (int n = 0; n < t.num_nodes; ++n) {
+          std::vector<int> x(a.phy2log(l).begin() + n * per_node, a.phy2log(l).begin() + (n + 1) * per_node);
+          std::vector<int> y(b.phy2log(l).begin() + n * per_node, b.phy2log(l).begin() + (n + 1) * per_node);
+          std::sort(x.begin(), x.end());
+          std::sort(y.begin(), y.end());
+          EXPECT_EQ(x, y) << t.describe() << " seed " << seed << " layer " << l << " node " << n;
+        }
     }
   }
 }

@@ -67,6 +67,24 @@ TEST(Sticky, KnobsOutsideTheirRangeAreRejected) {
     }
   }
   EXPECT_NO_THROW((void)eplb::algo::make_policy("sticky:max_swap_fraction=1:tolerance=0"));
+  // The option string itself: every knob once, flags 0 or 1, no empty knob, whole numbers.
+  for (const auto& [name, words] : std::vector<std::pair<const char*, const char*>>{
+           {"sticky:tolerance=0.01:tolerance=0.02", "knob 'tolerance' is given twice"},
+           {"sticky:keep_counts=0.5", "'keep_counts' is 0 or 1, not 0.5"},
+           {"sticky:refine_fresh=-1", "'refine_fresh' is 0 or 1"},
+           {"sticky:", "no knob after 'sticky:'"},
+           {"sticky:tolerance=0.01:", "empty knob after the last ':'"},
+           {"sticky:tolerance=0.01x", "'tolerance=0.01x' is not key=number"},
+           {"sticky:tolerance", "'tolerance' is not key=number"},
+           {"sticky:speed=2", "unknown knob 'speed'"}}) {
+    try {
+      (void)eplb::algo::make_policy(name);
+      ADD_FAILURE() << name << " was accepted";
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find(words), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_NO_THROW((void)eplb::algo::make_policy("sticky:keep_counts=1:refine_fresh=0:tolerance=1e-3"));
 }
 
 TEST(Sticky, IdenticalWindowsMoveNothing) {
