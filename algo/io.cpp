@@ -193,4 +193,23 @@ void write_placement_csv(std::ostream& out, const Placement& p) {
   }
 }
 
+bool is_stream_path(const std::string& path) noexcept {
+  namespace fs = std::filesystem;
+  try {
+    std::error_code ec;
+    fs::path p = fs::absolute(path, ec);
+    if (ec) return false;
+    for (int hop = 0; hop < 40; ++hop) {
+      const std::string s = p.lexically_normal().string();
+      if (s.rfind("/dev/", 0) == 0 || s.rfind("/proc/", 0) == 0) return true;
+      if (!fs::is_symlink(p, ec)) return false;
+      const fs::path target = fs::read_symlink(p, ec);
+      if (ec) return false;
+      p = target.is_absolute() ? target : p.parent_path() / target;
+    }
+  } catch (...) {  // allocation: not a stream as far as we can tell
+  }
+  return false;
+}
+
 }  // namespace eplb::algo

@@ -2,6 +2,8 @@
 // main() plumbing shared by the single-process tools (eplb-plan, eplb-eval).
 #include <CLI/CLI.hpp>
 
+#include "eplb/algo/io.hpp"
+
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -34,9 +36,10 @@ inline std::optional<int> parse_or_exit(CLI::App& app, int argc, char** argv) {
 
 /// Throws std::invalid_argument naming `opt` unless a file can be created beside `path` and
 /// `path` is not a directory (checked before the work, so that an unwritable output does not
-/// fail only at the end). An existing device or FIFO (/dev/stdout) is accepted unprobed.
+/// fail only at the end). An existing device or FIFO, and any path through /dev or /proc
+/// (/dev/stdout), is accepted unprobed.
 inline void require_writable(const char* opt, const std::string& path) {
-  if (path.empty()) return;
+  if (path.empty() || eplb::algo::is_stream_path(path)) return;
   std::error_code ec;
   const auto st = std::filesystem::status(path, ec);
   if (std::filesystem::is_directory(st))
@@ -52,8 +55,9 @@ inline void require_writable(const char* opt, const std::string& path) {
 /// Writes `path` (option `opt`) with write(std::ostream&). A regular file (or a new one; a
 /// symbolic link counts as its target) is written through a temporary file beside it and a
 /// rename: a failed write (a full disk) leaves no half-written file, an existing file stays as
-/// it was, and the new one keeps its permissions. Anything else (/dev/stdout, a FIFO) is
-/// written directly.
+/// it was, and the new one keeps its permissions. Anything else (a FIFO, a device) and any path
+/// through /dev or /proc (/dev/stdout: the file a shell redirected it to must be appended to,
+/// not replaced) is written directly.
 template <class Write>
 void write_file_atomically(const char* opt, const std::string& path, Write write) {
   namespace fs = std::filesystem;
@@ -64,9 +68,14 @@ void write_file_atomically(const char* opt, const std::string& path, Write write
   const auto st = fs::status(path, ec);  // of the link's target, for a link
   const bool is_new = st.type() == fs::file_type::not_found;
   fs::path target = path;
-  if (fs::is_regular_file(st) && fs::is_symlink(path, ec)) target = fs::canonical(path, ec);
-  if ((ec && !is_new) || (!is_new && !fs::is_regular_file(st))) {
-    std::ofstream f(path);
+  const bool stream = eplb::algo::is_stream_path(path);
+  if (!stream && fs::is_regular_file(st) && fs::is_symlink(path, ec)) target = fs::canonical(path, ec);
+  if (stream || (ec && !is_new) || (!is_new && !fs::is_regular_file(st))) {
+    // Appending: a stream path opened with truncation would empty the file a shell redirected
+    // stdout to (`>> log`), and the output already in it.
+    std::fflush(stdout);
+    std::fflush(stderr);
+    std::ofstream f(path, stream ? std::ios::app : std::ios::out);
     if (!f) throw std::invalid_argument(std::string(opt) + ": cannot write '" + path + "'");
     write(f);
     if (!f.flush()) throw failed("the write failed");

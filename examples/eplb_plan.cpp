@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <vector>
@@ -29,9 +30,13 @@ bool has_hdf5_extension(const std::string& path) {
   return false;
 }
 
-/// An HDF5 file by name (.h5 / .hdf5) or by its 8-byte signature at offset 0.
+/// An HDF5 file by name (.h5 / .hdf5) or, for a regular file, by its 8-byte signature at
+/// offset 0. Anything else (a pipe, /dev/stdin from a pipe) is read as CSV without a look
+/// ahead: the bytes a probe read from a pipe would be gone for the CSV reader.
 bool is_hdf5_path(const std::string& path) {
   if (has_hdf5_extension(path)) return true;
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) return false;
   std::ifstream f(path, std::ios::binary);
   char sig[8] = {};
   return f.read(sig, sizeof sig) && std::memcmp(sig, "\x89HDF\r\n\x1a\n", 8) == 0;

@@ -15,6 +15,7 @@
 #include <sstream>
 #include <utility>
 
+#include "eplb/algo/io.hpp"
 #include "eplb/algo/placement.hpp"
 #include "eplb/config.hpp"
 #include "eplb/runtime/h5.hpp"
@@ -728,6 +729,9 @@ void write_checkpoint(const std::string& path, const Checkpoint& c, CheckpointFi
   // stays), and the new file gets its permissions. Anything else that exists there (a device,
   // a FIFO, a directory) is left alone: rename() would put the file in its place.
   namespace fs = std::filesystem;
+  if (algo::is_stream_path(path))  // /dev/stdout: the file behind it would be replaced
+    throw Error("checkpoint: '" + path + "' is a /dev or /proc path (a stream); write checkpoints "
+                "to a file");
   std::error_code ec;
   const auto st = fs::status(path, ec);  // of the link's target, for a link
   const bool exists = fs::exists(st);

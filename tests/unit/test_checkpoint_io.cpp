@@ -156,6 +156,18 @@ TEST_F(CheckpointFile, DoesNotReplaceAFifoOrADirectory) {
   }
   EXPECT_TRUE(fs::is_fifo(fifo));
   EXPECT_EQ(files_in_dir(), 1u);  // the FIFO, no temporary
+  // /dev/stdout redirected to a file is a regular file behind links: replacing it would lose
+  // the file a shell redirected stdout to.
+  const auto link = dir / "out_link";
+  fs::create_symlink("/dev/stdout", link);
+  for (const std::string& p : {std::string("/dev/stdout"), link.string()}) {
+    try {
+      write_checkpoint(p, c);
+      ADD_FAILURE() << "wrote a checkpoint through " << p;
+    } catch (const eplb::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("is a /dev or /proc path"), std::string::npos) << e.what();
+    }
+  }
 }
 
 TEST_F(CheckpointFile, MissingFile) { expect_bad({"no such file"}); }

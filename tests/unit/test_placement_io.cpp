@@ -1,7 +1,10 @@
 // Placement derivation, topology validation and the CSV readers.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <random>
 #include <sstream>
 
@@ -287,6 +290,30 @@ TEST(PlacementCsv, MutatedInputsAreReadExactlyOrNamed) {
   }
   EXPECT_GT(accepted, 1000);
   EXPECT_GT(rejected, 1000);
+}
+
+TEST(StreamPath, DevAndProcPathsAndLinksToThemAreStreams) {
+  namespace fs = std::filesystem;
+  using eplb::algo::is_stream_path;
+  EXPECT_TRUE(is_stream_path("/dev/stdout"));
+  EXPECT_TRUE(is_stream_path("/dev/fd/1"));
+  EXPECT_TRUE(is_stream_path("/proc/self/fd/1"));
+  EXPECT_TRUE(is_stream_path("/dev/../dev/stdin"));
+  const auto dir = fs::temp_directory_path() / ("eplb_stream_path_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  fs::create_symlink("/dev/stdout", dir / "a");
+  fs::create_symlink("a", dir / "b");  // relative, two hops
+  fs::create_symlink(dir / "c", dir / "c");  // a loop
+  std::ofstream(dir / "plain.csv") << "1\n";
+  fs::create_symlink("plain.csv", dir / "to_plain");
+  EXPECT_TRUE(is_stream_path((dir / "a").string()));
+  EXPECT_TRUE(is_stream_path((dir / "b").string()));
+  EXPECT_FALSE(is_stream_path((dir / "c").string()));
+  EXPECT_FALSE(is_stream_path((dir / "plain.csv").string()));
+  EXPECT_FALSE(is_stream_path((dir / "to_plain").string()));
+  EXPECT_FALSE(is_stream_path((dir / "new.csv").string()));
+  EXPECT_FALSE(is_stream_path("/devices/x"));  // a prefix, not the directory
+  fs::remove_all(dir);
 }
 
 }  // namespace
