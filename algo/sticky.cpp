@@ -270,6 +270,11 @@ bool StickyPolicy::improve(const Domain& d, int* row, double target, const int* 
   // Few GPUs (a node): the most / least loaded GPU is picked branch-free (the branches
   // mispredict); with many GPUs the branchy scan is faster (mostly predicted).
   const bool small = d.ngpu <= 16;
+  // Above 64 slots per GPU every pair of slots is tested, k^2 per partner and swap: bounded,
+  // so that a domain of thousands of slots per GPU (E = 8, R = 8000 on 2 GPUs ran for minutes)
+  // ends with what it reached instead (the callers then take their fallbacks, also bounded).
+  constexpr std::uint64_t kMaxPairTests = std::uint64_t{1} << 26;
+  std::uint64_t pair_tests = 0;
   for (int it = 0;; ++it) {
     int X = 0;
     double LX = gl_[0];
@@ -286,7 +291,7 @@ bool StickyPolicy::improve(const Domain& d, int* row, double target, const int* 
       LX = gl_[X];
     }
     if (LX <= target) return true;
-    if (it >= max_swaps) return false;
+    if (it >= max_swaps || pair_tests > kMaxPairTests) return false;
     int* xs = base + X * k;
     // Best swap: one that brings both GPUs to the target with the fewest moves (then the
     // lowest new max); failing that, the lowest new max (then the fewest moves).
@@ -333,6 +338,7 @@ bool StickyPolicy::improve(const Domain& d, int* row, double target, const int* 
       const double* sy = sr + Y * k;
       // A swap that creates no second copy of an expert on X or Y.
       auto no_dup = [&](int a, int b, int ea, int eb) {
+        pair_tests += static_cast<std::uint64_t>(k);  // as costly as k pair tests
         bool dup = false;
         for (int t = 0; t < k; ++t) dup |= ((t != a) & (xs[t] == eb)) | ((t != b) & (ys[t] == ea));
         return !dup;
@@ -388,9 +394,12 @@ bool StickyPolicy::improve(const Domain& d, int* row, double target, const int* 
         best_delta = delta;
       };
       if (!sweep) {
-        for (int a = 0; a < k; ++a)
+        for (int a = 0; a < k && pair_tests <= kMaxPairTests; ++a) {
+          pair_tests += static_cast<std::uint64_t>(k);
           if (sx[a] > 0)
             for (int b = 0; b < k; ++b) consider(a, b);
+        }
+        if (pair_tests > kMaxPairTests) break;
         continue;
       }
       // Candidate masks (branch-free; supersets, widened by eps): for the swaps reaching the
