@@ -13,6 +13,7 @@
 #include <exception>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -32,6 +33,15 @@ inline std::optional<int> parse_or_exit(CLI::App& app, int argc, char** argv) {
     return rc == 0 ? 0 : kExitBadInput;
   }
   return std::nullopt;
+}
+
+/// An integer option's check: at least 1 (CLI::PositiveNumber printed "not in range 0.000000
+/// to" and the 309 digits of DBL_MAX).
+inline const CLI::Range kAtLeastOne(1, std::numeric_limits<int>::max());
+
+/// Rejects a negative value given to an unsigned option (CLI11 wraps "-1" to 2^64 - 1).
+inline std::string not_negative(const std::string& text) {
+  return text.find('-') == std::string::npos ? std::string() : "must not be negative: " + text;
 }
 
 /// Throws std::invalid_argument naming `opt` unless a file can be created beside `path` and

@@ -92,7 +92,7 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"lognormal", "zipf", "burst"}))
       ->capture_default_str();
   app.add_option("--windows", windows, "generated windows")
-      ->check(CLI::PositiveNumber)
+      ->check(eplb::tools::kAtLeastOne)
       ->capture_default_str();
   app.add_option("--noise", noise, "multiplicative noise a: every load times U(1-a, 1+a)")
       ->check(CLI::Range(0.0, 1.0))
@@ -104,7 +104,7 @@ int main(int argc, char** argv) {
                  "bytes of one expert's weights (bytes moved = remote transfers x this)")
       ->capture_default_str();
   app.add_option("--repeat", repeat, "time each rebalance N times, report the median")
-      ->check(CLI::PositiveNumber)
+      ->check(eplb::tools::kAtLeastOne)
       ->capture_default_str();
   bool align = true;
   app.add_flag("!--no-align", align,
@@ -248,15 +248,18 @@ int main(int argc, char** argv) {
       }
       rm /= nm;
       if (ref_remote < 0) ref_remote = rm;
-      std::printf("%-18s %9.4f %9.4f %9.4f %9.4f %9.3f %12.4g %9.4f %9.1f %10.1f %10.4f\n",
-                  n.c_str(), im / nw, iw, ch / nm, rm, ref_remote > 0 ? rm / ref_remote : 0.0,
-                  by / nm, rm0, median(plan), pmax, local / nw);
+      char ratio[32];  // n/a when the first policy moved nothing (0 would read "moves nothing")
+      if (ref_remote > 0) std::snprintf(ratio, sizeof ratio, "%.3f", rm / ref_remote);
+      else std::snprintf(ratio, sizeof ratio, "n/a");
+      std::printf("%-18s %9.4f %9.4f %9.4f %9.4f %9s %12.4g %9.4f %9.1f %10.1f %10.4f\n",
+                  n.c_str(), im / nw, iw, ch / nm, rm, ratio, by / nm, rm0, median(plan), pmax,
+                  local / nw);
     }
     std::printf(
         "imb = per-layer max/mean GPU load (mean over layers and windows; worst layer of any "
         "window); changed, remote = slots changed and remote transfers per rebalance as a "
         "fraction of L*R (mean over windows %s); remote/ref = remote relative to the first "
-        "policy listed; remote@0 = window 0 from the contiguous start; plan_us = median "
+        "policy listed (n/a when that one moved nothing); remote@0 = window 0 from the contiguous start; plan_us = median "
         "planning time (CPU time of the planning thread), plan_max = the largest; node_local = "
         "fraction of the load served on its group's home node (algo::node_local_traffic).\n",
         steady ? "1.." : "0");

@@ -113,7 +113,7 @@ int main(int argc, char** argv) {
   app.add_option("--out", out_path,
                  "write phy2log here instead of stdout: CSV, or an HDF5 checkpoint if it ends in .h5");
   app.add_option("--repeat", repeat, "run the policy N times; report the median time")
-      ->check(CLI::PositiveNumber)
+      ->check(eplb::tools::kAtLeastOne)
       ->capture_default_str();
   if (const auto rc = eplb::tools::parse_or_exit(app, argc, argv)) return *rc;
 

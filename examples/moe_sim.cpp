@@ -197,7 +197,7 @@ int run(int argc, char** argv, int rank, int size) {
   app.add_option("--experts", o.experts, "logical experts per layer")->capture_default_str();
   app.add_option("--slots", o.slots, "physical slots per layer (0: ~1.25 x experts, a multiple of ranks)");
   app.add_option("--nodes", o.nodes, "nodes the ranks are spread over (emulated)")->capture_default_str();
-  app.add_option("--groups", o.groups, "expert groups (hierarchical policy)")->capture_default_str();
+  app.add_option("--groups", o.groups, "expert groups (hierarchical policy; must divide --experts, e.g. --groups 1)")->capture_default_str();
   app.add_option("--topk", o.topk, "experts per token")->capture_default_str();
   app.add_option("--tokens", o.tokens, "tokens per rank per pass")->capture_default_str();
   app.add_option("--padded-tokens", o.padded_tokens,
@@ -214,6 +214,7 @@ int run(int argc, char** argv, int rank, int size) {
   app.add_option("--min-gain", o.min_gain, "skip rebalances whose balancedness gain is below this")
       ->capture_default_str();
   app.add_option("--staging-bytes", o.staging_bytes, "migration staging budget per rank")
+      ->check(eplb::tools::not_negative, "BYTES")
       ->capture_default_str();
   app.add_option("--tensors", o.tensors, "tensors per expert, NAME:BYTES,...")->capture_default_str();
   app.add_option("--device", o.device,
@@ -229,7 +230,7 @@ int run(int argc, char** argv, int rank, int size) {
   app.add_option("--pipeline-batches", o.pipeline_batches,
                  "batches per migration round, pipelined with packing and unpacking (1: none)")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(eplb::tools::kAtLeastOne);
   app.add_flag("!--no-align", o.align,
                "keep the policy's slot order (RuntimeConfig::align_slots off: more local copies)");
   app.add_flag("--rank0-planning", o.rank0_planning,
@@ -238,7 +239,7 @@ int run(int argc, char** argv, int rank, int size) {
   app.add_option("--checkpoint", o.checkpoint,
                  "HDF5 checkpoint written after every K-th rebalance and at the end");
   app.add_option("--checkpoint-every", o.checkpoint_every, "K for --checkpoint")
-      ->check(CLI::PositiveNumber)
+      ->check(eplb::tools::kAtLeastOne)
       ->capture_default_str();
   app.add_option("--resume", o.resume,
                  "continue from this checkpoint (same ranks and settings) for --passes more passes");
