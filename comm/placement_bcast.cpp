@@ -2,6 +2,8 @@
 
 #include <climits>
 #include <cstring>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 namespace eplb::comm {
@@ -53,7 +55,10 @@ void broadcast_placement(const MpiComm& comm, int root, const algo::Topology& to
   std::vector<unsigned char> buf;
   std::optional<std::string> alloc_error;
   try {
-    buf.assign(sizeof(Header) + count * ib, 0);
+    const std::size_t bytes = sizeof(Header) + count * ib;
+    if (bytes > static_cast<std::size_t>(INT_MAX))  // MPI_Bcast takes an int count
+      throw std::length_error("a message of " + std::to_string(bytes) + " bytes is more than one MPI_Bcast carries");
+    buf.assign(bytes, 0);
   } catch (const std::exception& e) {
     alloc_error = std::string("broadcast_placement: allocating the message failed: ") + e.what();
   }
