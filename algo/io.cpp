@@ -201,7 +201,14 @@ bool is_stream_path(const std::string& path) noexcept {
     if (ec) return false;
     for (int hop = 0; hop < 40; ++hop) {
       const std::string s = p.lexically_normal().string();
-      if (s.rfind("/dev/", 0) == 0 || s.rfind("/proc/", 0) == 0) return true;
+      // The file-descriptor aliases only: /dev/shm and other real directories under /dev
+      // hold ordinary files.
+      if (s == "/dev/stdin" || s == "/dev/stdout" || s == "/dev/stderr" || s.rfind("/dev/fd/", 0) == 0)
+        return true;
+      if (s.rfind("/proc/", 0) == 0) {  // /proc/<pid or self or thread-self>/fd/N
+        const auto slash = s.find('/', 6);
+        if (slash != std::string::npos && s.compare(slash, 4, "/fd/") == 0) return true;
+      }
       if (!fs::is_symlink(p, ec)) return false;
       const fs::path target = fs::read_symlink(p, ec);
       if (ec) return false;

@@ -35,8 +35,9 @@ Placement read_placement_csv(std::istream& in, const std::string& source, int nu
 /// Writes phy2log, one line per layer, R integers separated by commas.
 void write_placement_csv(std::ostream& out, const Placement& p);
 
-/// Whether `path`, or a symbolic link on its way, names something under /dev/ or /proc/
-/// (/dev/stdout, /dev/fd/3, /proc/self/fd/1). Such a path stands for an open stream: it must be
+/// Whether `path`, or a symbolic link on its way, is a file-descriptor alias: /dev/stdin,
+/// /dev/stdout, /dev/stderr, /dev/fd/N or /proc/<pid>/fd/N (not /dev/shm and other real
+/// directories). Such a path stands for an open stream: it must be
 /// read or written through, never replaced by a rename (the file a shell redirected stdout to
 /// would be replaced, and later output lost) nor probed by reading ahead (a pipe's bytes would
 /// be consumed). Follows at most 40 links; never throws.

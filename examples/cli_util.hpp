@@ -46,7 +46,7 @@ inline std::string not_negative(const std::string& text) {
 
 /// Throws std::invalid_argument naming `opt` unless a file can be created beside `path` and
 /// `path` is not a directory (checked before the work, so that an unwritable output does not
-/// fail only at the end). An existing device or FIFO, and any path through /dev or /proc
+/// fail only at the end). An existing device or FIFO, and a file-descriptor alias
 /// (/dev/stdout), is accepted unprobed.
 inline void require_writable(const char* opt, const std::string& path) {
   if (path.empty() || eplb::algo::is_stream_path(path)) return;
@@ -66,7 +66,7 @@ inline void require_writable(const char* opt, const std::string& path) {
 /// symbolic link counts as its target) is written through a temporary file beside it and a
 /// rename: a failed write (a full disk) leaves no half-written file, an existing file stays as
 /// it was, and the new one keeps its permissions. Anything else (a FIFO, a device) and any path
-/// through /dev or /proc (/dev/stdout: the file a shell redirected it to must be appended to,
+/// that is a file-descriptor alias (/dev/stdout: the file a shell redirected it to must be appended to,
 /// not replaced) is written directly.
 template <class Write>
 void write_file_atomically(const char* opt, const std::string& path, Write write) {

@@ -206,11 +206,31 @@ class Reader {
       bad(std::string("'") + name + "' is " +
           (link.type == H5L_TYPE_SOFT ? "a soft" : link.type == H5L_TYPE_EXTERNAL ? "an external" : "a user-defined") +
           " link, not a dataset stored in this file (eplb writes none; not followed)");
+    H5Object d;
     try {
-      return H5Object::dataset(EPLB_H5_CHECK(H5Dopen2(file, name, H5P_DEFAULT)));
+      d = H5Object::dataset(EPLB_H5_CHECK(H5Dopen2(file, name, H5P_DEFAULT)));
     } catch (const H5Error& e) {
       bad(std::string("dataset '") + name + "' cannot be opened (damaged header?): " + e.what());
     }
+    check_stored_here(d, name);
+    return d;
+  }
+
+  /// Data kept outside the file (a virtual dataset's sources, an external file list) is read
+  /// from paths the file names: any file, /dev/zero, or a FIFO whose open never returns (and
+  /// resume_from_checkpoint's other ranks would wait for rank 0 without end). Checked right
+  /// after the open, before anything else asks HDF5 about the dataset (H5Dget_space of a
+  /// virtual dataset with an unlimited mapping opens its source files); Fletcher32 covers only
+  /// chunks stored in the file, so such data is rejected, not checked.
+  void check_stored_here(const H5Object& d, const char* name) const {
+    const auto dcpl = H5Object::plist(EPLB_H5_CHECK(H5Dget_create_plist(d.get())));
+    const H5D_layout_t layout = H5Pget_layout(dcpl.get());
+    if (layout < 0) h5::fail("H5Pget_layout(dcpl.get())", __FILE__, __LINE__);
+    if (layout == H5D_VIRTUAL)
+      bad(std::string("dataset '") + name + "' is a virtual dataset (its data lives in other files)");
+    if (const int ext = EPLB_H5_CHECK(H5Pget_external_count(dcpl.get())); ext > 0)
+      bad(std::string("dataset '") + name + "' keeps its data in " + std::to_string(ext) +
+          " external file(s), not in the checkpoint file");
   }
 
   /// Opens a dataset after checking that it exists, its class / size / sign and its shape.
@@ -255,16 +275,7 @@ class Reader {
     const auto dcpl = H5Object::plist(EPLB_H5_CHECK(H5Dget_create_plist(d.get())));
     const H5D_layout_t layout = H5Pget_layout(dcpl.get());
     if (layout < 0) h5::fail("H5Pget_layout(dcpl.get())", __FILE__, __LINE__);
-    // Data kept outside the file (a virtual dataset's sources, an external file list) is read
-    // from paths the file names: any file, /dev/zero, or a FIFO whose read never returns (and
-    // resume_from_checkpoint's other ranks would wait for rank 0 without end). Fletcher32
-    // covers only chunks stored in the file, so such data is rejected, not checked.
-    if (layout == H5D_VIRTUAL)
-      bad(std::string("dataset '") + name + "' is a virtual dataset (its data lives in other files)");
-    if (const int ext = EPLB_H5_CHECK(H5Pget_external_count(dcpl.get())); ext > 0)
-      bad(std::string("dataset '") + name + "' keeps its data in " + std::to_string(ext) +
-          " external file(s), not in the checkpoint file");
-    if (layout != H5D_CHUNKED) return {};
+    if (layout != H5D_CHUNKED) return {};  // (virtual and external: open_dataset rejected them)
     std::vector<hsize_t> chunk(H5S_MAX_RANK + 1, 0);
     const int rank =
         EPLB_H5_CHECK(H5Pget_chunk(dcpl.get(), static_cast<int>(chunk.size()), chunk.data()));
@@ -730,7 +741,7 @@ void write_checkpoint(const std::string& path, const Checkpoint& c, CheckpointFi
   // a FIFO, a directory) is left alone: rename() would put the file in its place.
   namespace fs = std::filesystem;
   if (algo::is_stream_path(path))  // /dev/stdout: the file behind it would be replaced
-    throw Error("checkpoint: '" + path + "' is a /dev or /proc path (a stream); write checkpoints "
+    throw Error("checkpoint: '" + path + "' is a stream (/dev/stdout, /dev/fd/N, /proc/*/fd/N); write checkpoints "
                 "to a file");
   std::error_code ec;
   const auto st = fs::status(path, ec);  // of the link's target, for a link

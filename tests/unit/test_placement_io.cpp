@@ -313,6 +313,9 @@ TEST(StreamPath, DevAndProcPathsAndLinksToThemAreStreams) {
   EXPECT_FALSE(is_stream_path((dir / "to_plain").string()));
   EXPECT_FALSE(is_stream_path((dir / "new.csv").string()));
   EXPECT_FALSE(is_stream_path("/devices/x"));  // a prefix, not the directory
+  EXPECT_FALSE(is_stream_path("/dev/shm/checkpoint.h5"));  // a real directory of files
+  EXPECT_FALSE(is_stream_path("/proc/cpuinfo"));
+  EXPECT_TRUE(is_stream_path("/proc/12345/fd/2"));
   fs::remove_all(dir);
 }
 
