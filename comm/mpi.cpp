@@ -59,15 +59,30 @@ void MpiComm::reset() noexcept {
   comm_ = MPI_COMM_NULL;
 }
 
+namespace {
+/// inout[i] += in[i], saturating at kMaxCount + 1 (both in [0, kMaxCount + 1]: no overflow).
+void saturating_sum(void* in, void* inout, int* len, MPI_Datatype*) {
+  const auto* a = static_cast<const std::int64_t*>(in);
+  auto* b = static_cast<std::int64_t*>(inout);
+  for (int i = 0; i < *len; ++i) b[i] = a[i] > kMaxCount - b[i] ? kMaxCount + 1 : a[i] + b[i];
+}
+}  // namespace
+
 void allreduce_sum(const MpiComm& comm, std::span<const std::int64_t> in,
                    std::span<std::int64_t> out) {
   if (in.size() != out.size())
     throw std::invalid_argument("allreduce_sum: in and out differ in size");
   if (in.size() > static_cast<std::size_t>(INT_MAX))
     throw std::invalid_argument("allreduce_sum: more than INT_MAX elements");
+  for (const std::int64_t v : in)
+    if (v < 0 || v > kMaxCount + 1)
+      throw std::invalid_argument("allreduce_sum: count " + std::to_string(v) + " outside [0, 2^62 + 1]");
+  MPI_Op op = MPI_OP_NULL;
+  EPLB_MPI_CHECK(MPI_Op_create(&saturating_sum, 1, &op));
   const void* src = in.data() == out.data() ? MPI_IN_PLACE : in.data();
-  EPLB_MPI_CHECK(MPI_Allreduce(src, out.data(), static_cast<int>(out.size()), MPI_INT64_T,
-                               MPI_SUM, comm.get()));
+  const int rc = MPI_Allreduce(src, out.data(), static_cast<int>(out.size()), MPI_INT64_T, op, comm.get());
+  MPI_Op_free(&op);
+  if (rc != MPI_SUCCESS) check_mpi(rc, "MPI_Allreduce(saturating sum)", __FILE__, __LINE__);
 }
 
 std::optional<std::string> agree_on_error(const MpiComm& comm,

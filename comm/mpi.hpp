@@ -43,7 +43,14 @@ class MpiComm {
   int rank_ = 0, size_ = 0;
 };
 
-/// out[i] = sum over ranks of in[i] (int64). in and out may be the same span.
+/// The largest count eplb sums over ranks and passes (token counts of one layer and expert):
+/// 2^62, the bound a checkpoint's window is held to.
+inline constexpr std::int64_t kMaxCount = std::int64_t{1} << 62;
+
+/// out[i] = sum over ranks of in[i], for counts in [0, kMaxCount + 1]: a sum past kMaxCount
+/// reads kMaxCount + 1 instead of wrapping (a user-defined MPI operation; host memory only).
+/// in and out may be the same span. std::invalid_argument for a value outside that range
+/// (on this rank only: check before calling when ranks may differ).
 void allreduce_sum(const MpiComm& comm, std::span<const std::int64_t> in,
                    std::span<std::int64_t> out);
 

@@ -208,16 +208,15 @@ std::optional<RebalanceStats> Engine::step() {
   return stats;
 }
 
-std::optional<std::string> Engine::too_large_load(std::span<const std::int64_t> local) const {
-  const std::int64_t cap = LoadWindow::kMaxCount / comm_.size();
+static_assert(LoadWindow::kMaxCount == comm::kMaxCount);
+
+std::optional<std::string> Engine::too_large_load(std::span<const std::int64_t> load, const char* over) const {
   const int E = config_.topology.num_logical;
-  for (std::size_t i = 0; i < local.size(); ++i)
-    if (local[i] > cap || local[i] < 0)
+  for (std::size_t i = 0; i < load.size(); ++i)
+    if (load[i] > LoadWindow::kMaxCount || load[i] < 0)
       return "the load of layer " + std::to_string(i / static_cast<std::size_t>(E)) + ", expert " +
-             std::to_string(i % static_cast<std::size_t>(E)) + " summed over this rank's window (" +
-             (local[i] > LoadWindow::kMaxCount ? std::string("more than 2^62") : std::to_string(local[i])) +
-             ") is " + (local[i] < 0 ? "negative" : "more than 2^62 / " + std::to_string(comm_.size()) +
-             " ranks: the sum over the ranks would not fit");
+             std::to_string(i % static_cast<std::size_t>(E)) + " summed over " + over + " is " +
+             (load[i] < 0 ? "negative (" + std::to_string(load[i]) + ")" : std::string("more than 2^62"));
   return std::nullopt;
 }
 
@@ -260,10 +259,11 @@ RebalanceStats Engine::rebalance() {
   });
   comm::throw_if_any_failed<Error>(comm_, failure);
   if (mismatch && !input_error) input_error = *mismatch;
-  // The sum over the ranks must stay within LoadWindow::kMaxCount (int64, and a checkpoint's
-  // bound): each rank's share of it is checked here, before the allreduce could wrap. (The
-  // device path's counters are token counts that cannot get near it.)
-  if (!device_sum && !input_error) input_error = too_large_load(local_load_);
+  // Counts stay within LoadWindow::kMaxCount (2^62, a checkpoint's bound): this rank's sums
+  // here (the host window saturates past it; a load source may return anything), their sum
+  // over the ranks after the allreduce, which saturates instead of wrapping. (The device
+  // path's counters are token counts that cannot get near it.)
+  if (!device_sum && !input_error) input_error = too_large_load(local_load_, "this rank's window");
   // Ranks that enter a rebalance at different pass counts (rebalance() called by hand at
   // different points) would sum windows of different passes: rejected on every rank. (A rank
   // that calls step() more often than the others is not seen here: each rank's automatic
@@ -295,6 +295,8 @@ RebalanceStats Engine::rebalance() {
     capture(failure, "evaluating the current placement failed: ",
             [&] { before = algo::evaluate(load, placement_, topo); });
   comm::throw_if_any_failed<Error>(comm_, failure);
+  // The same numbers on every rank: every rank throws alike, no agreement needed.
+  if (const auto e = too_large_load(global_load_, "the ranks' windows")) throw InvalidInput(*e);
   st.t_collect_ms = ms_since(t);
 
   // 2. Plan, 3. distribute. Split over the ranks (each plans its share of the layers, one

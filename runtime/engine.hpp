@@ -75,6 +75,9 @@ class Engine {
   LoadWindow& window() { return window_; }
   const LoadWindow& window() const { return window_; }
   std::int64_t epoch() const { return epoch_; }
+  /// Whether the last restore() failed part-way (the same on every rank): rebalances and
+  /// checkpoints refuse until a restore succeeds.
+  bool restore_failed() const { return restore_failed_; }
   std::int64_t pass() const { return pass_; }
   const std::vector<RebalanceStats>& history() const { return history_; }
 
@@ -136,9 +139,9 @@ class Engine {
 
  private:
   void end_pass();
-  /// The first entry of this rank's window sum that is negative or too large for the sum over
-  /// the ranks to fit LoadWindow::kMaxCount, as an input error.
-  std::optional<std::string> too_large_load(std::span<const std::int64_t> local) const;
+  /// The first entry of `load` (summed over `over`) that is negative or past
+  /// LoadWindow::kMaxCount, as an input error.
+  std::optional<std::string> too_large_load(std::span<const std::int64_t> load, const char* over) const;
 
   RuntimeConfig config_;
   comm::MpiComm comm_;

@@ -50,6 +50,9 @@ CheckpointStatsRow to_stats_row(const RebalanceStats& s) {
 }
 
 Checkpoint snapshot(const Engine& engine, std::span<const CheckpointStatsRow> earlier) {
+  if (engine.restore_failed())  // agreed on every rank: no collective needed
+    throw Error("checkpoint: the last restore failed part-way (some ranks' windows were replaced, "
+                "the placement was not); restore again successfully before saving");
   Checkpoint c;
   std::vector<std::int64_t> ring;
   int cursor = 0;
@@ -72,6 +75,10 @@ Checkpoint snapshot(const Engine& engine, std::span<const CheckpointStatsRow> ea
     for (const auto& s : engine.history()) c.stats.push_back(to_stats_row(s));
     position = {{"pass (Engine::pass)", static_cast<std::uint64_t>(c.pass)},
                 {"window cursor", static_cast<std::uint64_t>(cursor)}};
+    for (const std::int64_t v : ring)  // what the saturating allreduce below accepts
+      if (v < 0 || v > comm::kMaxCount)
+        throw std::invalid_argument("this rank's window holds the count " + std::to_string(v) +
+                                    ", outside [0, 2^62]");
   } catch (const std::invalid_argument& e) {
     bad_input = std::string("checkpoint: ") + e.what();
   } catch (const std::exception& e) {  // e.g. a CUDA error copying the device window, bad_alloc

@@ -440,6 +440,13 @@ TEST(CheckpointResume, RestoreFailingPartWayStopsRebalancesUntilARestoreSucceeds
   } catch (const eplb::Error& e) {
     EXPECT_NE(std::string(e.what()).find("the last restore failed part-way"), std::string::npos) << e.what();
   }
+  // Nor save a checkpoint of it (some ranks' windows may be the file's, the placement is not).
+  try {
+    eplb::runtime::save_checkpoint(*second.engine, dir.file("mixed.h5"));
+    ADD_FAILURE() << "saved a checkpoint after a restore that failed part-way";
+  } catch (const eplb::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("the last restore failed part-way"), std::string::npos) << e.what();
+  }
   // A restore that succeeds clears it.
   maps.fail = false;
   eplb::runtime::resume_from_checkpoint(*second.engine, path);
