@@ -40,8 +40,9 @@ std::unique_ptr<Policy> make_policy(std::string_view name) {
       const std::string val(eq == std::string_view::npos ? "" : kv.substr(eq + 1));
       // from_chars: locale-independent, and the whole value must be a number (no "0.5x").
       double v = 0;
-      const auto [end, ec] = std::from_chars(val.data(), val.data() + val.size(), v);
-      if (val.empty() || ec != std::errc() || end != val.data() + val.size())  // inf, nan: the policy says
+      const char* first = val.data() + (!val.empty() && val[0] == '+');  // from_chars takes no '+'
+      const auto [end, ec] = std::from_chars(first, val.data() + val.size(), v);
+      if (first == val.data() + val.size() || ec != std::errc() || end != val.data() + val.size())  // inf, nan: the policy says
         throw bad("'" + std::string(kv) + "' is not key=number");
       for (const auto& k : seen)
         if (k == key) throw bad("knob '" + key + "' is given twice");

@@ -144,8 +144,10 @@ Engine::Engine(MPI_Comm comm, RuntimeConfig config, WeightRegistry weights,
     load_f64_.assign(n, 0.0);
   });
   comm::throw_if_any_failed<Error>(comm_, local);
-  // The same kind of transport everywhere (a factory that differs between ranks would pair
-  // NCCL calls with MPI ones at the first migration, after weights had started to move).
+  // The same kind of transport everywhere: a factory that differs between ranks would pair
+  // one kind's calls with another's at the first migration, after weights had started to move.
+  // (Only for transports whose construction is not collective itself: NCCL's set-up on some
+  // ranks would already have met the others' agreement above.)
   const std::string transport_name(transport_->name());
   comm::check_config_agreement(comm_, {{"weight transport", hash_string(transport_name), transport_name}});
 }

@@ -56,11 +56,11 @@ namespace {
 void check_fit(const WeightRegistry& weights, const algo::Placement& placement, int rank, const char* what) {
   const int k = weights.slots_per_rank();
   if (placement.num_layers() != weights.num_layers() || rank < 0 ||
-      static_cast<long long>(rank + 1) * k > placement.num_slots())
+      (static_cast<long long>(rank) + 1) * k > placement.num_slots())
     throw std::invalid_argument(std::string(what) + ": a placement of " + std::to_string(placement.num_layers()) +
                                 " layers x " + std::to_string(placement.num_slots()) + " slots has no slots " +
                                 std::to_string(static_cast<long long>(rank) * k) + ".." +
-                                std::to_string(static_cast<long long>(rank + 1) * k - 1) + " for rank " +
+                                std::to_string((static_cast<long long>(rank) + 1) * k - 1) + " for rank " +
                                 std::to_string(rank) + " of a registry of " + std::to_string(weights.num_layers()) +
                                 " layers x " + std::to_string(k) + " slots per rank");
 }

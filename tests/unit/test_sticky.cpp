@@ -85,6 +85,8 @@ TEST(Sticky, KnobsOutsideTheirRangeAreRejected) {
     }
   }
   EXPECT_NO_THROW((void)eplb::algo::make_policy("sticky:keep_counts=1:refine_fresh=0:tolerance=1e-3"));
+  EXPECT_NO_THROW((void)eplb::algo::make_policy("sticky:tolerance=+0.01"));  // as std::stod read it
+  EXPECT_THROW((void)eplb::algo::make_policy("sticky:tolerance=+"), std::invalid_argument);
 }
 
 TEST(Sticky, ThousandsOfSlotsPerGpuEndInBoundedTime) {
