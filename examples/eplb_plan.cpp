@@ -100,7 +100,7 @@ int main(int argc, char** argv) {
   eplb::algo::Topology topo;
   int repeat = 1;
   app.add_option("--load", load_path,
-                 "load matrix: one line per layer, E numbers (commas and/or spaces), # comments; "
+                 "load matrix: one line per layer, E numbers (commas and/or spaces), lines starting with # skipped; "
                  "or an HDF5 checkpoint (its window summed over passes)")
       ->required();
   app.add_option("--num-slots", topo.num_slots, "R: physical expert slots per layer")->required();
