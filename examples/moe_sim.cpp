@@ -204,7 +204,7 @@ int run(int argc, char** argv, int rank, int size) {
                  "of those, padding rows routed to -1 (skip_negative_ids on when > 0)")
       ->capture_default_str();
   app.add_option("--passes", o.passes, "forward passes to simulate")->capture_default_str();
-  app.add_option("--interval", o.interval, "passes between rebalances")->capture_default_str();
+  app.add_option("--interval", o.interval, "passes between rebalances (0: never rebalance)")->capture_default_str();
   app.add_option("--window", o.window, "passes in the load window")->capture_default_str();
   app.add_option("--seed", o.seed, "random seed")->capture_default_str();
   app.add_option("--skew", o.skew, "std-dev of expert popularity logits")->capture_default_str();
@@ -270,6 +270,14 @@ int run(int argc, char** argv, int rank, int size) {
                                   "moe_sim needs the same options on every rank");
     if (parse_error) return rc;
   }
+
+  // Options that do nothing in this combination: said once, not an error.
+  auto note_unused = [&](const char* opt, const char* why) {
+    if (rank == 0) std::fprintf(stderr, "moe_sim: note: %s has no effect %s\n", opt, why);
+  };
+  if (app.count("--checkpoint-every") && o.checkpoint.empty())
+    note_unused("--checkpoint-every", "without --checkpoint");
+  if (o.device_allreduce && o.device != "cuda") note_unused("--device-allreduce", "without --device cuda");
 
   const auto specs = parse_tensors(o.tensors);
   // Every rank parsed the same options: these checks fail on all of them alike.
