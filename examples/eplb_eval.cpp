@@ -151,6 +151,9 @@ int main(int argc, char** argv) {
       t.num_layers = loads[0].num_layers;
       t.num_logical = loads[0].num_logical;
       t.validate();
+      for (const char* opt : {"--num-layers", "--gen", "--windows", "--seed", "--noise", "--rotate"})
+        if (app.count(opt))
+          std::fprintf(stderr, "eplb-eval: note: %s has no effect with --loads (the files give the windows)\n", opt);
     } else {
       t.validate();
       const auto kind = gen == "zipf"    ? eplb::bench::WindowKind::zipf
@@ -162,6 +165,9 @@ int main(int argc, char** argv) {
     std::vector<std::string> names =
         policies_arg.empty() ? eplb::algo::policy_names() : split_list(policies_arg);
     if (names.empty()) throw std::invalid_argument("--policy: no policy named");
+    for (std::size_t i = 0; i < names.size(); ++i)  // rows are keyed by name: two would merge
+      for (std::size_t j = 0; j < i; ++j)
+        if (names[i] == names[j]) throw std::invalid_argument("--policy: '" + names[i] + "' is listed twice");
     std::vector<std::unique_ptr<eplb::algo::Policy>> policies;
     for (const auto& n : names) policies.push_back(eplb::algo::make_policy(n));
 
