@@ -24,6 +24,9 @@ struct Topology {
   int node_of_rank(int rank) const { return rank / ranks_per_node(); }
   /// The reference's rule: hierarchical (groups packed onto nodes) iff G % N == 0.
   bool hierarchical() const { return num_groups % num_nodes == 0; }
+  /// For messages: "hierarchical" when groups are packed onto more than one node, else
+  /// "global" (one node: the reference's hierarchical routine places like the global one).
+  const char* kind() const { return hierarchical() && num_nodes > 1 ? "hierarchical" : "global"; }
 
   /// "L=26 E=64 R=72 P=8 N=1 G=1"
   std::string describe() const;

@@ -221,7 +221,7 @@ int main(int argc, char** argv) {
     // Summary: balance over all windows; moves per rebalance over windows 1.. (window 0
     // moves from the contiguous start layout and is shown separately).
     std::printf("eplb-eval %s: %s (%s), %zu windows (%s)\n", EPLB_VERSION, t.describe().c_str(),
-                t.hierarchical() && t.num_nodes > 1 ? "hierarchical" : "global", loads.size(),
+                t.kind(), loads.size(),
                 load_paths.empty()
                     ? (gen + ", noise " + std::to_string(noise).substr(0, 4) + ", seed " +
                        std::to_string(seed))

@@ -86,7 +86,7 @@ void print_summary(const eplb::algo::Topology& topo, std::string_view policy,
                "                               after:  mean %.4f worst %.4f\n"
                "  planning time: %.1f us%s%.*s\n",
                EPLB_VERSION, static_cast<int>(policy.size()), policy.data(),
-               topo.describe().c_str(), topo.hierarchical() ? "hierarchical" : "global",
+               topo.describe().c_str(), topo.kind(),
                before.imbalance_mean(), before.imbalance_worst(), after.imbalance_mean(),
                after.imbalance_worst(), plan_us, path.empty() ? "" : ", ",
                static_cast<int>(path.size()), path.data());

@@ -367,7 +367,7 @@ int run(int argc, char** argv, int rank, int size) {
   if (rank == 0) {
     char b[32];
     std::printf("moe_sim (eplb %s): %d ranks, %s (%s), policy %s, top-%d, %d tokens/rank/pass\n",
-                EPLB_VERSION, size, t.describe().c_str(), t.hierarchical() ? "hierarchical" : "global",
+                EPLB_VERSION, size, t.describe().c_str(), t.kind(),
                 cfg.policy_name().c_str(), o.topk, o.tokens);
     std::printf("  %zu tensors per expert (%s per expert), %d passes, rebalance every %d, window %d\n"
                 "  weights: %s; MPI CUDA-aware: %s%s\n\n",
