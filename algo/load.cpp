@@ -8,8 +8,27 @@
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace eplb::algo {
+
+std::optional<std::string> check_count_ring(std::span<const std::int64_t> ring, std::size_t passes,
+                                            std::size_t layers, std::size_t experts) {
+  const std::size_t n = layers * experts;
+  std::vector<std::int64_t> sum(passes > 0 ? n : 0, 0);
+  for (std::size_t w = 0; w < passes; ++w)  // one pass over the ring, in memory order
+    for (std::size_t i = 0; i < n; ++i) {
+      const std::int64_t v = ring[w * n + i];
+      if (v < 0)
+        return "negative count " + std::to_string(v) + " at pass " + std::to_string(w) + ", layer " +
+               std::to_string(i / experts) + ", expert " + std::to_string(i % experts);
+      if (v > kMaxCount - sum[i])
+        return "counts of layer " + std::to_string(i / experts) + ", expert " + std::to_string(i % experts) +
+               " add up to more than 2^62";
+      sum[i] += v;
+    }
+  return std::nullopt;
+}
 
 void LoadView::validate() const {
   if (num_layers < 0 || num_logical < 0 ||

@@ -1,6 +1,9 @@
 #pragma once
 /// \file Load matrices ([L][E] token counts) and the balance metrics computed from them.
+#include <cstdint>
+#include <optional>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "eplb/algo/placement.hpp"
@@ -42,6 +45,23 @@ struct LoadMatrix {
 
   LoadView view() const { return {values, num_layers, num_logical}; }
 };
+
+/// The largest token count eplb keeps for one (layer, expert), summed over a window's passes
+/// and over the ranks: 2^62, the bound a checkpoint's window is held to (int64 sums of such
+/// counts stay far from overflow).
+inline constexpr std::int64_t kMaxCount = std::int64_t{1} << 62;
+
+/// a + b for counts in [0, kMaxCount + 1], saturating at kMaxCount + 1 instead of wrapping.
+inline std::int64_t saturating_count_sum(std::int64_t a, std::int64_t b) {
+  return b > kMaxCount - a ? kMaxCount + 1 : a + b;
+}
+
+/// The first problem of a ring of counts [passes][layers * experts] (a load window), as a
+/// message naming the pass, layer and expert: a negative count, or a (layer, expert) whose
+/// counts add up to more than kMaxCount over the passes. nullopt when there is none.
+/// Precondition: ring.size() == passes * layers * experts.
+std::optional<std::string> check_count_ring(std::span<const std::int64_t> ring, std::size_t passes,
+                                            std::size_t layers, std::size_t experts);
 
 /// Per-GPU load of one layer: GPU g carries sum over its slots j of load[e] / logcnt[e],
 /// e = phy2log[j] (tokens split evenly over replicas). out has P entries.

@@ -64,7 +64,7 @@ namespace {
 void saturating_sum(void* in, void* inout, int* len, MPI_Datatype*) {
   const auto* a = static_cast<const std::int64_t*>(in);
   auto* b = static_cast<std::int64_t*>(inout);
-  for (int i = 0; i < *len; ++i) b[i] = a[i] > kMaxCount - b[i] ? kMaxCount + 1 : a[i] + b[i];
+  for (int i = 0; i < *len; ++i) b[i] = algo::saturating_count_sum(b[i], a[i]);
 }
 }  // namespace
 

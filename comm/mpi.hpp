@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "eplb/algo/load.hpp"
 #include "eplb/comm/error.hpp"
 
 #define EPLB_MPI_CHECK(call) ::eplb::comm::check_mpi((call), #call, __FILE__, __LINE__)
@@ -43,9 +44,8 @@ class MpiComm {
   int rank_ = 0, size_ = 0;
 };
 
-/// The largest count eplb sums over ranks and passes (token counts of one layer and expert):
-/// 2^62, the bound a checkpoint's window is held to.
-inline constexpr std::int64_t kMaxCount = std::int64_t{1} << 62;
+/// The largest count eplb sums over ranks and passes (algo::kMaxCount, 2^62).
+inline constexpr std::int64_t kMaxCount = algo::kMaxCount;
 
 /// out[i] = sum over ranks of in[i], for counts in [0, kMaxCount + 1]: a sum past kMaxCount
 /// reads kMaxCount + 1 instead of wrapping (a user-defined MPI operation; host memory only).

@@ -16,6 +16,7 @@
 #include <utility>
 
 #include "eplb/algo/io.hpp"
+#include "eplb/algo/load.hpp"
 #include "eplb/algo/placement.hpp"
 #include "eplb/config.hpp"
 #include "eplb/runtime/h5.hpp"
@@ -706,22 +707,8 @@ void Checkpoint::validate() const {
     bad("window cursor " + std::to_string(window_cursor) + " in a file without a window (W = 0; must be 0)");
   if (W > 0 && (window_cursor < 0 || window_cursor >= config.window_passes))
     bad("window cursor " + std::to_string(window_cursor) + " outside [0, " + std::to_string(W) + ")");
-  constexpr std::int64_t kMaxCount = std::int64_t{1} << 62;  // sums stay far from overflow
-  {  // one pass over the window: counts >= 0, each (layer, expert)'s sum over W <= 2^62
-    std::vector<std::int64_t> sum(W > 0 ? L * E : 0, 0);
-    for (std::size_t w = 0; w < W; ++w)
-      for (std::size_t i = 0; i < L * E; ++i) {
-        const std::int64_t v = window[w * L * E + i];
-        if (v < 0)
-          bad("window: negative count " + std::to_string(v) + " at pass " + std::to_string(w) +
-              ", layer " + std::to_string(i / E) + ", expert " + std::to_string(i % E));
-        if (v > kMaxCount - sum[i])
-          bad("window: counts of layer " + std::to_string(i / E) + ", expert " +
-              std::to_string(i % E) + " add up to more than 2^62");
-        sum[i] += v;
-      }
-  }
-  if (epoch < 0 || pass < 0 || epoch > kMaxCount || pass > kMaxCount)
+  if (const auto e = algo::check_count_ring(window, W, L, E)) bad("window: " + *e);
+  if (epoch < 0 || pass < 0 || epoch > algo::kMaxCount || pass > algo::kMaxCount)
     bad("epoch " + std::to_string(epoch) + " or pass " + std::to_string(pass) + " outside [0, 2^62]");
   if (writer != kWriterEngine && writer != kWriterPlan)
     bad("writer '" + writer + "' is unknown (expected '" + kWriterEngine + "' or '" + kWriterPlan + "')");

@@ -210,8 +210,6 @@ std::optional<RebalanceStats> Engine::step() {
   return stats;
 }
 
-static_assert(LoadWindow::kMaxCount == comm::kMaxCount);
-
 std::optional<std::string> Engine::too_large_load(std::span<const std::int64_t> load, const char* over) const {
   const int E = config_.topology.num_logical;
   for (std::size_t i = 0; i < load.size(); ++i)

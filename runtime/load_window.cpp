@@ -123,8 +123,7 @@ void LoadWindow::sum(std::span<std::int64_t> out) const {
   std::fill(out.begin(), out.end(), 0);
   for (int w = 0; w < window_; ++w) {
     const std::int64_t* c = ring_.data() + static_cast<std::size_t>(w) * n;
-    for (std::size_t i = 0; i < n; ++i)  // both <= kMaxCount + 1: saturates, never wraps
-      out[i] = c[i] > kMaxCount - out[i] ? kMaxCount + 1 : out[i] + c[i];
+    for (std::size_t i = 0; i < n; ++i) out[i] = algo::saturating_count_sum(out[i], c[i]);
   }
 }
 
@@ -141,22 +140,9 @@ void LoadWindow::restore(std::span<const std::int64_t> ring, int cursor) {
   if (cursor < 0 || cursor >= window_)
     throw std::invalid_argument("LoadWindow::restore: cursor " + std::to_string(cursor) +
                                 " outside [0, " + std::to_string(window_) + ")");
-  for (std::size_t i = 0; i < ring.size(); ++i)
-    if (ring[i] < 0)
-      throw std::invalid_argument("LoadWindow::restore: negative count at index " + std::to_string(i));
-  const std::size_t n = static_cast<std::size_t>(layers_) * logical_;
-  for (std::size_t i = 0; i < n; ++i) {
-    std::int64_t total = 0;
-    for (int w = 0; w < window_; ++w) {
-      const std::int64_t x = ring[static_cast<std::size_t>(w) * n + i];
-      if (x > kMaxCount - total)
-        throw std::invalid_argument("LoadWindow::restore: the counts of layer " +
-                                    std::to_string(i / static_cast<std::size_t>(logical_)) + ", expert " +
-                                    std::to_string(i % static_cast<std::size_t>(logical_)) +
-                                    " add up to more than 2^62 over the window");
-      total += x;
-    }
-  }
+  if (const auto e = algo::check_count_ring(ring, static_cast<std::size_t>(window_),
+                                             static_cast<std::size_t>(layers_), static_cast<std::size_t>(logical_)))
+    throw std::invalid_argument("LoadWindow::restore: " + *e);
   ring_.assign(ring.begin(), ring.end());
   cursor_ = cursor;
 }

@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "eplb/algo/load.hpp"
+
 namespace eplb::runtime {
 
 /// Counts, per layer and logical expert, the tokens routed in each of the last W passes.
@@ -23,7 +25,7 @@ class LoadWindow {
   /// The largest count one (layer, expert) may reach summed over the window's passes (and, at
   /// a rebalance, over the ranks): 2^62, the bound a checkpoint's window is held to. Counts
   /// are int64: without a bound, large added counts wrapped when summed.
-  static constexpr std::int64_t kMaxCount = std::int64_t{1} << 62;
+  static constexpr std::int64_t kMaxCount = algo::kMaxCount;
 
   int num_layers() const { return layers_; }
   int num_logical() const { return logical_; }
