@@ -4,6 +4,7 @@
 #include <mpi.h>
 
 #include <cstdint>
+#include <exception>
 #include <optional>
 #include <span>
 #include <string>
@@ -59,6 +60,20 @@ void allreduce_sum(const MpiComm& comm, std::span<const std::int64_t> in,
 /// all are fine. Costs one small allreduce, plus one broadcast when some rank failed.
 std::optional<std::string> agree_on_error(const MpiComm& comm,
                                           const std::optional<std::string>& local_error);
+
+/// Runs f() on this rank; an exception becomes `prefix` + its text in `error` (any exception:
+/// user code may throw anything), for the ranks to agree on (throw_if_any_failed) instead of
+/// leaving the others in a collective.
+template <class F>
+void capture(std::optional<std::string>& error, const char* prefix, F&& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    error = prefix + std::string(e.what());
+  } catch (...) {
+    error = prefix + std::string("an exception not derived from std::exception");
+  }
+}
 
 /// agree_on_error, then throws E(message) on every rank if any rank failed.
 template <class E = InvalidInput>

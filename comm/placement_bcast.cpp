@@ -54,14 +54,12 @@ void broadcast_placement(const MpiComm& comm, int root, const algo::Topology& to
   // not leave the others in MPI_Bcast.
   std::vector<unsigned char> buf;
   std::optional<std::string> alloc_error;
-  try {
+  capture(alloc_error, "broadcast_placement: allocating the message failed: ", [&] {
     const std::size_t bytes = sizeof(Header) + count * ib;
     if (bytes > static_cast<std::size_t>(INT_MAX))  // MPI_Bcast takes an int count
       throw std::length_error("a message of " + std::to_string(bytes) + " bytes is more than one MPI_Bcast carries");
     buf.assign(bytes, 0);
-  } catch (const std::exception& e) {
-    alloc_error = std::string("broadcast_placement: allocating the message failed: ") + e.what();
-  }
+  });
   throw_if_any_failed<Error>(comm, alloc_error);
   Header h{};
   if (comm.rank() == root) {
@@ -161,12 +159,10 @@ void allgather_placement(const MpiComm& comm, const algo::Topology& topo,
   // Both buffers exist on every rank before the collective (see broadcast_placement).
   std::vector<unsigned char> send, recv;
   std::optional<std::string> alloc_error;
-  try {
+  capture(alloc_error, "allgather_placement: allocating the buffers failed: ", [&] {
     send.assign(static_cast<std::size_t>(counts[me]), 0);
     recv.resize(total);
-  } catch (const std::exception& e) {
-    alloc_error = std::string("allgather_placement: allocating the buffers failed: ") + e.what();
-  }
+  });
   throw_if_any_failed<Error>(comm, alloc_error);
   SliceHeader h{};
   std::optional<std::string> mine_error = error;

@@ -31,19 +31,7 @@ std::optional<std::string> source_mismatch(const LoadSource* source, const Runti
   return std::nullopt;
 }
 
-/// Runs f() on this rank; an exception becomes `prefix` + its text in `error`, for the ranks
-/// to agree on (comm::throw_if_any_failed) instead of leaving the others in a collective.
-template <class F>
-void capture(std::optional<std::string>& error, const char* prefix, F&& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    error = prefix + std::string(e.what());
-  } catch (...) {  // user code (a transport factory, a load source) may throw anything
-    error = prefix + std::string("an exception not derived from std::exception");
-  }
-}
-
+using comm::capture;
 using Clock = std::chrono::steady_clock;
 double ms_since(Clock::time_point t) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t).count();

@@ -136,12 +136,10 @@ std::vector<CheckpointStatsRow> resume_from_checkpoint(Engine& engine, const std
   std::vector<int> phy2log;
   std::vector<std::int64_t> ring;
   std::optional<std::string> failure;
-  try {
+  comm::capture(failure, "resuming from checkpoint: allocating the buffers failed: ", [&] {
     phy2log.resize(static_cast<std::size_t>(topo.num_layers) * topo.num_slots);
     if (comm.rank() != 0) ring.assign(engine.window().ring().size(), 0);
-  } catch (const std::exception& e) {
-    failure = std::string("resuming from checkpoint: allocating the buffers failed: ") + e.what();
-  }
+  });
   comm::throw_if_any_failed<Error>(comm, failure);
   comm::throw_if_any_failed(comm, local);
 
