@@ -75,10 +75,12 @@ Checkpoint snapshot(const Engine& engine, std::span<const CheckpointStatsRow> ea
     for (const auto& s : engine.history()) c.stats.push_back(to_stats_row(s));
     position = {{"pass (Engine::pass)", static_cast<std::uint64_t>(c.pass)},
                 {"window cursor", static_cast<std::uint64_t>(cursor)}};
-    for (const std::int64_t v : ring)  // what the saturating allreduce below accepts
-      if (v < 0 || v > comm::kMaxCount)
-        throw std::invalid_argument("this rank's window holds the count " + std::to_string(v) +
-                                    ", outside [0, 2^62]");
+    // Counts the saturating allreduce below accepts (and the file's bound, per rank).
+    const auto& t = engine.config().topology;
+    if (const auto e = algo::check_count_ring(ring, static_cast<std::size_t>(engine.config().window_passes),
+                                              static_cast<std::size_t>(t.num_layers),
+                                              static_cast<std::size_t>(t.num_logical)))
+      throw std::invalid_argument("this rank's window: " + *e);
   } catch (const std::invalid_argument& e) {
     bad_input = std::string("checkpoint: ") + e.what();
   } catch (const std::exception& e) {  // e.g. a CUDA error copying the device window, bad_alloc
