@@ -127,7 +127,7 @@ void Placement::derive_maps(bool counted) {
     const int* cnt = logcnt_.data() + static_cast<std::size_t>(l) * logical_;
     int* base = log2phy_.data() + static_cast<std::size_t>(l) * logical_ * X;
     std::fill_n(pos, logical_, 0);
-    std::fill_n(base, logical_ * X, -1);
+    detail::fill_cached(base, logical_ * X, -1);
     for (int j = 0; j < slots_; ++j) {
       const int e = row[j];
       const int c = pos[e];

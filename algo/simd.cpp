@@ -100,6 +100,11 @@ bool all_in_range(const double* v, std::size_t n, double max) {
   return avx512::all_in_range(v, static_cast<long long>(n), max);
 }
 
+void fill_cached(int* p, std::size_t n, int v) {
+  if (!simd_rows_available()) return (void)std::fill_n(p, n, v);
+  avx512::fill_cached(p, static_cast<long long>(n), v);
+}
+
 void min_max(const int* v, std::size_t n, int& mn, int& mx) {
   if (n < 16 || !simd_rows_available()) return min_max_scalar(v, n, mn, mx);
   avx512::min_max(v, static_cast<long long>(n), mn, mx);
@@ -117,6 +122,7 @@ void map_slots_offset(const int*, int, int*, int) {}
 void lane_counts(const std::int32_t*, int, int*, int) {}
 bool all_in_range(const double* v, std::size_t n, double max) { return all_in_range_scalar(v, n, max); }
 void min_max(const int* v, std::size_t n, int& mn, int& mx) { min_max_scalar(v, n, mn, mx); }
+void fill_cached(int* p, std::size_t n, int v) { std::fill_n(p, n, v); }
 
 #endif
 

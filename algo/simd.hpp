@@ -67,6 +67,11 @@ void map_slots_offset(const int* item, int first, int* out, int n);
 /// out[e] = cnt[e * 8 + lane] for e < n (one lane of SimdScratch::cnt).
 void lane_counts(const std::int32_t* cnt, int lane, int* out, int n);
 
+/// p[0..n) = v with ordinary vector stores (AVX-512 where the CPU has it). Used for the -1
+/// fill of a log2phy block that scattered stores then fill in: after glibc's memset (which
+/// std::fill_n becomes; `rep stosb` for blocks this size) those stores measured slower.
+void fill_cached(int* p, std::size_t n, int v);
+
 /// Minimum and maximum of v[0..n) (n >= 1), vectorised where the CPU has AVX-512.
 void min_max(const int* v, std::size_t n, int& mn, int& mx);
 

@@ -562,6 +562,13 @@ bool all_in_range(const double* v, long long n, double max) {
   return ok == 0xff && tail;
 }
 
+void fill_cached(int* p, long long n, int v) {
+  const __m512i x = _mm512_set1_epi32(v);
+  long long i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_si512(p + i, x);
+  if (i < n) _mm512_mask_storeu_epi32(p + i, static_cast<__mmask16>((1u << (n - i)) - 1), x);
+}
+
 void min_max(const int* v, long long n, int& mn, int& mx) {  // n >= 16
   __m512i a = _mm512_loadu_si512(v), b = a;
   long long i = 16;

@@ -35,6 +35,7 @@ void map_slots(const int* item, const int* lid, int* out, int n);
 void map_slots_offset(const int* item, int first, int* out, int n);
 void lane_counts(const int* cnt, int lane, int* out, int n);
 bool all_in_range(const double* v, long long n, double max);
+void fill_cached(int* p, long long n, int v);
 /// n >= 16.
 void min_max(const int* v, long long n, int& mn, int& mx);
 
