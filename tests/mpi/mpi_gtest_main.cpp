@@ -6,22 +6,30 @@
 #include <mpi.h>
 
 #include <cstdio>
+#include <string>
 
 namespace {
 /// The failures of a rank other than 0 (its result printer is removed: one report per job).
+/// The test's name is kept from OnTestStart: GoogleTest 1.12 (Debian 12) reports a part result
+/// with its UnitTest mutex held, so calling current_test_info() here deadlocked the rank at
+/// its first failure (the job then ended only at CTest's timeout, without the message).
 class RankFailurePrinter final : public ::testing::EmptyTestEventListener {
  public:
   explicit RankFailurePrinter(int rank) : rank_(rank) {}
+  void OnTestStart(const ::testing::TestInfo& test) override {
+    suite_ = test.test_suite_name();
+    name_ = test.name();
+  }
+  void OnTestEnd(const ::testing::TestInfo&) override { suite_ = name_ = "?"; }
   void OnTestPartResult(const ::testing::TestPartResult& r) override {
     if (!r.failed()) return;
-    const auto* test = ::testing::UnitTest::GetInstance()->current_test_info();
-    std::fprintf(stderr, "[rank %d] %s.%s: %s:%d: %s\n", rank_, test ? test->test_suite_name() : "?",
-                 test ? test->name() : "?", r.file_name() ? r.file_name() : "?", r.line_number(),
-                 r.message());
+    std::fprintf(stderr, "[rank %d] %s.%s: %s:%d: %s\n", rank_, suite_.c_str(), name_.c_str(),
+                 r.file_name() ? r.file_name() : "?", r.line_number(), r.message());
   }
 
  private:
   int rank_;
+  std::string suite_ = "?", name_ = "?";
 };
 }  // namespace
 
