@@ -104,13 +104,24 @@ void MpiHostTransport::recv(std::byte* buf, std::size_t bytes, int peer) {
 }
 
 void MpiHostTransport::end_batch() {
-  std::vector<MPI_Request> reqs;
-  std::vector<char> kinds;
-  reqs.swap(requests_);
-  kinds.swap(recv_);
-  if (!reqs.empty()) (void)wait_bounded(reqs, kinds, true);
+  // The request lists are emptied on every path (a timeout releases the requests and
+  // throws) and keep their storage for the next batch.
+  try {
+    if (!requests_.empty()) (void)wait_bounded(requests_, recv_, true);
+  } catch (...) {
+    requests_.clear();
+    recv_.clear();
+    throw;
+  }
+  requests_.clear();
+  recv_.clear();
   if (late_delivery_) undelivered_.push_back(std::move(receiving_));
   receiving_.clear();
+}
+
+void MpiHostTransport::reserve(std::size_t messages, std::size_t /*copies*/, std::size_t /*marks*/) {
+  requests_.reserve(messages);
+  recv_.reserve(messages);
 }
 
 void MpiHostTransport::deliver(std::size_t upto) {

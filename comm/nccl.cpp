@@ -244,6 +244,15 @@ void NcclTransport::copy_all(std::span<const CopyOp> ops, Lane lane) {
   }
 }
 
+void NcclTransport::reserve(std::size_t /*messages*/, std::size_t copies, std::size_t marks) {
+  const std::size_t args = std::min(copies, kIssueAhead);  // copy_all() passes at most this many at once
+  dsts_.reserve(args);
+  srcs_.reserve(args);
+  sizes_.reserve(args);
+  events_.reserve(marks);
+  while (events_.size() < marks) events_.emplace_back(migration_tracing());
+}
+
 Transport::Mark NcclTransport::mark(Lane lane) {
   // Timing-capable events only when tracing reads them (cheaper to wait on otherwise).
   if (next_event_ == static_cast<int>(events_.size())) events_.emplace_back(migration_tracing());

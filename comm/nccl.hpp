@@ -95,6 +95,9 @@ class NcclTransport final : public Transport {
   double elapsed_ms(Mark from, Mark to) override;
   void wait(Lane lane, Mark m) override;
   void synchronize() override;
+  /// Creates the events of `marks` marks and sizes copy_all()'s argument arrays, so that
+  /// issuing a migration allocates nothing in eplb (NCCL and CUDA may still allocate inside).
+  void reserve(std::size_t messages, std::size_t copies, std::size_t marks) override;
   Buffer allocate(std::size_t bytes) override;
   /// Exchanges `bytes` with every peer in one group and waits (bounded). NCCL sets up its
   /// point-to-point connections lazily, at the first send/recv with each peer (about a

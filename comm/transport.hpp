@@ -94,6 +94,12 @@ class Transport {
   virtual double elapsed_ms(Mark /*from*/, Mark /*to*/) { return -1; }
   /// Returns when every operation issued so far, on both lanes, is complete.
   virtual void synchronize() = 0;
+  /// Capacity for the next migration, asked for before its first transfer (PreparedMigration
+  /// does): at most `messages` sends and receives in one batch, at most `copies` ops in one
+  /// copy_all(), and `marks` calls to mark() before the next synchronize(). A transport that
+  /// would allocate while issuing allocates here instead, so that running out of memory on one
+  /// rank shows up before any weight moves. Default: nothing to do.
+  virtual void reserve(std::size_t /*messages*/, std::size_t /*copies*/, std::size_t /*marks*/) {}
   /// Memory for staging, in this transport's memory space. The engine frees it after the
   /// transport is destroyed (so that transfers still in flight after a failure never target
   /// freed memory): the Buffer's deleter must not use the transport.

@@ -387,9 +387,10 @@ RebalanceStats Engine::rebalance() {
   const ExecOptions exec{config_.max_experts_per_batch, config_.max_layers_per_window,
                          config_.staging_bytes, config_.coalesce_messages,
                          config_.pipeline_batches, config_.overlap_steps};
-  // The plan, staging (host or GPU memory, which may run out on one rank only) and the
-  // listener's preparation: agreed before any weight moves, so a failure (std::bad_alloc
-  // included) leaves everything as it was.
+  // The plan, the executor's bookkeeping (PreparedMigration: all it allocates), staging (host
+  // or GPU memory, which may run out on one rank only) and the listener's preparation: agreed
+  // before any weight moves, so a failure (std::bad_alloc included) leaves everything as it was.
+  std::optional<PreparedMigration> migration;
   capture(failure, "preparing the migration failed: ", [&] {
     if (!after) after = algo::evaluate(load, msg.placement, topo);
     st.balancedness_after = after->balancedness();
@@ -399,7 +400,8 @@ RebalanceStats Engine::rebalance() {
     st.t_migration_plan_ms = ms_since(t_mplan);
     st.plan = plan_.stats();
     const auto t_prepare = Clock::now();
-    const std::size_t need = staging_bytes_needed(plan_, weights_, exec);
+    migration.emplace(plan_, weights_, *transport_, comm_.rank(), exec);
+    const std::size_t need = migration->staging_bytes();
     if (need > staging_size_) {
       staging_ = comm::Buffer{nullptr, [](std::byte*) {}};
       staging_size_ = 0;
@@ -422,15 +424,12 @@ RebalanceStats Engine::rebalance() {
   t = Clock::now();
   std::optional<std::string> commit_error, migrate_error;
   capture(migrate_error, "moving the weights failed (they may be only partly moved: treat this as fatal): ", [&] {
-    st.moved = execute_migration(plan_, weights_, *transport_, comm_.rank(), {staging_.get(), staging_size_},
-                                 [this, &commit_error](int layer) {
-                                   if (!listener_ || commit_error) return;
-                                   const std::string what = "switching the maps of layer " +
-                                                            std::to_string(layer) + " failed: ";
-                                   capture(commit_error, what.c_str(),
-                                           [&] { listener_->commit_layer(layer); });
-                                 },
-                                 exec);
+    st.moved = migration->execute({staging_.get(), staging_size_}, [this, &commit_error](int layer) {
+      if (!listener_ || commit_error) return;
+      capture(commit_error, "", [&] { listener_->commit_layer(layer); });  // no allocation unless it fails
+      if (commit_error)
+        *commit_error = "switching the maps of layer " + std::to_string(layer) + " failed: " + *commit_error;
+    });
   });
   st.t_migrate_ms = ms_since(t);
   // The weights are where the new placement says on every rank (or, after a migration

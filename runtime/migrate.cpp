@@ -234,16 +234,27 @@ struct Step {
   std::byte* recv_buf() const { return base + win->staging + win->send; }
 };
 
+}  // namespace
+
+namespace detail {
+
+/// Runs one migration on this rank. Everything it uses is allocated by the constructor (and
+/// the transport's reserve()), so run() allocates nothing once it has issued its first
+/// transfer (tracing aside): a rank out of memory fails before any weight moves.
 class Executor {
  public:
   Executor(const algo::MigrationPlan& plan, const WeightRegistry& weights, comm::Transport& tr,
            int me, const ExecOptions& options)
       : plan_(plan), topo_(plan.topology()), weights_(weights), tr_(tr), me_(me), opt_(options),
         k_(topo_.slots_per_rank()), R_(topo_.num_slots),
-        stage_idx_(static_cast<std::size_t>(topo_.num_layers) * R_, -1) {
+        stage_idx_(static_cast<std::size_t>(topo_.num_layers) * R_, -1),
+        regions_(staging_regions(plan, weights, options)) {
+    layouts_.reserve(static_cast<std::size_t>(topo_.num_layers));
     for (int l = 0; l < topo_.num_layers; ++l) layouts_.emplace_back(weights.tensors(l));
+    reserve();
   }
 
+  std::size_t staging_bytes() const { return regions_.total(); }
   MigrationCounters run(std::span<std::byte> staging, const std::function<void(int)>& layer_done);
 
  private:
@@ -263,6 +274,8 @@ class Executor {
                layouts_[l].stride +
            layouts_[l].offset[t];
   }
+  void reserve();
+  std::size_t units_per_batch(std::size_t items) const;
   void collect(Step& st);
   void front(Step& st, bool first);
   void back(Step& st);
@@ -290,10 +303,13 @@ class Executor {
   const WeightRegistry& weights_;
   comm::Transport& tr_;
   const int me_;
-  const ExecOptions& opt_;
+  const ExecOptions opt_;
   const int k_, R_;
   std::vector<StagingLayout> layouts_;
   std::vector<int> stage_idx_;  // (layer, slot) -> index among the layer's staged slots
+  const Regions regions_;
+  Step steps_[2];  // consecutive steps alternate (overlapping: both are in flight)
+  bool ran_ = false;
   std::vector<comm::Transport::CopyOp> ops_;  // one phase's copies
   MigrationCounters c_;
   std::chrono::steady_clock::time_point t_issue_ = std::chrono::steady_clock::now();
@@ -309,8 +325,65 @@ class Executor {
 
 bool Executor::tracing() { return comm::migration_tracing(); }
 
+/// Units per batch of a step of `items` units (every rank splits the same list alike).
+std::size_t Executor::units_per_batch(std::size_t items) const {
+  std::size_t per = opt_.max_units_per_batch > 0 ? static_cast<std::size_t>(opt_.max_units_per_batch)
+                                                 : std::max<std::size_t>(items, 1);
+  if (opt_.coalesce) {
+    // At least pipeline_batches batches, of equal unit counts, so that packing and
+    // unpacking overlap transfers.
+    const std::size_t parts = static_cast<std::size_t>(std::max(opt_.pipeline_batches, 1));
+    per = std::min(per, std::max<std::size_t>(1, (items + parts - 1) / parts));
+  }
+  return per;
+}
+
+/// The most any step needs (units, batches, copies in one phase, messages in one batch) and
+/// the marks of the whole migration: the steps' lists, the copy list and the transport are
+/// sized for them here.
+void Executor::reserve() {
+  const std::size_t P = static_cast<std::size_t>(topo_.num_ranks);
+  std::size_t items_max = 0, batches_max = 0, ops_max = 0, messages_max = 0, marks = 0, points = 0;
+  for (const auto& w : regions_.windows)
+    for (std::size_t r = 0; r < w.rounds; ++r) {
+      std::size_t items = 0, ops = 0, tensor_max = 0;
+      for (int l = w.first; l < w.last; ++l) {
+        const auto& lp = plan_.layer(l);
+        if (r >= lp.rounds.size()) continue;
+        const auto& round = lp.rounds[r];
+        items += static_cast<std::size_t>(round.num_units);
+        tensor_max = std::max(tensor_max, num_tensors(l));
+        for (int i = round.first_unit; i < round.first_unit + round.num_units; ++i)
+          ops += static_cast<std::size_t>(lp.units[i].num_dst) * num_tensors(l);  // a phase copies at most this
+      }
+      const std::size_t per = units_per_batch(items), nb = (items + per - 1) / per;
+      items_max = std::max(items_max, items);
+      batches_max = std::max(batches_max, nb);
+      ops_max = std::max(ops_max, ops);
+      // Coalesced: one send and one receive per peer and batch; per tensor: one message per
+      // tensor of each unit of the batch.
+      messages_max = std::max(messages_max, opt_.coalesce ? 2 * P : per * tensor_max);
+      if (opt_.coalesce) {
+        marks += 2 + 2 * nb;   // front's wait and join, each batch's packed and arrived marks
+        points += 2 + 3 * nb;  // tracing: the points of front() and back()
+      }
+    }
+  for (auto& st : steps_) {
+    st.items.reserve(items_max);
+    st.item_off.reserve(items_max);
+    st.peer_span.reserve(batches_max * P * 4);
+    st.arrived.reserve(batches_max);
+  }
+  if (opt_.coalesce) ops_.reserve(ops_max);
+  if (tracing()) {
+    points_.reserve(points);
+    marks += points;
+  }
+  tr_.reserve(messages_max, opt_.coalesce ? ops_max : 0, marks);
+}
+
 /// One line of the trace: "[eplb migrate rank 0] <clock> <ms> step <s>[ batch <b>/<n>]: <what>".
-void print_trace_line(const char* clock, double ms, std::size_t step, std::size_t batch,
+static void print_trace_line(const char* clock, double ms, std::size_t step, std::size_t batch,
                       std::size_t batches, const char* what) {
   if (batches)
     std::fprintf(stderr, "[eplb migrate rank 0] %s %9.3f ms  step %zu batch %zu/%zu: %s\n", clock, ms,
@@ -351,14 +424,7 @@ void Executor::collect(Step& st) {
           stage_idx_[static_cast<std::size_t>(l) * R_ + lp.dst_begin(u)[q]] = next++;
     }
   }
-  st.per_batch = opt_.max_units_per_batch > 0 ? static_cast<std::size_t>(opt_.max_units_per_batch)
-                                              : std::max<std::size_t>(st.items.size(), 1);
-  if (opt_.coalesce) {
-    // At least pipeline_batches batches, of equal unit counts, so that packing and
-    // unpacking overlap transfers.
-    const std::size_t parts = static_cast<std::size_t>(std::max(opt_.pipeline_batches, 1));
-    st.per_batch = std::min(st.per_batch, std::max<std::size_t>(1, (st.items.size() + parts - 1) / parts));
-  }
+  st.per_batch = units_per_batch(st.items.size());
   st.nb = (st.items.size() + st.per_batch - 1) / st.per_batch;
 }
 
@@ -540,7 +606,10 @@ void Executor::per_tensor(Step& st) {
 }
 
 MigrationCounters Executor::run(std::span<std::byte> staging_span, const std::function<void(int)>& layer_done) {
-  const auto regions = staging_regions(plan_, weights_, opt_);
+  if (ran_) throw std::logic_error("PreparedMigration::execute: this migration has already run");
+  ran_ = true;
+  t_issue_ = std::chrono::steady_clock::now();
+  const Regions& regions = regions_;
   c_.staging_bytes = regions.total();
   // A buffer sized for other options (e.g. ExecOptions{} against the engine's) would be
   // written past its end.
@@ -576,7 +645,6 @@ MigrationCounters Executor::run(std::span<std::byte> staging_span, const std::fu
   // packs and transfers are issued before step s-1's unpacks, so the links go on from one
   // step's last batch to the next step's first (docs/MIGRATION.md).
   overlap_ = regions.count > 1;
-  Step steps[2];
   Step* prev = nullptr;  // overlapping: the step whose back half is still to be issued
   std::size_t s = 0;
   auto drain = [&] {
@@ -594,7 +662,7 @@ MigrationCounters Executor::run(std::span<std::byte> staging_span, const std::fu
     }
     for (std::size_t r = 0; r < w.rounds; ++r, ++s) {
       step_ = s;
-      Step& st = steps[s % 2];
+      Step& st = steps_[s % 2];
       st.win = &w;
       st.round = r;
       st.last_of_window = r + 1 == w.rounds;
@@ -625,15 +693,13 @@ MigrationCounters Executor::run(std::span<std::byte> staging_span, const std::fu
   return c_;
 }
 
-}  // namespace
+}  // namespace detail
 
-MigrationCounters execute_migration(const algo::MigrationPlan& plan, const WeightRegistry& weights,
-                                    comm::Transport& transport, int me, std::span<std::byte> staging,
-                                    const std::function<void(int)>& layer_done,
-                                    const ExecOptions& options) {
+PreparedMigration::PreparedMigration(const algo::MigrationPlan& plan, const WeightRegistry& weights,
+                                     comm::Transport& transport, int my_rank, const ExecOptions& options) {
   const auto& topo = plan.topology();
-  if (me < 0 || me >= topo.num_ranks)
-    throw std::invalid_argument("execute_migration: rank " + std::to_string(me) + " outside [0, " +
+  if (my_rank < 0 || my_rank >= topo.num_ranks)
+    throw std::invalid_argument("execute_migration: rank " + std::to_string(my_rank) + " outside [0, " +
                                 std::to_string(topo.num_ranks) + ") of the plan's topology");
   if (weights.num_layers() != topo.num_layers || weights.slots_per_rank() != topo.slots_per_rank())
     throw std::invalid_argument("execute_migration: weight registry shape (" +
@@ -641,7 +707,25 @@ MigrationCounters execute_migration(const algo::MigrationPlan& plan, const Weigh
                                 std::to_string(weights.slots_per_rank()) +
                                 " slots per rank) does not match the plan's topology " +
                                 topo.describe());
-  return Executor(plan, weights, transport, me, options).run(staging, layer_done);
+  impl_ = std::make_unique<detail::Executor>(plan, weights, transport, my_rank, options);
+}
+
+PreparedMigration::~PreparedMigration() = default;
+PreparedMigration::PreparedMigration(PreparedMigration&&) noexcept = default;
+PreparedMigration& PreparedMigration::operator=(PreparedMigration&&) noexcept = default;
+
+std::size_t PreparedMigration::staging_bytes() const { return impl_->staging_bytes(); }
+
+MigrationCounters PreparedMigration::execute(std::span<std::byte> staging,
+                                             const std::function<void(int)>& layer_done) {
+  return impl_->run(staging, layer_done);
+}
+
+MigrationCounters execute_migration(const algo::MigrationPlan& plan, const WeightRegistry& weights,
+                                    comm::Transport& transport, int me, std::span<std::byte> staging,
+                                    const std::function<void(int)>& layer_done,
+                                    const ExecOptions& options) {
+  return PreparedMigration(plan, weights, transport, me, options).execute(staging, layer_done);
 }
 
 }  // namespace eplb::runtime

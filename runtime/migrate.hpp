@@ -2,6 +2,7 @@
 /// \file Executes a migration plan on this rank's weights through a transport.
 #include <cstddef>
 #include <functional>
+#include <memory>
 #include <span>
 
 #include "eplb/algo/migration.hpp"
@@ -55,6 +56,35 @@ struct ExecOptions {
 std::size_t staging_bytes_needed(const algo::MigrationPlan& plan, const WeightRegistry& weights,
                                  const ExecOptions& options = {});
 
+namespace detail {
+class Executor;
+}
+
+/// A migration made ready on this rank: the constructor checks the rank and the registry's
+/// shape (std::invalid_argument), works out the windows and their staging, and allocates all
+/// the bookkeeping execute() uses, asking the transport to do the same
+/// (comm::Transport::reserve). So std::bad_alloc, or a transport's failure to make room,
+/// comes from the constructor, before any weight moves, where the ranks can agree on it (the
+/// engine does, with its other preparation); execute() allocates nothing in eplb once it has
+/// issued its first transfer (migration tracing aside). Holds references to plan and weights:
+/// they must outlive it. One execute() per object.
+class PreparedMigration {
+ public:
+  PreparedMigration(const algo::MigrationPlan& plan, const WeightRegistry& weights,
+                    comm::Transport& transport, int my_rank, const ExecOptions& options = {});
+  ~PreparedMigration();
+  PreparedMigration(PreparedMigration&&) noexcept;
+  PreparedMigration& operator=(PreparedMigration&&) noexcept;
+
+  /// staging_bytes_needed(plan, weights, options), worked out once.
+  std::size_t staging_bytes() const;
+  /// Runs the migration (as execute_migration below); std::logic_error on a second call.
+  MigrationCounters execute(std::span<std::byte> staging, const std::function<void(int)>& layer_done = {});
+
+ private:
+  std::unique_ptr<detail::Executor> impl_;
+};
+
 /// Runs the plan: per window of layers (as many consecutive layers as options allow), per
 /// round, per batch of units: sends and receives in one batch, then that batch's local copies
 /// and fan-out (coalesced mode: packs, transfers, the local copies and the commits of their
@@ -67,6 +97,8 @@ std::size_t staging_bytes_needed(const algo::MigrationPlan& plan, const WeightRe
 /// end on this rank (the others wait for its sends), later layers are not reported, and the
 /// first exception is rethrown at the end. Collective over the transport's ranks: every rank
 /// must call it with the same plan and options; `my_rank` in [0, P).
+/// It is PreparedMigration(plan, weights, transport, my_rank, options).execute(staging,
+/// layer_done): use that directly to learn of an allocation failure before anything moves.
 MigrationCounters execute_migration(const algo::MigrationPlan& plan, const WeightRegistry& weights,
                                     comm::Transport& transport, int my_rank,
                                     std::span<std::byte> staging,

@@ -23,26 +23,10 @@ using eplb::runtime::LoadWindow;
 using eplb::runtime::RuntimeConfig;
 using eplb::runtime::WeightRegistry;
 
+using eplb::test::bad_slots_anywhere_in;
+using eplb::test::HostWeights;
 using eplb::test::world_rank;
 using eplb::test::world_size;
-
-/// Host weights for one rank: a buffer per (layer, tensor).
-struct HostWeights {
-  std::vector<std::vector<std::byte>> buffers;
-  WeightRegistry registry;
-  HostWeights(const Topology& t, std::vector<std::size_t> tensor_bytes, std::size_t pad = 0)
-      : registry(t.num_layers, t.slots_per_rank()) {
-    const int k = t.slots_per_rank();
-    for (int l = 0; l < t.num_layers; ++l)
-      for (std::size_t i = 0; i < tensor_bytes.size(); ++i) {
-        const std::size_t stride = tensor_bytes[i] + pad;
-        buffers.emplace_back(stride * k);
-        std::string name = "t";  // not "t" + to_string(i): GCC 12 -Wrestrict false positive
-        name += std::to_string(i);
-        registry.add(l, std::move(name), buffers.back().data(), tensor_bytes[i], stride);
-      }
-  }
-};
 
 RuntimeConfig config_for(Topology t, std::size_t staging = std::size_t{1} << 20) {
   RuntimeConfig c;
@@ -63,15 +47,6 @@ void add_random_loads(Engine& engine, std::mt19937_64& rng, double skew) {
     for (auto& v : c) v = static_cast<std::int64_t>(100 * d(rng));
     ASSERT_TRUE(engine.window().add_counts(l, c));
   }
-}
-
-/// Slots on any rank whose bytes are not their expert's under `p` (every rank calls it).
-std::size_t bad_slots_anywhere_in(const WeightRegistry& w, const eplb::algo::Placement& p) {
-  const auto bad = eplb::runtime::verify_slots(w, p, world_rank());
-  for (std::size_t i = 0; i < bad.size() && i < 3; ++i) ADD_FAILURE() << bad[i];
-  unsigned long long n = bad.size(), total = 0;
-  MPI_Allreduce(&n, &total, 1, MPI_UNSIGNED_LONG_LONG, MPI_SUM, MPI_COMM_WORLD);
-  return total;
 }
 
 std::size_t bad_slots_anywhere(const Engine& e) { return bad_slots_anywhere_in(e.weights(), e.placement()); }
