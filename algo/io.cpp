@@ -93,10 +93,12 @@ std::vector<T> read_matrix(std::istream& in, const std::string& source, int& row
     end_col = in.eof() ? static_cast<int>(std::min<std::size_t>(line.size(), INT_MAX - 1)) + 1 : 1;
     std::size_t first = line.find_first_not_of(" \t");
     if (first == std::string::npos || line[first] == '#') continue;
+    // A '#' starts a comment that runs to the end of the line, after data too ("1, 2  # note").
+    const std::size_t data_end = std::min(line.find('#', first), line.size());
     int count = 0;
     std::size_t i = 0;
     bool expect_value = true;  // a comma right after a comma (or at the start) is an error
-    while (i < line.size()) {
+    while (i < data_end) {
       const char c = line[i];
       if (c == ' ' || c == '\t') {
         ++i;
@@ -109,8 +111,7 @@ std::vector<T> read_matrix(std::istream& in, const std::string& source, int& row
         ++i;
         continue;
       }
-      std::size_t end = line.find_first_of(" \t,", i);
-      if (end == std::string::npos) end = line.size();
+      const std::size_t end = std::min(line.find_first_of(" \t,", i), data_end);
       const std::string_view tok(line.data() + i, end - i);
       values.push_back(cell(tok, lineno, static_cast<int>(i) + 1));
       ++count;
@@ -118,7 +119,7 @@ std::vector<T> read_matrix(std::istream& in, const std::string& source, int& row
       i = end;
     }
     if (expect_value)
-      throw ParseError(source, lineno, static_cast<int>(line.size()) + 1,
+      throw ParseError(source, lineno, static_cast<int>(data_end) + 1,
                        "line ends with a comma (empty field)");
     if (cols < 0) {
       cols = count;

@@ -21,7 +21,8 @@ class ParseError : public std::invalid_argument {
 };
 
 /// Reads an [L][E] load matrix: one line per layer, E numbers separated by commas and/or
-/// whitespace; blank lines and lines starting with '#' are skipped. Every row must have the
+/// whitespace; blank lines are skipped, and a '#' starts a comment that runs to the end of its
+/// line (a whole line, or after the data). Every row must have the
 /// same length; values must be finite and >= 0. `source` names the input in messages.
 LoadMatrix read_load_csv(std::istream& in, const std::string& source);
 LoadMatrix read_load_csv_file(const std::string& path);

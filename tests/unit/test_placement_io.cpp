@@ -74,6 +74,12 @@ TEST(LoadCsv, CommasSpacesCommentsAndBlankLines) {
   EXPECT_EQ(m.num_layers, 2);
   EXPECT_EQ(m.num_logical, 3);
   EXPECT_EQ(m.values, (std::vector<double>{1, 2, 3, 4, 5, 6}));
+  // A comment after the data of a line, with or without a space before it.
+  const auto t = parse("1, 2,3  # layer 0\n4 5 6#layer 1\r\n7,8,9\t# , x\n");
+  EXPECT_EQ(t.num_layers, 3);
+  EXPECT_EQ(t.values, (std::vector<double>{1, 2, 3, 4, 5, 6, 7, 8, 9}));
+  EXPECT_EQ(parse_error("1,2,# x\n"), "load.csv:1:5: line ends with a comma (empty field)");
+  EXPECT_EQ(parse_error("1,2,3\n4,5 # 6\n"), "load.csv:2:1: ragged row: 2 values, expected 3 as in the first row");
 }
 
 TEST(LoadCsv, ErrorsCarryLineAndColumn) {
@@ -175,6 +181,7 @@ std::vector<std::vector<std::string>> reference_tokens(const std::string& text) 
     if (!line.empty() && line.back() == '\r') line.pop_back();
     const auto start = line.find_first_not_of(" \t");
     if (start == std::string::npos || line[start] == '#') continue;
+    line = line.substr(0, line.find('#'));  // a trailing comment
     std::vector<std::string> toks;
     std::string cur;
     for (char c : line + ",") {
