@@ -64,14 +64,23 @@ std::optional<std::string> agree_on_error(const MpiComm& comm,
 /// Runs f() on this rank; an exception becomes `prefix` + its text in `error` (any exception:
 /// user code may throw anything), for the ranks to agree on (throw_if_any_failed) instead of
 /// leaving the others in a collective.
+/// If building the text itself runs out of memory, `error` is "out of memory" (short enough
+/// for the string's inline storage: no allocation), so that capture never throws.
 template <class F>
 void capture(std::optional<std::string>& error, const char* prefix, F&& f) {
+  auto set = [&](const char* what) {
+    try {
+      error = prefix + std::string(what);
+    } catch (...) {
+      error.emplace("out of memory");
+    }
+  };
   try {
     f();
   } catch (const std::exception& e) {
-    error = prefix + std::string(e.what());
+    set(e.what());
   } catch (...) {
-    error = prefix + std::string("an exception not derived from std::exception");
+    set("an exception not derived from std::exception");
   }
 }
 

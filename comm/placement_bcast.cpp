@@ -1,6 +1,7 @@
 #include "eplb/comm/placement_bcast.hpp"
 
 #include <climits>
+#include <cstdio>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -135,44 +136,50 @@ LayerShare layer_share(int num_layers, int rank, int size) {
 }
 
 void allgather_placement(const MpiComm& comm, const algo::Topology& topo,
-                         std::span<const int> slice, const std::optional<std::string>& error,
-                         algo::Placement& out) {
+                         std::span<const int> slice, const char* error, algo::Placement& out) {
   struct SliceHeader {
     std::int32_t failed;
     char note[508];
   };
   const int P = comm.size(), me = comm.rank(), ib = placement_index_bytes(topo.num_logical);
   const auto R = static_cast<std::size_t>(topo.num_slots);
-  std::vector<int> counts(static_cast<std::size_t>(P)), displs(static_cast<std::size_t>(P));
-  std::size_t total = 0;
-  for (int r = 0; r < P; ++r) {
-    const auto s = layer_share(topo.num_layers, r, P);
-    const std::size_t bytes = sizeof(SliceHeader) + static_cast<std::size_t>(s.last - s.first) * R * ib;
-    if (total + bytes > static_cast<std::size_t>(INT_MAX))
-      throw InvalidInput("allgather_placement: placement too large for one MPI_Allgatherv");
-    counts[r] = static_cast<int>(bytes);
-    displs[r] = static_cast<int>(total);
-    total += bytes;
-  }
-  const auto mine = layer_share(topo.num_layers, me, P);
-  const std::size_t my_count = static_cast<std::size_t>(mine.last - mine.first) * R;
-  // Both buffers exist on every rank before the collective (see broadcast_placement).
+  // Every allocation before the collective is agreed on (see broadcast_placement): the sizes'
+  // arrays too, and the planning error arrives as text, not as a string to copy.
+  std::vector<int> counts, displs;
   std::vector<unsigned char> send, recv;
+  std::size_t total = 0;
+  bool too_large = false;  // the same on every rank (sizes follow from the topology)
   std::optional<std::string> alloc_error;
   capture(alloc_error, "allgather_placement: allocating the buffers failed: ", [&] {
+    counts.resize(static_cast<std::size_t>(P));
+    displs.resize(static_cast<std::size_t>(P));
+    for (int r = 0; r < P; ++r) {
+      const auto s = layer_share(topo.num_layers, r, P);
+      const std::size_t bytes = sizeof(SliceHeader) + static_cast<std::size_t>(s.last - s.first) * R * ib;
+      if (total + bytes > static_cast<std::size_t>(INT_MAX)) {
+        too_large = true;
+        return;
+      }
+      counts[r] = static_cast<int>(bytes);
+      displs[r] = static_cast<int>(total);
+      total += bytes;
+    }
     send.assign(static_cast<std::size_t>(counts[me]), 0);
     recv.resize(total);
   });
   throw_if_any_failed<Error>(comm, alloc_error);
+  if (too_large) throw InvalidInput("allgather_placement: placement too large for one MPI_Allgatherv");
+  const auto mine = layer_share(topo.num_layers, me, P);
+  const std::size_t my_count = static_cast<std::size_t>(mine.last - mine.first) * R;
   SliceHeader h{};
-  std::optional<std::string> mine_error = error;
-  if (!mine_error && slice.size() != my_count)  // sent like a planning error: no rank-local throw
-    mine_error = "allgather_placement: this rank has " + std::to_string(slice.size()) +
-                 " indices, its layers need " + std::to_string(my_count);
-  h.failed = mine_error ? 1 : 0;
-  if (mine_error) std::snprintf(h.note, sizeof h.note, "%s", mine_error->c_str());
+  if (error)
+    std::snprintf(h.note, sizeof h.note, "%s", error);
+  else if (slice.size() != my_count)  // sent like a planning error: no rank-local throw
+    std::snprintf(h.note, sizeof h.note, "allgather_placement: this rank has %zu indices, its layers need %zu",
+                  slice.size(), my_count);
+  h.failed = error || slice.size() != my_count ? 1 : 0;
   std::memcpy(send.data(), &h, sizeof h);
-  if (!mine_error) {
+  if (!h.failed) {
     if (ib == 2) pack<std::int16_t>(slice, send.data() + sizeof h);
     else pack<std::int32_t>(slice, send.data() + sizeof h);
   }

@@ -50,8 +50,14 @@ LayerShare layer_share(int num_layers, int rank, int size);
 /// the lowest failing rank's error if any rank failed, else `out` = the whole placement
 /// (InvalidInput if it is not a valid placement: the same on every rank). A rank-local failure
 /// (an allocation) is agreed on first and thrown as Error on every rank.
+/// `error`: this rank's planning error, or nullptr (text, so that reporting a std::bad_alloc
+/// needs no allocation).
 void allgather_placement(const MpiComm& comm, const algo::Topology& topo,
-                         std::span<const int> slice, const std::optional<std::string>& error,
-                         algo::Placement& out);
+                         std::span<const int> slice, const char* error, algo::Placement& out);
+inline void allgather_placement(const MpiComm& comm, const algo::Topology& topo,
+                                std::span<const int> slice, const std::optional<std::string>& error,
+                                algo::Placement& out) {
+  allgather_placement(comm, topo, slice, error ? error->c_str() : nullptr, out);
+}
 
 }  // namespace eplb::comm

@@ -314,7 +314,8 @@ RebalanceStats Engine::rebalance() {
   if (split) {
     t = Clock::now();
     const auto share = comm::layer_share(topo.num_layers, comm_.rank(), comm_.size());
-    std::optional<std::string> plan_error;
+    char plan_error[480] = {};  // its text: copying it into a string could fail like the planning
+    bool plan_failed = false;
     std::span<const int> slice;
     if (share.last > share.first) {
       try {
@@ -326,12 +327,13 @@ RebalanceStats Engine::rebalance() {
         share_out_.check_shape(ts, "policy output");  // a wrong size would break the allgather
         slice = share_out_.phy2log();
       } catch (const std::exception& e) {
-        plan_error = e.what();
+        plan_failed = true;
+        std::snprintf(plan_error, sizeof plan_error, "%s", e.what());
       }
     }
     st.t_policy_ms = ms_since(t);
     t = Clock::now();
-    comm::allgather_placement(comm_, topo, slice, plan_error, msg.placement);
+    comm::allgather_placement(comm_, topo, slice, plan_failed ? plan_error : nullptr, msg.placement);
     msg.epoch = epoch_ + 1;
     // decide() evaluates (allocates) on every rank: a failure anywhere is agreed on before the
     // status broadcast, so that no rank leaves while the others wait in it.
