@@ -99,42 +99,67 @@ std::optional<std::string> agree_on_error(const MpiComm& comm,
   return std::string(text);
 }
 
-void check_config_agreement(const MpiComm& comm, const std::vector<ConfigField>& fields) {
-  // Field count first, so that the reductions below have matching sizes on every rank.
-  std::uint64_t n[2] = {fields.size(), ~static_cast<std::uint64_t>(fields.size())};
-  EPLB_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, n, 2, MPI_UINT64_T, MPI_MIN, comm.get()));
+void check_config_agreement(const MpiComm& comm, std::span<const ConfigField> fields) {
+  // Everything the collectives below use is allocated before the first of them, and a failure
+  // is part of that first reduction: no rank leaves while the others wait in a later one.
+  constexpr int kText = 64;
+  std::size_t shown = 0;
+  for (const auto& f : fields) shown += f.shown.empty() ? 0 : 1;
+  std::vector<std::uint64_t> v;
+  std::vector<char> texts;  // [shown field][rank][kText]: the allgathers of the error path
+  bool allocated = true;
+  try {
+    v.resize(2 * fields.size());
+    texts.resize(shown * static_cast<std::size_t>(comm.size()) * kText);
+  } catch (const std::bad_alloc&) {
+    allocated = false;
+  }
+  // Field count first, so that the reductions below have matching sizes on every rank; and
+  // whether every rank has its buffers (MIN of 1 or 0).
+  std::uint64_t n[3] = {fields.size(), ~static_cast<std::uint64_t>(fields.size()), allocated ? 1u : 0u};
+  EPLB_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, n, 3, MPI_UINT64_T, MPI_MIN, comm.get()));
+  if (n[2] == 0) throw Error("comparing the configuration across ranks: a rank ran out of memory");
   if (n[0] != ~n[1])
     throw InvalidInput("configuration differs between ranks: ranks describe " +
                        std::to_string(n[0]) + " to " + std::to_string(~n[1]) +
                        " configuration fields (different eplb versions?)");
   // One reduction gives min(v) and min(~v) = ~max(v) for every field.
-  std::vector<std::uint64_t> v(2 * fields.size());
   for (std::size_t i = 0; i < fields.size(); ++i) {
     v[2 * i] = fields[i].value;
     v[2 * i + 1] = ~fields[i].value;
   }
   EPLB_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, v.data(), static_cast<int>(v.size()), MPI_UINT64_T,
                                MPI_MIN, comm.get()));
-  std::string diff;
+  // Every rank is at the same differing fields (the reduction decided): gather the texts of
+  // those with `shown` first (no allocation between the collectives), then build the message.
+  const std::size_t per_field = static_cast<std::size_t>(comm.size()) * kText;
+  std::size_t at = 0;
   for (std::size_t i = 0; i < fields.size(); ++i) {
+    if (fields[i].shown.empty()) continue;
+    char* all = texts.data() + at++ * per_field;
+    if (v[2 * i] == ~v[2 * i + 1]) continue;
+    char mine[kText] = {};
+    std::snprintf(mine, sizeof mine, "%.*s", static_cast<int>(std::min<std::size_t>(fields[i].shown.size(), kText - 1)),
+                  fields[i].shown.data());
+    EPLB_MPI_CHECK(MPI_Allgather(mine, kText, MPI_CHAR, all, kText, MPI_CHAR, comm.get()));
+  }
+  std::string diff;
+  at = 0;
+  for (std::size_t i = 0; i < fields.size(); ++i) {
+    const char* all = fields[i].shown.empty() ? nullptr : texts.data() + at++ * per_field;
     const std::uint64_t lo = v[2 * i], hi = ~v[2 * i + 1];
     if (lo == hi) continue;
-    diff += (diff.empty() ? "" : ", ") + fields[i].name;
-    if (fields[i].shown.empty()) {
+    diff += diff.empty() ? "" : ", ";
+    diff += fields[i].name;
+    if (!all) {
       diff += " (min " + std::to_string(lo) + ", max " + std::to_string(hi) + ")";
       continue;
     }
-    // Every rank is here for the same fields (the reduction decided): gather the texts and
-    // name each distinct one with the first rank that has it.
-    constexpr int kText = 64;
-    char mine[kText] = {};
-    std::snprintf(mine, sizeof mine, "%s", fields[i].shown.c_str());
-    std::vector<char> all(static_cast<std::size_t>(comm.size()) * kText);
-    EPLB_MPI_CHECK(MPI_Allgather(mine, kText, MPI_CHAR, all.data(), kText, MPI_CHAR, comm.get()));
+    // Each distinct text with the first rank that has it.
     std::vector<std::string> seen;
     std::string list;
     for (int r = 0; r < comm.size(); ++r) {
-      const char* t = all.data() + static_cast<std::size_t>(r) * kText;
+      const char* t = all + static_cast<std::size_t>(r) * kText;
       std::string s(t, strnlen(t, kText));
       if (std::find(seen.begin(), seen.end(), s) != seen.end()) continue;
       seen.push_back(s);

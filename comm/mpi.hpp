@@ -92,20 +92,27 @@ void throw_if_any_failed(const MpiComm& comm, const std::optional<std::string>& 
 
 /// One named value that must be identical on every rank (e.g. num_slots, a hash of the
 /// policy name).
+/// Views, not strings: a list of fields built at the call ({{"name", value}, ...}) allocates
+/// nothing, so that no rank can run out of memory before the collective while the others
+/// wait in it. The texts must outlive the call.
 struct ConfigField {
-  std::string name;
+  std::string_view name;
   std::uint64_t value;
   /// How this rank's value reads, when `value` is a hash or bit pattern (a policy name, a
   /// double); empty: `value` itself is shown.
-  std::string shown = {};
+  std::string_view shown = {};
 };
 
 /// Compares the fields across ranks (two allreduces). On any difference every rank throws
 /// InvalidInput naming each differing field with its smallest and largest value (or, for a
 /// field with `shown`, up to four distinct texts (cut to 63 characters), each with the first
-/// rank that has it: one more allgather, on this error path only). All ranks must pass the same number of fields in
+/// rank that has it: one more allgather, on this error path only); Error on every rank when a
+/// rank cannot allocate its buffers. All ranks must pass the same number of fields in
 /// the same order (the count is checked first).
-void check_config_agreement(const MpiComm& comm, const std::vector<ConfigField>& fields);
+void check_config_agreement(const MpiComm& comm, std::span<const ConfigField> fields);
+inline void check_config_agreement(const MpiComm& comm, std::initializer_list<ConfigField> fields) {
+  check_config_agreement(comm, std::span<const ConfigField>(fields.begin(), fields.size()));
+}
 
 /// Whether MPI accepts device pointers: compiled against an MPI that declares CUDA support
 /// (Open MPI's MPIX_CUDA_AWARE_SUPPORT) and MPIX_Query_cuda_support() says so at run time.

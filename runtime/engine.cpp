@@ -37,7 +37,7 @@ double ms_since(Clock::time_point t) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
 }
 
-std::uint64_t hash_string(const std::string& s) { return comm::fnv1a(s.data(), s.size()); }
+std::uint64_t hash_string(std::string_view s) { return comm::fnv1a(s.data(), s.size()); }
 
 }  // namespace
 
@@ -46,7 +46,7 @@ Engine::Engine(MPI_Comm comm, RuntimeConfig config, WeightRegistry weights,
     : config_(std::move(config)),
       comm_(comm),
       weights_(std::move(weights)),
-      window_(1, 1, 1) {  // sized in the try below, so that a failure there reaches every rank
+      window_() {  // sized in the try below, so that a failure there reaches every rank
   const auto& topo = config_.topology;
   std::optional<std::string> local, failure;  // bad input (InvalidInput); out of memory (Error)
   try {
@@ -75,10 +75,21 @@ Engine::Engine(MPI_Comm comm, RuntimeConfig config, WeightRegistry weights,
   comm::throw_if_any_failed<Error>(comm_, failure);
   comm::throw_if_any_failed(comm_, local);
 
+  // The policy's text is built (a string: an allocation) inside an agreement, so that a rank
+  // out of memory here does not leave the others in check_config_agreement's reductions (its
+  // field list is views: no allocation).
+  std::string policy_text;
+  std::uint64_t policy_hash = 0;
+  capture(failure, "creating the engine failed: ", [&] {
+    const std::string name = config_.policy_name();
+    policy_hash = hash_string(name);
+    policy_text.reserve(name.size() + 2);  // (appended: GCC 12's -Wrestrict misfires on "'" + name)
+    policy_text.push_back('\'');
+    policy_text.append(name);
+    policy_text.push_back('\'');
+  });
+  comm::throw_if_any_failed<Error>(comm_, failure);
   const std::uint64_t min_gain_bits = std::bit_cast<std::uint64_t>(config_.min_gain);
-  std::string policy_text = "'";  // (appended, not "'" + name + "'": GCC 12's -Wrestrict misfires)
-  policy_text += config_.policy_name();
-  policy_text += '\'';
   char min_gain_text[32];
   std::snprintf(min_gain_text, sizeof min_gain_text, "%.17g", config_.min_gain);
   comm::check_config_agreement(
@@ -88,7 +99,7 @@ Engine::Engine(MPI_Comm comm, RuntimeConfig config, WeightRegistry weights,
               {"num_ranks", static_cast<std::uint64_t>(topo.num_ranks)},
               {"num_nodes", static_cast<std::uint64_t>(topo.num_nodes)},
               {"num_groups", static_cast<std::uint64_t>(topo.num_groups)},
-              {"policy", hash_string(config_.policy_name()), policy_text},
+              {"policy", policy_hash, policy_text},
               {"window_passes", static_cast<std::uint64_t>(config_.window_passes)},
               {"rebalance_interval", static_cast<std::uint64_t>(config_.rebalance_interval)},
               {"first_rebalance", static_cast<std::uint64_t>(config_.first_rebalance)},
@@ -136,7 +147,7 @@ Engine::Engine(MPI_Comm comm, RuntimeConfig config, WeightRegistry weights,
   // one kind's calls with another's at the first migration, after weights had started to move.
   // (Only for transports whose construction is not collective itself: NCCL's set-up on some
   // ranks would already have met the others' agreement above.)
-  const std::string transport_name(transport_->name());
+  const std::string_view transport_name = transport_->name();
   comm::check_config_agreement(comm_, {{"weight transport", hash_string(transport_name), transport_name}});
 }
 
@@ -476,17 +487,20 @@ void Engine::restore(algo::Placement placement, std::span<const std::int64_t> ri
                      std::int64_t epoch, std::int64_t pass) {
   const bool keep_window = ring.empty();
   std::optional<std::string> local, failure;  // bad input (InvalidInput); out of memory (Error)
+  // The new window is built and checked here, before the agreements, and moved in after them
+  // (no allocation there: a rank out of memory then would be alone).
+  std::optional<LoadWindow> restored;
   try {
     placement.check_shape(config_.topology, "restore");
     if (!keep_window) {
-      LoadWindow probe(config_.topology.num_layers, config_.topology.num_logical,
-                       config_.window_passes);
-      probe.restore(ring, cursor);
+      restored.emplace(config_.topology.num_layers, config_.topology.num_logical, config_.window_passes,
+                       config_.skip_negative_ids);
+      restored->restore(ring, cursor);
       if (source_ && !source_->has_ring()) throw std::invalid_argument(std::string("restore: ") + kNoRing);
       if (const auto m = source_mismatch(source_, config_)) throw std::invalid_argument("restore: " + *m);
     }
     if (epoch < 0 || pass < 0) throw std::invalid_argument("restore: negative epoch or pass");
-  } catch (const std::bad_alloc& e) {  // the probe window (W*L*E counters)
+  } catch (const std::bad_alloc& e) {  // the new window (W*L*E counters)
     failure = std::string("restore: ") + e.what();
   } catch (const std::exception& e) {
     local = e.what();
@@ -520,7 +534,7 @@ void Engine::restore(algo::Placement placement, std::span<const std::int64_t> ri
   }
   restore_failed_ = false;
   if (!keep_window) {
-    window_.restore(ring, cursor);
+    window_ = std::move(*restored);  // a call rejected before (LoadWindow::error) goes with the old window
     pass_error_.reset();  // the window it concerned is replaced
   }
   placement_ = std::move(placement);

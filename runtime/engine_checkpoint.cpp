@@ -57,7 +57,6 @@ Checkpoint snapshot(const Engine& engine, std::span<const CheckpointStatsRow> ea
   std::vector<std::int64_t> ring;
   int cursor = 0;
   std::optional<std::string> bad_input, failure;
-  std::vector<comm::ConfigField> position;
   // Everything that can throw on one rank (the window's copy, every allocation) comes before
   // the agreements: after them there is only the allreduce, and a rank that threw alone would
   // leave the others in it.
@@ -73,8 +72,6 @@ Checkpoint snapshot(const Engine& engine, std::span<const CheckpointStatsRow> ea
     c.stats.reserve(earlier.size() + engine.history().size());
     c.stats.assign(earlier.begin(), earlier.end());
     for (const auto& s : engine.history()) c.stats.push_back(to_stats_row(s));
-    position = {{"pass (Engine::pass)", static_cast<std::uint64_t>(c.pass)},
-                {"window cursor", static_cast<std::uint64_t>(cursor)}};
     // Counts the saturating allreduce below accepts (and the file's bound, per rank).
     const auto& t = engine.config().topology;
     if (const auto e = algo::check_count_ring(ring, static_cast<std::size_t>(engine.config().window_passes),
@@ -92,7 +89,8 @@ Checkpoint snapshot(const Engine& engine, std::span<const CheckpointStatsRow> ea
   comm::throw_if_any_failed(engine.comm(), bad_input);
   // Ranks at different passes (one called step() once more) would sum windows of different
   // passes into one ring and save rank 0's pass: rejected on every rank, as rebalance() does.
-  comm::check_config_agreement(engine.comm(), position);
+  comm::check_config_agreement(engine.comm(), {{"pass (Engine::pass)", static_cast<std::uint64_t>(c.pass)},
+                                               {"window cursor", static_cast<std::uint64_t>(cursor)}});
   c.window_cursor = cursor;
   comm::allreduce_sum(engine.comm(), ring, c.window);
   return c;
@@ -116,7 +114,7 @@ std::vector<CheckpointStatsRow> resume_from_checkpoint(Engine& engine, const std
   const auto& comm = engine.comm();
   const auto& topo = engine.config().topology;
   Checkpoint c;
-  std::optional<std::string> local;
+  std::optional<std::string> local, oom;
   if (comm.rank() == 0) {
     try {
       c = read_checkpoint(path);
@@ -128,6 +126,8 @@ std::vector<CheckpointStatsRow> resume_from_checkpoint(Engine& engine, const std
         throw CheckpointError("checkpoint '" + path + "': phy2log has " +
                               std::to_string(c.phy2log.size()) + " entries, the job's L*R is " +
                               std::to_string(static_cast<long long>(topo.num_layers) * topo.num_slots));
+    } catch (const std::bad_alloc& e) {  // not a bad file: Error, like the buffers below
+      oom = std::string("resuming from checkpoint '") + path + "': reading it failed: " + e.what();
     } catch (const std::exception& e) {
       local = e.what();
     }
@@ -142,6 +142,7 @@ std::vector<CheckpointStatsRow> resume_from_checkpoint(Engine& engine, const std
     phy2log.resize(static_cast<std::size_t>(topo.num_layers) * topo.num_slots);
     if (comm.rank() != 0) ring.assign(engine.window().ring().size(), 0);
   });
+  if (!failure) failure = std::move(oom);
   comm::throw_if_any_failed<Error>(comm, failure);
   comm::throw_if_any_failed(comm, local);
 

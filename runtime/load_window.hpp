@@ -21,6 +21,9 @@ class LoadWindow {
   /// skip_negative_ids: record() skips negative ids (see RuntimeConfig::skip_negative_ids)
   /// instead of rejecting the batch.
   LoadWindow(int num_layers, int num_logical, int window_passes, bool skip_negative_ids = false);
+  /// An empty window (no layers: every call is rejected as out of range), for a member that
+  /// is assigned its real window later. Allocates nothing.
+  LoadWindow() = default;
 
   /// The largest count one (layer, expert) may reach summed over the window's passes (and, at
   /// a rebalance, over the ranks): 2^62, the bound a checkpoint's window is held to. Counts
@@ -74,7 +77,7 @@ class LoadWindow {
   /// rejects it (reject()) if not.
   bool accept_call(int layer, std::size_t size, std::size_t expected, const char* what);
 
-  int layers_, logical_, window_;
+  int layers_ = 0, logical_ = 0, window_ = 0;
   bool skip_negative_ = false;
   int cursor_ = 0;
   std::vector<std::int64_t> ring_;

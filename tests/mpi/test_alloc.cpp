@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <new>
+#include <optional>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -27,6 +28,14 @@
 #include "eplb/runtime/engine.hpp"
 #include "eplb/runtime/migrate.hpp"
 #include "eplb/runtime/pattern.hpp"
+#if EPLB_TEST_CHECKPOINTS
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "eplb/runtime/checkpoint.hpp"
+#include "eplb/runtime/engine_checkpoint.hpp"
+#endif
 
 namespace {
 std::atomic<bool> g_counting{false};
@@ -165,80 +174,135 @@ TEST(PreparedMigration, RunsOnceAndChecksItsInputsInTheConstructor) {
   EXPECT_THROW((void)m.execute({staging.get(), m.staging_bytes()}), std::logic_error);  // local: no peer waits
 }
 
-/// One rebalance of a fresh engine (same loads every time) in which allocation number k of
-/// rank `bad` fails; k = 1, 2, ... until that rank makes fewer than k allocations.
-void sweep_one_failing_allocation(const eplb::runtime::RuntimeConfig& cfg, int bad) {
-  const int P = world_size(), me = world_rank();
-  const auto& t = cfg.topology;
-  const auto initial = eplb::algo::Placement::contiguous(t);
+struct Outcome {
+  bool threw = false;
+  std::string what;  ///< this rank's error
+};
+
+/// For k = 1, 2, ... until rank `bad` makes fewer than k allocations in `action`: `setup()`
+/// (nothing fails), then `action()` with allocation k of rank `bad` failing (std::bad_alloc),
+/// then `check(k, outcome)` on every rank once the ranks agreed that all of them threw or none
+/// did. Stops at the first failed expectation anywhere (so that no rank runs on alone).
+/// Prints and returns how many actions threw.
+template <class Setup, class Action, class Check>
+int sweep(const char* what, int bad, Setup&& setup, Action&& action, Check&& check) {
+  const int me = world_rank();
   int failures = 0, successes = 0;
   for (long k = 1;; ++k) {
-    HostWeights w(t, {300, 64}, 8);
-    eplb::runtime::fill_slots(w.registry, initial, me);
-    eplb::runtime::Engine engine(MPI_COMM_WORLD, cfg, std::move(w.registry), initial);
+    setup();
+    Outcome o;
+    g_allocations = 0;
+    g_fail_at = me == bad ? k : 0;
+    g_counting = me == bad;
+    try {
+      action();
+    } catch (const std::exception& e) {
+      o.threw = true;
+      o.what = e.what();
+    }
+    g_counting = false;
+    g_fail_at = 0;
+    if (std::getenv("EPLB_ALLOC_TEST_DEBUG"))
+      std::fprintf(stderr, "%s: rank %d k=%ld threw=%d %s\n", what, me, k, o.threw, o.what.c_str());
+    const int reached = me == bad && g_allocations.load() >= k;  // allocation k happened
+    int flags[3] = {reached, o.threw ? 1 : 0, o.threw ? 0 : 1};  // MAX: any reached, any threw, any went on
+    MPI_Allreduce(MPI_IN_PLACE, flags, 3, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    if (flags[1] && flags[2]) {
+      ADD_FAILURE() << what << ": allocation " << k << " of rank " << bad
+                    << " failed: some ranks threw, others did not (this rank: "
+                    << (o.threw ? o.what : std::string("no error")) << ")";
+      return failures;
+    }
+    (o.threw ? failures : successes) += 1;
+    check(k, o);
+    int failed = ::testing::Test::HasFailure() ? 1 : 0;
+    MPI_Allreduce(MPI_IN_PLACE, &failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    if (failed || !flags[0]) break;  // !flags[0]: every allocation of rank `bad` was tried
+  }
+  if (me == 0)
+    std::printf("[ %s: rank %d of %d fails one allocation ] %d failed on every rank, %d went on\n", what, bad,
+                world_size(), failures, successes);
+  return failures;
+}
+
+/// An engine of `cfg` after two passes of the same loads every time (per rank), contiguous.
+/// In three parts, so that a sweep can make the engine's constructor alone fail: the test's
+/// own allocations (weights, the config's copy, loads) happen outside the swept call.
+struct EngineFixture {
+  std::optional<HostWeights> w;
+  std::optional<eplb::runtime::Engine> engine;
+  std::optional<eplb::runtime::RuntimeConfig> cfg;  // moved into the engine
+  std::optional<eplb::algo::Placement> initial;     // moved into the engine
+  void prepare(const eplb::runtime::RuntimeConfig& c) {
+    engine.reset();
+    w.emplace(c.topology, std::vector<std::size_t>{300, 64}, 8);
+    initial.emplace(eplb::algo::Placement::contiguous(c.topology));
+    eplb::runtime::fill_slots(w->registry, *initial, world_rank());
+    cfg.emplace(c);
+  }
+  void construct() { engine.emplace(MPI_COMM_WORLD, std::move(*cfg), std::move(w->registry), std::move(*initial)); }
+  void passes() {
+    const auto& t = engine->config().topology;
+    const int me = world_rank();
     std::mt19937_64 rng(77 + static_cast<unsigned>(me));
     std::lognormal_distribution<double> d(0.0, 1.3);
     std::vector<std::int64_t> c(static_cast<std::size_t>(t.num_logical));
     for (int pass = 0; pass < 2; ++pass) {
       for (int l = 0; l < t.num_layers; ++l) {
         for (auto& v : c) v = static_cast<std::int64_t>(100 * d(rng));
-        ASSERT_TRUE(engine.window().add_counts(l, c));
+        ASSERT_TRUE(engine->window().add_counts(l, c));
       }
-      (void)engine.step();
+      (void)engine->step();
     }
-    bool threw = false;
-    std::string what;
-    g_allocations = 0;
-    g_fail_at = me == bad ? k : 0;
-    g_counting = me == bad;
-    try {
-      (void)engine.rebalance();
-    } catch (const std::exception& e) {
-      threw = true;
-      what = e.what();
-    }
-    g_counting = false;
-    g_fail_at = 0;
-    if (std::getenv("EPLB_ALLOC_TEST_DEBUG")) std::fprintf(stderr, "rank %d k=%ld threw=%d %s\n", me, k, threw, what.c_str());
-    const int reached = me == bad && g_allocations.load() >= k;  // allocation k happened
-    int flags[3] = {reached, threw ? 1 : 0, threw ? 0 : 1};  // MAX: any reached, any threw, any went on
-    MPI_Allreduce(MPI_IN_PLACE, flags, 3, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-    ASSERT_FALSE(flags[1] && flags[2]) << "allocation " << k << " of rank " << bad
-                                       << " failed: some ranks threw, others did not (this rank: "
-                                       << (threw ? what : std::string("no error")) << ")";
-    (threw ? failures : successes) += 1;
-    // Whatever happened, the weights hold what the placement says, and it is the same
-    // everywhere (bad_slots_anywhere_in checks every rank against its own copy).
-    ASSERT_EQ(bad_slots_anywhere_in(engine.weights(), engine.placement()), 0u)
-        << "allocation " << k << " of rank " << bad << ": " << what;
-    long long h = 0;
-    for (int v : engine.placement().phy2log()) h = h * 1000003 + v;
-    long long mn = h, mx = h;
-    MPI_Allreduce(MPI_IN_PLACE, &mn, 1, MPI_LONG_LONG, MPI_MIN, MPI_COMM_WORLD);
-    MPI_Allreduce(MPI_IN_PLACE, &mx, 1, MPI_LONG_LONG, MPI_MAX, MPI_COMM_WORLD);
-    ASSERT_EQ(mn, mx) << "placements differ between ranks after allocation " << k << " failed";
-    if (threw && engine.epoch() == 0) {  // failed before the placement changed: nothing moved
-      ASSERT_EQ(bad_slots_anywhere_in(engine.weights(), initial), 0u);
-    }
-    // The engine goes on: the next rebalance works on every rank.
-    bool next_ok = true;
-    std::string next_what;
-    try {
-      (void)engine.rebalance();
-    } catch (const std::exception& e) {
-      next_ok = false;
-      next_what = e.what();
-    }
-    int ok = next_ok ? 1 : 0;
-    MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-    ASSERT_EQ(ok, 1) << "after allocation " << k << " of rank " << bad << " failed (" << what
-                     << "), the next rebalance failed: " << next_what;
-    ASSERT_EQ(bad_slots_anywhere_in(engine.weights(), engine.placement()), 0u);
-    if (!flags[0]) break;  // rank `bad` made fewer than k allocations: every one was tried
   }
-  if (me == 0)
-    std::printf("[ rank %d of %d fails one allocation ] %d rebalances failed on every rank, %d went on\n",
-                bad, P, failures, successes);
+  void reset(const eplb::runtime::RuntimeConfig& c) {
+    prepare(c);
+    construct();
+    passes();
+  }
+};
+
+/// The weights hold what the placement says, on every rank, and every rank has the same one.
+void expect_consistent(const eplb::runtime::Engine& e, const std::string& when) {
+  EXPECT_EQ(bad_slots_anywhere_in(e.weights(), e.placement()), 0u) << when;
+  long long h = e.epoch();
+  for (int v : e.placement().phy2log()) h = h * 1000003 + v;
+  long long mn = h, mx = h;
+  MPI_Allreduce(MPI_IN_PLACE, &mn, 1, MPI_LONG_LONG, MPI_MIN, MPI_COMM_WORLD);
+  MPI_Allreduce(MPI_IN_PLACE, &mx, 1, MPI_LONG_LONG, MPI_MAX, MPI_COMM_WORLD);
+  EXPECT_EQ(mn, mx) << "placements or epochs differ between ranks " << when;
+}
+
+/// Whether a rebalance works on every rank (every rank calls it).
+bool rebalance_works_everywhere(eplb::runtime::Engine& e, std::string& why) {
+  int ok = 1;
+  try {
+    (void)e.rebalance();
+  } catch (const std::exception& ex) {
+    ok = 0;
+    why = ex.what();
+  }
+  MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+  return ok == 1;
+}
+
+/// One rebalance of a fresh engine in which one allocation of rank `bad` fails.
+void sweep_one_failing_allocation(const eplb::runtime::RuntimeConfig& cfg, int bad) {
+  EngineFixture f;
+  const auto initial = eplb::algo::Placement::contiguous(cfg.topology);
+  const int failures = sweep(
+      "rebalance", bad, [&] { f.reset(cfg); }, [&] { (void)f.engine->rebalance(); },
+      [&](long k, const Outcome& o) {
+        const std::string when = "after allocation " + std::to_string(k) + " of rank " + std::to_string(bad) +
+                                 " failed (" + o.what + ")";
+        expect_consistent(*f.engine, when);
+        if (o.threw && f.engine->epoch() == 0) {  // failed before the placement changed: nothing moved
+          EXPECT_EQ(bad_slots_anywhere_in(f.engine->weights(), initial), 0u) << when;
+        }
+        std::string why;
+        EXPECT_TRUE(rebalance_works_everywhere(*f.engine, why)) << when << ", the next rebalance failed: " << why;
+        expect_consistent(*f.engine, when + ", then a rebalance");
+      });
   EXPECT_GT(failures, 0) << "no allocation failure was ever reported";
 }
 
@@ -263,5 +327,118 @@ TEST(OneFailingAllocation, RebalanceEndsAlikeOnEveryRank) {
 TEST(OneFailingAllocation, RebalancePlannedOnRankZeroEndsAlikeOnEveryRank) {
   for (int bad = 0; bad < world_size(); ++bad) sweep_one_failing_allocation(sweep_config(false), bad);
 }
+
+TEST(OneFailingAllocation, EngineConstructionEndsAlikeOnEveryRank) {
+  const auto cfg = sweep_config(true);
+  for (int bad = 0; bad < world_size(); ++bad) {
+    EngineFixture f;
+    sweep(
+        "construction", bad, [&] { f.prepare(cfg); }, [&] { f.construct(); },
+        [&](long k, const Outcome& o) {
+          if (o.threw) return;  // every rank threw: nothing to use
+          const std::string when = "allocation " + std::to_string(k) + " of rank " + std::to_string(bad);
+          f.passes();
+          expect_consistent(*f.engine, when);
+          std::string why;
+          EXPECT_TRUE(rebalance_works_everywhere(*f.engine, why)) << when << ": " << why;
+        });
+  }
+}
+
+#if EPLB_TEST_CHECKPOINTS
+/// A path every rank agrees on (rank 0's process id), removed at the end.
+struct SharedPath {
+  std::string path;
+  explicit SharedPath(const char* stem) {
+    long id = static_cast<long>(getpid());
+    MPI_Bcast(&id, 1, MPI_LONG, 0, MPI_COMM_WORLD);
+    path = (std::filesystem::temp_directory_path() / (std::string(stem) + std::to_string(id) + ".h5")).string();
+  }
+  ~SharedPath() {
+    MPI_Barrier(MPI_COMM_WORLD);
+    if (world_rank() == 0) std::filesystem::remove(path);
+  }
+};
+
+TEST(OneFailingAllocation, SaveCheckpointEndsAlikeOnEveryRankAndChangesNothing) {
+  const auto cfg = sweep_config(true);
+  SharedPath file("eplb_alloc_save_");
+  for (int bad = 0; bad < world_size(); ++bad) {
+    EngineFixture f;
+    f.reset(cfg);
+    std::string why;
+    ASSERT_TRUE(rebalance_works_everywhere(*f.engine, why)) << why;
+    const auto epoch = f.engine->epoch();
+    const auto pass = f.engine->pass();
+    const int failures = sweep(
+        "save_checkpoint", bad, [] {}, [&] { eplb::runtime::save_checkpoint(*f.engine, file.path); },
+        [&](long k, const Outcome& o) {
+          const std::string when = "allocation " + std::to_string(k) + " of rank " + std::to_string(bad) + " (" +
+                                   o.what + ")";
+          EXPECT_EQ(f.engine->epoch(), epoch) << when;
+          EXPECT_EQ(f.engine->pass(), pass) << when;
+          expect_consistent(*f.engine, when);
+          if (!o.threw && world_rank() == 0) {  // a failure that was absorbed left a whole file
+            const auto c = eplb::runtime::read_checkpoint(file.path);
+            EXPECT_EQ(c.epoch, epoch) << when;
+            EXPECT_EQ(c.pass, pass) << when;
+            const auto p = f.engine->placement().phy2log();
+            EXPECT_TRUE(std::equal(p.begin(), p.end(), c.phy2log.begin(), c.phy2log.end())) << when;
+          }
+        });
+    EXPECT_GT(failures, 0);
+    // The last save (nothing failed) wrote a file that resumes.
+    EngineFixture g;
+    g.reset(cfg);
+    (void)eplb::runtime::resume_from_checkpoint(*g.engine, file.path);
+    EXPECT_EQ(g.engine->epoch(), epoch);
+    EXPECT_TRUE(g.engine->placement() == f.engine->placement());
+  }
+}
+
+TEST(OneFailingAllocation, ResumeEndsAlikeOnEveryRank) {
+  const auto cfg = sweep_config(true);
+  SharedPath file("eplb_alloc_resume_");
+  EngineFixture src;
+  src.reset(cfg);
+  std::string why;
+  ASSERT_TRUE(rebalance_works_everywhere(*src.engine, why)) << why;
+  eplb::runtime::save_checkpoint(*src.engine, file.path);
+  for (int bad = 0; bad < world_size(); ++bad) {
+    EngineFixture f;
+    const auto initial = eplb::algo::Placement::contiguous(cfg.topology);
+    const int failures = sweep(
+        "resume_from_checkpoint", bad, [&] { f.reset(cfg); },
+        [&] { (void)eplb::runtime::resume_from_checkpoint(*f.engine, file.path); },
+        [&](long k, const Outcome& o) {
+          const std::string when = "allocation " + std::to_string(k) + " of rank " + std::to_string(bad) + " (" +
+                                   o.what + ")";
+          int flag = f.engine->restore_failed() ? 1 : 0, any = flag;
+          MPI_Allreduce(&flag, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+          EXPECT_EQ(flag, any) << "restore_failed() differs between ranks, " << when;
+          if (!o.threw) {
+            EXPECT_TRUE(f.engine->placement() == src.engine->placement()) << when;
+            EXPECT_EQ(f.engine->epoch(), src.engine->epoch()) << when;
+          } else if (!any) {  // refused before anything changed
+            EXPECT_TRUE(f.engine->placement() == initial) << when;
+            EXPECT_EQ(f.engine->epoch(), 0) << when;
+          }
+          if (any) {  // documented: rebalances refuse until a restore succeeds
+            std::string ignored;
+            EXPECT_FALSE(rebalance_works_everywhere(*f.engine, ignored)) << when;
+            (void)eplb::runtime::resume_from_checkpoint(*f.engine, file.path);
+            EXPECT_FALSE(f.engine->restore_failed()) << when;
+          }
+          // The weights were loaded for the initial placement; a resumed engine moves none
+          // (Engine::restore), so load them for its placement before rebalancing.
+          eplb::runtime::fill_slots(f.engine->weights(), f.engine->placement(), world_rank());
+          std::string next;
+          EXPECT_TRUE(rebalance_works_everywhere(*f.engine, next)) << when << ", then: " << next;
+          expect_consistent(*f.engine, when);
+        });
+    EXPECT_GT(failures, 0);
+  }
+}
+#endif
 
 }  // namespace
