@@ -100,17 +100,14 @@ std::optional<std::string> agree_on_error(const MpiComm& comm,
 }
 
 void check_config_agreement(const MpiComm& comm, std::span<const ConfigField> fields) {
-  // Everything the collectives below use is allocated before the first of them, and a failure
-  // is part of that first reduction: no rank leaves while the others wait in a later one.
-  constexpr int kText = 64;
-  std::size_t shown = 0;
-  for (const auto& f : fields) shown += f.shown.empty() ? 0 : 1;
+  // The values' buffer is allocated before the first collective, and a failure is part of
+  // that first reduction (the texts' buffer, on the error path only, has an agreement of its
+  // own): no rank leaves while the others wait in a later collective.
+  constexpr int kText = 256;
   std::vector<std::uint64_t> v;
-  std::vector<char> texts;  // [shown field][rank][kText]: the allgathers of the error path
   bool allocated = true;
   try {
     v.resize(2 * fields.size());
-    texts.resize(shown * static_cast<std::size_t>(comm.size()) * kText);
   } catch (const std::bad_alloc&) {
     allocated = false;
   }
@@ -130,14 +127,28 @@ void check_config_agreement(const MpiComm& comm, std::span<const ConfigField> fi
   }
   EPLB_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, v.data(), static_cast<int>(v.size()), MPI_UINT64_T,
                                MPI_MIN, comm.get()));
-  // Every rank is at the same differing fields (the reduction decided): gather the texts of
-  // those with `shown` first (no allocation between the collectives), then build the message.
+  // Every rank is at the same differing fields (the reduction decided). On this error path
+  // only: the buffer for the texts of those with `shown` (agreed), their allgathers (no
+  // allocation between the collectives), then the message.
+  std::size_t shown = 0;
+  for (std::size_t i = 0; i < fields.size(); ++i)
+    shown += !fields[i].shown.empty() && v[2 * i] != ~v[2 * i + 1] ? 1 : 0;
   const std::size_t per_field = static_cast<std::size_t>(comm.size()) * kText;
+  std::vector<char> texts;  // [differing shown field][rank][kText]
+  if (shown) {
+    int ok = 1;
+    try {
+      texts.resize(shown * per_field);
+    } catch (const std::bad_alloc&) {
+      ok = 0;
+    }
+    EPLB_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, comm.get()));
+    if (!ok) throw InvalidInput("configuration differs between ranks (out of memory while naming the fields)");
+  }
   std::size_t at = 0;
   for (std::size_t i = 0; i < fields.size(); ++i) {
-    if (fields[i].shown.empty()) continue;
+    if (fields[i].shown.empty() || v[2 * i] == ~v[2 * i + 1]) continue;
     char* all = texts.data() + at++ * per_field;
-    if (v[2 * i] == ~v[2 * i + 1]) continue;
     char mine[kText] = {};
     std::snprintf(mine, sizeof mine, "%.*s", static_cast<int>(std::min<std::size_t>(fields[i].shown.size(), kText - 1)),
                   fields[i].shown.data());
@@ -146,9 +157,9 @@ void check_config_agreement(const MpiComm& comm, std::span<const ConfigField> fi
   std::string diff;
   at = 0;
   for (std::size_t i = 0; i < fields.size(); ++i) {
-    const char* all = fields[i].shown.empty() ? nullptr : texts.data() + at++ * per_field;
     const std::uint64_t lo = v[2 * i], hi = ~v[2 * i + 1];
     if (lo == hi) continue;
+    const char* all = fields[i].shown.empty() ? nullptr : texts.data() + at++ * per_field;
     diff += diff.empty() ? "" : ", ";
     diff += fields[i].name;
     if (!all) {

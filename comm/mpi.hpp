@@ -105,7 +105,7 @@ struct ConfigField {
 
 /// Compares the fields across ranks (two allreduces). On any difference every rank throws
 /// InvalidInput naming each differing field with its smallest and largest value (or, for a
-/// field with `shown`, up to four distinct texts (cut to 63 characters), each with the first
+/// field with `shown`, up to four distinct texts (cut to 255 characters), each with the first
 /// rank that has it: one more allgather, on this error path only); Error on every rank when a
 /// rank cannot allocate its buffers. All ranks must pass the same number of fields in
 /// the same order (the count is checked first).
