@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <numeric>
 #include <optional>
@@ -91,6 +92,62 @@ std::vector<TensorSpec> parse_tensors(const std::string& text) {
   }
   if (out.empty()) throw std::invalid_argument("--tensors: no tensor given");
   return out;
+}
+
+/// The router's settings, which a checkpoint does not hold (it holds the engine's): rank 0
+/// writes them beside a checkpoint (PATH.moe_sim) and --resume compares them, so that a
+/// continuation routes the traffic the run that wrote the checkpoint would have routed.
+std::string router_settings(const Options& o) {
+  char b[256];
+  std::snprintf(b, sizeof b, "seed %u\nskew %.17g\ndrift %.17g\ntokens %d\ntopk %d\npadded-tokens %d\n", o.seed,
+                o.skew, o.drift, o.tokens, o.topk, o.padded_tokens);
+  return b;
+}
+
+void write_router_settings(const Options& o, int rank) {
+  if (o.checkpoint.empty() || rank != 0) return;
+  std::ofstream f(o.checkpoint + ".moe_sim", std::ios::trunc);
+  f << "# moe_sim router settings of the run that writes " << o.checkpoint << " (read by --resume)\n"
+    << router_settings(o);
+  if (!f.flush())
+    std::fprintf(stderr, "moe_sim: note: could not write %s.moe_sim; --resume from this checkpoint will not "
+                 "check the router's settings\n", o.checkpoint.c_str());
+}
+
+/// --resume: the options of this run that differ from those recorded beside the checkpoint
+/// (rank 0 reads; every rank throws alike). No record: a note, and the run goes on.
+void check_router_settings(const Options& o, int rank) {
+  if (o.resume.empty()) return;
+  char diff[512] = {};
+  if (rank == 0) {
+    std::ifstream f(o.resume + ".moe_sim");
+    if (!f) {
+      std::fprintf(stderr, "moe_sim: note: no %s.moe_sim beside the checkpoint: cannot check that --seed, "
+                   "--skew, --drift, --tokens, --topk and --padded-tokens match the run that wrote it\n",
+                   o.resume.c_str());
+    } else {
+      std::istringstream mine(router_settings(o));
+      std::string line, want, key, theirs, ours;
+      std::string text;
+      while (std::getline(f, line))
+        if (!line.empty() && line[0] != '#') text += line + "\n";
+      std::istringstream recorded(text);
+      while (std::getline(recorded, line) && std::getline(mine, want)) {
+        if (line == want) continue;
+        std::istringstream a(line), b(want);
+        a >> key >> theirs;
+        b >> key >> ours;
+        const std::size_t used = std::strlen(diff);
+        std::snprintf(diff + used, sizeof diff - used, "%s--%s %s (this run: %s)", used ? ", " : "", key.c_str(),
+                      theirs.c_str(), ours.c_str());
+      }
+    }
+  }
+  MPI_Bcast(diff, sizeof diff, MPI_CHAR, 0, MPI_COMM_WORLD);
+  diff[sizeof diff - 1] = '\0';
+  if (diff[0])
+    throw std::invalid_argument("--resume " + o.resume + ": the run that wrote it had " + diff +
+                                "; the router would not continue its traffic (use the same options)");
 }
 
 /// Rank 0 checks that a file can be created beside `path` (option `opt`; a probe, so that an
@@ -317,6 +374,8 @@ int run(int argc, char** argv, int rank, int size) {
     throw std::invalid_argument("need 0 <= --padded-tokens < --tokens");
   check_writable("--csv", o.csv, rank);
   check_writable("--checkpoint", o.checkpoint, rank);
+  check_router_settings(o, rank);
+  write_router_settings(o, rank);
 
   if (o.device == "cuda") {
     // One GPU per rank: every node needs at least as many devices as it has ranks. Decided

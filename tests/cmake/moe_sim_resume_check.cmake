@@ -74,5 +74,11 @@ list(SUBLIST full_rows ${first} ${n} tail)
 if(NOT tail STREQUAL resumed_rows)
   message(FATAL_ERROR "rebalance rows differ:\n--- 2N passes:\n${tail}\n--- resumed:\n${resumed_rows}")
 endif()
-message(STATUS "resume matches: ${n} rebalances after the checkpoint; ${compared}")
+# A resume with another router seed is refused (the settings recorded beside the checkpoint).
+execute_process(COMMAND ${MPIEXEC} ${SIM} ${ARGS} --passes 1 --resume half.h5 --seed 9 WORKING_DIRECTORY ${DIR}
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(NOT rc EQUAL 2 OR NOT err MATCHES "--seed 1 \\(this run: 9\\)")
+  message(FATAL_ERROR "a resume with --seed 9 was not refused naming --seed (exit ${rc}):\n${out}\n${err}")
+endif()
+message(STATUS "resume matches: ${n} rebalances after the checkpoint; ${compared}; another --seed is refused")
 file(REMOVE_RECURSE ${DIR})
