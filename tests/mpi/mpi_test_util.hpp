@@ -3,11 +3,15 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include <cmath>
 #include <cstddef>
+#include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
 #include "eplb/algo/placement.hpp"
+#include "eplb/algo/policy.hpp"
 #include "eplb/algo/topology.hpp"
 #include "eplb/runtime/pattern.hpp"
 #include "eplb/runtime/weights.hpp"
@@ -52,5 +56,33 @@ inline std::size_t bad_slots_anywhere_in(const eplb::runtime::WeightRegistry& w,
   MPI_Allreduce(&n, &total, 1, MPI_UNSIGNED_LONG_LONG, MPI_SUM, MPI_COMM_WORLD);
   return total;
 }
+
+/// The executor tests' set-up: 6 layers of 16 experts (fewer with one rank), 6 slots per rank,
+/// three tensors per expert (512, 96 and 40 bytes, strides padded by 24), loaded for the
+/// contiguous placement `a`; `next()` is the deepseek policy's placement for the next
+/// lognormal load, the same on every rank (one seed).
+struct MigrationSetup {
+  eplb::algo::Topology t;
+  HostWeights w;
+  std::unique_ptr<eplb::algo::Policy> policy = eplb::algo::make_policy("deepseek");
+  eplb::algo::Placement a;
+  std::mt19937_64 rng;
+  std::lognormal_distribution<double> d{0.0, 1.5};
+  explicit MigrationSetup(unsigned seed)
+      : t(topology()), w(t, {512, 96, 40}, 24), a(eplb::algo::Placement::contiguous(t)), rng(seed) {
+    eplb::runtime::fill_slots(w.registry, a, world_rank());
+  }
+  eplb::algo::Placement next() {
+    eplb::algo::LoadMatrix load{t.num_layers, t.num_logical, {}};
+    for (int i = 0; i < t.num_layers * t.num_logical; ++i) load.values.push_back(std::floor(100 * d(rng)));
+    return policy->rebalance(load.view(), t, &a);
+  }
+  static eplb::algo::Topology topology() {
+    const int P = world_size();
+    eplb::algo::Topology t{6, 16, 6 * P, P, 1, 1};
+    if (t.num_slots < t.num_logical) t.num_logical = t.num_slots;
+    return t;
+  }
+};
 
 }  // namespace eplb::test

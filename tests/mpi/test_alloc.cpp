@@ -105,25 +105,17 @@ TEST_P(PreparedMigrationAllocations, ExecuteAllocatesNothing) {
     ASSERT_EQ(g_allocations.load(), 1) << "the replaced operator new is not in use";
   }
   const auto& c = GetParam();
-  const int P = world_size(), me = world_rank();
-  Topology t{6, 16, 6 * P, P, 1, 1};
-  if (t.num_slots < t.num_logical) t.num_logical = t.num_slots;
-  HostWeights w(t, {512, 96, 40}, 24);
-  auto policy = eplb::algo::make_policy("deepseek");
-  auto a = eplb::algo::Placement::contiguous(t);
-  eplb::runtime::fill_slots(w.registry, a, me);
+  const int me = world_rank();
+  eplb::test::MigrationSetup s(7);
+  const auto& t = s.t;
   eplb::comm::MpiComm comm(MPI_COMM_WORLD);
   eplb::comm::MpiHostTransport transport(comm);
-  std::mt19937_64 rng(7);  // same loads on every rank
-  std::lognormal_distribution<double> d(0.0, 1.5);
   for (int round = 0; round < 3; ++round) {
-    eplb::algo::LoadMatrix load{t.num_layers, t.num_logical, {}};
-    for (int i = 0; i < t.num_layers * t.num_logical; ++i) load.values.push_back(std::floor(100 * d(rng)));
-    const auto b = policy->rebalance(load.view(), t, &a);
+    const auto b = s.next();
     eplb::algo::MigrationOptions mo;
     mo.max_staged_slots_per_rank = c.staged_slots;
-    const auto plan = eplb::algo::plan_migration(a, b, t, mo);
-    eplb::runtime::PreparedMigration m(plan, w.registry, transport, me, c.options);
+    const auto plan = eplb::algo::plan_migration(s.a, b, t, mo);
+    eplb::runtime::PreparedMigration m(plan, s.w.registry, transport, me, c.options);
     auto staging = transport.allocate(m.staging_bytes());
     int reported = 0;
     g_allocations = 0;
@@ -135,8 +127,8 @@ TEST_P(PreparedMigrationAllocations, ExecuteAllocatesNothing) {
     EXPECT_EQ(n, 0) << "heap allocations during execute() in round " << round;
     EXPECT_EQ(reported, t.num_layers);
     EXPECT_GT(moved.rounds, 0);
-    EXPECT_EQ(bad_slots_anywhere_in(w.registry, b), 0u) << "round " << round;
-    a = b;
+    EXPECT_EQ(bad_slots_anywhere_in(s.w.registry, b), 0u) << "round " << round;
+    s.a = b;
   }
 }
 
@@ -153,18 +145,15 @@ INSTANTIATE_TEST_SUITE_P(
 
 TEST(PreparedMigration, RunsOnceAndChecksItsInputsInTheConstructor) {
   const int P = world_size(), me = world_rank();
-  Topology t{2, 8, 8 * P, P, 1, 1};
-  HostWeights w(t, {256});
-  const auto a = eplb::algo::Placement::contiguous(t);
-  eplb::runtime::fill_slots(w.registry, a, me);
-  std::vector<int> p2l(a.phy2log().begin(), a.phy2log().end());
-  for (int l = 0; l < t.num_layers; ++l) std::swap(p2l[l * t.num_slots], p2l[(l + 1) * t.num_slots - 1]);
-  const eplb::algo::Placement b(t.num_layers, t.num_logical, t.num_slots, p2l);
-  const auto plan = eplb::algo::plan_migration(a, b, t);
+  eplb::test::MigrationSetup s(3);
+  const auto& t = s.t;
+  auto& w = s.w;
+  const auto b = s.next();
+  const auto plan = eplb::algo::plan_migration(s.a, b, t);
   eplb::comm::MpiComm comm(MPI_COMM_WORLD);
   eplb::comm::MpiHostTransport transport(comm);
   EXPECT_THROW(eplb::runtime::PreparedMigration(plan, w.registry, transport, P), std::invalid_argument);
-  HostWeights other(Topology{3, 8, 8 * P, P, 1, 1}, {256});
+  HostWeights other(Topology{t.num_layers + 1, t.num_logical, t.num_slots, P, 1, 1}, {256});
   EXPECT_THROW(eplb::runtime::PreparedMigration(plan, other.registry, transport, me), std::invalid_argument);
   eplb::runtime::PreparedMigration m(plan, w.registry, transport, me);
   EXPECT_EQ(m.staging_bytes(), eplb::runtime::staging_bytes_needed(plan, w.registry));
