@@ -440,8 +440,10 @@ RebalanceStats Engine::rebalance() {
     st.moved = migration->execute({staging_.get(), staging_size_}, [this, &commit_error](int layer) {
       if (!listener_ || commit_error) return;
       capture(commit_error, "", [&] { listener_->commit_layer(layer); });  // no allocation unless it fails
-      if (commit_error)
-        *commit_error = "switching the maps of layer " + std::to_string(layer) + " failed: " + *commit_error;
+      if (commit_error) try {
+          *commit_error = "switching the maps of layer " + std::to_string(layer) + " failed: " + *commit_error;
+        } catch (...) {  // out of memory for the longer text: the listener's own text stays
+        }
     });
   });
   st.t_migrate_ms = ms_since(t);
