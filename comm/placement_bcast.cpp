@@ -207,9 +207,30 @@ void allgather_placement(const MpiComm& comm, const algo::Topology& topo,
       else unpack<std::int32_t>(payload, part);
       at += part.size();
     }
-    if (!planning_error) out.assign(topo.num_layers, topo.num_logical, topo.num_slots, all);
-  } catch (const std::invalid_argument& e) {
-    planning_error = std::string("gathered placement is invalid: ") + e.what();
+    if (!planning_error) {
+      try {  // into a new placement, so that `out` stays as it was on an error
+        out = algo::Placement(topo.num_layers, topo.num_logical, topo.num_slots, std::move(all));
+      } catch (const std::invalid_argument& e) {
+        // Whose slice: each checked alone (this error path only), the first invalid one named.
+        planning_error = std::string("gathered placement is invalid: ") + e.what();
+        for (int r = 0; r < P; ++r) {
+          const auto s = layer_share(topo.num_layers, r, P);
+          if (s.last == s.first) continue;
+          std::vector<int> part(static_cast<std::size_t>(s.last - s.first) * R);  // `all` was moved
+          const unsigned char* payload = recv.data() + displs[r] + sizeof(SliceHeader);
+          if (ib == 2) unpack<std::int16_t>(payload, part);
+          else unpack<std::int32_t>(payload, part);
+          try {
+            (void)algo::Placement(s.last - s.first, topo.num_logical, topo.num_slots, std::move(part));
+          } catch (const std::invalid_argument& bad) {
+            planning_error = "[rank " + std::to_string(r) + "] planned an invalid placement for layers " +
+                             std::to_string(s.first) + "-" + std::to_string(s.last - 1) +
+                             " (counted from its first layer below): " + bad.what();
+            break;
+          }
+        }
+      }
+    }
   } catch (const std::exception& e) {
     local_error = std::string("allgather_placement: unpacking failed: ") + e.what();
   }

@@ -993,6 +993,20 @@ TEST(Collectives, PlacementAllgatherAssemblesTheSharesOrFailsEverywhere) {
       EXPECT_NE(what.find("its layers need"), std::string::npos) << what;
     }
     EXPECT_EQ(out, kept);
+    // The last rank's slice is not a valid placement (an expert id out of range): every rank
+    // throws, naming that rank.
+    const auto last = eplb::comm::layer_share(t.num_layers, P - 1, P);
+    std::vector<int> broken(mine.begin(), mine.end());
+    if (comm.rank() == P - 1 && !broken.empty()) broken.back() = t.num_logical;
+    try {
+      eplb::comm::allgather_placement(comm, t, broken, std::nullopt, out);
+      if (last.last > last.first) ADD_FAILURE() << "an invalid slice was accepted";
+    } catch (const eplb::InvalidInput& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find("[rank " + std::to_string(P - 1) + "] planned an invalid placement"), std::string::npos)
+          << what;
+    }
+    EXPECT_EQ(out, kept);
   }
 }
 
