@@ -313,6 +313,18 @@ TEST(OneFailingAllocation, RebalanceEndsAlikeOnEveryRank) {
   for (int bad = 0; bad < world_size(); ++bad) sweep_one_failing_allocation(sweep_config(true), bad);
 }
 
+TEST(OneFailingAllocation, StickyRebalanceWithTwoNodesEndsAlikeOnEveryRank) {
+  // The migration-aware policy (its own scratch and search) on a hierarchical topology where
+  // the ranks allow two nodes.
+  auto cfg = sweep_config(true);
+  cfg.policy = "sticky";
+  if (world_size() % 2 == 0) {
+    cfg.topology.num_nodes = 2;
+    cfg.topology.num_groups = 4;
+  }
+  for (int bad = 0; bad < world_size(); ++bad) sweep_one_failing_allocation(cfg, bad);
+}
+
 TEST(OneFailingAllocation, RebalancePlannedOnRankZeroEndsAlikeOnEveryRank) {
   for (int bad = 0; bad < world_size(); ++bad) sweep_one_failing_allocation(sweep_config(false), bad);
 }
