@@ -15,6 +15,7 @@
 #include "eplb/runtime/engine.hpp"
 #include "eplb/runtime/migrate.hpp"
 #include "eplb/algo/policy.hpp"
+#include "device_engine.hpp"
 
 namespace {
 using eplb::algo::Topology;
@@ -89,17 +90,8 @@ TEST_P(NcclMigrationBytes, ConsecutiveRebalancesKeepEveryByte) {
   cfg.staging_bytes = tc.staging;
   cfg.max_layers_per_window = tc.max_layers_per_window;
   cfg.pipeline_batches = tc.pipeline_batches;
-  eplb::runtime::cuda::DeviceWeightSet weights(t.num_layers, t.slots_per_rank(), tc.tensors);
-  const auto initial = eplb::algo::Placement::contiguous(t);
-  weights.fill(initial, rank);
-  eplb::runtime::Engine engine(MPI_COMM_WORLD, cfg, weights.registry(), initial,
-                               [&](const eplb::comm::MpiComm& c) {
-                                 return eplb::runtime::cuda::make_nccl_transport(c, stream.get());
-                               });
-  eplb::runtime::cuda::DeviceLoadWindow window(t.num_layers, t.num_logical, cfg.window_passes, stream.get());
-  eplb::runtime::cuda::DeviceMaps maps(t, initial, stream.get());
-  engine.set_load_source(&window);
-  engine.set_map_listener(&maps);
+  eplb::test::DeviceEngine de(cfg, tc.tensors, stream.get(), rank);
+  auto& [_, weights, initial, engine, window, maps] = de;
 
   std::mt19937 rng(99 + rank);
   const int n = 512 * 4;
@@ -111,11 +103,7 @@ TEST_P(NcclMigrationBytes, ConsecutiveRebalancesKeepEveryByte) {
     for (int pass = 0; pass < 2; ++pass) {
       for (int l = 0; l < t.num_layers; ++l) {
         for (auto& v : ids) v = (g(rng) + 5 * r + l) % t.num_logical;
-        eplb::comm::copy_async(d_ids.get(), ids.data(), d_ids.size(), stream.get());
-        EPLB_CUDA_CHECK(eplb::runtime::cuda::launch_route_and_count(
-            d_ids.get(), false, n, maps.layer(l), 0, 0, nullptr, window.counts(l), window.errors(),
-            stream.get()));
-        stream.synchronize();  // ids is reused
+        de.route(l, ids, d_ids);
       }
       (void)engine.step();
     }
@@ -197,23 +185,11 @@ TEST(NcclMigration, OutOfRangeIdsAreReportedOnEveryRank) {
   cfg.topology = tt;
   cfg.window_passes = 1;
   cfg.rebalance_interval = 0;
-  eplb::runtime::cuda::DeviceWeightSet weights(2, tt.slots_per_rank(), {{"w", 256}});
-  const auto initial = eplb::algo::Placement::contiguous(tt);
-  weights.fill(initial, rank);
-  eplb::runtime::Engine engine(MPI_COMM_WORLD, cfg, weights.registry(), initial,
-                               [&](const eplb::comm::MpiComm& c) {
-                                 return eplb::runtime::cuda::make_nccl_transport(c, stream.get());
-                               });
-  eplb::runtime::cuda::DeviceLoadWindow window(2, 8, 1, stream.get());
-  eplb::runtime::cuda::DeviceMaps maps(tt, initial, stream.get());
-  engine.set_load_source(&window);
-  engine.set_map_listener(&maps);
+  eplb::test::DeviceEngine de(cfg, {{"w", 256}}, stream.get(), rank);
+  auto& [_, weights, initial, engine, window, maps] = de;
   std::vector<std::int64_t> ids = {1, 2, rank == P - 1 ? 99 : 3};
   eplb::comm::DeviceBuffer d(ids.size() * 8);
-  eplb::comm::copy_async(d.get(), ids.data(), d.size(), stream.get());
-  EPLB_CUDA_CHECK(eplb::runtime::cuda::launch_route_and_count(d.get(), true, 3, maps.layer(1), 0, 0,
-                                                              nullptr, window.counts(1), window.errors(),
-                                                              stream.get()));
+  de.route(1, ids, d);
   try {
     engine.rebalance();
     ADD_FAILURE() << "out-of-range id accepted";

@@ -37,45 +37,7 @@
 #include "eplb/runtime/engine_checkpoint.hpp"
 #endif
 
-namespace {
-std::atomic<bool> g_counting{false};
-std::atomic<long> g_allocations{0};
-std::atomic<long> g_fail_at{0};  // while counting: the allocation with this number (from 1) throws
-
-void* counted_alloc(std::size_t n, std::size_t align) {
-  if (g_counting.load(std::memory_order_relaxed)) {
-    const long k = g_allocations.fetch_add(1, std::memory_order_relaxed) + 1;
-    if (k == g_fail_at.load(std::memory_order_relaxed)) throw std::bad_alloc();
-  }
-  if (n == 0) n = 1;
-  void* p = align > alignof(std::max_align_t) ? std::aligned_alloc(align, (n + align - 1) / align * align)
-                                              : std::malloc(n);
-  if (!p) throw std::bad_alloc();
-  return p;
-}
-}  // namespace
-
-// Every replaceable allocation form counts while g_counting is set.
-void* operator new(std::size_t n) { return counted_alloc(n, 0); }
-void* operator new[](std::size_t n) { return counted_alloc(n, 0); }
-void* operator new(std::size_t n, std::align_val_t a) { return counted_alloc(n, static_cast<std::size_t>(a)); }
-void* operator new[](std::size_t n, std::align_val_t a) { return counted_alloc(n, static_cast<std::size_t>(a)); }
-void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
-  try {
-    return counted_alloc(n, 0);
-  } catch (...) {
-    return nullptr;
-  }
-}
-void* operator new[](std::size_t n, const std::nothrow_t& t) noexcept { return operator new(n, t); }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
-void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+#include "alloc_hooks.hpp"
 
 namespace {
 using eplb::algo::Topology;
@@ -161,57 +123,6 @@ TEST(PreparedMigration, RunsOnceAndChecksItsInputsInTheConstructor) {
   (void)m.execute({staging.get(), m.staging_bytes()});
   EXPECT_EQ(bad_slots_anywhere_in(w.registry, b), 0u);
   EXPECT_THROW((void)m.execute({staging.get(), m.staging_bytes()}), std::logic_error);  // local: no peer waits
-}
-
-struct Outcome {
-  bool threw = false;
-  std::string what;  ///< this rank's error
-};
-
-/// For k = 1, 2, ... until rank `bad` makes fewer than k allocations in `action`: `setup()`
-/// (nothing fails), then `action()` with allocation k of rank `bad` failing (std::bad_alloc),
-/// then `check(k, outcome)` on every rank once the ranks agreed that all of them threw or none
-/// did. Stops at the first failed expectation anywhere (so that no rank runs on alone).
-/// Prints and returns how many actions threw.
-template <class Setup, class Action, class Check>
-int sweep(const char* what, int bad, Setup&& setup, Action&& action, Check&& check) {
-  const int me = world_rank();
-  int failures = 0, successes = 0;
-  for (long k = 1;; ++k) {
-    setup();
-    Outcome o;
-    g_allocations = 0;
-    g_fail_at = me == bad ? k : 0;
-    g_counting = me == bad;
-    try {
-      action();
-    } catch (const std::exception& e) {
-      o.threw = true;
-      o.what = e.what();
-    }
-    g_counting = false;
-    g_fail_at = 0;
-    if (std::getenv("EPLB_ALLOC_TEST_DEBUG"))
-      std::fprintf(stderr, "%s: rank %d k=%ld threw=%d %s\n", what, me, k, o.threw, o.what.c_str());
-    const int reached = me == bad && g_allocations.load() >= k;  // allocation k happened
-    int flags[3] = {reached, o.threw ? 1 : 0, o.threw ? 0 : 1};  // MAX: any reached, any threw, any went on
-    MPI_Allreduce(MPI_IN_PLACE, flags, 3, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-    if (flags[1] && flags[2]) {
-      ADD_FAILURE() << what << ": allocation " << k << " of rank " << bad
-                    << " failed: some ranks threw, others did not (this rank: "
-                    << (o.threw ? o.what : std::string("no error")) << ")";
-      return failures;
-    }
-    (o.threw ? failures : successes) += 1;
-    check(k, o);
-    int failed = ::testing::Test::HasFailure() ? 1 : 0;
-    MPI_Allreduce(MPI_IN_PLACE, &failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-    if (failed || !flags[0]) break;  // !flags[0]: every allocation of rank `bad` was tried
-  }
-  if (me == 0)
-    std::printf("[ %s: rank %d of %d fails one allocation ] %d failed on every rank, %d went on\n", what, bad,
-                world_size(), failures, successes);
-  return failures;
 }
 
 /// An engine of `cfg` after two passes of the same loads every time (per rank), contiguous.
