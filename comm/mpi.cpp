@@ -130,9 +130,10 @@ void check_config_agreement(const MpiComm& comm, std::span<const ConfigField> fi
   // Every rank is at the same differing fields (the reduction decided). On this error path
   // only: the buffer for the texts of those with `shown` (agreed), their allgathers (no
   // allocation between the collectives), then the message.
+  auto differs = [&](std::size_t i) { return v[2 * i] != ~v[2 * i + 1]; };
+  auto named = [&](std::size_t i) { return differs(i) && !fields[i].shown.empty(); };  // texts gathered
   std::size_t shown = 0;
-  for (std::size_t i = 0; i < fields.size(); ++i)
-    shown += !fields[i].shown.empty() && v[2 * i] != ~v[2 * i + 1] ? 1 : 0;
+  for (std::size_t i = 0; i < fields.size(); ++i) shown += named(i) ? 1 : 0;
   const std::size_t per_field = static_cast<std::size_t>(comm.size()) * kText;
   std::vector<char> texts;  // [differing shown field][rank][kText]
   if (shown) {
@@ -147,7 +148,7 @@ void check_config_agreement(const MpiComm& comm, std::span<const ConfigField> fi
   }
   std::size_t at = 0;
   for (std::size_t i = 0; i < fields.size(); ++i) {
-    if (fields[i].shown.empty() || v[2 * i] == ~v[2 * i + 1]) continue;
+    if (!named(i)) continue;
     char* all = texts.data() + at++ * per_field;
     char mine[kText] = {};
     std::snprintf(mine, sizeof mine, "%.*s", static_cast<int>(std::min<std::size_t>(fields[i].shown.size(), kText - 1)),
@@ -157,9 +158,9 @@ void check_config_agreement(const MpiComm& comm, std::span<const ConfigField> fi
   std::string diff;
   at = 0;
   for (std::size_t i = 0; i < fields.size(); ++i) {
+    if (!differs(i)) continue;
     const std::uint64_t lo = v[2 * i], hi = ~v[2 * i + 1];
-    if (lo == hi) continue;
-    const char* all = fields[i].shown.empty() ? nullptr : texts.data() + at++ * per_field;
+    const char* all = named(i) ? texts.data() + at++ * per_field : nullptr;
     diff += diff.empty() ? "" : ", ";
     diff += fields[i].name;
     if (!all) {

@@ -189,6 +189,11 @@ void allgather_placement(const MpiComm& comm, const algo::Topology& topo,
   // invalid placement is found on all of them; a rank-local failure (std::bad_alloc) is agreed
   // on first, so that no rank throws alone.
   std::optional<std::string> planning_error, local_error;
+  auto unpack_share = [&](int r, std::span<int> dst) {  // rank r's slice: its layers' R entries
+    const unsigned char* payload = recv.data() + displs[r] + sizeof(SliceHeader);
+    if (ib == 2) unpack<std::int16_t>(payload, dst);
+    else unpack<std::int32_t>(payload, dst);
+  };
   try {
     std::vector<int> all(static_cast<std::size_t>(topo.num_layers) * R);
     std::size_t at = 0;
@@ -202,9 +207,7 @@ void allgather_placement(const MpiComm& comm, const algo::Topology& topo,
       }
       const auto s = layer_share(topo.num_layers, r, P);
       const std::span<int> part(all.data() + at, static_cast<std::size_t>(s.last - s.first) * R);
-      const unsigned char* payload = recv.data() + displs[r] + sizeof hr;
-      if (ib == 2) unpack<std::int16_t>(payload, part);
-      else unpack<std::int32_t>(payload, part);
+      unpack_share(r, part);
       at += part.size();
     }
     if (!planning_error) {
@@ -217,9 +220,7 @@ void allgather_placement(const MpiComm& comm, const algo::Topology& topo,
           const auto s = layer_share(topo.num_layers, r, P);
           if (s.last == s.first) continue;
           std::vector<int> part(static_cast<std::size_t>(s.last - s.first) * R);  // `all` was moved
-          const unsigned char* payload = recv.data() + displs[r] + sizeof(SliceHeader);
-          if (ib == 2) unpack<std::int16_t>(payload, part);
-          else unpack<std::int32_t>(payload, part);
+          unpack_share(r, part);
           try {
             (void)algo::Placement(s.last - s.first, topo.num_logical, topo.num_slots, std::move(part));
           } catch (const std::invalid_argument& bad) {
