@@ -14,14 +14,10 @@
 
 namespace {
 using eplb::algo::Topology;
+using eplb::test::rebalance_works_everywhere;
+using eplb::test::sum_over_ranks;
 using eplb::test::world_rank;
 using eplb::test::world_size;
-
-std::size_t total(std::size_t local) {
-  unsigned long long n = local, t = 0;
-  MPI_Allreduce(&n, &t, 1, MPI_UNSIGNED_LONG_LONG, MPI_SUM, MPI_COMM_WORLD);
-  return t;
-}
 
 TEST(NcclOneFailingAllocation, RebalanceEndsAlikeOnEveryRank) {
   const int P = world_size(), rank = world_rank();
@@ -58,28 +54,18 @@ TEST(NcclOneFailingAllocation, RebalanceEndsAlikeOnEveryRank) {
   for (int bad = 0; bad < P; ++bad) {
     const int failures = sweep(
         "rebalance over NCCL", bad, passes, [&] { (void)engine.rebalance(); },
-        [&](long k, const Outcome& o) {
-          const std::string when = "allocation " + std::to_string(k) + " of rank " + std::to_string(bad) + " (" +
-                                   o.what + ")";
+        [&](const Outcome& o) {
+          const std::string& when = o.when;
           stream.synchronize();
           const auto wrong = weights.verify(engine.placement(), rank);
           for (std::size_t i = 0; i < wrong.size() && i < 3; ++i) ADD_FAILURE() << wrong[i];
-          EXPECT_EQ(total(wrong.size()), 0u) << when;
+          EXPECT_EQ(sum_over_ranks(wrong.size()), 0u) << when;
           // The next rebalance works on every rank.
           passes();
-          int ok = 1;
           std::string why;
-          try {
-            (void)engine.rebalance();
-          } catch (const std::exception& e) {
-            ok = 0;
-            why = e.what();
-          }
-          int all = ok;
-          MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-          EXPECT_EQ(all, 1) << when << ", then: " << why;
+          EXPECT_TRUE(rebalance_works_everywhere(engine, why)) << when << ", then: " << why;
           stream.synchronize();
-          EXPECT_EQ(total(weights.verify(engine.placement(), rank).size()), 0u) << when << ", then a rebalance";
+          EXPECT_EQ(sum_over_ranks(weights.verify(engine.placement(), rank).size()), 0u) << when << ", then a rebalance";
         });
     EXPECT_GT(failures, 0);
   }

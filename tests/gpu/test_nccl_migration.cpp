@@ -16,6 +16,7 @@
 #include "eplb/runtime/migrate.hpp"
 #include "eplb/algo/policy.hpp"
 #include "device_engine.hpp"
+#include "../mpi/mpi_test_util.hpp"
 
 namespace {
 using eplb::algo::Topology;
@@ -32,12 +33,6 @@ int world(int* rank) {
   if (eplb::comm::cuda_device_count() < (P))                                              \
   GTEST_SKIP() << "needs " << (P) << " CUDA devices (one per rank), found "              \
                << eplb::comm::cuda_device_count()
-
-std::size_t total_bad(std::size_t local) {
-  unsigned long long n = local, t = 0;
-  MPI_Allreduce(&n, &t, 1, MPI_UNSIGNED_LONG_LONG, MPI_SUM, MPI_COMM_WORLD);
-  return t;
-}
 
 struct Case {
   const char* name;
@@ -111,7 +106,7 @@ TEST_P(NcclMigrationBytes, ConsecutiveRebalancesKeepEveryByte) {
     ASSERT_FALSE(st.skipped);
     const auto bad = weights.verify(engine.placement(), rank);
     for (std::size_t i = 0; i < bad.size() && i < 3; ++i) ADD_FAILURE() << bad[i];
-    ASSERT_EQ(total_bad(bad.size()), 0u) << "rebalance " << r;
+    ASSERT_EQ(eplb::test::sum_over_ranks(bad.size()), 0u) << "rebalance " << r;
     // The device maps equal the placement's (committed layer by layer).
     for (int l = 0; l < t.num_layers; ++l) {
       std::vector<int> cnt(t.num_logical);
@@ -165,7 +160,7 @@ TEST(NcclMigration, OverlappedRoundsAndWindowsKeepEveryByte) {
     EXPECT_GT(c.rounds, 0);
     const auto bad = weights.verify(b, rank);
     for (std::size_t i = 0; i < bad.size() && i < 3; ++i) ADD_FAILURE() << bad[i];
-    ASSERT_EQ(total_bad(bad.size()), 0u) << "migration " << it;
+    ASSERT_EQ(eplb::test::sum_over_ranks(bad.size()), 0u) << "migration " << it;
     a = b;
   }
   EXPECT_GT(overlapped, 0) << "no migration used two staging regions";
@@ -197,7 +192,7 @@ TEST(NcclMigration, OutOfRangeIdsAreReportedOnEveryRank) {
     EXPECT_NE(std::string(e.what()).find("outside [0, 8)"), std::string::npos) << e.what();
   }
   EXPECT_EQ(engine.placement(), initial);
-  EXPECT_EQ(total_bad(weights.verify(engine.placement(), rank).size()), 0u);
+  EXPECT_EQ(eplb::test::sum_over_ranks(weights.verify(engine.placement(), rank).size()), 0u);
 }
 
 /// Two ranks or more, one GPU each, an NcclTransport with a 5 s timeout; rank 0 talks to

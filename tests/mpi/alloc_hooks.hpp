@@ -58,11 +58,12 @@ namespace {
 struct Outcome {
   bool threw = false;
   std::string what;  ///< this rank's error
+  std::string when;  ///< "allocation k of rank r (this rank's error)", for messages
 };
 
 /// For k = 1, 2, ... until rank `bad` makes fewer than k allocations in `action`: `setup()`
 /// (nothing fails), then `action()` with allocation k of rank `bad` failing (std::bad_alloc),
-/// then `check(k, outcome)` on every rank once the ranks agreed that all of them threw or none
+/// then `check(outcome)` on every rank once the ranks agreed that all of them threw or none
 /// did. Stops at the first failed expectation anywhere (so that no rank runs on alone).
 /// Prints and returns how many actions threw.
 template <class Setup, class Action, class Check>
@@ -95,7 +96,8 @@ int sweep(const char* what, int bad, Setup&& setup, Action&& action, Check&& che
       return failures;
     }
     (o.threw ? failures : successes) += 1;
-    check(k, o);
+    o.when = "allocation " + std::to_string(k) + " of rank " + std::to_string(bad) + " (" + o.what + ")";
+    check(o);
     int failed = ::testing::Test::HasFailure() ? 1 : 0;
     MPI_Allreduce(MPI_IN_PLACE, &failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
     if (failed || !flags[0]) break;  // !flags[0]: every allocation of rank `bad` was tried

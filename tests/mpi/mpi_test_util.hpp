@@ -13,6 +13,7 @@
 #include "eplb/algo/placement.hpp"
 #include "eplb/algo/policy.hpp"
 #include "eplb/algo/topology.hpp"
+#include "eplb/runtime/engine.hpp"
 #include "eplb/runtime/pattern.hpp"
 #include "eplb/runtime/weights.hpp"
 
@@ -48,13 +49,31 @@ struct HostWeights {
   }
 };
 
+/// The sum of `n` over the ranks (every rank calls it).
+inline std::size_t sum_over_ranks(std::size_t n) {
+  unsigned long long mine = n, total = 0;
+  MPI_Allreduce(&mine, &total, 1, MPI_UNSIGNED_LONG_LONG, MPI_SUM, MPI_COMM_WORLD);
+  return total;
+}
+
 /// Slots on any rank whose bytes are not their expert's under `p` (every rank calls it).
 inline std::size_t bad_slots_anywhere_in(const eplb::runtime::WeightRegistry& w, const eplb::algo::Placement& p) {
   const auto bad = eplb::runtime::verify_slots(w, p, world_rank());
   for (std::size_t i = 0; i < bad.size() && i < 3; ++i) ADD_FAILURE() << bad[i];
-  unsigned long long n = bad.size(), total = 0;
-  MPI_Allreduce(&n, &total, 1, MPI_UNSIGNED_LONG_LONG, MPI_SUM, MPI_COMM_WORLD);
-  return total;
+  return sum_over_ranks(bad.size());
+}
+
+/// Whether a rebalance works on every rank (every rank calls it); this rank's error in `why`.
+inline bool rebalance_works_everywhere(eplb::runtime::Engine& e, std::string& why) {
+  int ok = 1;
+  try {
+    (void)e.rebalance();
+  } catch (const std::exception& ex) {
+    ok = 0;
+    why = ex.what();
+  }
+  MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+  return ok == 1;
 }
 
 /// The executor tests' set-up: 6 layers of 16 experts (fewer with one rank), 6 slots per rank,

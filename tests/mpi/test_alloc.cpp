@@ -42,6 +42,7 @@
 namespace {
 using eplb::algo::Topology;
 using eplb::test::bad_slots_anywhere_in;
+using eplb::test::rebalance_works_everywhere;
 using eplb::test::HostWeights;
 using eplb::test::world_rank;
 using eplb::test::world_size;
@@ -173,28 +174,14 @@ void expect_consistent(const eplb::runtime::Engine& e, const std::string& when) 
   EXPECT_EQ(mn, mx) << "placements or epochs differ between ranks " << when;
 }
 
-/// Whether a rebalance works on every rank (every rank calls it).
-bool rebalance_works_everywhere(eplb::runtime::Engine& e, std::string& why) {
-  int ok = 1;
-  try {
-    (void)e.rebalance();
-  } catch (const std::exception& ex) {
-    ok = 0;
-    why = ex.what();
-  }
-  MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-  return ok == 1;
-}
-
 /// One rebalance of a fresh engine in which one allocation of rank `bad` fails.
 void sweep_one_failing_allocation(const eplb::runtime::RuntimeConfig& cfg, int bad) {
   EngineFixture f;
   const auto initial = eplb::algo::Placement::contiguous(cfg.topology);
   const int failures = sweep(
       "rebalance", bad, [&] { f.reset(cfg); }, [&] { (void)f.engine->rebalance(); },
-      [&](long k, const Outcome& o) {
-        const std::string when = "after allocation " + std::to_string(k) + " of rank " + std::to_string(bad) +
-                                 " failed (" + o.what + ")";
+      [&](const Outcome& o) {
+        const std::string& when = o.when;
         expect_consistent(*f.engine, when);
         if (o.threw && f.engine->epoch() == 0) {  // failed before the placement changed: nothing moved
           EXPECT_EQ(bad_slots_anywhere_in(f.engine->weights(), initial), 0u) << when;
@@ -246,9 +233,9 @@ TEST(OneFailingAllocation, EngineConstructionEndsAlikeOnEveryRank) {
     EngineFixture f;
     sweep(
         "construction", bad, [&] { f.prepare(cfg); }, [&] { f.construct(); },
-        [&](long k, const Outcome& o) {
+        [&](const Outcome& o) {
           if (o.threw) return;  // every rank threw: nothing to use
-          const std::string when = "allocation " + std::to_string(k) + " of rank " + std::to_string(bad);
+          const std::string& when = o.when;
           f.passes();
           expect_consistent(*f.engine, when);
           std::string why;
@@ -284,9 +271,8 @@ TEST(OneFailingAllocation, SaveCheckpointEndsAlikeOnEveryRankAndChangesNothing) 
     const auto pass = f.engine->pass();
     const int failures = sweep(
         "save_checkpoint", bad, [] {}, [&] { eplb::runtime::save_checkpoint(*f.engine, file.path); },
-        [&](long k, const Outcome& o) {
-          const std::string when = "allocation " + std::to_string(k) + " of rank " + std::to_string(bad) + " (" +
-                                   o.what + ")";
+        [&](const Outcome& o) {
+          const std::string& when = o.when;
           EXPECT_EQ(f.engine->epoch(), epoch) << when;
           EXPECT_EQ(f.engine->pass(), pass) << when;
           expect_consistent(*f.engine, when);
@@ -322,9 +308,8 @@ TEST(OneFailingAllocation, ResumeEndsAlikeOnEveryRank) {
     const int failures = sweep(
         "resume_from_checkpoint", bad, [&] { f.reset(cfg); },
         [&] { (void)eplb::runtime::resume_from_checkpoint(*f.engine, file.path); },
-        [&](long k, const Outcome& o) {
-          const std::string when = "allocation " + std::to_string(k) + " of rank " + std::to_string(bad) + " (" +
-                                   o.what + ")";
+        [&](const Outcome& o) {
+          const std::string& when = o.when;
           int flag = f.engine->restore_failed() ? 1 : 0, any = flag;
           MPI_Allreduce(&flag, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
           EXPECT_EQ(flag, any) << "restore_failed() differs between ranks, " << when;
