@@ -39,8 +39,36 @@ inline void store_row(u64* a, int i, __m512i v) { _mm512_storeu_si512(a + i * kL
 inline __m512i gather_at(const u64* a, __m512i idx) {
   return _mm512_i64gather_epi64(_mm512_add_epi64(_mm512_slli_epi64(idx, 3), lane64()), a, 8);
 }
-inline void scatter_at(u64* a, __m512i idx, __m512i v) {
-  _mm512_i64scatter_epi64(a, _mm512_add_epi64(_mm512_slli_epi64(idx, 3), lane64()), v, 8);
+/// As gather_at, by eight scalar loads. A load that reads what a scalar store of a recent step
+/// wrote gets the value forwarded from the store; a gather after a scatter waits for the
+/// scatter to reach the cache. The tournament trees read back what they wrote a step before.
+inline __m512i load_at(const u64* a, __m512i idx) {
+  const __m512i off = _mm512_add_epi64(_mm512_slli_epi64(idx, 3), lane64());
+  const __m256i o_lo = _mm512_castsi512_si256(off), o_hi = _mm512_extracti64x4_epi64(off, 1);
+  __m128i v[4];
+#pragma GCC unroll 4
+  for (int q = 0; q < 4; ++q) {
+    const __m128i o = q < 2 ? (q == 0 ? _mm256_castsi256_si128(o_lo) : _mm256_extracti128_si256(o_lo, 1))
+                            : (q == 2 ? _mm256_castsi256_si128(o_hi) : _mm256_extracti128_si256(o_hi, 1));
+    v[q] = _mm_insert_epi64(_mm_cvtsi64_si128(static_cast<long long>(a[_mm_cvtsi128_si64(o)])),
+                            static_cast<long long>(a[_mm_extract_epi64(o, 1)]), 1);
+  }
+  return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_inserti128_si256(_mm256_castsi128_si256(v[0]), v[1], 1)),
+                            _mm256_inserti128_si256(_mm256_castsi128_si256(v[2]), v[3], 1), 1);
+}
+/// Element idx[lane] of each lane = v[lane], by eight scalar stores (see load_at).
+inline void store_at(u64* a, __m512i idx, __m512i v) {
+  const __m512i off = _mm512_add_epi64(_mm512_slli_epi64(idx, 3), lane64());
+  const __m256i o_lo = _mm512_castsi512_si256(off), o_hi = _mm512_extracti64x4_epi64(off, 1);
+  const __m256i v_lo = _mm512_castsi512_si256(v), v_hi = _mm512_extracti64x4_epi64(v, 1);
+#pragma GCC unroll 4
+  for (int q = 0; q < 4; ++q) {
+    const __m256i oh = q < 2 ? o_lo : o_hi, vh = q < 2 ? v_lo : v_hi;
+    const __m128i o = q % 2 ? _mm256_extracti128_si256(oh, 1) : _mm256_castsi256_si128(oh);
+    const __m128i x = q % 2 ? _mm256_extracti128_si256(vh, 1) : _mm256_castsi256_si128(vh);
+    a[_mm_cvtsi128_si64(o)] = static_cast<u64>(_mm_cvtsi128_si64(x));
+    a[_mm_extract_epi64(o, 1)] = static_cast<u64>(_mm_extract_epi64(x, 1));
+  }
 }
 inline __m256i index32(__m256i elem) {  // lane-major index of int32 element elem[lane]
   return _mm256_add_epi32(_mm256_slli_epi32(elem, 3), lane32());
@@ -154,6 +182,7 @@ inline void sort_lanes(u64* a, int n) { Net<Wide>::sort(a, n); }
 /// x >= front is a branch-free insertion (the scalar SortedQueue, lane-wise).
 template <int M>
 struct VQueue {
+  static constexpr bool kTree = false;
   __m512i a[M];
   __m512i front() const { return a[0]; }
   void replace_front(__m512i x, __m512i /*leaf*/) { replace_front(x); }
@@ -182,6 +211,7 @@ struct VTree {
   static_assert(LOG > 3);
   static constexpr int kLeaves = 1 << LOG;
   static constexpr int kMem = LOG - 3;  // levels in memory: 4..LOG
+  static constexpr bool kTree = true;
   u64* t;
   __m512i top[8];  // level 3: nodes 8..15
   __m512i root;
@@ -213,13 +243,13 @@ struct VTree {
     __m512i sib[kMem];
 #pragma GCC unroll 8
     for (int d = 0; d < kMem; ++d)
-      sib[d] = gather_at(t, _mm512_xor_si512(_mm512_srli_epi64(node, d), _mm512_set1_epi64(1)));
+      sib[d] = load_at(t, _mm512_xor_si512(_mm512_srli_epi64(node, d), _mm512_set1_epi64(1)));
     __m512i v = x;
-    scatter_at(t, node, v);
+    store_at(t, node, v);
 #pragma GCC unroll 8
     for (int d = 0; d + 1 < kMem; ++d) {
       v = _mm512_min_epu64(v, sib[d]);
-      scatter_at(t, _mm512_srli_epi64(node, d + 1), v);
+      store_at(t, _mm512_srli_epi64(node, d + 1), v);
     }
     v = _mm512_min_epu64(v, sib[kMem - 1]);
     const __m512i n3 = _mm512_srli_epi64(node, kMem);  // 8..15
@@ -251,10 +281,14 @@ void replicate(Q& q, const RowShape& sh, int K, const RowBuffers& s) {
   }
 }
 
-/// The next item of the merge of the A list (s.keys from ia) and the B list (s.extra from ib).
+/// The next item of the merge of the A list (s.keys from ia) and the B list (s.extra from ib),
+/// read with gathers or (Scalar) scalar loads: beside a tree's scalar loads and stores the
+/// scalar loads measured faster, beside a register queue the gathers (docs/BENCHMARKS.md).
+template <bool Scalar>
 inline __m512i next_item(const RowBuffers& s, __m512i& ia, __m512i& ib) {
   const __m512i one = _mm512_set1_epi64(1);
-  const __m512i ka = gather_at(s.keys, ia), kb = gather_at(s.extra, ib);
+  const __m512i ka = Scalar ? load_at(s.keys, ia) : gather_at(s.keys, ia);
+  const __m512i kb = Scalar ? load_at(s.extra, ib) : gather_at(s.extra, ib);
   const __mmask8 take_a = _mm512_cmplt_epu64_mask(ka, kb);
   ia = _mm512_mask_add_epi64(ia, take_a, ia, one);
   ib = _mm512_mask_add_epi64(ib, static_cast<__mmask8>(~take_a), ib, one);
@@ -275,7 +309,7 @@ void pack(Q& q, const RowShape& sh, __m512i ia, __m512i ib, int first, const Row
   const __m512i obase = slot_base(sh);
   int* out = s.slot_item;
   for (int t = first; t < sh.slots; ++t) {
-    const __m512i item = next_item(s, ia, ib);
+    const __m512i item = next_item<Q::kTree>(s, ia, ib);
 
     const __m512i f = q.front();
     const __m512i low = low32(f);
@@ -337,7 +371,7 @@ inline bool first_round(const RowShape& sh, int leaves, __m512i& ia, __m512i& ib
   const __m512i obase = slot_base(sh);
   __m512i a = ia, b = ib, item = _mm512_setzero_si512();
   for (int t = 0; t < m; ++t) {
-    item = next_item(s, a, b);
+    item = next_item<true>(s, a, b);
     _mm512_i64scatter_epi32(s.slot_item, _mm512_add_epi64(obase, _mm512_set1_epi64(static_cast<long long>(t) * cap)),
                             _mm512_cvtepi64_epi32(expert_of(item)), 4);
     // load 0 + w = w: the item's float bits, under the pack's id (t << 16 | 1 item)
@@ -383,6 +417,58 @@ struct Pack {
 
 }  // namespace
 
+/// r[i] = row i of a 16 x 16 block of 32-bit values in, column i out.
+inline void transpose16(__m512i* r) {
+  __m512i t[16];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  // 128-bit lane k of t[2i]: rows 2i, 2i+1 at columns 4k, 4k+1 (interleaved); t[2i+1]: 4k+2, 4k+3.
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+    r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+  // 128-bit lane k of r[4i + m]: rows 4i..4i+3 at column 4k + m.
+#pragma GCC unroll 4
+  for (int m = 0; m < 4; ++m) {
+    const __m512i a = _mm512_shuffle_i32x4(r[m], r[4 + m], 0x88), b = _mm512_shuffle_i32x4(r[m], r[4 + m], 0xdd);
+    const __m512i c = _mm512_shuffle_i32x4(r[8 + m], r[12 + m], 0x88), d = _mm512_shuffle_i32x4(r[8 + m], r[12 + m], 0xdd);
+    t[m] = _mm512_shuffle_i32x4(a, c, 0x88);
+    t[8 + m] = _mm512_shuffle_i32x4(a, c, 0xdd);
+    t[4 + m] = _mm512_shuffle_i32x4(b, d, 0x88);
+    t[12 + m] = _mm512_shuffle_i32x4(b, d, 0xdd);
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; ++i) r[i] = t[i];
+}
+
+/// r[i] = row i of an 8 x 8 block of floats in, column i out.
+inline void transpose8(__m256* r) {
+  __m256 t[8], u[8];
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+#pragma GCC unroll 2
+  for (int i = 0; i < 2; ++i) {
+    u[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+    u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xee);
+    u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xee);
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x20);
+    r[4 + i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x31);
+  }
+}
+
 int sort_rows(int n) { return imax(16, pow2_at_least(n)); }
 
 void sort_keys16(const RowShape& sh, const float* w, u64* keys_lo, u64* keys_hi, std::uint32_t* k32) {
@@ -395,12 +481,21 @@ void sort_keys16(const RowShape& sh, const float* w, u64* keys_lo, u64* keys_hi,
   const __m512i mask = _mm512_set1_epi32((1 << b) - 1);
   const __m512i base16 = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
                                             _mm512_set1_epi32(n));
-  for (int j = 0; j < n; ++j) {
-    const __m512 v = _mm512_i32gather_ps(_mm512_add_epi32(base16, _mm512_set1_epi32(j)), w, 4);
+  auto narrow = [&](__m512 v, int j) {
     const __m512i bits = _mm512_castps_si512(_mm512_add_ps(v, _mm512_setzero_ps()));  // -0 -> +0
     _mm512_storeu_si512(k32 + j * 16, _mm512_or_si512(_mm512_andnot_si512(_mm512_or_si512(bits, mask), _mm512_set1_epi32(-1)),
                                                       _mm512_set1_epi32(j)));
+  };
+  int j0 = 0;
+  for (; j0 + 16 <= n; j0 += 16) {  // 16 x 16 blocks transposed in registers
+    __m512i r[16];
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_si512(w + static_cast<long long>(i) * n + j0);
+    transpose16(r);
+#pragma GCC unroll 16
+    for (int c = 0; c < 16; ++c) narrow(_mm512_castsi512_ps(r[c]), j0 + c);
   }
+  for (int j = j0; j < n; ++j) narrow(_mm512_i32gather_ps(_mm512_add_epi32(base16, _mm512_set1_epi32(j)), w, 4), j);
   for (int j = n; j <= m; ++j) _mm512_storeu_si512(k32 + j * 16, _mm512_set1_epi32(-1));
   Net<Narrow>::sort(k32, n);
   // Each half's wide keys (as plan_rows wants them), in the narrow order; a lane where two
@@ -438,10 +533,19 @@ void sort_keys16(const RowShape& sh, const float* w, u64* keys_lo, u64* keys_hi,
 void sort_keys8(const RowShape& sh, const float* w, u64* keys) {
   const int n = sh.n;
   const __m256i wbase = _mm256_mullo_epi32(lane32(), _mm256_set1_epi32(n));
-  for (int j = 0; j < n; ++j) {
-    const __m256 v = _mm256_i32gather_ps(w, _mm256_add_epi32(wbase, _mm256_set1_epi32(j)), 4);
+  auto wide = [&](__m256 v, int j) {
     store_row(keys, j, desc_keys(v, _mm512_set1_epi64((static_cast<long long>(j) << 16) | j)));
+  };
+  int j0 = 0;
+  for (; j0 + 8 <= n; j0 += 8) {  // 8 x 8 blocks transposed in registers
+    __m256 r[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(w + static_cast<long long>(i) * n + j0);
+    transpose8(r);
+#pragma GCC unroll 8
+    for (int c = 0; c < 8; ++c) wide(r[c], j0 + c);
   }
+  for (int j = j0; j < n; ++j) wide(_mm256_i32gather_ps(w, _mm256_add_epi32(wbase, _mm256_set1_epi32(j)), 4), j);
   for (int j = n; j <= sort_rows(n); ++j) store_row(keys, j, _mm512_set1_epi64(kNone));
   sort_lanes(keys, n);
 }

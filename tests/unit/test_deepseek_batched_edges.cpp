@@ -82,7 +82,9 @@ std::vector<Topology> edge_topologies() {
              {L, 8, 8 * 65, 8, 8, 8},     // one expert per node, K = 64
              {L, 8, 8 * 66, 8, 8, 8},     // K = 65 per node (Kc = 1: batched)
              {L, 8, 8 * 64, 8 * 64, 8, 8},  // 64 GPUs per node, one slot each
-             {L, 60, 120, 6, 2, 3}})      // G % N != 0: global
+             {L, 60, 120, 6, 2, 3},       // G % N != 0: global
+             {L, 137, 201, 3, 1, 1},      // 16-row sort: 8 rows of 16 + 9 gathered columns
+             {L, 200, 240, 8, 1, 1}})     // 16-row sort: 12 blocks + 8 columns
       out.push_back(t);
   return out;
 }
