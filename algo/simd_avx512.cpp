@@ -506,10 +506,15 @@ void sort_keys16(const RowShape& sh, const float* w, u64* keys_lo, u64* keys_hi,
     const __m256i wbase = _mm256_mullo_epi32(_mm256_add_epi32(lane32(), _mm256_set1_epi32(8 * h)), _mm256_set1_epi32(n));
     __m512i prev = _mm512_setzero_si512();
     __mmask8 unsorted = 0;
+    const float* wr[8];
+    for (int l = 0; l < 8; ++l) wr[l] = w + static_cast<long long>(8 * h + l) * n;
+    const std::uint32_t bm = (1u << b) - 1;
     for (int t = 0; t < n; ++t) {
       const __m256i idx = _mm256_and_si256(
           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(k32 + t * 16 + 8 * h)), _mm512_castsi512_si256(mask));
-      const __m256 v = _mm256_i32gather_ps(w, _mm256_add_epi32(wbase, idx), 4);
+      const std::uint32_t* kt = k32 + t * 16 + 8 * h;
+      const __m256 v = _mm256_setr_ps(wr[0][kt[0] & bm], wr[1][kt[1] & bm], wr[2][kt[2] & bm], wr[3][kt[3] & bm],
+                                      wr[4][kt[4] & bm], wr[5][kt[5] & bm], wr[6][kt[6] & bm], wr[7][kt[7] & bm]);
       const __m512i e = _mm512_cvtepu32_epi64(idx);
       const __m512i key = desc_keys(v, _mm512_or_si512(_mm512_slli_epi64(e, 16), e));
       unsorted |= _mm512_cmpgt_epu64_mask(prev, key);
