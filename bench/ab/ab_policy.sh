@@ -4,13 +4,20 @@
 # build-ab/ab. Needs g++ with C++20 and git; x86-64 with AVX-512 for the batched kernel.
 # Usage: bench/ab/ab_policy.sh REV [calls per side] [shape substring]
 #   e.g. bench/ab/ab_policy.sh HEAD~1 300 Kimi
+# REV may also be a directory holding an exported tree (its algo/ and bench/shapes.hpp), for a
+# machine without the repository's history (the GPU host gets a copy of the working tree only):
+#   git archive REV algo bench/shapes.hpp | tar -x -C DIR
 set -euo pipefail
 rev=${1:?usage: ab_policy.sh REV [calls] [shape]}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 out=$root/build-ab
 mkdir -p "$out"
 rm -rf "$out/old-src" && mkdir -p "$out/old-src"
-git -C "$root" archive "$rev" algo bench/shapes.hpp | tar -x -C "$out/old-src"
+if [[ -d $rev ]]; then
+  cp -r "$rev/algo" "$out/old-src/" && mkdir -p "$out/old-src/bench" && cp "$rev/bench/shapes.hpp" "$out/old-src/bench/"
+else
+  git -C "$root" archive "$rev" algo bench/shapes.hpp | tar -x -C "$out/old-src"
+fi
 flags=(-O3 -DNDEBUG -std=c++20 -DEPLB_HAVE_AVX512_KERNEL)
 avx=(-mavx512f -mavx512vl -mavx512dq -mavx512bw)
 for side in old new; do
