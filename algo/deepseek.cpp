@@ -377,6 +377,7 @@ void DeepseekPolicy::rebalance_into(LoadView load, const Topology& topo,
   topo.validate();
   load.validate(topo);
   if (previous) previous->check_shape(topo, "deepseek policy: previous placement");
+  (void)detail::scalar_access();  // a bad EPLB_DEEPSEEK_ACCESS throws here, on any CPU, before any write
   const int L = topo.num_layers, R = topo.num_slots;
   int* out_all = detail::grow(phy2log_, static_cast<std::size_t>(L) * R);
   const bool batched = batched_for(topo);

@@ -4,7 +4,10 @@
 #include "eplb/algo/simd.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
+#include <stdexcept>
+#include <string>
 #include <limits>
 #include <string_view>
 
@@ -49,6 +52,41 @@ bool simd_rows_supported(const RowShape& s) {
          s.slots % s.packs == 0 && s.slots / s.packs < 0xffff && K >= 0;
 }
 
+namespace {
+std::atomic<int> g_access_override{-1};
+
+/// EPLB_DEEPSEEK_ACCESS: 1 scalar, 0 gather, -1 unset; another value throws.
+int access_from_env() {
+  const char* e = std::getenv("EPLB_DEEPSEEK_ACCESS");
+  if (!e || !*e) return -1;
+  const std::string_view v(e);
+  if (v == "scalar") return 1;
+  if (v == "gather") return 0;
+  throw std::invalid_argument("EPLB_DEEPSEEK_ACCESS must be 'scalar' or 'gather', not '" + std::string(v) + "'");
+}
+
+bool cpu_is_amd() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  return __builtin_cpu_is("amd") != 0;
+#else
+  return false;
+#endif
+}
+}  // namespace
+
+bool scalar_access() {
+  const int forced = g_access_override.load(std::memory_order_relaxed);
+  if (forced >= 0) return forced == 1;
+  static const bool by_default = [] {
+    const int from_env = access_from_env();
+    return from_env >= 0 ? from_env == 1 : cpu_is_amd();
+  }();
+  return by_default;
+}
+
+void set_scalar_access(int mode) { g_access_override.store(mode < 0 ? -1 : (mode ? 1 : 0), std::memory_order_relaxed); }
+
 #if defined(EPLB_HAVE_AVX512_KERNEL)
 
 bool simd_rows_available() {
@@ -62,13 +100,14 @@ bool simd_rows_available() {
   return ok;
 }
 
+
 void sort_rows_simd(const RowShape& sh, SimdScratch& s, int halves) {
   const std::size_t rows = static_cast<std::size_t>(avx512::sort_rows(sh.n) + 1);
   grow(s.keys, rows * kLanes);
   grow(s.keys_hi, rows * kLanes);
   if (sh.n >= kNarrowSortMin) {
     grow(s.keys32, rows * SimdScratch::kRows);
-    avx512::sort_keys16(sh, s.w.data(), s.keys.data(), s.keys_hi.data(), s.keys32.data());
+    avx512::sort_keys16(sh, s.w.data(), s.keys.data(), s.keys_hi.data(), s.keys32.data(), scalar_access());
     return;
   }
   avx512::sort_keys8(sh, s.w.data(), s.keys.data());
@@ -84,7 +123,7 @@ void plan_rows_simd(const RowShape& sh, SimdScratch& s, int half) {
   grow(s.tree, static_cast<std::size_t>(2 * 64) * kLanes);
   avx512::plan_rows(sh, {s.w.data() + static_cast<std::size_t>(half) * kLanes * n,
                          half ? s.keys_hi.data() : s.keys.data(), s.extra.data(), s.cnt.data(),
-                         s.picks.data(), s.slot_item.data(), s.tree.data()});
+                         s.picks.data(), s.slot_item.data(), s.tree.data(), scalar_access()});
 }
 
 void to_float(const double* src, float* dst, int n) { avx512::to_float(src, dst, n); }

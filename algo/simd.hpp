@@ -47,6 +47,18 @@ bool simd_rows_supported(const RowShape& shape);
 /// EPLB_DEEPSEEK_SCALAR is not set to a non-zero value.
 bool simd_rows_available();
 
+/// How the batched kernel reads and writes the tables it revisits within a batch (the
+/// tournament trees of replication and packing, the packing's merge beside a tree, the sorted
+/// keys' loads): true, with eight scalar loads and stores per vector; false, with gathers and
+/// scatters. The results are the same either way; the speed is not. On AMD Zen (the
+/// development and CI machines) the scalar form measured faster, on Intel Xeon the gathers
+/// (docs/BENCHMARKS.md, sixteenth session). The default follows the CPU's vendor:
+/// scalar on AMD, gathers elsewhere. EPLB_DEEPSEEK_ACCESS=scalar|gather overrides it for the
+/// process (another value: std::invalid_argument from the policy call, naming the variable).
+bool scalar_access();
+/// Tests: 1 forces the scalar form, 0 the gathers, -1 restores the default.
+void set_scalar_access(int mode);
+
 /// Sorts the experts of the 16 rows whose loads are in s.w ([16][shape.n], every row filled:
 /// callers pad with copies; rows 8-15 only if halves == 2); then plan_rows_simd(shape, s,
 /// half) runs rows 8 * half .. + 7.

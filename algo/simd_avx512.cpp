@@ -39,6 +39,9 @@ inline void store_row(u64* a, int i, __m512i v) { _mm512_storeu_si512(a + i * kL
 inline __m512i gather_at(const u64* a, __m512i idx) {
   return _mm512_i64gather_epi64(_mm512_add_epi64(_mm512_slli_epi64(idx, 3), lane64()), a, 8);
 }
+inline void scatter_at(u64* a, __m512i idx, __m512i v) {
+  _mm512_i64scatter_epi64(a, _mm512_add_epi64(_mm512_slli_epi64(idx, 3), lane64()), v, 8);
+}
 /// As gather_at, by eight scalar loads. A load that reads what a scalar store of a recent step
 /// wrote gets the value forwarded from the store; a gather after a scatter waits for the
 /// scatter to reach the cache. The tournament trees read back what they wrote a step before.
@@ -213,18 +216,20 @@ struct VTree {
   static constexpr int kMem = LOG - 3;  // levels in memory: 4..LOG
   static constexpr bool kTree = true;
   u64* t;
+  bool scalar;     // nodes read and written by scalar loads and stores, else gathers and scatters
   __m512i top[8];  // level 3: nodes 8..15
   __m512i root;
   __m512i front() const { return root; }
   /// Leaves i < n get key(i) (a vector), the rest kNone.
   template <class KeyOf>
-  void init(u64* storage, int n, KeyOf&& key_of) {
+  void init(u64* storage, int n, bool scalar_access, KeyOf&& key_of) {
     for (int i = 0; i < n; ++i) store_row(storage, kLeaves + i, key_of(i));
-    build(storage, n);
+    build(storage, n, scalar_access);
   }
   /// Leaves i < n already stored: the rest get kNone, the inner nodes their minimums.
-  void build(u64* storage, int n) {
+  void build(u64* storage, int n, bool scalar_access) {
     t = storage;
+    scalar = scalar_access;
     for (int i = n; i < kLeaves; ++i) store_row(t, kLeaves + i, _mm512_set1_epi64(kNone));
     for (int i = kLeaves - 1; i >= 16; --i)
       store_row(t, i, _mm512_min_epu64(load_row(t, 2 * i), load_row(t, 2 * i + 1)));
@@ -237,19 +242,26 @@ struct VTree {
         _mm512_min_epu64(_mm512_min_epu64(top[0], top[1]), _mm512_min_epu64(top[2], top[3])),
         _mm512_min_epu64(_mm512_min_epu64(top[4], top[5]), _mm512_min_epu64(top[6], top[7])));
   }
+  __m512i read(__m512i idx) const { return scalar ? load_at(t, idx) : gather_at(t, idx); }
+  void write(__m512i idx, __m512i v) {
+    if (scalar)
+      store_at(t, idx, v);
+    else
+      scatter_at(t, idx, v);
+  }
   /// Replaces the key at `leaf` (per lane; the current minimum's leaf) by x.
   void replace_front(__m512i x, __m512i leaf) {
     const __m512i node = _mm512_add_epi64(leaf, _mm512_set1_epi64(kLeaves));
     __m512i sib[kMem];
 #pragma GCC unroll 8
     for (int d = 0; d < kMem; ++d)
-      sib[d] = load_at(t, _mm512_xor_si512(_mm512_srli_epi64(node, d), _mm512_set1_epi64(1)));
+      sib[d] = read(_mm512_xor_si512(_mm512_srli_epi64(node, d), _mm512_set1_epi64(1)));
     __m512i v = x;
-    store_at(t, node, v);
+    write(node, v);
 #pragma GCC unroll 8
     for (int d = 0; d + 1 < kMem; ++d) {
       v = _mm512_min_epu64(v, sib[d]);
-      store_at(t, _mm512_srli_epi64(node, d + 1), v);
+      write(_mm512_srli_epi64(node, d + 1), v);
     }
     v = _mm512_min_epu64(v, sib[kMem - 1]);
     const __m512i n3 = _mm512_srli_epi64(node, kMem);  // 8..15
@@ -284,11 +296,10 @@ void replicate(Q& q, const RowShape& sh, int K, const RowBuffers& s) {
 /// The next item of the merge of the A list (s.keys from ia) and the B list (s.extra from ib),
 /// read with gathers or (Scalar) scalar loads: beside a tree's scalar loads and stores the
 /// scalar loads measured faster, beside a register queue the gathers (docs/BENCHMARKS.md).
-template <bool Scalar>
-inline __m512i next_item(const RowBuffers& s, __m512i& ia, __m512i& ib) {
+inline __m512i next_item(const RowBuffers& s, __m512i& ia, __m512i& ib, bool scalar) {
   const __m512i one = _mm512_set1_epi64(1);
-  const __m512i ka = Scalar ? load_at(s.keys, ia) : gather_at(s.keys, ia);
-  const __m512i kb = Scalar ? load_at(s.extra, ib) : gather_at(s.extra, ib);
+  const __m512i ka = scalar ? load_at(s.keys, ia) : gather_at(s.keys, ia);
+  const __m512i kb = scalar ? load_at(s.extra, ib) : gather_at(s.extra, ib);
   const __mmask8 take_a = _mm512_cmplt_epu64_mask(ka, kb);
   ia = _mm512_mask_add_epi64(ia, take_a, ia, one);
   ib = _mm512_mask_add_epi64(ib, static_cast<__mmask8>(~take_a), ib, one);
@@ -308,8 +319,9 @@ void pack(Q& q, const RowShape& sh, __m512i ia, __m512i ib, int first, const Row
   const __m512i one = _mm512_set1_epi64(1), capv = _mm512_set1_epi64(cap);
   const __m512i obase = slot_base(sh);
   int* out = s.slot_item;
+  const bool scalar = Q::kTree && s.scalar_access;  // beside the register queue gathers measured faster
   for (int t = first; t < sh.slots; ++t) {
-    const __m512i item = next_item<Q::kTree>(s, ia, ib);
+    const __m512i item = next_item(s, ia, ib, scalar);
 
     const __m512i f = q.front();
     const __m512i low = low32(f);
@@ -356,7 +368,7 @@ struct Replicate {
     } else {
       constexpr int LOG = M == 32 ? 5 : 6;
       VTree<LOG> q;
-      q.init(s.tree, Kc, [&](int i) { return replicate_entry(s, i, Kc); });
+      q.init(s.tree, Kc, s.scalar_access, [&](int i) { return replicate_entry(s, i, Kc); });
       replicate(q, sh, K, s);
     }
   }
@@ -371,7 +383,7 @@ inline bool first_round(const RowShape& sh, int leaves, __m512i& ia, __m512i& ib
   const __m512i obase = slot_base(sh);
   __m512i a = ia, b = ib, item = _mm512_setzero_si512();
   for (int t = 0; t < m; ++t) {
-    item = next_item<true>(s, a, b);
+    item = next_item(s, a, b, s.scalar_access);
     _mm512_i64scatter_epi32(s.slot_item, _mm512_add_epi64(obase, _mm512_set1_epi64(static_cast<long long>(t) * cap)),
                             _mm512_cvtepi64_epi32(expert_of(item)), 4);
     // load 0 + w = w: the item's float bits, under the pack's id (t << 16 | 1 item)
@@ -405,10 +417,10 @@ struct Pack {
       __m512i ib = _mm512_setzero_si512();
       int first = 0;
       if (first_round(sh, VTree<LOG>::kLeaves, ia, ib, s)) {
-        q.build(s.tree, sh.packs);
+        q.build(s.tree, sh.packs, s.scalar_access);
         first = sh.packs;
       } else {
-        q.init(s.tree, sh.packs, [&](int i) { return empty_pack(i, sh.packs); });
+        q.init(s.tree, sh.packs, s.scalar_access, [&](int i) { return empty_pack(i, sh.packs); });
       }
       pack(q, sh, ia, ib, first, s);
     }
@@ -471,7 +483,7 @@ inline void transpose8(__m256* r) {
 
 int sort_rows(int n) { return imax(16, pow2_at_least(n)); }
 
-void sort_keys16(const RowShape& sh, const float* w, u64* keys_lo, u64* keys_hi, std::uint32_t* k32) {
+void sort_keys16(const RowShape& sh, const float* w, u64* keys_lo, u64* keys_hi, std::uint32_t* k32, bool scalar) {
   const int n = sh.n, m = sort_rows(n);
   // Narrow keys: the top bits of ~bits(w) above the index's b bits, then the index. Their
   // order agrees with the wide keys' wherever the top bits differ; where they are equal it is
@@ -505,15 +517,17 @@ void sort_keys16(const RowShape& sh, const float* w, u64* keys_lo, u64* keys_hi,
     u64* keys = h ? keys_hi : keys_lo;
     __m512i prev = _mm512_setzero_si512();
     __mmask8 unsorted = 0;
-    const float* wr[8];  // the half's rows: each key's load by scalar loads (faster than a gather here)
+    const __m256i wbase = _mm256_mullo_epi32(_mm256_add_epi32(lane32(), _mm256_set1_epi32(8 * h)), _mm256_set1_epi32(n));
+    const float* wr[8];  // the half's rows, for scalar loads
     for (int l = 0; l < 8; ++l) wr[l] = w + static_cast<long long>(8 * h + l) * n;
     const std::uint32_t bm = (1u << b) - 1;
     for (int t = 0; t < n; ++t) {
       const __m256i idx = _mm256_and_si256(
           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(k32 + t * 16 + 8 * h)), _mm512_castsi512_si256(mask));
       const std::uint32_t* kt = k32 + t * 16 + 8 * h;
-      const __m256 v = _mm256_setr_ps(wr[0][kt[0] & bm], wr[1][kt[1] & bm], wr[2][kt[2] & bm], wr[3][kt[3] & bm],
-                                      wr[4][kt[4] & bm], wr[5][kt[5] & bm], wr[6][kt[6] & bm], wr[7][kt[7] & bm]);
+      const __m256 v = scalar ? _mm256_setr_ps(wr[0][kt[0] & bm], wr[1][kt[1] & bm], wr[2][kt[2] & bm], wr[3][kt[3] & bm],
+                                               wr[4][kt[4] & bm], wr[5][kt[5] & bm], wr[6][kt[6] & bm], wr[7][kt[7] & bm])
+                              : _mm256_i32gather_ps(w, _mm256_add_epi32(wbase, idx), 4);
       const __m512i e = _mm512_cvtepu32_epi64(idx);
       const __m512i key = desc_keys(v, _mm512_or_si512(_mm512_slli_epi64(e, 16), e));
       unsorted |= _mm512_cmpgt_epu64_mask(prev, key);

@@ -16,15 +16,17 @@ struct RowBuffers {
   std::int32_t* picks;        ///< [max(K, 1)][8]
   std::int32_t* slot_item;    ///< [lane][slots]
   std::uint64_t* tree;        ///< [2 * 64][8]
+  bool scalar_access;         ///< the trees and their merge: scalar loads/stores (scalar_access())
 };
 
 /// Rows a sort of n keys per lane uses (padded to a power of two, at least 16).
 int sort_rows(int n);
 /// Sorts the experts of 16 rows (w: [16][n] loads) by weight descending, ties by lower index:
 /// the keys of rows 0-7 go to keys_lo, of rows 8-15 to keys_hi (each [sort_rows(n) + 1][8],
-/// the rows beyond n set to the largest key). k32: [sort_rows(n) + 1][16] scratch.
+/// the rows beyond n set to the largest key). k32: [sort_rows(n) + 1][16] scratch. scalar: the
+/// sorted keys' loads are read with scalar loads instead of gathers (scalar_access()).
 void sort_keys16(const RowShape& shape, const float* w, std::uint64_t* keys_lo, std::uint64_t* keys_hi,
-                 std::uint32_t* k32);
+                 std::uint32_t* k32, bool scalar);
 /// The same for the 8 rows of w ([8][n]) into keys, with wide keys throughout.
 void sort_keys8(const RowShape& shape, const float* w, std::uint64_t* keys);
 /// The rest of the policy's per-row work for 8 rows whose keys sort_keys16 or sort_keys8 wrote.

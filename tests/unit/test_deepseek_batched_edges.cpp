@@ -16,6 +16,7 @@
 
 #include "eplb/algo/deepseek.hpp"
 #include "eplb/algo/simd.hpp"
+#include "access_modes.hpp"
 
 namespace {
 using eplb::algo::DeepseekPolicy;
@@ -105,8 +106,7 @@ TEST(DeepseekBatchedEdges, SupportLimits) {
   EXPECT_FALSE(simd_rows_supported(RowShape{4, 3, 1}));       // slots < experts
 }
 
-TEST(DeepseekBatchedEdges, AgreesWithScalarOnEdgeShapesAndLoads) {
-  if (!kernel_runs()) GTEST_SKIP() << "no AVX-512 on this CPU (or EPLB_DEEPSEEK_SCALAR set)";
+void agrees_on_edge_shapes() {
   std::mt19937_64 rng(424242);
   int batched_runs = 0, compared = 0;
   for (const Topology& t : edge_topologies()) {
@@ -126,6 +126,15 @@ TEST(DeepseekBatchedEdges, AgreesWithScalarOnEdgeShapesAndLoads) {
   // Only the two shapes past the limits (Kc = 65, 65 GPUs), at each of the 4 layer counts,
   // run the scalar code.
   EXPECT_EQ(compared - batched_runs, 4 * 2 * kKinds);
+}
+
+TEST(DeepseekBatchedEdges, AgreesWithScalarOnEdgeShapesAndLoads) {
+  if (!kernel_runs()) GTEST_SKIP() << "no AVX-512 on this CPU (or EPLB_DEEPSEEK_SCALAR set)";
+  for (const int access : {0, 1}) {
+    SCOPED_TRACE(eplb::test::access_name(access));
+    const eplb::test::ForcedAccess forced(access);
+    agrees_on_edge_shapes();
+  }
 }
 
 // Non-finite loads are rejected on both paths alike, before anything is written.

@@ -13,6 +13,7 @@
 
 #include "eplb/algo/deepseek.hpp"
 #include "eplb/algo/simd.hpp"
+#include "access_modes.hpp"
 
 namespace {
 using eplb::algo::Topology;
@@ -167,9 +168,7 @@ INSTANTIATE_TEST_SUITE_P(Paths, DeepseekOracle, ::testing::Values(true, false),
 
 // Batched and scalar agree on many random small topologies (odd sizes, rows that do not
 // fill the last batch of 8, one slot per GPU, R == E), placement and derived maps alike.
-TEST(DeepseekBatched, AgreesWithScalarOnRandomTopologies) {
-  if (!eplb::algo::detail::simd_rows_available())
-    GTEST_SKIP() << "no AVX-512 on this CPU (or EPLB_DEEPSEEK_SCALAR set): batched kernel not run";
+void agrees_on_random_topologies() {
   std::mt19937 rng(7);
   int compared = 0;
   for (int trial = 0; trial < 600; ++trial) {
@@ -199,6 +198,16 @@ TEST(DeepseekBatched, AgreesWithScalarOnRandomTopologies) {
     ++compared;
   }
   EXPECT_GT(compared, 300);
+}
+
+TEST(DeepseekBatched, AgreesWithScalarOnRandomTopologies) {
+  if (!eplb::algo::detail::simd_rows_available())
+    GTEST_SKIP() << "no AVX-512 on this CPU (or EPLB_DEEPSEEK_SCALAR set): batched kernel not run";
+  for (const int access : {0, 1}) {
+    SCOPED_TRACE(eplb::test::access_name(access));
+    const eplb::test::ForcedAccess forced(access);
+    agrees_on_random_topologies();
+  }
 }
 
 // Placement::assign_counted checks the counts it is given against phy2log.
