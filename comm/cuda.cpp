@@ -85,7 +85,7 @@ CudaStream& CudaStream::operator=(CudaStream&& o) noexcept {
   }
   return *this;
 }
-void CudaStream::synchronize() const { EPLB_CUDA_CHECK(cudaStreamSynchronize(s_)); }
+void CudaStream::synchronize(const char* what, double timeout_s) const { wait_stream(s_, what, timeout_s); }
 
 CudaEvent::CudaEvent(bool timing) {
   EPLB_CUDA_CHECK(cudaEventCreateWithFlags(&e_, timing ? cudaEventDefault : cudaEventDisableTiming));
@@ -101,7 +101,6 @@ CudaEvent& CudaEvent::operator=(CudaEvent&& o) noexcept {
   return *this;
 }
 void CudaEvent::record(cuda_stream s) const { EPLB_CUDA_CHECK(cudaEventRecord(e_, s)); }
-void CudaEvent::synchronize() const { EPLB_CUDA_CHECK(cudaEventSynchronize(e_)); }
 void CudaEvent::wait(const char* what, double timeout_s) const {
   // Polls instead of cudaEventSynchronize, which has no bound. The first polls only yield (a
   // sleep lasts at least Linux's timer slack, ~50 us), so a short wait ends within a few

@@ -54,7 +54,10 @@ class CudaStream {
   CudaStream(const CudaStream&) = delete;
   CudaStream& operator=(const CudaStream&) = delete;
   cuda_stream get() const { return s_; }
-  void synchronize() const;
+  /// Waits for the work queued on the stream so far, for at most timeout_s seconds (polling;
+  /// cudaStreamSynchronize has no bound). Throws CudaError naming `what` on a CUDA error or
+  /// on the timeout; after a timeout the stream is unusable (see CudaEvent::wait).
+  void synchronize(const char* what = "CudaStream::synchronize", double timeout_s = cuda_timeout_seconds()) const;
 
  private:
   cuda_stream s_ = nullptr;
@@ -70,7 +73,10 @@ class CudaEvent {
   CudaEvent& operator=(const CudaEvent&) = delete;
   cuda_event get() const { return e_; }
   void record(cuda_stream s) const;
-  void synchronize() const;
+  /// wait(what, timeout_s): bounded, unlike cudaEventSynchronize.
+  void synchronize(const char* what = "CudaEvent::synchronize", double timeout_s = cuda_timeout_seconds()) const {
+    wait(what, timeout_s);
+  }
   /// Waits for the work recorded before the event, polling, for at most timeout_s seconds.
   /// Throws CudaError naming `what` on a CUDA error, or when the work has not completed in
   /// time: then the work stays queued (something before it on the stream does not end: a

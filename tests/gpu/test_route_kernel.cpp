@@ -393,6 +393,13 @@ TEST(DeviceWindow, AStuckStreamTimesOutInsteadOfHanging) {
       {"DeviceLoadWindow::download_reduced", [&] { window.download_reduced(sum); }},
       {"DeviceLoadWindow::download_ring", [&] { window.download_ring(ring, cursor); }},
       {"DeviceLoadWindow::upload_ring", [&] { window.upload_ring(ring, 0); }},
+      // The RAII handles' own waits are bounded the same way.
+      {"CudaStream::synchronize", [&] { stream.synchronize(); }},
+      {"CudaEvent::synchronize", [&] {
+         const eplb::comm::CudaEvent event(false);
+         event.record(stream.get());
+         event.synchronize();
+       }},
   };
   for (const auto& [name, call] : waits) {
     StreamBlocker blocked(stream.get());
