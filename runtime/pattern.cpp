@@ -51,9 +51,7 @@ long long check_pattern(const std::byte* src, std::size_t bytes, int layer, int 
   return -1;
 }
 
-namespace {
-/// The placement and rank must fit the registry: slot rank * k + i of every layer must exist.
-void check_fit(const WeightRegistry& weights, const algo::Placement& placement, int rank, const char* what) {
+void check_slots_fit(const WeightRegistry& weights, const algo::Placement& placement, int rank, const char* what) {
   const int k = weights.slots_per_rank();
   if (placement.num_layers() != weights.num_layers() || rank < 0 ||
       (static_cast<long long>(rank) + 1) * k > placement.num_slots())
@@ -64,10 +62,14 @@ void check_fit(const WeightRegistry& weights, const algo::Placement& placement, 
                                 std::to_string(rank) + " of a registry of " + std::to_string(weights.num_layers()) +
                                 " layers x " + std::to_string(k) + " slots per rank");
 }
-}  // namespace
+
+std::string describe_bad_slot(int layer, int slot, const std::string& tensor, long long byte, int expert) {
+  return "layer " + std::to_string(layer) + " slot " + std::to_string(slot) + " tensor '" + tensor +
+         "': byte " + std::to_string(byte) + " differs from expert " + std::to_string(expert) + "'s pattern";
+}
 
 void fill_slots(const WeightRegistry& weights, const algo::Placement& placement, int rank) {
-  check_fit(weights, placement, rank, "fill_slots");
+  check_slots_fit(weights, placement, rank, "fill_slots");
   const int k = weights.slots_per_rank();
   for (int l = 0; l < weights.num_layers(); ++l) {
     const auto tensors = weights.tensors(l);
@@ -81,7 +83,7 @@ void fill_slots(const WeightRegistry& weights, const algo::Placement& placement,
 
 std::vector<std::string> verify_slots(const WeightRegistry& weights,
                                       const algo::Placement& placement, int rank) {
-  check_fit(weights, placement, rank, "verify_slots");
+  check_slots_fit(weights, placement, rank, "verify_slots");
   std::vector<std::string> bad;
   const int k = weights.slots_per_rank();
   for (int l = 0; l < weights.num_layers(); ++l) {
@@ -91,10 +93,7 @@ std::vector<std::string> verify_slots(const WeightRegistry& weights,
       for (std::size_t t = 0; t < tensors.size(); ++t) {
         const long long at = check_pattern(tensors[t].slot(i), tensors[t].bytes_per_slot, l, e,
                                            static_cast<int>(t));
-        if (at >= 0)
-          bad.push_back("layer " + std::to_string(l) + " slot " + std::to_string(rank * k + i) +
-                        " tensor '" + tensors[t].name + "': byte " + std::to_string(at) +
-                        " differs from expert " + std::to_string(e) + "'s pattern");
+        if (at >= 0) bad.push_back(describe_bad_slot(l, rank * k + i, tensors[t].name, at, e));
       }
     }
   }

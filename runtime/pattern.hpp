@@ -17,6 +17,13 @@ void fill_pattern(std::byte* dst, std::size_t bytes, int layer, int expert, int 
 /// Index of the first byte that differs from the pattern, or -1.
 long long check_pattern(const std::byte* src, std::size_t bytes, int layer, int expert, int tensor);
 
+/// Throws std::invalid_argument (naming `what`) unless slots rank * k .. rank * k + k - 1 of
+/// every layer of the registry exist in the placement (same layer count).
+void check_slots_fit(const WeightRegistry& weights, const algo::Placement& placement, int rank, const char* what);
+/// The line verify_slots reports for a bad slot: "layer L slot S tensor 'name': byte B
+/// differs from expert E's pattern".
+std::string describe_bad_slot(int layer, int slot, const std::string& tensor, long long byte, int expert);
+
 /// Fills every local slot of this rank (host weights) with its expert's pattern.
 void fill_slots(const WeightRegistry& weights, const algo::Placement& placement, int rank);
 /// Checks every local slot; returns one line per bad (layer, slot, tensor), empty when all

@@ -1,7 +1,9 @@
 #pragma once
 /// \file Synthetic expert weights in device memory for demos, tests and benchmarks: one
 /// cudaMalloc per (layer, tensor) holding this rank's slots, filled with and checked against
-/// runtime/pattern.hpp's patterns (through host copies).
+/// runtime/pattern.hpp's patterns through one page-locked staging buffer of at most
+/// kStagingBytes (whole slots; one slot when a slot is larger), so host memory stays bounded
+/// whatever the model's size.
 #include <string>
 #include <vector>
 
@@ -21,7 +23,8 @@ class DeviceWeightSet {
   DeviceWeightSet(int num_layers, int slots_per_rank, const std::vector<TensorSpec>& tensors);
   /// A registry over the device buffers (borrowed: this object must outlive its users).
   WeightRegistry registry() const;
-  /// Writes every local slot's pattern for `placement` (synchronous).
+  /// Writes every local slot's pattern for `placement` (synchronous). Throws
+  /// std::invalid_argument when the placement has no slots for `rank` in this set's shape.
   void fill(const algo::Placement& placement, int rank);
   /// Copies every tensor back and checks every slot; returns the problems (empty = all good).
   /// Copies on the legacy default stream, which does not wait for non-blocking streams: call
@@ -30,10 +33,19 @@ class DeviceWeightSet {
   std::vector<std::string> verify(const algo::Placement& placement, int rank) const;
   std::size_t bytes_per_expert() const;
 
+  /// The staging buffer's bound (64 MiB).
+  static constexpr std::size_t kStagingBytes = std::size_t{64} << 20;
+
  private:
+  /// Calls f(layer, tensor, first slot, slots, staging) for each chunk of whole slots, after
+  /// (download) or before (upload) the copy between the device tensor and the staging buffer.
+  template <class F>
+  void for_each_chunk(bool download, const char* what, F&& f) const;
+
   int layers_, k_;
   std::vector<TensorSpec> specs_;
   std::vector<comm::DeviceBuffer> buffers_;  // [layer][tensor]
+  comm::PinnedBuffer staging_;
 };
 
 }  // namespace eplb::runtime::cuda

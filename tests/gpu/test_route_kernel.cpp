@@ -11,11 +11,15 @@
 #include <optional>
 #include <random>
 #include <string>
+#include <stdexcept>
 #include <thread>
+#include <tuple>
 
 #include "eplb/algo/placement.hpp"
 #include "eplb/comm/cuda.hpp"
 #include "eplb/runtime/cuda/device_state.hpp"
+#include "eplb/runtime/cuda/device_weights.hpp"
+#include "eplb/runtime/pattern.hpp"
 #include "eplb/runtime/routing.hpp"
 
 namespace {
@@ -515,4 +519,38 @@ TEST(DeviceWindow, RingRoundTripForCheckpoints) {
   EXPECT_THROW(b.upload_ring(ring, 3), std::invalid_argument);
 }
 
+// DeviceWeightSet copies through a bounded page-locked buffer, in chunks of whole slots: a
+// tensor of 24 MiB slots goes two slots at a time, one of 65 MiB slots (over the bound) one
+// slot at a time. One byte changed in each must be reported at its layer, slot and offset.
+TEST(DeviceWeightSet, ChunkedFillAndVerifyFindOneWrongByte) {
+  SKIP_WITHOUT_GPU();
+  using eplb::runtime::cuda::DeviceWeightSet;
+  constexpr std::size_t kMiB = std::size_t{1} << 20;
+  static_assert(DeviceWeightSet::kStagingBytes / (24 * kMiB) == 2 && DeviceWeightSet::kStagingBytes < 65 * kMiB);
+  const Topology t{2, 3, 3, 1, 1, 1};
+  DeviceWeightSet weights(t.num_layers, t.slots_per_rank(), {{"big", 24 * kMiB}, {"huge", 65 * kMiB}, {"scale", 100}});
+  const Placement p = Placement::contiguous(t);
+  weights.fill(p, 0);
+  EXPECT_EQ(weights.verify(p, 0), std::vector<std::string>{});
+  const auto reg = weights.registry();
+  // (layer, tensor, slot, byte): the second slot of a two-slot chunk, then a one-slot chunk.
+  const std::vector<std::tuple<int, int, int, std::size_t>> wrong = {{0, 0, 1, 7}, {1, 1, 2, 12345 + 64 * kMiB}};
+  std::vector<std::string> expected;
+  for (const auto& [l, tensor, slot, byte] : wrong) {
+    const auto& view = reg.tensors(l)[static_cast<std::size_t>(tensor)];
+    std::vector<std::byte> pattern(byte + 1);
+    const int e = p.phy2log(l)[slot];
+    eplb::runtime::fill_pattern(pattern.data(), pattern.size(), l, e, tensor);
+    const int flipped = static_cast<int>(std::to_integer<unsigned>(pattern[byte]) ^ 0xffu);
+    ASSERT_EQ(cudaMemset(view.slot(slot) + byte, flipped, 1), cudaSuccess);
+    expected.push_back(eplb::runtime::describe_bad_slot(l, slot, view.name, static_cast<long long>(byte), e));
+  }
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_EQ(weights.verify(p, 0), expected);
+  // A placement without this rank's slots is refused before any copy.
+  EXPECT_THROW((void)weights.verify(p, 1), std::invalid_argument);
+  EXPECT_THROW(weights.fill(Placement::contiguous({1, 3, 3, 1, 1, 1}), 0), std::invalid_argument);
+}
+
 }  // namespace
+
