@@ -3,8 +3,11 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include <unistd.h>
+
 #include <cmath>
 #include <cstddef>
+#include <filesystem>
 #include <memory>
 #include <random>
 #include <string>
@@ -30,6 +33,20 @@ inline int world_rank() {
   MPI_Comm_rank(MPI_COMM_WORLD, &r);
   return r;
 }
+
+/// A path every rank agrees on (rank 0's process id), removed at the end.
+struct SharedPath {
+  std::string path;
+  explicit SharedPath(const char* stem) {
+    long id = static_cast<long>(getpid());
+    MPI_Bcast(&id, 1, MPI_LONG, 0, MPI_COMM_WORLD);
+    path = (std::filesystem::temp_directory_path() / (std::string(stem) + std::to_string(id) + ".h5")).string();
+  }
+  ~SharedPath() {
+    MPI_Barrier(MPI_COMM_WORLD);
+    if (world_rank() == 0) std::filesystem::remove(path);
+  }
+};
 
 /// Host weights for one rank: a buffer per (layer, tensor).
 struct HostWeights {

@@ -44,6 +44,7 @@ using eplb::algo::Topology;
 using eplb::test::bad_slots_anywhere_in;
 using eplb::test::rebalance_works_everywhere;
 using eplb::test::HostWeights;
+using eplb::test::SharedPath;
 using eplb::test::world_rank;
 using eplb::test::world_size;
 
@@ -245,20 +246,6 @@ TEST(OneFailingAllocation, EngineConstructionEndsAlikeOnEveryRank) {
 }
 
 #if EPLB_TEST_CHECKPOINTS
-/// A path every rank agrees on (rank 0's process id), removed at the end.
-struct SharedPath {
-  std::string path;
-  explicit SharedPath(const char* stem) {
-    long id = static_cast<long>(getpid());
-    MPI_Bcast(&id, 1, MPI_LONG, 0, MPI_COMM_WORLD);
-    path = (std::filesystem::temp_directory_path() / (std::string(stem) + std::to_string(id) + ".h5")).string();
-  }
-  ~SharedPath() {
-    MPI_Barrier(MPI_COMM_WORLD);
-    if (world_rank() == 0) std::filesystem::remove(path);
-  }
-};
-
 TEST(OneFailingAllocation, SaveCheckpointEndsAlikeOnEveryRankAndChangesNothing) {
   const auto cfg = sweep_config(true);
   SharedPath file("eplb_alloc_save_");
