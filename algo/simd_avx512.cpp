@@ -294,7 +294,7 @@ void replicate(Q& q, const RowShape& sh, int K, const RowBuffers& s) {
 }
 
 /// The next item of the merge of the A list (s.keys from ia) and the B list (s.extra from ib),
-/// read with gathers or (Scalar) scalar loads: beside a tree's scalar loads and stores the
+/// read with gathers or (scalar) with scalar loads: beside a tree's scalar loads and stores the
 /// scalar loads measured faster, beside a register queue the gathers (docs/BENCHMARKS.md).
 inline __m512i next_item(const RowBuffers& s, __m512i& ia, __m512i& ib, bool scalar) {
   const __m512i one = _mm512_set1_epi64(1);
@@ -427,8 +427,6 @@ struct Pack {
   }
 };
 
-}  // namespace
-
 /// r[i] = row i of a 16 x 16 block of 32-bit values in, column i out.
 inline void transpose16(__m512i* r) {
   __m512i t[16];
@@ -480,6 +478,8 @@ inline void transpose8(__m256* r) {
     r[4 + i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x31);
   }
 }
+
+}  // namespace
 
 int sort_rows(int n) { return imax(16, pow2_at_least(n)); }
 
