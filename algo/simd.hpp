@@ -50,9 +50,10 @@ bool simd_rows_available();
 /// How the batched kernel reads and writes the tables it revisits within a batch (the
 /// tournament trees of replication and packing, the packing's merge beside a tree, the sorted
 /// keys' loads): true, with eight scalar loads and stores per vector; false, with gathers and
-/// scatters. The results are the same either way; the speed is not. On AMD Zen (the
-/// development and CI machines) the scalar form measured faster, on Intel Xeon the gathers
-/// (docs/BENCHMARKS.md, sixteenth session). The default follows the CPU's vendor:
+/// scatters. The results are the same either way; the speed is not. On AMD Zen 5 (family 26,
+/// the development and CI machines) the scalar form measured faster, on the Intel Xeon of the
+/// GPU host the gathers (docs/BENCHMARKS.md, sixteenth session; other AMD and Intel
+/// generations were not measured). The default follows the CPU's vendor:
 /// scalar on AMD, gathers elsewhere. EPLB_DEEPSEEK_ACCESS=scalar|gather overrides it for the
 /// process (another value: std::invalid_argument from the policy call, naming the variable).
 bool scalar_access();
