@@ -48,6 +48,12 @@ class DeepseekPolicy final : public Policy {
   /// docs/POLICIES.md). Default on; off runs the scalar code everywhere.
   /// EPLB_DEEPSEEK_SCALAR=1 turns it off for a whole process.
   void set_batched(bool on) { batched_ = on; }
+  /// How the batched path reads and writes the tables it revisits within a batch (the
+  /// tournament trees, the merge beside them, the sorted keys' loads; docs/POLICIES.md):
+  /// `automatic` (the default) follows detail::scalar_access() (the CPU's vendor, or
+  /// EPLB_DEEPSEEK_ACCESS); `scalar` and `gather` force one form. Same output, bit for bit.
+  enum class TableAccess { automatic, scalar, gather };
+  void set_table_access(TableAccess access) { access_ = access; }
   /// Whether rebalances of this topology take the batched path.
   bool batched_for(const Topology& topo) const;
 
@@ -61,6 +67,7 @@ class DeepseekPolicy final : public Policy {
     std::vector<int> mlog2log, cnt, picks, lid, gdest;
     std::vector<double> gsum;
     detail::SimdScratch simd;     ///< batched rows (16 queued: two batches of 8 lanes)
+    bool scalar_access = false;   ///< this call's table access (set_table_access)
     std::vector<int> lane_lid;    ///< [16][En] logical id of each row's local experts
     int* lane_out[detail::SimdScratch::kRows] = {};  ///< where each row's slots go
     int* lane_cnt[detail::SimdScratch::kRows] = {};  ///< its layer's logcnt row
@@ -82,6 +89,7 @@ class DeepseekPolicy final : public Policy {
   std::vector<int> phy2log_, logcnt_;
   int threads_ = 1;
   bool batched_ = true;
+  TableAccess access_ = TableAccess::automatic;
 };
 
 }  // namespace eplb::algo

@@ -4,7 +4,6 @@
 #include "eplb/algo/simd.hpp"
 
 #include <algorithm>
-#include <atomic>
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
@@ -53,7 +52,6 @@ bool simd_rows_supported(const RowShape& s) {
 }
 
 namespace {
-std::atomic<int> g_access_override{-1};
 
 /// EPLB_DEEPSEEK_ACCESS: 1 scalar, 0 gather, -1 unset; another value throws.
 int access_from_env() {
@@ -76,8 +74,6 @@ bool cpu_is_amd() {
 }  // namespace
 
 bool scalar_access() {
-  const int forced = g_access_override.load(std::memory_order_relaxed);
-  if (forced >= 0) return forced == 1;
   static const bool by_default = [] {
     const int from_env = access_from_env();
     return from_env >= 0 ? from_env == 1 : cpu_is_amd();
@@ -85,7 +81,6 @@ bool scalar_access() {
   return by_default;
 }
 
-void set_scalar_access(int mode) { g_access_override.store(mode < 0 ? -1 : (mode ? 1 : 0), std::memory_order_relaxed); }
 
 #if defined(EPLB_HAVE_AVX512_KERNEL)
 
@@ -101,20 +96,20 @@ bool simd_rows_available() {
 }
 
 
-void sort_rows_simd(const RowShape& sh, SimdScratch& s, int halves) {
+void sort_rows_simd(const RowShape& sh, SimdScratch& s, int halves, bool scalar) {
   const std::size_t rows = static_cast<std::size_t>(avx512::sort_rows(sh.n) + 1);
   grow(s.keys, rows * kLanes);
   grow(s.keys_hi, rows * kLanes);
   if (sh.n >= kNarrowSortMin) {
     grow(s.keys32, rows * SimdScratch::kRows);
-    avx512::sort_keys16(sh, s.w.data(), s.keys.data(), s.keys_hi.data(), s.keys32.data(), scalar_access());
+    avx512::sort_keys16(sh, s.w.data(), s.keys.data(), s.keys_hi.data(), s.keys32.data(), scalar);
     return;
   }
   avx512::sort_keys8(sh, s.w.data(), s.keys.data());
   if (halves > 1) avx512::sort_keys8(sh, s.w.data() + static_cast<std::size_t>(kLanes) * sh.n, s.keys_hi.data());
 }
 
-void plan_rows_simd(const RowShape& sh, SimdScratch& s, int half) {
+void plan_rows_simd(const RowShape& sh, SimdScratch& s, int half, bool scalar) {
   const int n = sh.n, K = sh.slots - sh.n, Kc = std::min(K, n);
   grow(s.extra, static_cast<std::size_t>(avx512::sort_rows(K + Kc) + 1) * kLanes);
   grow(s.cnt, static_cast<std::size_t>(n) * kLanes);
@@ -123,7 +118,7 @@ void plan_rows_simd(const RowShape& sh, SimdScratch& s, int half) {
   grow(s.tree, static_cast<std::size_t>(2 * 64) * kLanes);
   avx512::plan_rows(sh, {s.w.data() + static_cast<std::size_t>(half) * kLanes * n,
                          half ? s.keys_hi.data() : s.keys.data(), s.extra.data(), s.cnt.data(),
-                         s.picks.data(), s.slot_item.data(), s.tree.data(), scalar_access()});
+                         s.picks.data(), s.slot_item.data(), s.tree.data(), scalar});
 }
 
 void to_float(const double* src, float* dst, int n) { avx512::to_float(src, dst, n); }
@@ -152,8 +147,8 @@ void min_max(const int* v, std::size_t n, int& mn, int& mx) {
 #else  // no AVX-512 kernel in this build
 
 bool simd_rows_available() { return false; }
-void sort_rows_simd(const RowShape&, SimdScratch&, int) {}
-void plan_rows_simd(const RowShape&, SimdScratch&, int) {}
+void sort_rows_simd(const RowShape&, SimdScratch&, int, bool) {}
+void plan_rows_simd(const RowShape&, SimdScratch&, int, bool) {}
 void to_float(const double*, float*, int) {}
 void group_sums(const float*, int, int, double*) {}
 void map_slots(const int*, const int*, int*, int) {}

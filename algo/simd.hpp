@@ -56,17 +56,17 @@ bool simd_rows_available();
 /// generations were not measured). The default follows the CPU's vendor:
 /// scalar on AMD, gathers elsewhere. EPLB_DEEPSEEK_ACCESS=scalar|gather overrides it for the
 /// process (another value: std::invalid_argument from the policy call, naming the variable).
+/// Read once; DeepseekPolicy::set_table_access overrides it per policy.
 bool scalar_access();
-/// Tests: 1 forces the scalar form, 0 the gathers, -1 restores the default.
-void set_scalar_access(int mode);
 
 /// Sorts the experts of the 16 rows whose loads are in s.w ([16][shape.n], every row filled:
 /// callers pad with copies; rows 8-15 only if halves == 2); then plan_rows_simd(shape, s,
 /// half) runs rows 8 * half .. + 7.
 /// Afterwards s.slot_item[l * slots + j] is the expert (row-local index) in slot j of that
 /// half's lane l. Require simd_rows_available().
-void sort_rows_simd(const RowShape& shape, SimdScratch& s, int halves);
-void plan_rows_simd(const RowShape& shape, SimdScratch& s, int half);
+/// `scalar`: the table access form (scalar_access()).
+void sort_rows_simd(const RowShape& shape, SimdScratch& s, int halves, bool scalar);
+void plan_rows_simd(const RowShape& shape, SimdScratch& s, int half, bool scalar);
 
 /// The small loops around the rows, vectorised (require simd_rows_available()).
 /// dst[i] = float(src[i]).

@@ -16,7 +16,6 @@
 
 #include "eplb/algo/deepseek.hpp"
 #include "eplb/algo/simd.hpp"
-#include "access_modes.hpp"
 
 namespace {
 using eplb::algo::DeepseekPolicy;
@@ -106,7 +105,9 @@ TEST(DeepseekBatchedEdges, SupportLimits) {
   EXPECT_FALSE(simd_rows_supported(RowShape{4, 3, 1}));       // slots < experts
 }
 
-void agrees_on_edge_shapes() {
+using Access = DeepseekPolicy::TableAccess;
+
+void agrees_on_edge_shapes(Access access) {
   std::mt19937_64 rng(424242);
   int batched_runs = 0, compared = 0;
   for (const Topology& t : edge_topologies()) {
@@ -114,6 +115,7 @@ void agrees_on_edge_shapes() {
     for (int kind = 0; kind < kKinds; ++kind) {
       const auto load = edge_load(t, kind, rng);
       DeepseekPolicy batched, scalar;
+      batched.set_table_access(access);
       scalar.set_batched(false);
       batched_runs += batched.batched_for(t);
       const eplb::algo::LoadView view{load, t.num_layers, t.num_logical};
@@ -130,10 +132,9 @@ void agrees_on_edge_shapes() {
 
 TEST(DeepseekBatchedEdges, AgreesWithScalarOnEdgeShapesAndLoads) {
   if (!kernel_runs()) GTEST_SKIP() << "no AVX-512 on this CPU (or EPLB_DEEPSEEK_SCALAR set)";
-  for (const int access : {0, 1}) {
-    SCOPED_TRACE(eplb::test::access_name(access));
-    const eplb::test::ForcedAccess forced(access);
-    agrees_on_edge_shapes();
+  for (const Access access : {Access::gather, Access::scalar}) {
+    SCOPED_TRACE(access == Access::scalar ? "scalar table access" : "gather table access");
+    agrees_on_edge_shapes(access);
   }
 }
 

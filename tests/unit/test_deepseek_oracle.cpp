@@ -13,7 +13,6 @@
 
 #include "eplb/algo/deepseek.hpp"
 #include "eplb/algo/simd.hpp"
-#include "access_modes.hpp"
 
 namespace {
 using eplb::algo::Topology;
@@ -168,7 +167,10 @@ INSTANTIATE_TEST_SUITE_P(Paths, DeepseekOracle, ::testing::Values(true, false),
 
 // Batched and scalar agree on many random small topologies (odd sizes, rows that do not
 // fill the last batch of 8, one slot per GPU, R == E), placement and derived maps alike.
-void agrees_on_random_topologies() {
+using Access = eplb::algo::DeepseekPolicy::TableAccess;
+const char* access_name(Access a) { return a == Access::scalar ? "scalar table access" : "gather table access"; }
+
+void agrees_on_random_topologies(Access access) {
   std::mt19937 rng(7);
   int compared = 0;
   for (int trial = 0; trial < 600; ++trial) {
@@ -188,6 +190,7 @@ void agrees_on_random_topologies() {
     std::mt19937_64 lrng(trial);
     const auto load = make_load(c, lrng);
     eplb::algo::DeepseekPolicy batched, scalar;
+    batched.set_table_access(access);
     scalar.set_batched(false);
     if (!batched.batched_for(t)) continue;
     const auto a = batched.rebalance({load, t.num_layers, t.num_logical}, t);
@@ -203,10 +206,9 @@ void agrees_on_random_topologies() {
 TEST(DeepseekBatched, AgreesWithScalarOnRandomTopologies) {
   if (!eplb::algo::detail::simd_rows_available())
     GTEST_SKIP() << "no AVX-512 on this CPU (or EPLB_DEEPSEEK_SCALAR set): batched kernel not run";
-  for (const int access : {0, 1}) {
-    SCOPED_TRACE(eplb::test::access_name(access));
-    const eplb::test::ForcedAccess forced(access);
-    agrees_on_random_topologies();
+  for (const Access access : {Access::gather, Access::scalar}) {
+    SCOPED_TRACE(access_name(access));
+    agrees_on_random_topologies(access);
   }
 }
 
