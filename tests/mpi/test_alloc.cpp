@@ -167,11 +167,11 @@ struct EngineFixture {
 /// The weights hold what the placement says, on every rank, and every rank has the same one.
 void expect_consistent(const eplb::runtime::Engine& e, const std::string& when) {
   EXPECT_EQ(bad_slots_anywhere_in(e.weights(), e.placement()), 0u) << when;
-  long long h = e.epoch();
-  for (int v : e.placement().phy2log()) h = h * 1000003 + v;
-  long long mn = h, mx = h;
-  MPI_Allreduce(MPI_IN_PLACE, &mn, 1, MPI_LONG_LONG, MPI_MIN, MPI_COMM_WORLD);
-  MPI_Allreduce(MPI_IN_PLACE, &mx, 1, MPI_LONG_LONG, MPI_MAX, MPI_COMM_WORLD);
+  unsigned long long h = static_cast<unsigned long long>(e.epoch());  // wraps, as a hash may
+  for (int v : e.placement().phy2log()) h = h * 1000003u + static_cast<unsigned>(v);
+  unsigned long long mn = h, mx = h;
+  MPI_Allreduce(MPI_IN_PLACE, &mn, 1, MPI_UNSIGNED_LONG_LONG, MPI_MIN, MPI_COMM_WORLD);
+  MPI_Allreduce(MPI_IN_PLACE, &mx, 1, MPI_UNSIGNED_LONG_LONG, MPI_MAX, MPI_COMM_WORLD);
   EXPECT_EQ(mn, mx) << "placements or epochs differ between ranks " << when;
 }
 
