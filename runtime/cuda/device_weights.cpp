@@ -20,7 +20,8 @@ DeviceWeightSet::DeviceWeightSet(int num_layers, int slots_per_rank,
   for (int l = 0; l < layers_; ++l)
     for (const auto& s : specs_) buffers_.emplace_back(s.bytes_per_slot * k_);
   std::size_t chunk = 0;  // the largest chunk of whole slots any tensor copies at once
-  for (const auto& s : specs_) chunk = std::max(chunk, s.bytes_per_slot * static_cast<std::size_t>(slots_per_chunk(s.bytes_per_slot, k_)));
+  for (const auto& s : specs_)
+    chunk = std::max(chunk, s.bytes_per_slot * static_cast<std::size_t>(slots_per_chunk(s.bytes_per_slot, k_)));
   staging_ = comm::PinnedBuffer(chunk);
 }
 
@@ -37,7 +38,6 @@ std::size_t DeviceWeightSet::bytes_per_expert() const {
   for (const auto& s : specs_) b += s.bytes_per_slot;
   return b;
 }
-
 
 template <class F>
 void DeviceWeightSet::for_each_chunk(bool download, const char* what, F&& f) const {
