@@ -378,15 +378,13 @@ void DeepseekPolicy::rebalance_into(LoadView load, const Topology& topo,
   load.validate(topo);
   if (previous) previous->check_shape(topo, "deepseek policy: previous placement");
   // A bad EPLB_DEEPSEEK_ACCESS throws here, on any CPU and whatever the setting, before any write.
-  const bool scalar_access = detail::scalar_access();
+  (void)detail::scalar_access();
   const int L = topo.num_layers, R = topo.num_slots;
   int* out_all = detail::grow(phy2log_, static_cast<std::size_t>(L) * R);
   const bool batched = batched_for(topo);
   int* cnt_all = batched ? detail::grow(logcnt_, static_cast<std::size_t>(L) * topo.num_logical) : nullptr;
   const int T = std::max(1, std::min(threads_, L));
   if (ws_.size() < static_cast<std::size_t>(T)) ws_.resize(static_cast<std::size_t>(T));
-  for (Workspace& w : ws_)
-    w.scalar_access = access_ == TableAccess::automatic ? scalar_access : access_ == TableAccess::scalar;
   detail::run_shares(T, [&](int t) {
     plan_layers(L * t / T, L * (t + 1) / T, load, topo, ws_[static_cast<std::size_t>(t)], out_all, cnt_all);
   });
@@ -585,9 +583,10 @@ void DeepseekPolicy::flush_rows(Workspace& ws, int En, const detail::RowShape& s
   const int filled = ws.pending;
   for (int row = filled; row < kRows; ++row)  // padding rows: copies, output unused
     std::copy_n(ws.simd.w.data(), En, ws.simd.w.data() + static_cast<std::size_t>(row) * En);
-  detail::sort_rows_simd(shape, ws.simd, (filled + kLanes - 1) / kLanes, ws.scalar_access);
+  const bool scalar = scalar_access();
+  detail::sort_rows_simd(shape, ws.simd, (filled + kLanes - 1) / kLanes, scalar);
   for (int half = 0; half * kLanes < filled; ++half) {
-    detail::plan_rows_simd(shape, ws.simd, half, ws.scalar_access);
+    detail::plan_rows_simd(shape, ws.simd, half, scalar);
     for (int lane = 0; lane < kLanes && half * kLanes + lane < filled; ++lane)
       map_lane(ws, En, shape, lane, half * kLanes + lane);
   }

@@ -67,7 +67,6 @@ class DeepseekPolicy final : public Policy {
     std::vector<int> mlog2log, cnt, picks, lid, gdest;
     std::vector<double> gsum;
     detail::SimdScratch simd;     ///< batched rows (16 queued: two batches of 8 lanes)
-    bool scalar_access = false;   ///< this call's table access (set_table_access)
     std::vector<int> lane_lid;    ///< [16][En] logical id of each row's local experts
     int* lane_out[detail::SimdScratch::kRows] = {};  ///< where each row's slots go
     int* lane_cnt[detail::SimdScratch::kRows] = {};  ///< its layer's logcnt row
@@ -77,6 +76,10 @@ class DeepseekPolicy final : public Policy {
     std::vector<int> lane_groups; ///< [16][G/N] the groups of each row, in row order
     int group_size = 0, groups_per_row = 0;
   };
+  /// The table access form set_table_access chose (automatic: detail::scalar_access()).
+  bool scalar_access() const {
+    return access_ == TableAccess::automatic ? detail::scalar_access() : access_ == TableAccess::scalar;
+  }
   void flush_rows(Workspace& ws, int En, const detail::RowShape& shape) const;
   /// Writes the slots and replica counts of queued row `row`, planned in lane `lane`.
   void map_lane(Workspace& ws, int En, const detail::RowShape& shape, int lane, int row) const;

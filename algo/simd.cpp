@@ -81,7 +81,6 @@ bool scalar_access() {
   return by_default;
 }
 
-
 #if defined(EPLB_HAVE_AVX512_KERNEL)
 
 bool simd_rows_available() {
@@ -94,7 +93,6 @@ bool simd_rows_available() {
   }();
   return ok;
 }
-
 
 void sort_rows_simd(const RowShape& sh, SimdScratch& s, int halves, bool scalar) {
   const std::size_t rows = static_cast<std::size_t>(avx512::sort_rows(sh.n) + 1);
