@@ -2,15 +2,25 @@
 // The GPU tests' engine: device weights (filled for the contiguous placement), NCCL on the
 // caller's stream, a device load window and device maps attached; route() runs the routing
 // kernel for one layer's ids into the window.
+#include <gtest/gtest.h>
+
 #include <cstdint>
 #include <vector>
 
+#include "eplb/comm/cuda.hpp"
 #include "eplb/comm/nccl.hpp"
 #include "eplb/runtime/cuda/device_state.hpp"
 #include "eplb/runtime/cuda/device_weights.hpp"
 #include "eplb/runtime/cuda/kernels.hpp"
 #include "eplb/runtime/cuda/transport.hpp"
 #include "eplb/runtime/engine.hpp"
+
+// Skips unless there is one CUDA device per rank: the same answer on every rank (same host), so
+// every rank skips alike.
+#define SKIP_WITHOUT_GPUS(P)                                                              \
+  if (eplb::comm::cuda_device_count() < (P))                                              \
+  GTEST_SKIP() << "needs " << (P) << " CUDA devices (one per rank), found "              \
+               << eplb::comm::cuda_device_count()
 
 namespace eplb::test {
 

@@ -74,13 +74,8 @@ struct Sweeper {
   }
 };
 
-#define SKIP_WITHOUT_A_GPU_PER_RANK()                                                             \
-  if (eplb::comm::cuda_device_count() < world_size())                                           \
-  GTEST_SKIP() << "needs " << world_size() << " CUDA devices (one per rank), found "            \
-               << eplb::comm::cuda_device_count()
-
 TEST(NcclOneFailingAllocation, RebalanceEndsAlikeOnEveryRank) {
-  SKIP_WITHOUT_A_GPU_PER_RANK();
+  SKIP_WITHOUT_GPUS(world_size());
   eplb::comm::select_device_for_rank(world_rank());
   Sweeper w;
   const int P = w.P;
@@ -102,7 +97,7 @@ TEST(NcclOneFailingAllocation, RebalanceEndsAlikeOnEveryRank) {
 // changes nothing, an absorbed failure still wrote a whole file, a failed resume is agreed
 // (restore_failed() on every rank or on none), and the engine goes on.
 TEST(NcclOneFailingAllocation, CheckpointsWithTheDeviceWindowEndAlikeOnEveryRank) {
-  SKIP_WITHOUT_A_GPU_PER_RANK();
+  SKIP_WITHOUT_GPUS(world_size());
   eplb::comm::select_device_for_rank(world_rank());
   Sweeper w;
   auto& engine = w.de.engine;

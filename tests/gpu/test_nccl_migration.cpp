@@ -28,12 +28,6 @@ int world(int* rank) {
   return s;
 }
 
-// Same answer on every rank (same host), so every rank skips alike.
-#define SKIP_WITHOUT_GPUS(P)                                                              \
-  if (eplb::comm::cuda_device_count() < (P))                                              \
-  GTEST_SKIP() << "needs " << (P) << " CUDA devices (one per rank), found "              \
-               << eplb::comm::cuda_device_count()
-
 struct Case {
   const char* name;
   int layers;
