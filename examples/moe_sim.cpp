@@ -128,11 +128,9 @@ void check_router_settings(const Options& o, int rank) {
     } else {
       std::istringstream mine(router_settings(o));
       std::string line, want, key, theirs, ours;
-      std::string text;
-      while (std::getline(f, line))
-        if (!line.empty() && line[0] != '#') text += line + "\n";
-      std::istringstream recorded(text);
-      while (std::getline(recorded, line) && std::getline(mine, want)) {
+      while (std::getline(f, line)) {
+        if (line.empty() || line[0] == '#') continue;
+        if (!std::getline(mine, want)) break;
         if (line == want) continue;
         std::istringstream a(line), b(want);
         a >> key >> theirs;
