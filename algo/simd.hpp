@@ -43,7 +43,7 @@ struct SimdScratch {
 /// Whether the batched kernel handles this shape (queues of at most 64 packs/experts).
 bool simd_rows_supported(const RowShape& shape);
 
-/// True when this build has the batched kernel and the CPU runs it (AVX-512F), and
+/// True when this build has the batched kernel and the CPU runs it (AVX-512 F, VL, DQ and BW), and
 /// EPLB_DEEPSEEK_SCALAR is not set to a non-zero value.
 bool simd_rows_available();
 

@@ -107,7 +107,8 @@ struct ConfigField {
 /// InvalidInput naming each differing field with its smallest and largest value (or, for a
 /// field with `shown`, up to four distinct texts (cut to 255 characters), each with the first
 /// rank that has it: one more allgather, on this error path only); Error on every rank when a
-/// rank cannot allocate its buffers. All ranks must pass the same number of fields in
+/// rank cannot allocate its buffers (InvalidInput without the texts when fields differ and
+/// the buffer for their texts cannot be allocated). All ranks must pass the same number of fields in
 /// the same order (the count is checked first).
 void check_config_agreement(const MpiComm& comm, std::span<const ConfigField> fields);
 inline void check_config_agreement(const MpiComm& comm, std::initializer_list<ConfigField> fields) {

@@ -26,7 +26,9 @@ CheckpointStatsRow to_stats_row(const RebalanceStats& s);
 Checkpoint snapshot(const Engine& engine, std::span<const CheckpointStatsRow> earlier = {});
 
 /// Collective: snapshot, then rank 0 writes `path` atomically. On failure every rank throws
-/// eplb::Error (I/O) naming rank 0's failing call; the engine is never changed.
+/// eplb::Error (I/O: naming rank 0's failing call; or a rank could not copy its window or
+/// allocate the snapshot), or InvalidInput (snapshot's rejections: ranks at different passes,
+/// a bad window on some rank); the engine is never changed.
 void save_checkpoint(const Engine& engine, const std::string& path,
                      std::span<const CheckpointStatsRow> earlier = {});
 

@@ -26,7 +26,8 @@ class DeviceLoadWindow final : public LoadSource {
 
   /// launch_route_and_count on the window's stream, into the current pass's counters of
   /// `layer` and the window's error counter, with the window's skip_negative_ids: the
-  /// routing kernel without the arguments that are easy to get wrong. Throws CudaError.
+  /// routing kernel without the arguments that are easy to get wrong. Throws
+  /// std::invalid_argument (a layer outside [0, L), maps of another expert count) or CudaError.
   void route_and_count(int layer, const void* topk_ids, bool ids_are_int64, long long n,
                        const DeviceLayerMaps& maps, int local_begin, int local_end,
                        int* slots_out) const;

@@ -33,7 +33,7 @@ class DeviceWeightSet {
   std::vector<std::string> verify(const algo::Placement& placement, int rank) const;
   std::size_t bytes_per_expert() const;
 
-  /// The staging buffer's bound (64 MiB).
+  /// The staging buffer's bound (64 MiB); a slot larger than that is staged whole.
   static constexpr std::size_t kStagingBytes = std::size_t{64} << 20;
 
  private:
