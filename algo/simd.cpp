@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <limits>
@@ -61,6 +62,15 @@ int access_from_env() {
   if (v == "scalar") return 1;
   if (v == "gather") return 0;
   throw std::invalid_argument("EPLB_DEEPSEEK_ACCESS must be 'scalar' or 'gather', not '" + std::string(v) + "'");
+}
+
+/// memset when every byte of v is the same (v = -1, the log2phy padding), else std::fill_n.
+void fill_plain(int* p, std::size_t n, int v) {
+  const auto b = static_cast<unsigned char>(v);
+  if (static_cast<unsigned>(v) == b * 0x01010101u)
+    std::memset(p, b, n * sizeof(int));
+  else
+    std::fill_n(p, n, v);
 }
 
 bool cpu_is_amd() {
@@ -133,7 +143,11 @@ bool all_in_range(const double* v, std::size_t n, double max) {
 }
 
 void fill_cached(int* p, std::size_t n, int v) {
-  if (!simd_rows_available()) return (void)std::fill_n(p, n, v);
+  // Vector stores on AMD (measured there: the slot stores that follow hit); elsewhere memset
+  // (its `rep stosb` measured faster on the Intel Xeon of the H200 host: Kimi-K2 1.035-1.09x
+  // slower with the vector stores). docs/BENCHMARKS.md.
+  static const bool vector_stores = cpu_is_amd();
+  if (!vector_stores || !simd_rows_available()) return fill_plain(p, n, v);
   avx512::fill_cached(p, static_cast<long long>(n), v);
 }
 
@@ -154,7 +168,7 @@ void map_slots_offset(const int*, int, int*, int) {}
 void lane_counts(const std::int32_t*, int, int*, int) {}
 bool all_in_range(const double* v, std::size_t n, double max) { return all_in_range_scalar(v, n, max); }
 void min_max(const int* v, std::size_t n, int& mn, int& mx) { min_max_scalar(v, n, mn, mx); }
-void fill_cached(int* p, std::size_t n, int v) { std::fill_n(p, n, v); }
+void fill_cached(int* p, std::size_t n, int v) { fill_plain(p, n, v); }
 
 #endif
 

@@ -80,9 +80,10 @@ void map_slots_offset(const int* item, int first, int* out, int n);
 /// out[e] = cnt[e * 8 + lane] for e < n (one lane of SimdScratch::cnt).
 void lane_counts(const std::int32_t* cnt, int lane, int* out, int n);
 
-/// p[0..n) = v with ordinary vector stores (AVX-512 where the CPU has it). Used for the -1
-/// fill of a log2phy block that scattered stores then fill in: after glibc's memset (which
-/// std::fill_n becomes; `rep stosb` for blocks this size) those stores measured slower.
+/// p[0..n) = v: with ordinary AVX-512 stores on AMD CPUs that have it, else memset (v = -1)
+/// or std::fill_n. Used for the -1 fill of a log2phy block that scattered stores then fill
+/// in: on AMD (Zen 5) those stores measured slower after glibc's memset (`rep stosb` for
+/// blocks this size); on the Intel Xeon of the H200 host the vector stores were the slower.
 void fill_cached(int* p, std::size_t n, int v);
 
 /// Minimum and maximum of v[0..n) (n >= 1), vectorised where the CPU has AVX-512.

@@ -188,4 +188,16 @@ TEST(DeepseekBatchedEdges, ReusedPolicyAndOutputAcrossTopologies) {
   }
 }
 
+// detail::fill_cached (the log2phy padding): AVX-512 stores on AMD, memset or std::fill_n
+// elsewhere; whichever this CPU takes must write exactly [0, n) for every value and length.
+TEST(DeepseekBatchedEdges, FillCachedWritesExactlyTheRange) {
+  for (const int v : {-1, 0, 7, 0x01010101, -2})
+    for (const std::size_t n : {0u, 1u, 15u, 16u, 17u, 100u, 6528u}) {
+      std::vector<int> buf(n + 34, 42);
+      eplb::algo::detail::fill_cached(buf.data() + 17, n, v);
+      for (std::size_t i = 0; i < buf.size(); ++i)
+        ASSERT_EQ(buf[i], i >= 17 && i < 17 + n ? v : 42) << "v=" << v << " n=" << n << " i=" << i;
+    }
+}
+
 }  // namespace
