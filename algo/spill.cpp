@@ -11,13 +11,15 @@ namespace {
 
 /// Items (by weight descending, ties by index) to the least loaded pack with room (ties: the
 /// lowest index): the reference's greedy packing, written plainly (this policy is an option;
-/// its sizes are small).
-void greedy_pack(const std::vector<double>& w, int packs, int cap, std::vector<int>& pack_of) {
-  std::vector<int> order(w.size());
+/// its sizes are small). order, load, fill: scratch.
+void greedy_pack(const std::vector<double>& w, int packs, int cap, std::vector<int>& pack_of,
+                 std::vector<int>& order, std::vector<double>& load, std::vector<int>& fill) {
+  order.resize(w.size());
   std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return w[a] > w[b]; });
-  std::vector<double> load(static_cast<std::size_t>(packs), 0);
-  std::vector<int> fill(static_cast<std::size_t>(packs), 0);
+  // std::sort with the index as tie-break: the order of a stable sort, without its buffer.
+  std::sort(order.begin(), order.end(), [&](int a, int b) { return w[a] > w[b] || (w[a] == w[b] && a < b); });
+  load.assign(static_cast<std::size_t>(packs), 0);
+  fill.assign(static_cast<std::size_t>(packs), 0);
   pack_of.assign(w.size(), -1);
   for (int i : order) {
     int best = -1;
@@ -37,30 +39,30 @@ void SpillPolicy::rebalance_into(LoadView load, const Topology& topo, const Plac
   load.validate(topo);
   if (previous) previous->check_shape(topo, "hierarchical-spill policy: previous placement");
   if (!topo.hierarchical() || topo.num_nodes == 1) {  // nothing to spill: the reference
-    DeepseekPolicy reference;
-    reference.rebalance_into(load, topo, previous, out);
+    reference_.rebalance_into(load, topo, previous, out);
     return;
   }
   const int L = topo.num_layers, E = topo.num_logical, R = topo.num_slots, N = topo.num_nodes;
   const int G = topo.num_groups, gs = E / G, Rn = R / N, Pn = topo.ranks_per_node();
   const int k = topo.slots_per_rank();
-  phy2log_.assign(static_cast<std::size_t>(L) * R, 0);
-  std::vector<float> gload_f(static_cast<std::size_t>(G));
-  std::vector<double> node_load(static_cast<std::size_t>(N));
-  std::vector<int> node_of_group(static_cast<std::size_t>(G)), group_rank(static_cast<std::size_t>(G));
-  std::vector<int> cnt(static_cast<std::size_t>(E)), free_slots(static_cast<std::size_t>(N));
-  detail::PackScratch scratch;
-  std::vector<std::vector<int>> node_items(static_cast<std::size_t>(N));  // experts, one per replica
-  std::vector<int> gpu_of;
-  std::vector<double> item_w;
+  Scratch& s = s_;
+  s.phy2log.assign(static_cast<std::size_t>(L) * R, 0);
+  s.gload_f.resize(static_cast<std::size_t>(G));
+  s.node_load.resize(static_cast<std::size_t>(N));
+  s.node_of_group.resize(static_cast<std::size_t>(G));
+  s.group_rank.resize(static_cast<std::size_t>(G));
+  s.cnt.resize(static_cast<std::size_t>(E));
+  s.free_slots.resize(static_cast<std::size_t>(N));
+  s.node_items.resize(static_cast<std::size_t>(N));
   for (int l = 0; l < L; ++l) {
     const auto w = load.row(l);
     // 1. Groups to nodes, as the reference does: its packing of the group sums as floats
     // (one group per node: group g on node g), so that the home nodes are the reference's.
     for (int g = 0; g < G; ++g)
-      gload_f[g] = static_cast<float>(std::accumulate(w.begin() + g * gs, w.begin() + (g + 1) * gs, 0.0));
-    detail::balanced_packing(gload_f, N, node_of_group, group_rank, scratch);
+      s.gload_f[g] = static_cast<float>(std::accumulate(w.begin() + g * gs, w.begin() + (g + 1) * gs, 0.0));
+    detail::balanced_packing(s.gload_f, N, s.node_of_group, s.group_rank, s.pack);
     // 2. Replica counts over the whole layer: one each, then the largest load per replica.
+    auto& cnt = s.cnt;
     std::fill(cnt.begin(), cnt.end(), 1);
     for (int i = E; i < R; ++i) {
       int best = 0;
@@ -70,48 +72,50 @@ void SpillPolicy::rebalance_into(LoadView load, const Topology& topo, const Plac
     }
     // 3. First replicas on the home node; extra replicas, heaviest first, on the least loaded
     // node with a free slot (ties: the home node, then the lowest node).
-    for (auto& v : node_items) v.clear();
-    std::fill(node_load.begin(), node_load.end(), 0.0);
-    std::fill(free_slots.begin(), free_slots.end(), Rn);
+    for (auto& v : s.node_items) v.clear();
+    std::fill(s.node_load.begin(), s.node_load.end(), 0.0);
+    std::fill(s.free_slots.begin(), s.free_slots.end(), Rn);
     for (int e = 0; e < E; ++e) {
-      const int n = node_of_group[e / gs];
-      node_items[n].push_back(e);
-      node_load[n] += w[e] / cnt[e];
-      --free_slots[n];
+      const int n = s.node_of_group[e / gs];
+      s.node_items[n].push_back(e);
+      s.node_load[n] += w[e] / cnt[e];
+      --s.free_slots[n];
     }
-    std::vector<int> extra;
+    s.extra.clear();
     for (int e = 0; e < E; ++e)
-      for (int r = 1; r < cnt[e]; ++r) extra.push_back(e);
-    std::stable_sort(extra.begin(), extra.end(),
-                     [&](int a, int b) { return w[a] / cnt[a] > w[b] / cnt[b]; });
-    for (int e : extra) {
-      const int home = node_of_group[e / gs];
+      for (int r = 1; r < cnt[e]; ++r) s.extra.push_back(e);
+    std::sort(s.extra.begin(), s.extra.end(), [&](int a, int b) {  // ties: lower expert first
+      const double wa = w[a] / cnt[a], wb = w[b] / cnt[b];
+      return wa > wb || (wa == wb && a < b);
+    });
+    for (int e : s.extra) {
+      const int home = s.node_of_group[e / gs];
       int best = -1;
       for (int n = 0; n < N; ++n) {
-        if (free_slots[n] == 0) continue;
-        if (best < 0 || node_load[n] < node_load[best] ||
-            (node_load[n] == node_load[best] && n == home))
+        if (s.free_slots[n] == 0) continue;
+        if (best < 0 || s.node_load[n] < s.node_load[best] ||
+            (s.node_load[n] == s.node_load[best] && n == home))
           best = n;
       }
-      node_items[best].push_back(e);
-      node_load[best] += w[e] / cnt[e];
-      --free_slots[best];
+      s.node_items[best].push_back(e);
+      s.node_load[best] += w[e] / cnt[e];
+      --s.free_slots[best];
     }
     // 4. Each node's replicas onto its GPUs (greedy packing, k per GPU).
-    int* row = phy2log_.data() + static_cast<std::size_t>(l) * R;
+    int* row = s.phy2log.data() + static_cast<std::size_t>(l) * R;
     for (int n = 0; n < N; ++n) {
-      const auto& items = node_items[n];
-      item_w.resize(items.size());
-      for (std::size_t i = 0; i < items.size(); ++i) item_w[i] = w[items[i]] / cnt[items[i]];
-      greedy_pack(item_w, Pn, k, gpu_of);
-      std::vector<int> fill(static_cast<std::size_t>(Pn), 0);
+      const auto& items = s.node_items[n];
+      s.item_w.resize(items.size());
+      for (std::size_t i = 0; i < items.size(); ++i) s.item_w[i] = w[items[i]] / cnt[items[i]];
+      greedy_pack(s.item_w, Pn, k, s.gpu_of, s.order, s.pack_load, s.fill);
+      std::fill(s.fill.begin(), s.fill.end(), 0);  // now: slots used per GPU
       for (std::size_t i = 0; i < items.size(); ++i) {
-        const int gpu = gpu_of[i];
-        row[(n * Pn + gpu) * k + fill[gpu]++] = items[i];
+        const int gpu = s.gpu_of[i];
+        row[(n * Pn + gpu) * k + s.fill[gpu]++] = items[i];
       }
     }
   }
-  out.assign(L, E, R, phy2log_);
+  out.assign(L, E, R, s.phy2log);
 }
 
 double node_local_traffic(LoadView load, const Placement& placement, const Topology& topo) {

@@ -7,6 +7,7 @@
 /// that leaves the group's node: node_local_traffic() measures it.
 #include <vector>
 
+#include "eplb/algo/deepseek.hpp"
 #include "eplb/algo/policy.hpp"
 
 namespace eplb::algo {
@@ -18,9 +19,19 @@ class SpillPolicy final : public Policy {
                       Placement& out) override;
   bool keeps_groups_on_nodes() const override { return false; }
   bool layers_independent() const override { return true; }
+  void set_threads(int threads) override { reference_.set_threads(threads); }
 
  private:
-  std::vector<int> phy2log_;
+  /// Kept between calls, so that a call with the shape of the previous one allocates nothing.
+  struct Scratch {
+    std::vector<int> phy2log, node_of_group, group_rank, cnt, free_slots, gpu_of, extra, order, fill;
+    std::vector<float> gload_f;
+    std::vector<double> node_load, item_w, pack_load;
+    std::vector<std::vector<int>> node_items;  ///< per node: experts, one per replica
+    detail::PackScratch pack;
+  };
+  Scratch s_;
+  DeepseekPolicy reference_;  ///< topologies with nothing to spill
 };
 
 /// Fraction of the load served on the node that holds most of the expert's group (its home),
