@@ -1,8 +1,8 @@
 #pragma once
-// Allocation hooks for the tests that make allocations fail: a replaced global operator new
-// that counts, while g_counting is set, and throws std::bad_alloc at allocation number
-// g_fail_at; and sweep(), which makes each allocation of one rank fail in turn. Include in
-// one translation unit of a test program only (it defines the replaceable operators).
+// Allocation hooks for the tests that make allocations fail: the counting operator new of
+// tests/counting_new.hpp (throws std::bad_alloc at allocation number g_fail_at while
+// g_counting is set), and sweep(), which makes each allocation of one rank fail in turn.
+// Include in one translation unit of a test program only (it defines the replaceable operators).
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -12,47 +12,8 @@
 #include <new>
 #include <string>
 
+#include "../counting_new.hpp"
 #include "mpi_test_util.hpp"
-
-namespace {
-std::atomic<bool> g_counting{false};
-std::atomic<long> g_allocations{0};
-std::atomic<long> g_fail_at{0};  // while counting: the allocation with this number (from 1) throws
-
-void* counted_alloc(std::size_t n, std::size_t align) {
-  if (g_counting.load(std::memory_order_relaxed)) {
-    const long k = g_allocations.fetch_add(1, std::memory_order_relaxed) + 1;
-    if (k == g_fail_at.load(std::memory_order_relaxed)) throw std::bad_alloc();
-  }
-  if (n == 0) n = 1;
-  void* p = align > alignof(std::max_align_t) ? std::aligned_alloc(align, (n + align - 1) / align * align)
-                                              : std::malloc(n);
-  if (!p) throw std::bad_alloc();
-  return p;
-}
-}  // namespace
-
-// Every replaceable allocation form counts while g_counting is set.
-void* operator new(std::size_t n) { return counted_alloc(n, 0); }
-void* operator new[](std::size_t n) { return counted_alloc(n, 0); }
-void* operator new(std::size_t n, std::align_val_t a) { return counted_alloc(n, static_cast<std::size_t>(a)); }
-void* operator new[](std::size_t n, std::align_val_t a) { return counted_alloc(n, static_cast<std::size_t>(a)); }
-void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
-  try {
-    return counted_alloc(n, 0);
-  } catch (...) {
-    return nullptr;
-  }
-}
-void* operator new[](std::size_t n, const std::nothrow_t& t) noexcept { return operator new(n, t); }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
-void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
 
 namespace {
 struct Outcome {
