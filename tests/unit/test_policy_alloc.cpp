@@ -4,12 +4,11 @@
 // (tests/counting_new.hpp).
 #include <gtest/gtest.h>
 
-#include <cmath>
-#include <random>
 #include <string>
 #include <vector>
 
 #include "../counting_new.hpp"
+#include "bench/shapes.hpp"
 #include "eplb/algo/deepseek.hpp"
 #include "eplb/algo/policy.hpp"
 
@@ -19,23 +18,18 @@ using eplb::algo::LoadView;
 using eplb::algo::Placement;
 using eplb::algo::Topology;
 
-// The shapes (bench/shapes.hpp) and two small ones.
+// The shapes (the benchmarks') and two small ones.
 const std::vector<Topology>& shapes() {
-  static const std::vector<Topology> s = {
-      {26, 64, 72, 8, 1, 1},       {58, 256, 288, 32, 4, 8}, {58, 256, 320, 64, 8, 8},
-      {94, 128, 136, 8, 1, 1},     {61, 384, 448, 64, 8, 1}, {3, 12, 16, 4, 2, 4},
-      {5, 17, 17, 1, 1, 1},
-  };
+  static const std::vector<Topology> s = [] {
+    std::vector<Topology> v;
+    for (const auto& shape : eplb::bench::shapes()) v.push_back(shape.topo);
+    v.push_back({3, 12, 16, 4, 2, 4});
+    v.push_back({5, 17, 17, 1, 1, 1});
+    return v;
+  }();
   return s;
 }
-
-std::vector<double> lognormal(const Topology& t, unsigned seed) {
-  std::mt19937_64 rng(seed);
-  std::lognormal_distribution<double> d(std::log(1000.0), 1.5);
-  std::vector<double> v(static_cast<std::size_t>(t.num_layers) * t.num_logical);
-  for (auto& x : v) x = std::floor(d(rng));
-  return v;
-}
+const Topology kKimi = eplb::bench::shapes()[4].topo;  // the tree path (64 GPUs per node)
 
 /// Allocations of the third round of calls over three load windows of one shape (into the same
 /// output; with the previous output as `previous` when `chained`, the outputs alternating).
@@ -45,7 +39,7 @@ std::vector<double> lognormal(const Topology& t, unsigned seed) {
 /// call).
 long steady_allocations(eplb::algo::Policy& policy, const Topology& t, bool chained) {
   std::vector<std::vector<double>> loads;
-  for (unsigned i = 0; i < 3; ++i) loads.push_back(lognormal(t, 100u + i));
+  for (unsigned i = 0; i < 3; ++i) loads.push_back(eplb::bench::lognormal_load(t, 100u + i).values);
   Placement out, prev;
   long counted = 0;
   for (int i = 0; i < 9; ++i) {
@@ -88,7 +82,7 @@ TEST(PolicyAllocations, DeepseekBothTableAccessForms) {
   for (const auto access : {DeepseekPolicy::TableAccess::scalar, DeepseekPolicy::TableAccess::gather}) {
     DeepseekPolicy p;
     p.set_table_access(access);
-    EXPECT_EQ(steady_allocations(p, shapes()[4], false), 0) << shapes()[4].describe();
+    EXPECT_EQ(steady_allocations(p, kKimi, false), 0) << kKimi.describe();
   }
 }
 
